@@ -1,0 +1,26 @@
+// File helpers: whole-file reads, atomic replace (write temp + rename), and
+// the run directory's endpoint files through which daemons find each other.
+#pragma once
+
+#include <string>
+
+#include "common/base/status.h"
+
+namespace matrix {
+
+StatusOr<std::string> ReadFile(const std::string& path);
+// Writes `data` to `path` atomically (temp file in the same folder, fsync,
+// rename) with the given permission bits.
+Status WriteFileAtomic(const std::string& path, const std::string& data, int mode = 0644);
+Status MakeDirs(const std::string& path, int mode = 0755);
+bool FileExists(const std::string& path);
+
+// Endpoint files: `<run_dir>/endpoints/<name>` holds one line, the address a
+// daemon bound (e.g. "ipc:///run/x/broker.sock" or "tcp://10.0.0.3:41234").
+Status WriteEndpointFile(const std::string& run_dir, const std::string& name,
+                         const std::string& endpoint);
+// Waits up to timeout_ms for the file to appear; NotFound on timeout.
+StatusOr<std::string> WaitEndpointFile(const std::string& run_dir, const std::string& name,
+                                       int timeout_ms);
+
+}  // namespace matrix
