@@ -1,0 +1,101 @@
+// Transport: the only place that includes ZeroMQ. Daemons see sockets as
+// sequences of byte frames (std::string) and a poller over sockets and plain
+// file descriptors (eventfds from other threads, signal fds).
+//
+// Socket kinds used by the product:
+//   Router  - servers (broker, store). Received messages start with the peer
+//             identity frame; sends to unknown peers fail (ROUTER_MANDATORY).
+//   Dealer  - clients (workers, CLI). Asynchronous request/reply.
+// Every socket has LINGER=0, a maximum message size, and large HWMs (credit
+// flow control, not HWMs, bounds the work in flight).
+//
+// Thread-safety: a Socket belongs to the thread that polls it. Context is
+// thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/base/status.h"
+
+namespace matrix::transport {
+
+using Frames = std::vector<std::string>;
+
+struct SocketOptions {
+  int64_t max_message_bytes = 64 << 20;  // larger messages are dropped by ZeroMQ
+  int send_hwm = 1'000'000;
+  int recv_hwm = 1'000'000;
+  std::string identity;  // Dealer identity; empty = assigned by ZeroMQ
+  // CURVE (Z85 keys, 40 chars). A Router with curve_server=true requires
+  // clients that know its public key; a Dealer sets curve_server_key.
+  bool curve_server = false;
+  std::string curve_public_key;
+  std::string curve_secret_key;
+  std::string curve_server_key;
+};
+
+class Context {
+ public:
+  Context();
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  void* raw() const { return ctx_; }
+
+ private:
+  void* ctx_;
+};
+
+class Socket {
+ public:
+  enum class Kind { kRouter, kDealer, kPair };
+
+  // Binds (servers) or connects (clients). For "tcp://host:*" or port 0 the
+  // actual endpoint is available from endpoint().
+  static StatusOr<std::unique_ptr<Socket>> Bind(Context& ctx, Kind kind, const std::string& endpoint,
+                                                const SocketOptions& options = {});
+  static StatusOr<std::unique_ptr<Socket>> Connect(Context& ctx, Kind kind,
+                                                   const std::string& endpoint,
+                                                   const SocketOptions& options = {});
+  ~Socket();
+
+  // Sends all frames as one multipart message. kUnavailable when the peer is
+  // unknown (Router) or the queue is full (non-blocking).
+  Status Send(const Frames& frames);
+  // Receives one whole multipart message without blocking; false when none.
+  bool TryRecv(Frames* frames);
+  const std::string& endpoint() const { return endpoint_; }
+  void* raw() const { return sock_; }
+
+ private:
+  Socket(void* sock, std::string endpoint) : sock_(sock), endpoint_(std::move(endpoint)) {}
+  void* sock_;
+  std::string endpoint_;
+};
+
+// Polls sockets and file descriptors for readability.
+class Poller {
+ public:
+  // Returns the index used by Readable().
+  int AddSocket(Socket* socket);
+  int AddFd(int fd);
+  // Waits up to timeout_ms (-1 forever). Returns false on EINTR/ETERM.
+  bool Poll(int timeout_ms);
+  bool Readable(int index) const;
+
+ private:
+  std::vector<std::pair<void*, int>> items_;
+  std::vector<short> revents_;
+};
+
+// Z85-encoded CURVE key pair.
+struct CurveKeyPair {
+  std::string public_key;
+  std::string secret_key;
+};
+StatusOr<CurveKeyPair> GenerateCurveKeyPair();
+
+}  // namespace matrix::transport

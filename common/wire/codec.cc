@@ -1,0 +1,363 @@
+#include "common/wire/codec.h"
+
+#include <flatbuffers/flatbuffers.h>
+
+#include "schemas/control_generated.h"
+#include "schemas/orchestrator_generated.h"
+
+namespace matrix::wire {
+namespace fbs = matrix::wire::fb;
+using flatbuffers::FlatBufferBuilder;
+using flatbuffers::Offset;
+
+namespace {
+
+constexpr int kMaxDepth = 32;
+constexpr int kMaxTables = 1'000'000;
+
+std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+Offset<flatbuffers::String> OptStr(FlatBufferBuilder& b, const std::string& s) {
+  return s.empty() ? 0 : b.CreateString(s);
+}
+
+Offset<fbs::Content> EncodeContent(FlatBufferBuilder& b, const Content& c) {
+  Offset<fbs::ObjectRef> ref = 0;
+  if (c.ref) {
+    ref = fbs::CreateObjectRef(b, OptStr(b, c.ref->node), c.ref->id, c.ref->size, c.ref->checksum);
+  }
+  auto text = c.ref ? 0 : b.CreateString(c.text);
+  return fbs::CreateContent(b, text, ref);
+}
+
+Content DecodeContent(const fbs::Content* c) {
+  Content out;
+  if (!c) return out;
+  if (c->ref()) {
+    out.ref = ObjectRef{Str(c->ref()->node()), c->ref()->id(), c->ref()->size(), c->ref()->checksum()};
+  } else {
+    out.text = Str(c->text());
+  }
+  return out;
+}
+
+Status CheckSize(std::string_view bytes, size_t max_bytes, const char* what) {
+  if (bytes.size() > max_bytes)
+    return InvalidArgument(std::string(what) + " of " + std::to_string(bytes.size()) +
+                           " bytes exceeds the limit of " + std::to_string(max_bytes));
+  if (bytes.size() < 8) return InvalidArgument(std::string(what) + " too short");
+  return Status::Ok();
+}
+
+}  // namespace
+
+const char* TaskStatusName(TaskStatus s) {
+  switch (s) {
+    case TaskStatus::kRunning: return "running";
+    case TaskStatus::kDone: return "done";
+    case TaskStatus::kFiltered: return "filtered";
+    case TaskStatus::kFailed: return "failed";
+    case TaskStatus::kLost: return "lost";
+  }
+  return "unknown";
+}
+
+std::string EncodeTask(const Task& t) {
+  FlatBufferBuilder b(1024);
+  std::vector<Offset<fbs::Counter>> counters;
+  for (const auto& [k, v] : t.counters) counters.push_back(fbs::CreateCounter(b, b.CreateString(k), v));
+  std::vector<Offset<fbs::Variable>> vars;
+  for (const auto& [k, v] : t.vars)
+    vars.push_back(fbs::CreateVariable(b, b.CreateString(k), b.CreateString(v)));
+  auto input = EncodeContent(b, t.input);
+  std::vector<Offset<fbs::Turn>> history;
+  history.reserve(t.history.size());
+  for (const Turn& turn : t.history) {
+    std::vector<Offset<fbs::ToolCall>> calls;
+    for (const ToolCall& c : turn.tool_calls)
+      calls.push_back(fbs::CreateToolCall(b, OptStr(b, c.id), OptStr(b, c.name), OptStr(b, c.arguments)));
+    auto content = EncodeContent(b, turn.content);
+    auto calls_vec = calls.empty() ? 0 : b.CreateVector(calls);
+    history.push_back(fbs::CreateTurn(
+        b, OptStr(b, turn.step), OptStr(b, turn.role), OptStr(b, turn.kind), turn.conversation, content,
+        calls_vec, OptStr(b, turn.tool_call_id), turn.prompt_tokens, turn.completion_tokens,
+        OptStr(b, turn.finish_reason), OptStr(b, turn.endpoint), OptStr(b, turn.model), turn.start_us,
+        turn.end_us, turn.attempts, OptStr(b, turn.extra)));
+  }
+  std::vector<Offset<fbs::ResourceLease>> leases;
+  for (const ResourceLease& l : t.leases)
+    leases.push_back(fbs::CreateResourceLease(b, OptStr(b, l.kind), OptStr(b, l.id), OptStr(b, l.holder),
+                                              l.expires_us));
+  std::vector<Offset<fbs::Span>> spans;
+  spans.reserve(t.spans.size());
+  for (const Span& s : t.spans)
+    spans.push_back(fbs::CreateSpan(b, OptStr(b, s.step), OptStr(b, s.role), OptStr(b, s.worker),
+                                    s.enqueue_us, s.start_us, s.end_us, s.prompt_tokens,
+                                    s.completion_tokens, OptStr(b, s.endpoint), s.attempt));
+  Offset<fbs::Branch> branch = 0;
+  if (t.branch)
+    branch = fbs::CreateBranch(b, OptStr(b, t.branch->parent_task_id), t.branch->index,
+                               t.branch->count, OptStr(b, t.branch->join_step));
+  auto root = fbs::CreateTask(
+      b, t.version, OptStr(b, t.run_id), b.CreateString(t.task_id), t.partition, t.row, t.trial, t.seed,
+      t.attempt, OptStr(b, t.owner), OptStr(b, t.pipeline), t.pipeline_hash, OptStr(b, t.step),
+      static_cast<fbs::TaskStatus>(t.status), OptStr(b, t.reason), OptStr(b, t.error),
+      counters.empty() ? 0 : b.CreateVectorOfSortedTables(&counters),
+      vars.empty() ? 0 : b.CreateVectorOfSortedTables(&vars), input,
+      history.empty() ? 0 : b.CreateVector(history), leases.empty() ? 0 : b.CreateVector(leases),
+      spans.empty() ? 0 : b.CreateVector(spans), branch, t.created_us, t.enqueue_us, t.hops);
+  b.Finish(root);
+  return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+}
+
+Status VerifyTask(std::string_view bytes, size_t max_bytes) {
+  MATRIX_RETURN_IF_ERROR(CheckSize(bytes, max_bytes, "task message"));
+  flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), kMaxDepth,
+                          kMaxTables);
+  if (!fbs::VerifyTaskBuffer(v)) return InvalidArgument("task message failed verification");
+  auto* t = fbs::GetTask(bytes.data());
+  if (!t->task_id() || t->task_id()->size() == 0) return InvalidArgument("task message has no task_id");
+  return Status::Ok();
+}
+
+StatusOr<TaskHeader> PeekTask(std::string_view bytes, size_t max_bytes) {
+  MATRIX_RETURN_IF_ERROR(VerifyTask(bytes, max_bytes));
+  auto* t = fbs::GetTask(bytes.data());
+  return TaskHeader{Str(t->task_id()), Str(t->owner()), t->pipeline_hash()};
+}
+
+StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
+  MATRIX_RETURN_IF_ERROR(VerifyTask(bytes, max_bytes));
+  auto* f = fbs::GetTask(bytes.data());
+  Task t;
+  t.version = f->version();
+  t.run_id = Str(f->run_id());
+  t.task_id = Str(f->task_id());
+  t.partition = f->partition();
+  t.row = f->row();
+  t.trial = f->trial();
+  t.seed = f->seed();
+  t.attempt = f->attempt();
+  t.owner = Str(f->owner());
+  t.pipeline = Str(f->pipeline());
+  t.pipeline_hash = f->pipeline_hash();
+  t.step = Str(f->step());
+  int status = static_cast<int>(f->status());
+  if (status < 0 || status > 4) return InvalidArgument("task message has an unknown status");
+  t.status = static_cast<TaskStatus>(status);
+  t.reason = Str(f->reason());
+  t.error = Str(f->error());
+  if (f->counters())
+    for (auto* c : *f->counters()) t.counters[Str(c->key())] = c->value();
+  if (f->vars())
+    for (auto* v : *f->vars()) t.vars[Str(v->key())] = Str(v->json());
+  t.input = DecodeContent(f->input());
+  if (f->history()) {
+    t.history.reserve(f->history()->size());
+    for (auto* h : *f->history()) {
+      Turn turn;
+      turn.step = Str(h->step());
+      turn.role = Str(h->role());
+      turn.kind = Str(h->kind());
+      turn.conversation = h->conversation();
+      turn.content = DecodeContent(h->content());
+      if (h->tool_calls())
+        for (auto* c : *h->tool_calls())
+          turn.tool_calls.push_back({Str(c->id()), Str(c->name()), Str(c->arguments())});
+      turn.tool_call_id = Str(h->tool_call_id());
+      turn.prompt_tokens = h->prompt_tokens();
+      turn.completion_tokens = h->completion_tokens();
+      turn.finish_reason = Str(h->finish_reason());
+      turn.endpoint = Str(h->endpoint());
+      turn.model = Str(h->model());
+      turn.start_us = h->start_us();
+      turn.end_us = h->end_us();
+      turn.attempts = h->attempts();
+      turn.extra = Str(h->extra());
+      t.history.push_back(std::move(turn));
+    }
+  }
+  if (f->leases())
+    for (auto* l : *f->leases())
+      t.leases.push_back({Str(l->kind()), Str(l->id()), Str(l->holder()), l->expires_us()});
+  if (f->spans()) {
+    t.spans.reserve(f->spans()->size());
+    for (auto* s : *f->spans())
+      t.spans.push_back({Str(s->step()), Str(s->role()), Str(s->worker()), s->enqueue_us(), s->start_us(),
+                         s->end_us(), s->prompt_tokens(), s->completion_tokens(), Str(s->endpoint()),
+                         s->attempt()});
+  }
+  if (f->branch())
+    t.branch = BranchInfo{Str(f->branch()->parent_task_id()), f->branch()->index(), f->branch()->count(),
+                          Str(f->branch()->join_step())};
+  t.created_us = f->created_us();
+  t.enqueue_us = f->enqueue_us();
+  t.hops = f->hops();
+  return t;
+}
+
+namespace {
+
+Offset<flatbuffers::Vector<Offset<fbs::ObjectItem>>> EncodeObjectItems(
+    FlatBufferBuilder& b, const std::vector<ObjectItem>& items) {
+  std::vector<Offset<fbs::ObjectItem>> out;
+  out.reserve(items.size());
+  for (const auto& i : items)
+    out.push_back(fbs::CreateObjectItem(b, i.id, i.size, i.checksum, i.ttl_ms, i.ok, OptStr(b, i.error)));
+  return b.CreateVector(out);
+}
+
+std::vector<ObjectItem> DecodeObjectItems(const flatbuffers::Vector<Offset<fbs::ObjectItem>>* items) {
+  std::vector<ObjectItem> out;
+  if (!items) return out;
+  out.reserve(items->size());
+  for (auto* i : *items)
+    out.push_back({i->id(), i->size(), i->checksum(), i->ttl_ms(), i->ok(), Str(i->error())});
+  return out;
+}
+
+struct BodyEncoder {
+  FlatBufferBuilder& b;
+  std::pair<fbs::Body, Offset<void>> operator()(const RegisterMsg& m) {
+    std::vector<Offset<fbs::RoleCredit>> roles;
+    for (const auto& [role, credit] : m.roles)
+      roles.push_back(fbs::CreateRoleCredit(b, b.CreateString(role), credit));
+    return {fbs::Body::Register,
+            fbs::CreateRegister(b, b.CreateString(m.worker_id), b.CreateVector(roles), m.pipeline_hash)
+                .Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const RegisterAckMsg& m) {
+    return {fbs::Body::RegisterAck,
+            fbs::CreateRegisterAck(b, b.CreateString(m.broker_id), m.heartbeat_ms).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const HeartbeatMsg&) {
+    return {fbs::Body::Heartbeat, fbs::CreateHeartbeat(b).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const DeliverMsg& m) {
+    std::vector<Offset<fbs::DeliverItem>> items;
+    items.reserve(m.items.size());
+    for (const auto& i : m.items)
+      items.push_back(fbs::CreateDeliverItem(b, i.lease, b.CreateString(i.role), i.deliveries, i.enqueue_us));
+    return {fbs::Body::Deliver, fbs::CreateDeliver(b, b.CreateVector(items)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const SubmitMsg& m) {
+    std::vector<Offset<fbs::SubmitItem>> items;
+    items.reserve(m.items.size());
+    for (const auto& i : m.items)
+      items.push_back(fbs::CreateSubmitItem(b, i.ack_lease, OptStr(b, i.role), OptStr(b, i.task_id),
+                                            i.requeue, i.has_payload));
+    return {fbs::Body::Submit, fbs::CreateSubmit(b, b.CreateVector(items)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const StatsRequestMsg&) {
+    return {fbs::Body::StatsRequest, fbs::CreateStatsRequest(b).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const StatsReplyMsg& m) {
+    return {fbs::Body::StatsReply, fbs::CreateStatsReply(b, b.CreateString(m.json)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const PutMsg& m) {
+    return {fbs::Body::Put, fbs::CreatePut(b, m.request_id, EncodeObjectItems(b, m.items)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const PutReplyMsg& m) {
+    return {fbs::Body::PutReply, fbs::CreatePutReply(b, m.request_id, EncodeObjectItems(b, m.items)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const GetMsg& m) {
+    return {fbs::Body::Get, fbs::CreateGet(b, m.request_id, b.CreateVector(m.ids)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const GetReplyMsg& m) {
+    return {fbs::Body::GetReply, fbs::CreateGetReply(b, m.request_id, EncodeObjectItems(b, m.items)).Union()};
+  }
+  std::pair<fbs::Body, Offset<void>> operator()(const FreeMsg& m) {
+    return {fbs::Body::Free, fbs::CreateFree(b, b.CreateVector(m.ids)).Union()};
+  }
+};
+
+}  // namespace
+
+std::string EncodeControl(const Control& control) {
+  FlatBufferBuilder b(256);
+  auto [type, body] = std::visit(BodyEncoder{b}, control.body);
+  auto root = fbs::CreateEnvelope(b, 1, OptStr(b, control.sender), type, body);
+  b.Finish(root);
+  return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+}
+
+StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
+  MATRIX_RETURN_IF_ERROR(CheckSize(bytes, max_bytes, "control message"));
+  flatbuffers::Verifier v(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), kMaxDepth,
+                          kMaxTables);
+  if (!fbs::VerifyEnvelopeBuffer(v)) return InvalidArgument("control message failed verification");
+  auto* e = fbs::GetEnvelope(bytes.data());
+  if (e->version() != 1)
+    return InvalidArgument("control message has protocol version " + std::to_string(e->version()));
+  Control c;
+  c.sender = Str(e->sender());
+  switch (e->body_type()) {
+    case fbs::Body::Register: {
+      auto* m = e->body_as_Register();
+      RegisterMsg r{Str(m->worker_id()), {}, m->pipeline_hash()};
+      if (m->roles())
+        for (auto* rc : *m->roles()) r.roles.emplace_back(Str(rc->role()), rc->credit());
+      c.body = std::move(r);
+      break;
+    }
+    case fbs::Body::RegisterAck: {
+      auto* m = e->body_as_RegisterAck();
+      c.body = RegisterAckMsg{Str(m->broker_id()), m->heartbeat_ms()};
+      break;
+    }
+    case fbs::Body::Heartbeat: c.body = HeartbeatMsg{}; break;
+    case fbs::Body::Deliver: {
+      DeliverMsg d;
+      if (auto* items = e->body_as_Deliver()->items()) {
+        d.items.reserve(items->size());
+        for (auto* i : *items) d.items.push_back({i->lease(), Str(i->role()), i->deliveries(), i->enqueue_us()});
+      }
+      c.body = std::move(d);
+      break;
+    }
+    case fbs::Body::Submit: {
+      SubmitMsg s;
+      if (auto* items = e->body_as_Submit()->items()) {
+        s.items.reserve(items->size());
+        for (auto* i : *items)
+          s.items.push_back({i->ack_lease(), Str(i->role()), Str(i->task_id()), i->requeue(), i->has_payload()});
+      }
+      c.body = std::move(s);
+      break;
+    }
+    case fbs::Body::StatsRequest: c.body = StatsRequestMsg{}; break;
+    case fbs::Body::StatsReply: c.body = StatsReplyMsg{Str(e->body_as_StatsReply()->json())}; break;
+    case fbs::Body::Put: {
+      auto* m = e->body_as_Put();
+      c.body = PutMsg{m->request_id(), DecodeObjectItems(m->items())};
+      break;
+    }
+    case fbs::Body::PutReply: {
+      auto* m = e->body_as_PutReply();
+      c.body = PutReplyMsg{m->request_id(), DecodeObjectItems(m->items())};
+      break;
+    }
+    case fbs::Body::Get: {
+      auto* m = e->body_as_Get();
+      GetMsg g{m->request_id(), {}};
+      if (m->ids()) g.ids.assign(m->ids()->begin(), m->ids()->end());
+      c.body = std::move(g);
+      break;
+    }
+    case fbs::Body::GetReply: {
+      auto* m = e->body_as_GetReply();
+      c.body = GetReplyMsg{m->request_id(), DecodeObjectItems(m->items())};
+      break;
+    }
+    case fbs::Body::Free: {
+      FreeMsg f;
+      if (auto* ids = e->body_as_Free()->ids()) f.ids.assign(ids->begin(), ids->end());
+      c.body = std::move(f);
+      break;
+    }
+    default: return InvalidArgument("control message has no known body");
+  }
+  return c;
+}
+
+}  // namespace matrix::wire

@@ -1,0 +1,78 @@
+#include "common/transport/transport.h"
+
+#include <gtest/gtest.h>
+
+#include "test/support/test_util.h"
+
+namespace matrix::transport {
+namespace {
+
+bool RecvWithin(Socket* s, Frames* out, int ms) {
+  return matrix::testing::WaitUntil([&] { return s->TryRecv(out); }, ms);
+}
+
+TEST(TransportTest, RouterDealerOverLoopbackEphemeralPort) {
+  Context ctx;
+  auto server = Socket::Bind(ctx, Socket::Kind::kRouter, "tcp://127.0.0.1:*");
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  std::string endpoint = (*server)->endpoint();
+  EXPECT_EQ(endpoint.find("tcp://127.0.0.1:"), 0u);
+  SocketOptions opts;
+  opts.identity = "worker-1";
+  auto client = Socket::Connect(ctx, Socket::Kind::kDealer, endpoint, opts);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Send({"hello", "payload"}).ok());
+  Frames got;
+  ASSERT_TRUE(RecvWithin(server->get(), &got, 2000));
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], "worker-1");
+  EXPECT_EQ(got[2], "payload");
+  ASSERT_TRUE((*server)->Send({"worker-1", "reply"}).ok());
+  ASSERT_TRUE(RecvWithin(client->get(), &got, 2000));
+  EXPECT_EQ(got[0], "reply");
+  // Unknown peers are an error, not a silent drop.
+  EXPECT_FALSE((*server)->Send({"nobody", "x"}).ok());
+}
+
+TEST(TransportTest, CurveRefusesClientWithoutServerKey) {
+  Context ctx;
+  auto server_keys = GenerateCurveKeyPair();
+  auto client_keys = GenerateCurveKeyPair();
+  ASSERT_TRUE(server_keys.ok() && client_keys.ok());
+  SocketOptions so;
+  so.curve_server = true;
+  so.curve_public_key = server_keys->public_key;
+  so.curve_secret_key = server_keys->secret_key;
+  auto server = Socket::Bind(ctx, Socket::Kind::kRouter, "tcp://127.0.0.1:*", so);
+  ASSERT_TRUE(server.ok());
+  SocketOptions good;
+  good.curve_server_key = server_keys->public_key;
+  good.curve_public_key = client_keys->public_key;
+  good.curve_secret_key = client_keys->secret_key;
+  auto ok_client = Socket::Connect(ctx, Socket::Kind::kDealer, (*server)->endpoint(), good);
+  auto bad_client = Socket::Connect(ctx, Socket::Kind::kDealer, (*server)->endpoint());
+  ASSERT_TRUE(ok_client.ok() && bad_client.ok());
+  ASSERT_TRUE((*bad_client)->Send({"intruder"}).ok());
+  ASSERT_TRUE((*ok_client)->Send({"member"}).ok());
+  Frames got;
+  ASSERT_TRUE(RecvWithin(server->get(), &got, 3000));
+  EXPECT_EQ(got.back(), "member");
+  EXPECT_FALSE(RecvWithin(server->get(), &got, 300));
+}
+
+TEST(TransportTest, PollerReportsReadableSocket) {
+  Context ctx;
+  auto a = Socket::Bind(ctx, Socket::Kind::kPair, "inproc://poll-test");
+  auto b = Socket::Connect(ctx, Socket::Kind::kPair, "inproc://poll-test");
+  ASSERT_TRUE(a.ok() && b.ok());
+  Poller poller;
+  int idx = poller.AddSocket(a->get());
+  ASSERT_TRUE(poller.Poll(0));
+  EXPECT_FALSE(poller.Readable(idx));
+  ASSERT_TRUE((*b)->Send({"x"}).ok());
+  ASSERT_TRUE(poller.Poll(1000));
+  EXPECT_TRUE(poller.Readable(idx));
+}
+
+}  // namespace
+}  // namespace matrix::transport

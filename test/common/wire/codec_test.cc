@@ -1,0 +1,104 @@
+#include "common/wire/codec.h"
+
+#include <gtest/gtest.h>
+
+namespace matrix::wire {
+namespace {
+
+Task SampleTask() {
+  Task t;
+  t.run_id = "run-1";
+  t.task_id = "coral/p0/r17/t0";
+  t.partition = 0;
+  t.row = 17;
+  t.seed = 42;
+  t.attempt = 1;
+  t.owner = "p0";
+  t.pipeline = "coral";
+  t.pipeline_hash = 0xabcdef;
+  t.step = "teacher";
+  t.counters["turns"] = 3;
+  t.vars["agreement"] = "true";
+  t.vars["teacher_answer"] = "\"C\"";
+  t.input.text = R"({"question":"q"})";
+  Turn turn;
+  turn.step = "teacher";
+  turn.role = "teacher";
+  turn.kind = "llm";
+  turn.content.ref = ObjectRef{"node-a", 7, 2048, 99};
+  turn.tool_calls.push_back({"call_1", "lookup", "{\"id\":1}"});
+  turn.prompt_tokens = 100;
+  turn.completion_tokens = 20;
+  turn.finish_reason = "stop";
+  t.history.push_back(turn);
+  t.spans.push_back({"teacher", "teacher", "w1", 1, 2, 3, 100, 20, "http://x/v1", 1});
+  t.leases.push_back({"env", "sess-1", "w1", 99});
+  t.branch = BranchInfo{"parent", 2, 4, "join"};
+  return t;
+}
+
+TEST(TaskCodecTest, RoundTripKeepsEveryField) {
+  Task t = SampleTask();
+  std::string bytes = EncodeTask(t);
+  auto back = DecodeTask(bytes);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->task_id, t.task_id);
+  EXPECT_EQ(back->row, 17u);
+  EXPECT_EQ(back->pipeline_hash, 0xabcdefu);
+  EXPECT_EQ(back->counters.at("turns"), 3);
+  EXPECT_EQ(back->vars.at("teacher_answer"), "\"C\"");
+  EXPECT_EQ(back->input.text, t.input.text);
+  ASSERT_EQ(back->history.size(), 1u);
+  ASSERT_TRUE(back->history[0].content.ref.has_value());
+  EXPECT_EQ(back->history[0].content.ref->id, 7u);
+  EXPECT_EQ(back->history[0].tool_calls[0].name, "lookup");
+  EXPECT_EQ(back->spans[0].endpoint, "http://x/v1");
+  EXPECT_EQ(back->leases[0].id, "sess-1");
+  ASSERT_TRUE(back->branch.has_value());
+  EXPECT_EQ(back->branch->count, 4u);
+  auto header = PeekTask(bytes);
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->owner, "p0");
+}
+
+TEST(TaskCodecTest, RejectsCorruptAndOversizedBuffers) {
+  std::string bytes = EncodeTask(SampleTask());
+  EXPECT_FALSE(DecodeTask("garbage!").ok());
+  EXPECT_FALSE(DecodeTask(bytes.substr(0, bytes.size() / 2)).ok());
+  EXPECT_EQ(DecodeTask(bytes, 16).status().code(), StatusCode::kInvalidArgument);
+  // Flip bytes everywhere: decoding must fail cleanly or succeed, never crash.
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    std::string bad = bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+    auto r = DecodeTask(bad);
+    (void)r;
+  }
+}
+
+TEST(ControlCodecTest, RoundTripsEachBody) {
+  Control reg{"w1", RegisterMsg{"w1", {{"teacher", 100}, {"sink:p0", 64}}, 7}};
+  auto r = DecodeControl(EncodeControl(reg));
+  ASSERT_TRUE(r.ok());
+  auto& m = std::get<RegisterMsg>(r->body);
+  EXPECT_EQ(m.roles[1].first, "sink:p0");
+  EXPECT_EQ(m.pipeline_hash, 7u);
+  EXPECT_EQ(r->sender, "w1");
+
+  Control sub{"w1", SubmitMsg{{{5, "student", "t1", false, true}, {6, "", "", true, false}}}};
+  auto s = DecodeControl(EncodeControl(sub));
+  ASSERT_TRUE(s.ok());
+  auto& sm = std::get<SubmitMsg>(s->body);
+  ASSERT_EQ(sm.items.size(), 2u);
+  EXPECT_EQ(sm.items[0].ack_lease, 5u);
+  EXPECT_TRUE(sm.items[1].requeue);
+
+  Control get{"w1", GetReplyMsg{9, {{1, 10, 11, 0, false, "checksum mismatch"}}}};
+  auto g = DecodeControl(EncodeControl(get));
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(std::get<GetReplyMsg>(g->body).items[0].error, "checksum mismatch");
+
+  EXPECT_FALSE(DecodeControl("nonsense-nonsense").ok());
+}
+
+}  // namespace
+}  // namespace matrix::wire
