@@ -1,0 +1,219 @@
+#include "daemons/queue_broker/broker_core.h"
+
+#include <algorithm>
+
+#include "common/base/log.h"
+
+namespace matrix::broker {
+
+BrokerCore::BrokerCore(BrokerConfig config, const Clock* clock)
+    : config_(std::move(config)), clock_(clock) {}
+
+void BrokerCore::OnSeen(const std::string& worker) {
+  auto it = workers_.find(worker);
+  if (it != workers_.end()) it->second.last_seen_ns = clock_->NowNanos();
+}
+
+void BrokerCore::OnRegister(const std::string& id, const wire::RegisterMsg& msg,
+                            std::vector<Outgoing>* out) {
+  auto [it, fresh] = workers_.try_emplace(id);
+  Worker& w = it->second;
+  w.last_seen_ns = clock_->NowNanos();
+  // Held leases keep their slots: credit = capacity - leases held per role.
+  std::map<std::string, uint32_t> held;
+  for (uint64_t lease : w.leases) held[leases_[lease].role]++;
+  w.capacity.clear();
+  w.credit.clear();
+  for (const auto& [role, cap] : msg.roles) {
+    w.capacity[role] = cap;
+    w.credit[role] = cap > held[role] ? cap - held[role] : 0;
+    auto& list = role_workers_[role];
+    if (std::find(list.begin(), list.end(), id) == list.end()) list.push_back(id);
+    if (!queues_[role].empty()) ready_roles_.insert(role);
+  }
+  LOG_INFO << (fresh ? "worker registered: " : "worker re-registered: ") << msg.worker_id << " with "
+           << msg.roles.size() << " roles";
+  out->push_back({id, wire::Control{config_.broker_id,
+                                    wire::RegisterAckMsg{config_.broker_id, config_.heartbeat_ms}},
+                  {}});
+  w.last_sent_ns = clock_->NowNanos();
+}
+
+void BrokerCore::Enqueue(const std::string& role, Item item, bool front) {
+  auto& q = queues_[role];
+  if (front) {
+    q.push_front(std::move(item));
+  } else {
+    q.push_back(std::move(item));
+  }
+  ready_roles_.insert(role);
+}
+
+void BrokerCore::OnSubmit(const std::string& worker, const wire::SubmitMsg& msg,
+                          std::vector<std::string>&& payloads) {
+  OnSeen(worker);
+  auto wit = workers_.find(worker);
+  size_t next_payload = 0;
+  int64_t now_us = clock_->WallMicros();
+  for (const auto& item : msg.items) {
+    if (item.ack_lease != 0) {
+      auto lit = leases_.find(item.ack_lease);
+      if (lit == leases_.end() || lit->second.worker != worker) {
+        ++counters_.stale_acks;
+      } else {
+        Lease lease = std::move(lit->second);
+        leases_.erase(lit);
+        if (wit != workers_.end()) {
+          wit->second.leases.erase(item.ack_lease);
+          wit->second.credit[lease.role]++;
+          if (!queues_[lease.role].empty()) ready_roles_.insert(lease.role);
+        }
+        if (item.requeue) {
+          ++counters_.requeued;
+          Enqueue(lease.role, std::move(lease.item), /*front=*/true);
+        } else {
+          ++counters_.acked;
+        }
+      }
+    }
+    if (item.has_payload) {
+      if (next_payload >= payloads.size()) {
+        ++counters_.invalid;
+        break;
+      }
+      std::string& payload = payloads[next_payload++];
+      if (item.role.empty()) continue;
+      counters_.bytes_in += static_cast<int64_t>(payload.size());
+      ++counters_.submitted;
+      Enqueue(item.role, Item{std::move(payload), item.task_id, 1, now_us}, false);
+    }
+  }
+}
+
+void BrokerCore::ExpireWorker(const std::string& id) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  LOG_WARN << "worker " << id << " missed its heartbeats; redelivering " << it->second.leases.size()
+           << " leases";
+  ++counters_.workers_expired;
+  for (uint64_t lease_id : it->second.leases) {
+    auto lit = leases_.find(lease_id);
+    if (lit == leases_.end()) continue;
+    Lease lease = std::move(lit->second);
+    leases_.erase(lit);
+    lease.item.deliveries++;
+    ++counters_.redelivered;
+    Enqueue(lease.role, std::move(lease.item), /*front=*/true);
+  }
+  for (const auto& [role, cap] : it->second.capacity) {
+    auto& list = role_workers_[role];
+    list.erase(std::remove(list.begin(), list.end(), id), list.end());
+  }
+  workers_.erase(it);
+}
+
+void BrokerCore::Tick() {
+  int64_t now = clock_->NowNanos();
+  int64_t limit = static_cast<int64_t>(config_.worker_timeout_ms) * 1'000'000;
+  std::vector<std::string> dead;
+  for (const auto& [id, w] : workers_)
+    if (now - w.last_seen_ns > limit) dead.push_back(id);
+  for (const auto& id : dead) ExpireWorker(id);
+}
+
+void BrokerCore::Dispatch(std::vector<Outgoing>* out) {
+  std::unordered_map<std::string, size_t> slot;  // worker -> index in *out
+  std::vector<std::string> roles(ready_roles_.begin(), ready_roles_.end());
+  ready_roles_.clear();
+  int64_t now_ns = clock_->NowNanos();
+  for (const auto& role : roles) {
+    auto& q = queues_[role];
+    auto& list = role_workers_[role];
+    if (q.empty() || list.empty()) continue;
+    size_t& rr = rr_[role];
+    size_t idle_rounds = 0;
+    // Round-robin over workers, one batch per worker per round, until the
+    // queue is empty or nobody has credit.
+    while (!q.empty() && idle_rounds < list.size()) {
+      const std::string& wid = list[rr % list.size()];
+      rr++;
+      Worker& w = workers_[wid];
+      uint32_t& credit = w.credit[role];
+      if (credit == 0) {
+        ++idle_rounds;
+        continue;
+      }
+      idle_rounds = 0;
+      auto [sit, inserted] = slot.try_emplace(wid, out->size());
+      if (inserted) out->push_back({wid, wire::Control{config_.broker_id, wire::DeliverMsg{}}, {}});
+      Outgoing& o = (*out)[sit->second];
+      auto& deliver = std::get<wire::DeliverMsg>(o.control.body);
+      size_t n = std::min<size_t>({credit, q.size(), config_.max_batch});
+      for (size_t i = 0; i < n; ++i) {
+        Item item = std::move(q.front());
+        q.pop_front();
+        uint64_t lease_id = next_lease_++;
+        deliver.items.push_back({lease_id, role, item.deliveries, item.enqueue_us});
+        o.payloads.push_back(item.payload);
+        w.leases.insert(lease_id);
+        leases_.emplace(lease_id, Lease{wid, role, std::move(item)});
+        ++counters_.delivered;
+      }
+      credit -= static_cast<uint32_t>(n);
+      w.last_sent_ns = now_ns;
+    }
+    if (!q.empty()) {
+      // Remaining items wait for credit; an ack re-marks the role ready.
+    }
+  }
+}
+
+std::vector<std::string> BrokerCore::WorkersNeedingHeartbeat() {
+  std::vector<std::string> ids;
+  int64_t now = clock_->NowNanos();
+  int64_t interval = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
+  for (const auto& [id, w] : workers_)
+    if (now - w.last_sent_ns >= interval) ids.push_back(id);
+  return ids;
+}
+
+void BrokerCore::MarkSent(const std::string& worker) {
+  auto it = workers_.find(worker);
+  if (it != workers_.end()) it->second.last_sent_ns = clock_->NowNanos();
+}
+
+size_t BrokerCore::QueueDepth(const std::string& role) const {
+  auto it = queues_.find(role);
+  return it == queues_.end() ? 0 : it->second.size();
+}
+
+Json BrokerCore::Stats() const {
+  Json queues = Json::object();
+  int64_t now_us = clock_->WallMicros();
+  for (const auto& [role, q] : queues_) {
+    double oldest_s = q.empty() ? 0.0 : (now_us - q.front().enqueue_us) / 1e6;
+    queues[role] = {{"depth", q.size()}, {"oldest_age_s", oldest_s}};
+  }
+  Json workers = Json::array();
+  for (const auto& [id, w] : workers_) {
+    Json credit = Json::object();
+    for (const auto& [role, c] : w.credit) credit[role] = c;
+    workers.push_back({{"id", id}, {"credit", credit}, {"leases", w.leases.size()}});
+  }
+  return Json{{"broker_id", config_.broker_id},
+              {"queues", queues},
+              {"leases", leases_.size()},
+              {"workers", workers},
+              {"counters",
+               {{"submitted", counters_.submitted},
+                {"delivered", counters_.delivered},
+                {"redelivered", counters_.redelivered},
+                {"acked", counters_.acked},
+                {"stale_acks", counters_.stale_acks},
+                {"requeued", counters_.requeued},
+                {"invalid", counters_.invalid},
+                {"workers_expired", counters_.workers_expired},
+                {"bytes_in", counters_.bytes_in}}}};
+}
+
+}  // namespace matrix::broker
