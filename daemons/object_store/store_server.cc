@@ -1,0 +1,288 @@
+// StoreServer: the ROUTER event loop of matrix-store. Single-threaded apart
+// from Stop(), which only sets a flag and writes an eventfd.
+#include "daemons/object_store/store_server.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <variant>
+
+#include "common/base/files.h"
+#include "common/base/hash.h"
+#include "common/base/json.h"
+#include "common/base/log.h"
+#include "common/base/signals.h"
+#include "common/transport/transport.h"
+#include "common/wire/codec.h"
+#include "common/wire/control.h"
+
+namespace matrix::store {
+namespace {
+
+// Envelopes are small (ids and checksums); payloads travel in their own frames.
+constexpr size_t kMaxEnvelopeBytes = 4 << 20;
+// Messages handled per RunOnce before the signal and sweep are looked at again.
+constexpr int kMaxMessagesPerIteration = 4096;
+
+std::string PeerName(const std::string& identity) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : identity) {
+    if (c >= 0x21 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
+                                                           transport::Context* ctx,
+                                                           const Clock* clock) {
+  if (config.sweep_interval_ms <= 0) return FailedPrecondition("sweep interval must be positive");
+  auto table = ObjectTable::Create(config, clock);
+  if (!table.ok()) return table.status();
+
+  transport::SocketOptions opts;
+  // A payload frame may be as large as the largest object; ZeroMQ drops the
+  // connection of a peer that sends a larger frame.
+  opts.max_message_bytes = std::max<int64_t>(config.max_object_bytes, kMaxEnvelopeBytes) + 4096;
+  auto socket = transport::Socket::Bind(*ctx, transport::Socket::Kind::kRouter, config.bind, opts);
+  if (!socket.ok()) return socket.status();
+
+  std::unique_ptr<StoreServer> server(new StoreServer(std::move(config), clock, std::move(table).value()));
+  server->socket_ = std::move(socket).value();
+  server->wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (server->wake_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+  server->poller_ = std::make_unique<transport::Poller>();
+  server->socket_index_ = server->poller_->AddSocket(server->socket_.get());
+  server->wake_index_ = server->poller_->AddFd(server->wake_fd_);
+  if (server->config_.signal_fd >= 0)
+    server->signal_index_ = server->poller_->AddFd(server->config_.signal_fd);
+
+  if (!server->config_.run_dir.empty()) {
+    Status st = WriteEndpointFile(server->config_.run_dir, server->config_.name, server->endpoint());
+    if (!st.ok()) return st;
+  }
+  return server;
+}
+
+StoreServer::StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr<ObjectTable> table)
+    : config_(std::move(config)), clock_(clock), table_(std::move(table)) {
+  next_sweep_ms_ = clock_->NowMillis() + config_.sweep_interval_ms;
+}
+
+StoreServer::~StoreServer() {
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+const std::string& StoreServer::endpoint() const { return socket_->endpoint(); }
+
+void StoreServer::Stop() {
+  stop_.store(true);
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  (void)n;
+}
+
+Status StoreServer::Run() {
+  LOG_INFO << "store " << config_.name << " of node " << config_.node << " serving on "
+           << endpoint() << " (memory budget " << config_.memory_budget_bytes << " bytes, spill dir "
+           << (config_.spill_dir.empty() ? "none" : config_.spill_dir) << ")";
+  while (!stop_.load()) {
+    int64_t wait = std::clamp<int64_t>(next_sweep_ms_ - clock_->NowMillis(), 0, 1000);
+    RunOnce(static_cast<int>(wait));
+  }
+  LOG_INFO << "store stopping: " << StatsJson();
+  return Status::Ok();
+}
+
+void StoreServer::RunOnce(int timeout_ms) {
+  if (poller_->Poll(timeout_ms)) {
+    if (poller_->Readable(wake_index_)) {
+      uint64_t v;
+      ssize_t n = ::read(wake_fd_, &v, sizeof(v));
+      (void)n;
+    }
+    if (signal_index_ >= 0 && poller_->Readable(signal_index_)) {
+      // A signalfd names the signal; any other fd (a pipe, an eventfd in
+      // tests) simply counts as a stop request.
+      if (int sig = ReadSignal(config_.signal_fd); sig > 0) {
+        LOG_INFO << "received signal " << sig << ", shutting down";
+      } else {
+        LOG_INFO << "stop requested";
+      }
+      stop_.store(true);
+    }
+  }
+  // Drained even when the poll reported nothing: ZeroMQ sockets may hold
+  // messages that arrived between polls.
+  transport::Frames frames;
+  for (int i = 0; i < kMaxMessagesPerIteration && socket_->TryRecv(&frames); ++i) HandleMessage(frames);
+
+  const int64_t now = clock_->NowMillis();
+  if (now >= next_sweep_ms_) {
+    int64_t expired = table_->ExpireOlderThan(now);
+    if (expired > 0) {
+      LOG_INFO << "expired " << expired << " objects nobody freed";
+    }
+    next_sweep_ms_ = now + config_.sweep_interval_ms;
+  }
+}
+
+void StoreServer::HandleMessage(std::vector<std::string>& frames) {
+  if (frames.size() < 2) {
+    Malformed(frames.empty() ? "" : frames[0], "message without an envelope frame");
+    return;
+  }
+  const std::string& peer = frames[0];
+  auto control = wire::DecodeControl(frames[1], kMaxEnvelopeBytes);
+  if (!control.ok()) {
+    Malformed(peer, control.status().message());
+    return;
+  }
+  const size_t payloads = frames.size() - 2;
+
+  if (auto* put = std::get_if<wire::PutMsg>(&control->body)) {
+    if (payloads != put->items.size()) {
+      Malformed(peer, "Put with " + std::to_string(put->items.size()) + " items carries " +
+                          std::to_string(payloads) + " payload frames");
+      return;
+    }
+    ++stats_.messages;
+    wire::PutReplyMsg reply{put->request_id, {}};
+    reply.items.reserve(put->items.size());
+    for (size_t i = 0; i < put->items.size(); ++i) {
+      const wire::ObjectItem& in = put->items[i];
+      std::string& payload = frames[2 + i];
+      wire::ObjectItem out{in.id, payload.size(), in.checksum, 0, true, ""};
+      Status st;
+      if (in.size != payload.size()) {
+        st = DataLoss("object " + Hex64(in.id) + ": payload is " + std::to_string(payload.size()) +
+                      " bytes, its item says " + std::to_string(in.size));
+      } else {
+        st = table_->Put(in.id, std::move(payload), in.checksum, static_cast<int64_t>(in.ttl_ms));
+      }
+      if (!st.ok()) {
+        out.ok = false;
+        out.error = st.ToString();
+      }
+      reply.items.push_back(std::move(out));
+    }
+    Reply({peer, wire::EncodeControl({config_.name, std::move(reply)})});
+    return;
+  }
+
+  if (auto* get = std::get_if<wire::GetMsg>(&control->body)) {
+    if (payloads != 0) {
+      Malformed(peer, "Get carries " + std::to_string(payloads) + " payload frames");
+      return;
+    }
+    ++stats_.messages;
+    wire::GetReplyMsg reply{get->request_id, {}};
+    reply.items.reserve(get->ids.size());
+    std::vector<std::string> out_frames;
+    out_frames.reserve(get->ids.size() + 2);
+    out_frames.push_back(peer);
+    out_frames.emplace_back();  // the envelope, encoded once the items are known
+    for (uint64_t id : get->ids) {
+      wire::ObjectItem item{id, 0, 0, 0, true, ""};
+      table_->Lookup(id, &item.size, &item.checksum);
+      auto data = table_->Get(id);
+      if (data.ok()) {
+        out_frames.push_back(std::move(data).value());
+      } else {
+        item.ok = false;
+        item.error = data.status().ToString();
+        out_frames.emplace_back();
+      }
+      reply.items.push_back(std::move(item));
+    }
+    out_frames[1] = wire::EncodeControl({config_.name, std::move(reply)});
+    Reply(std::move(out_frames));
+    return;
+  }
+
+  if (auto* free_msg = std::get_if<wire::FreeMsg>(&control->body)) {
+    if (payloads != 0) {
+      Malformed(peer, "Free carries " + std::to_string(payloads) + " payload frames");
+      return;
+    }
+    ++stats_.messages;
+    for (uint64_t id : free_msg->ids) table_->Free(id);
+    return;
+  }
+
+  if (std::holds_alternative<wire::StatsRequestMsg>(control->body)) {
+    ++stats_.messages;
+    Reply({peer, wire::EncodeControl({config_.name, wire::StatsReplyMsg{StatsJson()}})});
+    return;
+  }
+
+  Malformed(peer, "unexpected message type " + std::to_string(control->body.index()) + " for a store");
+}
+
+void StoreServer::Malformed(const std::string& peer, const std::string& why) {
+  ++stats_.malformed_messages;
+  const int64_t now = clock_->NowMillis();
+  if (now - last_malformed_log_ms_ < 1000) {
+    ++malformed_unlogged_;
+    return;
+  }
+  LOG_WARN << "dropped malformed message from peer " << PeerName(peer) << ": " << why
+           << (malformed_unlogged_ > 0
+                   ? " (" + std::to_string(malformed_unlogged_) + " more dropped since the last report)"
+                   : std::string());
+  last_malformed_log_ms_ = now;
+  malformed_unlogged_ = 0;
+}
+
+void StoreServer::Reply(std::vector<std::string> frames) {
+  Status st = socket_->Send(frames);
+  if (!st.ok()) {
+    ++stats_.send_failures;
+    LOG_DEBUG << "reply to peer " << PeerName(frames[0]) << " not sent: " << st.message();
+  }
+}
+
+StoreServerStats StoreServer::stats() const {
+  StoreServerStats s = stats_;
+  s.table = table_->stats();
+  return s;
+}
+
+std::string StoreServer::StatsJson() const {
+  StoreServerStats s = stats();
+  Json j = {
+      {"node", config_.node},
+      {"name", config_.name},
+      {"endpoint", endpoint()},
+      {"objects", s.table.objects},
+      {"memory_bytes", s.table.memory_bytes},
+      {"disk_bytes", s.table.disk_bytes},
+      {"memory_budget_bytes", config_.memory_budget_bytes},
+      {"puts", s.table.puts},
+      {"put_errors", s.table.put_errors},
+      {"gets", s.table.gets},
+      {"get_misses", s.table.get_misses},
+      {"frees", s.table.frees},
+      {"spills", s.table.spills},
+      {"promotions", s.table.promotions},
+      {"expirations", s.table.expirations},
+      {"checksum_failures", s.table.checksum_failures},
+      {"messages", s.messages},
+      {"malformed_messages", s.malformed_messages},
+      {"send_failures", s.send_failures},
+  };
+  return j.dump();
+}
+
+}  // namespace matrix::store

@@ -1,0 +1,98 @@
+// StoreServer: matrix-store's event loop. Owns the ROUTER socket that workers
+// connect to, verifies every message (envelope decode, payload frame count),
+// answers Put / Get / Free / StatsRequest from an ObjectTable, and runs the
+// TTL expiry sweep. A malformed message is counted, logged (at most once per
+// second) and dropped; the peer gets no reply and the loop keeps serving.
+//
+// Protocol details beyond schemas/control.fbs:
+//   - A failed item carries ok=false and error = Status::ToString() of the
+//     failure ("NOT_FOUND: object 00..2a not found"), so clients recover the
+//     canonical code from the text before the first ": ".
+//   - Put items: `size` must equal the payload frame's length and `checksum`
+//     its Hash64; otherwise that item fails with DATA_LOSS.
+//   - GetReply items carry the object's size and checksum; the payload frame
+//     is empty for a failed item.
+//
+// Lifecycle: Create() binds and writes the endpoint file; Run() serves until
+// the configured signal fd becomes readable or Stop() is called.
+// Thread-safety: Run()/RunOnce() and the accessors on one thread; Stop() from
+// any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/base/clock.h"
+#include "common/base/status.h"
+#include "daemons/object_store/object_table.h"
+#include "daemons/object_store/store_config.h"
+
+namespace matrix::transport {
+class Context;
+class Socket;
+class Poller;
+}  // namespace matrix::transport
+
+namespace matrix::store {
+
+struct StoreServerStats {
+  ObjectTableStats table;
+  int64_t messages = 0;            // well-formed requests handled
+  int64_t malformed_messages = 0;  // dropped: undecodable or inconsistent
+  int64_t send_failures = 0;       // replies to peers that had gone
+};
+
+class StoreServer {
+ public:
+  // Binds config.bind, creates the spill directory and, when config.run_dir
+  // is set, writes <run_dir>/endpoints/<name>. kUnavailable when the bind
+  // fails, kFailedPrecondition for an unusable config. `ctx` and `clock`
+  // must outlive the server.
+  static StatusOr<std::unique_ptr<StoreServer>> Create(StoreConfig config, transport::Context* ctx,
+                                                       const Clock* clock);
+  ~StoreServer();
+  StoreServer(const StoreServer&) = delete;
+  StoreServer& operator=(const StoreServer&) = delete;
+
+  // Serves until the signal fd is readable or Stop() is called; returns OK
+  // on such a clean stop.
+  Status Run();
+  // One loop iteration: waits up to timeout_ms for messages, handles all
+  // that are queued, runs the expiry sweep when due. Tests drive it directly.
+  void RunOnce(int timeout_ms);
+  // Makes Run() return soon. Safe from any thread and from signal handlers.
+  void Stop();
+  bool stopping() const { return stop_.load(); }
+
+  // The bound endpoint (the real port for "tcp://host:*").
+  const std::string& endpoint() const;
+  StoreServerStats stats() const;
+  // The StatsReply body: every counter of stats() plus the node name.
+  std::string StatsJson() const;
+
+ private:
+  StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr<ObjectTable> table);
+  void HandleMessage(std::vector<std::string>& frames);
+  void Malformed(const std::string& peer, const std::string& why);
+  void Reply(std::vector<std::string> frames);
+
+  StoreConfig config_;
+  const Clock* clock_;
+  std::unique_ptr<ObjectTable> table_;
+  std::unique_ptr<transport::Socket> socket_;
+  std::unique_ptr<transport::Poller> poller_;
+  int socket_index_ = -1;
+  int signal_index_ = -1;
+  int wake_fd_ = -1;  // eventfd written by Stop()
+  int wake_index_ = -1;
+  int64_t next_sweep_ms_ = 0;
+  int64_t last_malformed_log_ms_ = INT64_MIN / 2;
+  int64_t malformed_unlogged_ = 0;
+  StoreServerStats stats_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace matrix::store
