@@ -1,0 +1,781 @@
+// LlmClient implementation on libcurl's multi interface.
+//
+// Threads: the caller's threads only touch `submit_mu_`-guarded submissions,
+// `done_mu_`-guarded results, the eventfd and the endpoints' atomic counters.
+// Everything else (the multi handle's transfers, balancers, pool queues, the
+// retry timer heap, live calls) belongs to the client thread, which loops:
+//   accept submissions -> fire due retry timers -> dispatch queued requests
+//   -> curl_multi_perform -> reap finished transfers -> dispatch again
+//   -> curl_multi_poll until a socket, a curl timer, the next retry or a
+//      wake-up (curl_multi_wakeup from Submit/Shutdown).
+// Invariants (client thread):
+//   - every live Call is in exactly one place: a pool's `waiting` queue, the
+//     timer heap, or the multi handle (call->easy != nullptr);
+//   - an endpoint's balancer in_flight equals the number of its calls in the
+//     multi handle, which never exceeds max_concurrency_per_endpoint.
+#include "common/llm/llm_client.h"
+
+#include <curl/curl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "common/base/log.h"
+#include "common/llm/chat_response.h"
+#include "common/llm/endpoint_balancer.h"
+#include "common/llm/retry_policy.h"
+
+namespace matrix::llm {
+namespace {
+
+constexpr size_t kMaxResponseBytes = 64u << 20;  // larger answers are refused
+constexpr size_t kMaxErrorText = 2048;           // error_body and messages are cut here
+constexpr int kMaxPollMs = 1000;                 // idle wake-up interval of the client thread
+// While retries or cool-downs are pending the thread re-reads the clock at
+// least this often, so an injected clock that jumps is noticed promptly.
+constexpr int kTimerPollMs = 100;
+constexpr size_t kMaxIdleEasyHandles = 4096;
+
+Status Cancelled(std::string m) { return Status(StatusCode::kCancelled, std::move(m)); }
+
+// "http://user:pw@host/v1" -> "http://host/v1".
+std::string StripUserInfo(const std::string& url) {
+  size_t scheme = url.find("://");
+  size_t start = scheme == std::string::npos ? 0 : scheme + 3;
+  size_t end = url.find_first_of("/?#", start);
+  if (end == std::string::npos) end = url.size();
+  size_t at = url.rfind('@', end);
+  if (at == std::string::npos || at < start) return url;
+  return url.substr(0, start) + url.substr(at + 1);
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+struct Endpoint {
+  std::string display;          // base URL without user-info
+  std::string completions_url;  // base URL + "/chat/completions"
+  std::atomic<int> in_flight{0};
+  std::atomic<int64_t> requests{0};
+  std::atomic<int64_t> errors{0};
+  std::atomic<int64_t> retries{0};
+  std::atomic<bool> healthy{true};
+};
+
+struct Call;
+
+struct Pool {
+  PoolConfig cfg;
+  std::vector<std::unique_ptr<Endpoint>> endpoints;
+  std::unique_ptr<EndpointBalancer> balancer;  // client thread only
+  std::deque<Call*> waiting;                   // client thread only; FIFO
+  curl_slist* headers = nullptr;               // shared by all of the pool's transfers
+};
+
+struct Call {
+  uint64_t tag = 0;
+  Pool* pool = nullptr;
+  std::string sticky_key;
+  std::string payload;  // serialized request body
+  int64_t submit_ns = 0;
+  int attempts = 0;
+  int endpoint = -1;  // endpoint of the current or last attempt
+  bool probe = false;
+  CURL* easy = nullptr;  // non-null while in the multi handle
+  std::string response;
+  bool response_too_large = false;
+  std::string retry_after;
+  char errbuf[CURL_ERROR_SIZE];
+  // Last failed attempt.
+  int last_http = 0;
+  bool last_timed_out = false;
+  std::string last_error;
+  std::string last_error_body;
+};
+
+size_t OnBody(char* data, size_t size, size_t nmemb, void* user) {
+  Call* call = static_cast<Call*>(user);
+  size_t n = size * nmemb;
+  if (call->response.size() + n > kMaxResponseBytes) {
+    call->response_too_large = true;
+    return 0;
+  }
+  call->response.append(data, n);
+  return n;
+}
+
+size_t OnHeader(char* data, size_t size, size_t nmemb, void* user) {
+  Call* call = static_cast<Call*>(user);
+  size_t n = size * nmemb;
+  std::string line(data, n);
+  if (line.compare(0, 5, "HTTP/") == 0) {
+    call->retry_after.clear();  // a new response (e.g. after 100 Continue)
+    return n;
+  }
+  static const char kName[] = "retry-after:";
+  constexpr size_t kLen = sizeof(kName) - 1;
+  if (line.size() > kLen && Lower(line.substr(0, kLen)) == kName) {
+    std::string value = line.substr(kLen);
+    size_t b = value.find_first_not_of(" \t");
+    size_t e = value.find_last_not_of(" \t\r\n");
+    call->retry_after = b == std::string::npos ? "" : value.substr(b, e - b + 1);
+  }
+  return n;
+}
+
+struct Timer {
+  int64_t due_ns;
+  uint64_t seq;
+  Call* call;
+  bool operator>(const Timer& o) const {
+    return due_ns != o.due_ns ? due_ns > o.due_ns : seq > o.seq;
+  }
+};
+
+struct Submission {
+  ChatRequest req;
+  int64_t submit_ns;
+};
+
+std::once_flag g_curl_init_once;
+CURLcode g_curl_init_code = CURLE_OK;
+
+}  // namespace
+
+class LlmClient::Impl {
+ public:
+  explicit Impl(const Clock* clock) : clock_(clock), rng_(std::random_device{}()) {}
+  ~Impl();
+
+  Status Init(std::vector<PoolConfig> pools);
+  void Submit(ChatRequest req);
+  size_t Drain(std::vector<ChatResult>* out);
+  int notify_fd() const { return event_fd_; }
+  void Shutdown();
+  std::vector<LlmClient::EndpointStats> Stats() const;
+
+ private:
+  void Run();
+  void Accept(Submission sub);
+  void FireTimers(int64_t now_ns);
+  void DispatchAll(int64_t now_ns);
+  void StartAttempt(Call* call, int endpoint, int64_t now_ns);
+  void ReapFinished();
+  void OnAttemptDone(Call* call, CURLcode code, long http);
+  void CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http);
+  void CancelEverything();
+  int PollTimeoutMs(int64_t now_ns) const;
+  CURL* TakeEasy();
+  void ReleaseEasy(CURL* easy);
+  void PushResult(ChatResult result);
+  std::string Redact(const Pool& pool, const std::string& text) const {
+    return RedactSecrets(text, pool.cfg.api_key);
+  }
+
+  const Clock* clock_;
+  CURLM* multi_ = nullptr;
+  int event_fd_ = -1;
+  std::vector<std::unique_ptr<Pool>> pools_;        // immutable after Init
+  std::unordered_map<std::string, Pool*> by_name_;  // immutable after Init
+  std::thread thread_;
+
+  std::mutex submit_mu_;
+  // GUARDED_BY(submit_mu_). Invariant: while non-empty, a curl_multi_wakeup has
+  // been made since the client thread last emptied it.
+  std::vector<Submission> submitted_;
+  bool stopping_ = false;  // GUARDED_BY(submit_mu_)
+  std::mutex join_mu_;     // serializes Shutdown's join
+
+  std::mutex done_mu_;
+  std::vector<ChatResult> done_;  // GUARDED_BY(done_mu_)
+
+  // Client thread only.
+  std::unordered_map<Call*, std::unique_ptr<Call>> live_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  uint64_t timer_seq_ = 0;
+  std::vector<CURL*> idle_easy_;
+  std::mt19937_64 rng_;
+  std::uniform_real_distribution<double> unit_{0.0, 1.0};
+};
+
+// ---------------------------------------------------------------------------
+// Set-up and tear-down.
+
+Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
+  if (clock_ == nullptr) return InvalidArgument("LlmClient needs a clock");
+  std::call_once(g_curl_init_once, [] { g_curl_init_code = curl_global_init(CURL_GLOBAL_ALL); });
+  if (g_curl_init_code != CURLE_OK)
+    return Internal(std::string("libcurl initialisation failed: ") +
+                    curl_easy_strerror(g_curl_init_code));
+
+  std::map<std::string, long> host_caps;
+  long total_cap = 0;
+  for (PoolConfig& cfg : pools) {
+    const std::string where = "llm pool '" + cfg.name + "'";
+    if (cfg.name.empty()) return InvalidArgument("llm pool with an empty name");
+    if (by_name_.count(cfg.name)) return InvalidArgument(where + " is defined twice");
+    if (cfg.endpoints.empty()) return InvalidArgument(where + ": endpoints is empty");
+    if (cfg.max_concurrency_per_endpoint < 1)
+      return InvalidArgument(where + ": max_concurrency_per_endpoint must be >= 1");
+    if (!(cfg.timeout_s > 0)) return InvalidArgument(where + ": timeout_s must be > 0");
+    if (!(cfg.connect_timeout_s > 0))
+      return InvalidArgument(where + ": connect_timeout_s must be > 0");
+    if (cfg.max_retries < 0) return InvalidArgument(where + ": max_retries must be >= 0");
+    if (!(cfg.backoff_base_s >= 0) || !(cfg.backoff_max_s >= 0))
+      return InvalidArgument(where + ": backoff_base_s and backoff_max_s must be >= 0");
+    if (cfg.breaker_failures < 1) return InvalidArgument(where + ": breaker_failures must be >= 1");
+    if (!(cfg.breaker_cooldown_s >= 0))
+      return InvalidArgument(where + ": breaker_cooldown_s must be >= 0");
+    for (char c : cfg.api_key) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+        return InvalidArgument(where + ": api_key contains control characters");
+    }
+
+    auto pool = std::make_unique<Pool>();
+    std::vector<std::string> keys;
+    for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
+      std::string url = cfg.endpoints[i];
+      while (!url.empty() && url.back() == '/') url.pop_back();
+      auto ep = std::make_unique<Endpoint>();
+      ep->display = RedactSecrets(StripUserInfo(url), cfg.api_key);
+      const std::string ep_where =
+          where + " endpoint " + std::to_string(i) + " (" + ep->display + ")";
+
+      CURLU* u = curl_url();
+      if (u == nullptr) return Internal("out of memory parsing URLs");
+      CURLUcode uc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
+      char* scheme = nullptr;
+      char* host = nullptr;
+      if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+      if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+      std::string scheme_s = scheme ? scheme : "", host_s = host ? host : "";
+      curl_free(scheme);
+      curl_free(host);
+      curl_url_cleanup(u);
+      if (uc != CURLUE_OK) return InvalidArgument(ep_where + " is not a valid URL");
+      scheme_s = Lower(scheme_s);
+      if (scheme_s != "http" && scheme_s != "https")
+        return InvalidArgument(ep_where + ": only http and https URLs are supported");
+
+      ep->completions_url = url + "/chat/completions";
+      // Keyed by host alone: a safe upper bound whether or not libcurl counts
+      // ports separately.
+      host_caps[Lower(host_s)] += cfg.max_concurrency_per_endpoint;
+      total_cap += cfg.max_concurrency_per_endpoint;
+      keys.push_back(ep->display);
+      pool->endpoints.push_back(std::move(ep));
+    }
+    BreakerOptions breaker;
+    breaker.failure_threshold = cfg.breaker_failures;
+    breaker.cooldown_ns = static_cast<int64_t>(cfg.breaker_cooldown_s * 1e9);
+    pool->balancer = std::make_unique<EndpointBalancer>(std::move(keys),
+                                                        cfg.max_concurrency_per_endpoint, breaker);
+    const std::vector<std::string> header_lines = {
+        "Content-Type: application/json", "Accept: application/json",
+        "Expect:",  // no 100-continue round trip for large prompts
+    };
+    for (const std::string& h : header_lines) {
+      curl_slist* next = curl_slist_append(pool->headers, h.c_str());
+      if (next == nullptr) return Internal("out of memory building headers");
+      pool->headers = next;
+    }
+    if (!cfg.api_key.empty()) {
+      std::string auth = "Authorization: Bearer " + cfg.api_key;
+      curl_slist* next = curl_slist_append(pool->headers, auth.c_str());
+      std::fill(auth.begin(), auth.end(), '\0');
+      if (next == nullptr) return Internal("out of memory building headers");
+      pool->headers = next;
+    }
+    pool->cfg = std::move(cfg);
+    by_name_[pool->cfg.name] = pool.get();
+    pools_.push_back(std::move(pool));
+  }
+
+  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (event_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+  multi_ = curl_multi_init();
+  if (multi_ == nullptr) return Internal("curl_multi_init failed");
+  long max_host = 1;
+  for (const auto& [host, cap] : host_caps) max_host = std::max(max_host, cap);
+  curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+  curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, std::max(total_cap, 16L));
+
+  thread_ = std::thread([this] { Run(); });
+  return Status::Ok();
+}
+
+LlmClient::Impl::~Impl() {
+  Shutdown();
+  for (CURL* e : idle_easy_) curl_easy_cleanup(e);
+  idle_easy_.clear();
+  if (multi_ != nullptr) curl_multi_cleanup(multi_);
+  for (auto& pool : pools_) curl_slist_free_all(pool->headers);
+  if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+void LlmClient::Impl::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(submit_mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      if (multi_ != nullptr) curl_multi_wakeup(multi_);
+    }
+  }
+  std::lock_guard<std::mutex> lock(join_mu_);
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---------------------------------------------------------------------------
+// Caller-side API.
+
+void LlmClient::Impl::Submit(ChatRequest req) {
+  const int64_t now = clock_->NowNanos();
+  if (by_name_.find(req.pool) == by_name_.end()) {
+    ChatResult r;
+    r.tag = req.tag;
+    r.status = InvalidArgument("unknown llm pool '" + req.pool + "'");
+    PushResult(std::move(r));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(submit_mu_);
+    if (!stopping_) {
+      // A non-empty queue already has a wake-up pending since the client
+      // thread last took it, so a burst of submissions costs one wake-up.
+      bool was_empty = submitted_.empty();
+      submitted_.push_back(Submission{std::move(req), now});
+      if (was_empty) curl_multi_wakeup(multi_);
+      return;
+    }
+  }
+  ChatResult r;
+  r.tag = req.tag;
+  r.status = Cancelled("llm client is shut down");
+  PushResult(std::move(r));
+}
+
+void LlmClient::Impl::PushResult(ChatResult result) {
+  std::lock_guard<std::mutex> lock(done_mu_);
+  bool was_empty = done_.empty();
+  done_.push_back(std::move(result));
+  if (was_empty) {
+    uint64_t one = 1;
+    ssize_t n = ::write(event_fd_, &one, sizeof(one));
+    (void)n;  // EAGAIN only when the counter is saturated: still readable
+  }
+}
+
+size_t LlmClient::Impl::Drain(std::vector<ChatResult>* out) {
+  std::lock_guard<std::mutex> lock(done_mu_);
+  size_t n = done_.size();
+  for (ChatResult& r : done_) out->push_back(std::move(r));
+  done_.clear();
+  uint64_t value;
+  ssize_t ignored = ::read(event_fd_, &value, sizeof(value));
+  (void)ignored;  // EAGAIN when nothing was signalled
+  return n;
+}
+
+std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
+  std::vector<LlmClient::EndpointStats> out;
+  for (const auto& pool : pools_) {
+    for (const auto& ep : pool->endpoints) {
+      LlmClient::EndpointStats s;
+      s.pool = pool->cfg.name;
+      s.url = ep->display;
+      s.in_flight = ep->in_flight.load();
+      s.requests = ep->requests.load();
+      s.errors = ep->errors.load();
+      s.retries = ep->retries.load();
+      s.healthy = ep->healthy.load();
+      out.push_back(std::move(s));
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Client thread.
+
+void LlmClient::Impl::Run() {
+  std::vector<Submission> batch;
+  while (true) {
+    bool stop;
+    {
+      std::lock_guard<std::mutex> lock(submit_mu_);
+      batch.swap(submitted_);
+      stop = stopping_;
+    }
+    for (Submission& sub : batch) Accept(std::move(sub));
+    batch.clear();
+    if (stop) break;
+
+    FireTimers(clock_->NowNanos());
+    DispatchAll(clock_->NowNanos());
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi_, &running);
+    if (mc != CURLM_OK) {
+      LOG_ERROR << "llm client: curl_multi_perform: " << curl_multi_strerror(mc);
+    }
+    ReapFinished();
+    const int64_t now = clock_->NowNanos();
+    DispatchAll(now);
+
+    int numfds = 0;
+    mc = curl_multi_poll(multi_, nullptr, 0, PollTimeoutMs(now), &numfds);
+    if (mc != CURLM_OK) {
+      LOG_ERROR << "llm client: curl_multi_poll: " << curl_multi_strerror(mc);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  CancelEverything();
+}
+
+int LlmClient::Impl::PollTimeoutMs(int64_t now_ns) const {
+  int64_t next = INT64_MAX;
+  if (!timers_.empty()) next = timers_.top().due_ns;
+  for (const auto& pool : pools_) {
+    if (!pool->waiting.empty()) next = std::min(next, pool->balancer->NextCooldownEnd(now_ns));
+  }
+  if (next == INT64_MAX) return kMaxPollMs;
+  int64_t ms = next <= now_ns ? 0 : (next - now_ns + 999'999) / 1'000'000;
+  return static_cast<int>(std::min<int64_t>(ms, kTimerPollMs));
+}
+
+void LlmClient::Impl::Accept(Submission sub) {
+  Pool* pool = by_name_.at(sub.req.pool);
+  auto call = std::make_unique<Call>();
+  call->tag = sub.req.tag;
+  call->pool = pool;
+  call->sticky_key = std::move(sub.req.sticky_key);
+  call->submit_ns = sub.submit_ns;
+  call->errbuf[0] = '\0';
+  Call* raw = call.get();
+  live_.emplace(raw, std::move(call));
+
+  Json& body = sub.req.body;
+  if (!body.is_object()) {
+    CompleteCall(raw, InvalidArgument("llm request body must be a JSON object"), nullptr, 0);
+    return;
+  }
+  auto stream = body.find("stream");
+  if (stream != body.end() && stream->is_boolean() && stream->get<bool>()) {
+    CompleteCall(raw, InvalidArgument("streaming llm requests are not supported"), nullptr, 0);
+    return;
+  }
+  try {
+    if (!pool->cfg.model.empty()) body["model"] = pool->cfg.model;
+    // Invalid UTF-8 (e.g. a model answer cut mid-character) is replaced, not fatal.
+    raw->payload = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  } catch (const std::exception& e) {
+    CompleteCall(raw,
+                 InvalidArgument(std::string("llm request body cannot be encoded: ") + e.what()),
+                 nullptr, 0);
+    return;
+  }
+  pool->waiting.push_back(raw);
+}
+
+void LlmClient::Impl::FireTimers(int64_t now_ns) {
+  std::vector<Call*> fired;
+  while (!timers_.empty() && timers_.top().due_ns <= now_ns) {
+    fired.push_back(timers_.top().call);
+    timers_.pop();
+  }
+  // Retries were submitted before anything still queued: they go first, in due order.
+  for (auto it = fired.rbegin(); it != fired.rend(); ++it) (*it)->pool->waiting.push_front(*it);
+}
+
+void LlmClient::Impl::DispatchAll(int64_t now_ns) {
+  for (auto& pool : pools_) {
+    while (!pool->waiting.empty()) {
+      Call* call = pool->waiting.front();
+      std::string_view key =
+          pool->cfg.sticky ? std::string_view(call->sticky_key) : std::string_view();
+      int idx = pool->balancer->Pick(key, call->endpoint, now_ns);
+      if (idx < 0) break;
+      pool->waiting.pop_front();
+      StartAttempt(call, idx, now_ns);
+    }
+  }
+}
+
+CURL* LlmClient::Impl::TakeEasy() {
+  if (!idle_easy_.empty()) {
+    CURL* e = idle_easy_.back();
+    idle_easy_.pop_back();
+    return e;
+  }
+  return curl_easy_init();
+}
+
+void LlmClient::Impl::ReleaseEasy(CURL* easy) {
+  if (idle_easy_.size() >= kMaxIdleEasyHandles) {
+    curl_easy_cleanup(easy);
+    return;
+  }
+  curl_easy_reset(easy);
+  idle_easy_.push_back(easy);
+}
+
+void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
+  Pool& pool = *call->pool;
+  Endpoint& ep = *pool.endpoints[endpoint];
+  call->endpoint = endpoint;
+  call->response.clear();
+  call->response_too_large = false;
+  call->retry_after.clear();
+  call->errbuf[0] = '\0';
+  call->probe = pool.balancer->OnStart(endpoint, now_ns);
+  ep.in_flight.fetch_add(1);
+  ep.requests.fetch_add(1);
+  if (call->attempts > 0) ep.retries.fetch_add(1);
+  call->attempts++;
+
+  CURL* e = TakeEasy();
+  if (e == nullptr) {
+    OnAttemptDone(call, CURLE_OUT_OF_MEMORY, 0);
+    return;
+  }
+  curl_easy_setopt(e, CURLOPT_URL, ep.completions_url.c_str());
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_POST, 1L);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->payload.data());
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(call->payload.size()));
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, pool.headers);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "matrix-llm/0.1");
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &OnBody);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &OnHeader);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(pool.cfg.timeout_s * 1000)));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(std::ceil(pool.cfg.connect_timeout_s * 1000)));
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  call->easy = e;
+  CURLMcode mc = curl_multi_add_handle(multi_, e);
+  if (mc != CURLM_OK) {
+    call->easy = nullptr;
+    ReleaseEasy(e);
+    std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
+                  curl_multi_strerror(mc));
+    OnAttemptDone(call, CURLE_FAILED_INIT, 0);
+  }
+}
+
+void LlmClient::Impl::ReapFinished() {
+  int left = 0;
+  while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    CURL* e = msg->easy_handle;
+    CURLcode code = msg->data.result;
+    Call* call = nullptr;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, &call);
+    long http = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &http);
+    curl_multi_remove_handle(multi_, e);
+    ReleaseEasy(e);
+    if (call == nullptr) continue;
+    call->easy = nullptr;
+    OnAttemptDone(call, code, http);
+  }
+}
+
+void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
+  Pool& pool = *call->pool;
+  Endpoint& ep = *pool.endpoints[call->endpoint];
+  const int64_t now = clock_->NowNanos();
+  const int http = static_cast<int>(http_long);
+
+  enum class Next { kDone, kRetry, kFail };
+  Next next = Next::kRetry;
+  AttemptHealth health = AttemptHealth::kFailure;
+  bool timed_out = false;
+  std::string error;       // what went wrong, for the status message
+  std::string error_body;  // the server's text, for the result
+  std::optional<double> retry_after;
+  ParsedCompletion parsed;
+  if (!pool.cfg.api_key.empty() && call->response.find(pool.cfg.api_key) != std::string::npos)
+    call->response =
+        Redact(pool, call->response);  // a server echoing the key never gets it into records
+
+  if (code != CURLE_OK) {
+    std::string what = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
+    if (call->response_too_large) {
+      next = Next::kFail;
+      health = AttemptHealth::kSuccess;
+      error = "response larger than " + std::to_string(kMaxResponseBytes) + " bytes";
+    } else if (code == CURLE_OPERATION_TIMEDOUT) {
+      timed_out = true;
+      error = "timed out: " + what;
+    } else if (code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT) {
+      next = Next::kFail;
+      health = AttemptHealth::kNeutral;
+      error = "cannot send request: " + what;
+    } else {
+      error = "transport error: " + what;
+    }
+  } else {
+    switch (ClassifyHttpStatus(http)) {
+      case HttpOutcome::kSuccess: {
+        StatusOr<ParsedCompletion> p = ParseChatCompletion(call->response);
+        if (p.ok()) {
+          next = Next::kDone;
+          health = AttemptHealth::kSuccess;
+          parsed = std::move(p).value();
+        } else {
+          error =
+              "HTTP " + std::to_string(http) + " with a malformed body: " + p.status().message();
+          error_body = TruncateText(call->response, kMaxErrorText);
+        }
+        break;
+      }
+      case HttpOutcome::kRetryable:
+        health = http == 429 ? AttemptHealth::kNeutral : AttemptHealth::kFailure;
+        if (HonoursRetryAfter(http) && !call->retry_after.empty())
+          retry_after = ParseRetryAfter(call->retry_after, clock_->WallMicros() / 1e6);
+        error = "HTTP " + std::to_string(http) + ": " +
+                ErrorMessageFromBody(call->response, kMaxErrorText);
+        error_body = TruncateText(call->response, kMaxErrorText);
+        break;
+      case HttpOutcome::kNonRetryable:
+        next = Next::kFail;
+        health = AttemptHealth::kSuccess;  // the endpoint is up; the request is at fault
+        error = "HTTP " + std::to_string(http) + ": " +
+                ErrorMessageFromBody(call->response, kMaxErrorText);
+        error_body = TruncateText(call->response, kMaxErrorText);
+        break;
+    }
+  }
+  call->response.clear();
+  call->response.shrink_to_fit();
+
+  BreakerChange change = pool.balancer->OnFinish(call->endpoint, health, call->probe, now);
+  call->probe = false;
+  ep.in_flight.fetch_sub(1);
+  ep.healthy.store(pool.balancer->healthy(call->endpoint));
+  if (change == BreakerChange::kOpened) {
+    LOG_WARN << "llm pool '" << pool.cfg.name << "': endpoint " << ep.display
+             << " marked unhealthy after " << pool.balancer->consecutive_failures(call->endpoint)
+             << " consecutive failures; last: " << Redact(pool, error);
+  } else if (change == BreakerChange::kClosed) {
+    LOG_WARN << "llm pool '" << pool.cfg.name << "': endpoint " << ep.display
+             << " is healthy again";
+  }
+
+  if (next == Next::kDone) {
+    CompleteCall(call, Status::Ok(), &parsed, http);
+    return;
+  }
+  ep.errors.fetch_add(1);
+  call->last_http = http;
+  call->last_timed_out = timed_out;
+  call->last_error = Redact(pool, ep.display + ": " + error);
+  call->last_error_body = Redact(pool, error_body);
+
+  if (next == Next::kFail) {
+    LOG_DEBUG << "llm pool '" << pool.cfg.name << "' request " << call->tag
+              << " failed: " << call->last_error;
+    CompleteCall(call, InvalidArgument("llm pool '" + pool.cfg.name + "' " + call->last_error),
+                 nullptr, http);
+    return;
+  }
+  if (call->attempts > pool.cfg.max_retries) {
+    std::string msg = "llm pool '" + pool.cfg.name + "': gave up after " +
+                      std::to_string(call->attempts) + " attempts; last: " + call->last_error;
+    LOG_DEBUG << msg;
+    CompleteCall(call, timed_out ? DeadlineExceeded(msg) : Unavailable(msg), nullptr, http);
+    return;
+  }
+  double delay_s = RetryDelaySeconds(call->attempts, pool.cfg.backoff_base_s,
+                                     pool.cfg.backoff_max_s, retry_after, unit_(rng_));
+  LOG_DEBUG << "llm pool '" << pool.cfg.name << "' request " << call->tag << " attempt "
+            << call->attempts << " failed (" << call->last_error << "); retrying in " << delay_s
+            << " s";
+  timers_.push(Timer{now + static_cast<int64_t>(delay_s * 1e9), timer_seq_++, call});
+}
+
+void LlmClient::Impl::CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http) {
+  ChatResult r;
+  r.tag = call->tag;
+  r.status = std::move(status);
+  r.http_status = http;
+  r.attempts = call->attempts;
+  r.latency_ns = clock_->NowNanos() - call->submit_ns;
+  if (call->endpoint >= 0) r.endpoint = call->pool->endpoints[call->endpoint]->display;
+  if (parsed != nullptr) {
+    r.content = std::move(parsed->content);
+    r.tool_calls = std::move(parsed->tool_calls);
+    r.finish_reason = std::move(parsed->finish_reason);
+    r.prompt_tokens = parsed->prompt_tokens;
+    r.completion_tokens = parsed->completion_tokens;
+    r.raw = std::move(parsed->raw);
+  } else {
+    r.error_body = std::move(call->last_error_body);
+  }
+  live_.erase(call);
+  PushResult(std::move(r));
+}
+
+void LlmClient::Impl::CancelEverything() {
+  std::vector<Call*> calls;
+  calls.reserve(live_.size());
+  for (auto& [raw, owned] : live_) calls.push_back(raw);
+  for (Call* call : calls) {
+    if (call->easy != nullptr) {
+      curl_multi_remove_handle(multi_, call->easy);
+      ReleaseEasy(call->easy);
+      call->easy = nullptr;
+      Pool& pool = *call->pool;
+      pool.balancer->OnFinish(call->endpoint, AttemptHealth::kNeutral, call->probe,
+                              clock_->NowNanos());
+      pool.endpoints[call->endpoint]->in_flight.fetch_sub(1);
+    }
+    call->last_error_body.clear();
+    CompleteCall(call, Cancelled("llm client shut down before the request completed"), nullptr,
+                 call->last_http);
+  }
+  for (auto& pool : pools_) pool->waiting.clear();
+  while (!timers_.empty()) timers_.pop();
+}
+
+// ---------------------------------------------------------------------------
+// LlmClient forwarding.
+
+LlmClient::LlmClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LlmClient::~LlmClient() = default;
+
+StatusOr<std::unique_ptr<LlmClient>> LlmClient::Create(std::vector<PoolConfig> pools,
+                                                       const Clock* clock) {
+  auto impl = std::make_unique<Impl>(clock);
+  Status st = impl->Init(std::move(pools));
+  if (!st.ok()) return st;
+  return std::unique_ptr<LlmClient>(new LlmClient(std::move(impl)));
+}
+
+void LlmClient::Submit(ChatRequest req) { impl_->Submit(std::move(req)); }
+size_t LlmClient::Drain(std::vector<ChatResult>* out) { return impl_->Drain(out); }
+int LlmClient::notify_fd() const { return impl_->notify_fd(); }
+void LlmClient::Shutdown() { impl_->Shutdown(); }
+std::vector<LlmClient::EndpointStats> LlmClient::Stats() const { return impl_->Stats(); }
+
+}  // namespace matrix::llm

@@ -1,0 +1,143 @@
+// LlmClient: asynchronous OpenAI-compatible chat-completions client for the
+// worker's event loop.
+//
+// One client serves every model pool of a pipeline. It owns one thread that
+// drives all HTTP transfers (thousands at once, keep-alive connections reused
+// across requests). The event loop hands requests over with Submit() and
+// collects results with Drain() when notify_fd() polls readable, so the loop
+// never blocks on the network.
+//
+// Per pool: requests go to the endpoint with the fewest outstanding requests
+// (ties round-robin), or, with `sticky`, to the endpoint a request's
+// sticky_key hashes to while it is healthy. Each endpoint takes at most
+// max_concurrency_per_endpoint requests; the rest wait in the pool's FIFO
+// queue. Failed attempts (429, 5xx, timeouts, connection errors, malformed
+// 200 bodies) are retried after exponential backoff with full jitter or the
+// server's Retry-After, on another endpoint when the pool has one. Each
+// endpoint has a circuit breaker: after `breaker_failures` consecutive
+// failures it is skipped for `breaker_cooldown_s`, then one probe request is
+// let through. When every endpoint is unhealthy, requests still go to the
+// least-bad one.
+//
+// API keys are sent as "Authorization: Bearer <key>" and never appear in
+// results, status messages, logs or Stats().
+//
+// Lifecycle: Create() starts the thread; Shutdown() (or the destructor) stops
+// it and completes every outstanding request with kCancelled.
+// Thread-safety: Submit, Drain, notify_fd, Stats and Shutdown may be called
+// from any thread. Shutdown must not race the destructor.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/base/clock.h"
+#include "common/base/json.h"
+#include "common/base/status.h"
+#include "common/llm/api_key.h"
+
+namespace matrix::llm {
+
+// One per model in the pipeline.
+struct PoolConfig {
+  // Model key in the pipeline; unique, non-empty.
+  std::string name;
+  // Base URLs, e.g. "http://127.0.0.1:8000/v1"; at least one. Requests go to
+  // <base>/chat/completions.
+  std::vector<std::string> endpoints;
+  // "model" put in every request body; empty keeps the body's own.
+  std::string model;
+  // Bearer token; empty sends no Authorization header.
+  std::string api_key;
+  // Requests in flight per endpoint (>= 1); more wait in the pool's queue.
+  int max_concurrency_per_endpoint = 256;
+  // Whole-request and connect timeouts of one attempt, seconds (> 0).
+  double timeout_s = 120;
+  double connect_timeout_s = 10;
+  // Retries after the first attempt (>= 0).
+  int max_retries = 4;
+  // Retry n waits uniform [0, min(backoff_max_s, backoff_base_s * 2^(n-1))),
+  // or the server's Retry-After on 429/503, capped at 4 * backoff_max_s.
+  double backoff_base_s = 0.5;
+  double backoff_max_s = 30;
+  // Route requests that carry a sticky_key to one endpoint while it is healthy.
+  bool sticky = false;
+  // Consecutive failed attempts (5xx, timeouts, connection errors, malformed
+  // answers) that open an endpoint's circuit breaker, and how long it stays open.
+  int breaker_failures = 5;
+  double breaker_cooldown_s = 10;
+};
+
+struct ChatRequest {
+  uint64_t tag = 0;        // caller's id, echoed in the result
+  std::string pool;        // PoolConfig::name
+  Json body;               // chat-completions body (messages, sampling...); "model" filled in
+  std::string sticky_key;  // e.g. the task id; used when the pool is sticky
+};
+
+struct ChatResult {
+  uint64_t tag = 0;
+  // OK; kInvalidArgument (non-retryable answer such as 400 context length, a
+  // bad body or an unknown pool); kUnavailable (retries exhausted);
+  // kDeadlineExceeded (retries exhausted and the last attempt timed out);
+  // kCancelled (client shut down first).
+  Status status;
+  int http_status = 0;  // of the last attempt; 0 when no HTTP answer came
+  std::string content;  // assistant text ("" when only tool calls)
+  Json tool_calls;      // array, or null when none
+  std::string finish_reason;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  std::string endpoint;    // base URL of the last attempt (user-info removed)
+  int attempts = 0;        // HTTP attempts made
+  int64_t latency_ns = 0;  // Submit() to result, queueing and retries included
+  std::string error_body;  // the server's error text (truncated, secrets removed)
+  Json raw;  // response body with choices cut to the first (usage, logprobs, token ids kept)
+};
+
+class LlmClient {
+ public:
+  // InvalidArgument naming the pool and field for a bad configuration;
+  // Internal when libcurl or the eventfd cannot be set up.
+  // REQUIRES: clock outlives the client.
+  static StatusOr<std::unique_ptr<LlmClient>> Create(std::vector<PoolConfig> pools,
+                                                     const Clock* clock);
+  ~LlmClient();
+  LlmClient(const LlmClient&) = delete;
+  LlmClient& operator=(const LlmClient&) = delete;
+
+  // Queues a request; never blocks on the network. Every request produces
+  // exactly one result; an unknown pool gives kInvalidArgument, a request
+  // submitted after Shutdown() gives kCancelled.
+  void Submit(ChatRequest req);
+
+  // Appends completed results to *out, clears notify_fd, returns how many were
+  // appended. Non-blocking.
+  size_t Drain(std::vector<ChatResult>* out);
+
+  // eventfd that polls readable while results are waiting.
+  int notify_fd() const;
+
+  // Stops the client thread; every request still queued, waiting for a retry or
+  // in flight completes with kCancelled and can be drained. Idempotent.
+  void Shutdown();
+
+  struct EndpointStats {
+    std::string pool, url;  // url without user-info
+    int in_flight = 0;
+    int64_t requests = 0;  // attempts started
+    int64_t errors = 0;    // attempts that failed (any non-success answer or transport error)
+    int64_t retries = 0;   // attempts that were retries
+    bool healthy = true;   // circuit breaker closed
+  };
+  std::vector<EndpointStats> Stats() const;
+
+  class Impl;
+
+ private:
+  explicit LlmClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace matrix::llm

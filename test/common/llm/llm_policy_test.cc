@@ -1,0 +1,385 @@
+// Unit tests for the LLM client's pure logic: retry classification and
+// backoff, Retry-After parsing, endpoint choice and circuit breaker, response
+// decoding, secret redaction and API-key loading.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "common/llm/api_key.h"
+#include "common/llm/chat_response.h"
+#include "common/llm/endpoint_balancer.h"
+#include "common/llm/retry_policy.h"
+#include "test/support/test_util.h"
+
+namespace matrix::llm {
+namespace {
+
+// --- Retry policy -----------------------------------------------------------
+
+TEST(RetryPolicyTest, ClassifiesStatuses) {
+  EXPECT_EQ(ClassifyHttpStatus(200), HttpOutcome::kSuccess);
+  for (int s : {408, 429, 500, 502, 503, 504})
+    EXPECT_EQ(ClassifyHttpStatus(s), HttpOutcome::kRetryable) << s;
+  for (int s : {301, 400, 401, 403, 404, 413, 422})
+    EXPECT_EQ(ClassifyHttpStatus(s), HttpOutcome::kNonRetryable) << s;
+  EXPECT_TRUE(HonoursRetryAfter(429));
+  EXPECT_TRUE(HonoursRetryAfter(503));
+  EXPECT_FALSE(HonoursRetryAfter(500));
+}
+
+TEST(RetryPolicyTest, BackoffWindowDoublesUpToCap) {
+  const double almost_one = 0.999999;
+  EXPECT_NEAR(BackoffSeconds(1, 0.5, 30, almost_one), 0.5, 1e-4);
+  EXPECT_NEAR(BackoffSeconds(2, 0.5, 30, almost_one), 1.0, 1e-4);
+  EXPECT_NEAR(BackoffSeconds(3, 0.5, 30, almost_one), 2.0, 1e-4);
+  EXPECT_NEAR(BackoffSeconds(7, 0.5, 30, almost_one), 30.0, 1e-3);
+  EXPECT_NEAR(BackoffSeconds(5000, 0.5, 30, almost_one), 30.0, 1e-3);
+  EXPECT_EQ(BackoffSeconds(3, 0.5, 30, 0.0), 0.0);
+  EXPECT_NEAR(BackoffSeconds(3, 0.5, 30, 0.25), 0.5, 1e-9);  // full jitter: u * window
+  EXPECT_EQ(BackoffSeconds(3, 0.0, 30, 0.5), 0.0);
+}
+
+TEST(RetryPolicyTest, BackoffIsSpreadAcrossTheWindow) {
+  // Full jitter: draws cover [0, window) rather than clustering at the top.
+  double lo = 1e9, hi = 0;
+  for (int i = 0; i < 100; ++i) {
+    double d = BackoffSeconds(4, 0.5, 30, i / 100.0);
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  EXPECT_LT(lo, 0.1);
+  EXPECT_GT(hi, 3.8);
+  EXPECT_LT(hi, 4.0);
+}
+
+TEST(RetryPolicyTest, RetryAfterTakesPrecedenceAndIsCapped) {
+  EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 0.5, 30, 5.0, 0.9), 5.0);
+  EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 0.5, 30, 1000.0, 0.9), 120.0);
+  EXPECT_DOUBLE_EQ(RetryDelaySeconds(1, 0.5, 30, 0.0, 0.9), 0.0);
+  EXPECT_NEAR(RetryDelaySeconds(2, 0.5, 30, std::nullopt, 0.5), 0.5, 1e-9);
+}
+
+TEST(RetryAfterTest, ParsesDeltaSeconds) {
+  EXPECT_EQ(ParseRetryAfter("120", 0), 120.0);
+  EXPECT_EQ(ParseRetryAfter("  3 ", 0), 3.0);
+  EXPECT_EQ(ParseRetryAfter("0", 0), 0.0);
+  EXPECT_EQ(ParseRetryAfter("1.5", 0), 1.5);
+}
+
+TEST(RetryAfterTest, ParsesHttpDates) {
+  const double when = 1445412480;  // Wed, 21 Oct 2015 07:28:00 GMT
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT", when - 10), 10.0);
+  EXPECT_EQ(ParseRetryAfter("Wednesday, 21-Oct-15 07:28:00 GMT", when - 10), 10.0);
+  EXPECT_EQ(ParseRetryAfter("Wed Oct 21 07:28:00 2015", when - 10), 10.0);
+  // A date in the past means "now".
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT", when + 100), 0.0);
+}
+
+TEST(RetryAfterTest, RejectsGarbage) {
+  for (const char* v : {"", "   ", "soon", "-5", "1.2.3", ".", "12abc", "Thursday"})
+    EXPECT_FALSE(ParseRetryAfter(v, 1e9).has_value()) << v;
+}
+
+// --- Endpoint balancer --------------------------------------------------------
+
+EndpointBalancer MakeBalancer(int n, int cap, int threshold = 3, int64_t cooldown_ns = 1000) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < n; ++i) keys.push_back("http://10.0.0." + std::to_string(i) + ":8000/v1");
+  BreakerOptions b;
+  b.failure_threshold = threshold;
+  b.cooldown_ns = cooldown_ns;
+  return EndpointBalancer(keys, cap, b);
+}
+
+TEST(EndpointBalancerTest, PicksLeastOutstanding) {
+  auto b = MakeBalancer(3, 10);
+  b.OnStart(0, 0);
+  b.OnStart(0, 0);
+  b.OnStart(1, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), 2);
+  b.OnStart(2, 0);
+  b.OnStart(2, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), 1);
+}
+
+TEST(EndpointBalancerTest, BreaksTiesRoundRobin) {
+  auto b = MakeBalancer(3, 10);
+  std::vector<int> picks;
+  for (int i = 0; i < 6; ++i) picks.push_back(b.Pick("", -1, 0));
+  EXPECT_EQ(picks, (std::vector<int>{0, 1, 2, 0, 1, 2}));
+}
+
+TEST(EndpointBalancerTest, RespectsCapAndQueuesBeyondIt) {
+  auto b = MakeBalancer(2, 2);
+  for (int i = 0; i < 4; ++i) {
+    int p = b.Pick("", -1, 0);
+    ASSERT_GE(p, 0);
+    b.OnStart(p, 0);
+  }
+  EXPECT_EQ(b.in_flight(0), 2);
+  EXPECT_EQ(b.in_flight(1), 2);
+  EXPECT_EQ(b.Pick("", -1, 0), -1);
+  b.OnFinish(1, AttemptHealth::kSuccess, false, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), 1);
+}
+
+TEST(EndpointBalancerTest, AvoidsPreviousEndpointWhenAnotherHasRoom) {
+  auto b = MakeBalancer(2, 2);
+  b.OnStart(1, 0);  // endpoint 1 is busier, yet 0 is to be avoided
+  EXPECT_EQ(b.Pick("", 0, 0), 1);
+  b.OnStart(1, 0);  // 1 is now full: 0 is the only choice left
+  EXPECT_EQ(b.Pick("", 0, 0), 0);
+}
+
+TEST(EndpointBalancerTest, StickyKeyKeepsItsEndpointUnderChangingLoad) {
+  auto b = MakeBalancer(4, 100);
+  int home = b.Pick("task-42", -1, 0);
+  for (int i = 0; i < 20; ++i) {
+    b.OnStart(home, 0);  // home grows busier than the others
+    EXPECT_EQ(b.Pick("task-42", -1, 0), home);
+  }
+}
+
+TEST(EndpointBalancerTest, StickyKeysSpreadOverEndpoints) {
+  auto b = MakeBalancer(4, 100);
+  std::map<int, int> count;
+  for (int k = 0; k < 400; ++k) count[b.Pick("task-" + std::to_string(k), -1, 0)]++;
+  ASSERT_EQ(count.size(), 4u);
+  for (auto& [ep, n] : count) EXPECT_GT(n, 50) << "endpoint " << ep;
+}
+
+TEST(EndpointBalancerTest, StickyKeyMovesOnlyWhileHomeIsUnhealthy) {
+  auto b = MakeBalancer(3, 100, /*threshold=*/2, /*cooldown_ns=*/1000);
+  int home = b.Pick("conv", -1, 0);
+  for (int i = 0; i < 2; ++i) {
+    b.OnStart(home, 0);
+    b.OnFinish(home, AttemptHealth::kFailure, false, 0);
+  }
+  ASSERT_FALSE(b.healthy(home));
+  int moved = b.Pick("conv", -1, 10);
+  EXPECT_NE(moved, home);
+  EXPECT_EQ(b.Pick("conv", -1, 20), moved);  // stable while home is out
+  // Cool-down over: the probe succeeds and the key goes home.
+  bool probe = b.OnStart(home, 2000);
+  EXPECT_TRUE(probe);
+  EXPECT_EQ(b.OnFinish(home, AttemptHealth::kSuccess, probe, 2000), BreakerChange::kClosed);
+  EXPECT_EQ(b.Pick("conv", -1, 2001), home);
+}
+
+TEST(EndpointBalancerTest, BreakerOpensAfterConsecutiveFailures) {
+  auto b = MakeBalancer(2, 10, /*threshold=*/3, /*cooldown_ns=*/1000);
+  b.OnStart(0, 0);
+  b.OnFinish(0, AttemptHealth::kFailure, false, 0);
+  b.OnStart(0, 0);
+  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);  // resets the streak
+  for (int i = 0; i < 2; ++i) {
+    b.OnStart(0, 0);
+    EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, false, 0), BreakerChange::kNone);
+  }
+  EXPECT_TRUE(b.healthy(0));
+  b.OnStart(0, 100);
+  EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, false, 100), BreakerChange::kOpened);
+  EXPECT_FALSE(b.healthy(0));
+  EXPECT_EQ(b.NextCooldownEnd(100), 1100);
+  // During the cool-down every pick goes to endpoint 1, however loaded.
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(b.Pick("", -1, 500), 1);
+    b.OnStart(1, 500);
+  }
+}
+
+TEST(EndpointBalancerTest, HalfOpenLetsOneProbeThrough) {
+  auto b = MakeBalancer(2, 10, /*threshold=*/1, /*cooldown_ns=*/1000);
+  b.OnStart(0, 0);
+  b.OnFinish(0, AttemptHealth::kFailure, false, 0);
+  ASSERT_FALSE(b.healthy(0));
+  b.OnStart(1, 0);  // endpoint 1 busier: the probe target wins least-outstanding
+  b.OnStart(1, 0);
+  EXPECT_EQ(b.Pick("", -1, 1000), 0);
+  EXPECT_TRUE(b.OnStart(0, 1000));
+  EXPECT_EQ(b.Pick("", -1, 1001), 1);  // second request while the probe is out
+  // The probe fails: a fresh cool-down starts.
+  EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, true, 1500), BreakerChange::kNone);
+  EXPECT_EQ(b.NextCooldownEnd(1500), 2500);
+  EXPECT_EQ(b.Pick("", -1, 2000), 1);
+  EXPECT_EQ(b.Pick("", -1, 2500), 0);
+}
+
+TEST(EndpointBalancerTest, AllUnhealthyStillPicksLeastBad) {
+  auto b = MakeBalancer(3, 10, /*threshold=*/2, /*cooldown_ns=*/1'000'000);
+  auto fail = [&](int ep, int times) {
+    for (int i = 0; i < times; ++i) {
+      b.OnStart(ep, 0);
+      b.OnFinish(ep, AttemptHealth::kFailure, false, 0);
+    }
+  };
+  fail(0, 5);
+  fail(1, 2);
+  fail(2, 4);
+  for (int i = 0; i < 3; ++i) ASSERT_FALSE(b.healthy(i));
+  EXPECT_EQ(b.Pick("", -1, 10), 1);
+  EXPECT_EQ(b.Pick("sticky", -1, 10), 1);
+}
+
+TEST(EndpointBalancerTest, NeutralOutcomesDoNotTrip) {
+  auto b = MakeBalancer(1, 10, /*threshold=*/2);
+  for (int i = 0; i < 10; ++i) {
+    b.OnStart(0, 0);
+    b.OnFinish(0, AttemptHealth::kNeutral, false, 0);
+  }
+  EXPECT_TRUE(b.healthy(0));
+  EXPECT_EQ(b.in_flight(0), 0);
+}
+
+// --- Response decoding ------------------------------------------------------
+
+TEST(ChatResponseTest, ParsesFirstChoiceUsageAndKeepsExtras) {
+  std::string body = R"({"id":"c1","model":"m","prompt_token_ids":[1,2],
+    "choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},
+                "finish_reason":"length","logprobs":{"content":[{"token":"Hello","logprob":-0.1}]}},
+               {"index":1,"message":{"role":"assistant","content":"Other"},"finish_reason":"stop"}],
+    "usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}})";
+  auto p = ParseChatCompletion(body);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->content, "Hello");
+  EXPECT_EQ(p->finish_reason, "length");
+  EXPECT_EQ(p->prompt_tokens, 12);
+  EXPECT_EQ(p->completion_tokens, 5);
+  EXPECT_TRUE(p->tool_calls.is_null());
+  ASSERT_EQ(p->raw["choices"].size(), 1u);
+  EXPECT_EQ(p->raw["choices"][0]["logprobs"]["content"][0]["token"], "Hello");
+  EXPECT_EQ(p->raw["usage"]["total_tokens"], 17);
+  EXPECT_EQ(p->raw["prompt_token_ids"], Json::array({1, 2}));
+}
+
+TEST(ChatResponseTest, ParsesToolCallsWithNullContent) {
+  std::string body = R"({"choices":[{"message":{"role":"assistant","content":null,
+    "tool_calls":[{"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{\"id\":3}"}}]},
+    "finish_reason":"tool_calls"}]})";
+  auto p = ParseChatCompletion(body);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->content, "");
+  ASSERT_TRUE(p->tool_calls.is_array());
+  EXPECT_EQ(p->tool_calls[0]["function"]["name"], "lookup");
+  EXPECT_EQ(p->finish_reason, "tool_calls");
+  EXPECT_EQ(p->prompt_tokens, 0);
+}
+
+TEST(ChatResponseTest, JoinsContentParts) {
+  auto p = ParseChatCompletion(
+      R"({"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]})");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->content, "ab");
+}
+
+TEST(ChatResponseTest, RejectsMalformedBodies) {
+  for (const char* body : {"", "not json", "[1,2]", R"({"object":"error"})", R"({"choices":[]})",
+                           R"({"choices":"x"})", R"({"choices":[{"text":"legacy"}]})",
+                           R"({"choices":[3]})", "{\"choices\": [{\"message\": {"}) {
+    auto p = ParseChatCompletion(body);
+    EXPECT_FALSE(p.ok()) << body;
+    if (!p.ok()) {
+      EXPECT_EQ(p.status().code(), StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+TEST(ChatResponseTest, ExtractsServerErrorMessages) {
+  EXPECT_EQ(ErrorMessageFromBody(R"({"error":{"message":"Rate limit reached","type":"x"}})", 100),
+            "Rate limit reached");
+  EXPECT_EQ(
+      ErrorMessageFromBody(
+          R"({"object":"error","message":"This model's maximum context length is 4096 tokens.","code":400})",
+          200),
+      "This model's maximum context length is 4096 tokens.");
+  EXPECT_EQ(ErrorMessageFromBody(R"({"detail":"Not Found"})", 100), "Not Found");
+  EXPECT_EQ(ErrorMessageFromBody("  upstream connect error  ", 100), "upstream connect error");
+  EXPECT_EQ(ErrorMessageFromBody(std::string(500, 'x'), 10), std::string(10, 'x') + "...");
+}
+
+TEST(ChatResponseTest, TruncatesOnUtf8Boundaries) {
+  std::string text = "ab\xC3\xA9";  // "abé"
+  EXPECT_EQ(TruncateText(text, 3), "ab...");
+  EXPECT_EQ(TruncateText(text, 4), text);
+}
+
+TEST(RedactTest, RemovesSecretAndBearerTokens) {
+  std::string secret = "sk-live-0123456789";
+  std::string text =
+      "bad key sk-live-0123456789; header was Authorization: Bearer sk-live-0123456789 "
+      "and BEARER other-token\"";
+  std::string out = RedactSecrets(text, secret);
+  EXPECT_EQ(out.find(secret), std::string::npos) << out;
+  EXPECT_EQ(out.find("other-token"), std::string::npos) << out;
+  EXPECT_NE(out.find("[redacted]"), std::string::npos);
+  EXPECT_EQ(RedactSecrets("nothing to hide", ""), "nothing to hide");
+  EXPECT_EQ(RedactSecrets("Bearer", ""), "Bearer");
+}
+
+// --- API keys ------------------------------------------------------------------
+
+void WriteFileWithMode(const std::string& path, const std::string& data, mode_t mode) {
+  std::ofstream(path) << data;
+  ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+}
+
+TEST(ApiKeyTest, EnvironmentTakesPrecedence) {
+  ::setenv("MATRIX_LLM_TEST_KEY", "  sk-from-env \n", 1);
+  auto key = ReadApiKey("MATRIX_LLM_TEST_KEY", "/nonexistent/key");
+  ::unsetenv("MATRIX_LLM_TEST_KEY");
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_EQ(*key, "sk-from-env");
+}
+
+TEST(ApiKeyTest, ReadsOwnerOnlyFileTrimmed) {
+  matrix::testing::TempDir dir;
+  std::string path = dir.File("key");
+  WriteFileWithMode(path, "  sk-from-file\n\n", 0600);
+  auto key = ReadApiKey("MATRIX_LLM_TEST_KEY_UNSET", path);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_EQ(*key, "sk-from-file");
+}
+
+TEST(ApiKeyTest, RefusesFileReadableByOthersWithoutQuotingKey) {
+  matrix::testing::TempDir dir;
+  std::string path = dir.File("key");
+  for (mode_t mode : {0644, 0640, 0604, 0660}) {
+    WriteFileWithMode(path, "sk-shared-secret\n", mode);
+    auto key = ReadApiKey("", path);
+    ASSERT_FALSE(key.ok());
+    EXPECT_EQ(key.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(key.status().message().find(path), std::string::npos);
+    EXPECT_EQ(key.status().message().find("sk-shared-secret"), std::string::npos);
+  }
+}
+
+TEST(ApiKeyTest, MissingOrEmptyFileIsFailedPrecondition) {
+  matrix::testing::TempDir dir;
+  auto missing = ReadApiKey("", dir.File("absent"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(missing.status().message().find(dir.File("absent")), std::string::npos);
+
+  WriteFileWithMode(dir.File("empty"), " \n", 0600);
+  auto empty = ReadApiKey("", dir.File("empty"));
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.status().code(), StatusCode::kFailedPrecondition);
+
+  auto dir_as_file = ReadApiKey("", dir.path());
+  EXPECT_FALSE(dir_as_file.ok());
+}
+
+TEST(ApiKeyTest, NoSourceIsNotFound) {
+  auto key = ReadApiKey("MATRIX_LLM_TEST_KEY_UNSET", "");
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(key.status().message().find("MATRIX_LLM_TEST_KEY_UNSET"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace matrix::llm
