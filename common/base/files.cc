@@ -86,3 +86,15 @@ StatusOr<std::string> WaitEndpointFile(const std::string& run_dir, const std::st
 }
 
 }  // namespace matrix
+
+#include <sys/resource.h>
+
+namespace matrix {
+void RaiseOpenFileLimit() {
+  rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
+}  // namespace matrix

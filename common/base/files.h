@@ -24,3 +24,8 @@ StatusOr<std::string> WaitEndpointFile(const std::string& run_dir, const std::st
                                        int timeout_ms);
 
 }  // namespace matrix
+
+namespace matrix {
+// Raises RLIMIT_NOFILE to the hard limit (daemons hold thousands of sockets).
+void RaiseOpenFileLimit();
+}  // namespace matrix
