@@ -1,0 +1,51 @@
+// PartitionSink: the output file of one partition, one JSON record per line.
+// Each record is appended with a single write(2) of the whole line, so a
+// crash leaves at most a torn last line, which Open() detects and truncates.
+// Completion is idempotent: a task id already written is never written again
+// (redelivered or re-admitted copies are absorbed here).
+// Thread-safety: not thread-safe; owned by the worker's event loop.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_set>
+
+#include "common/base/json.h"
+#include "common/base/status.h"
+
+namespace matrix::worker {
+
+class PartitionSink {
+ public:
+  // Opens (creating) `path`, loads the ids already written and repairs a torn
+  // tail. Lines that are not JSON objects with a task_id are reported as an
+  // error naming the line.
+  static StatusOr<std::unique_ptr<PartitionSink>> Open(const std::string& path);
+  ~PartitionSink();
+
+  bool Written(const std::string& task_id) const { return written_.count(task_id) > 0; }
+  // Appends the record unless its task id is already written (then returns
+  // false). REQUIRES: record["task_id"] and record["status"] are strings.
+  StatusOr<bool> Write(const Json& record);
+
+  const std::unordered_set<std::string>& written() const { return written_; }
+  // Records written by this process, by status.
+  const std::map<std::string, int64_t>& counts() const { return counts_; }
+  int64_t preexisting() const { return preexisting_; }
+  int64_t repaired_bytes() const { return repaired_bytes_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  PartitionSink(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+
+  std::string path_;
+  int fd_;
+  std::unordered_set<std::string> written_;
+  std::map<std::string, int64_t> counts_;
+  int64_t preexisting_ = 0;
+  int64_t repaired_bytes_ = 0;
+};
+
+}  // namespace matrix::worker

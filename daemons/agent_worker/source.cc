@@ -1,0 +1,197 @@
+#include "daemons/agent_worker/source.h"
+
+#include <zstd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "common/base/json.h"
+
+namespace matrix::worker {
+
+std::string MakeTaskId(uint64_t row, uint32_t trial) {
+  return "r" + std::to_string(row) + ".t" + std::to_string(trial);
+}
+
+// Reads lines from a plain or zstd-compressed file.
+class LineReader {
+ public:
+  static StatusOr<std::unique_ptr<LineReader>> Open(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return NotFound("cannot open dataset " + path + ": " + std::strerror(errno));
+    auto r = std::unique_ptr<LineReader>(new LineReader(f));
+    if (path.size() > 4 && path.compare(path.size() - 4, 4, ".zst") == 0) r->zstd_ = ZSTD_createDStream();
+    return r;
+  }
+  ~LineReader() {
+    if (zstd_) ZSTD_freeDStream(zstd_);
+    std::fclose(file_);
+  }
+  // False at end of input. Sets *error on a decompression failure.
+  bool Next(std::string* line, std::string* error) {
+    while (true) {
+      size_t nl = buf_.find('\n', pos_);
+      if (nl != std::string::npos) {
+        line->assign(buf_, pos_, nl - pos_);
+        pos_ = nl + 1;
+        return true;
+      }
+      buf_.erase(0, pos_);
+      pos_ = 0;
+      if (!Fill(error)) {
+        if (buf_.empty()) return false;
+        *line = std::move(buf_);
+        buf_.clear();
+        return true;
+      }
+    }
+  }
+
+ private:
+  explicit LineReader(FILE* f) : file_(f) {}
+  bool Fill(std::string* error) {
+    char in[1 << 16];
+    if (!zstd_) {
+      size_t n = std::fread(in, 1, sizeof(in), file_);
+      if (n == 0) return false;
+      buf_.append(in, n);
+      return true;
+    }
+    while (true) {
+      if (zin_pos_ == zin_.size()) {
+        size_t n = std::fread(in, 1, sizeof(in), file_);
+        if (n == 0) return false;
+        zin_.assign(in, n);
+        zin_pos_ = 0;
+      }
+      ZSTD_inBuffer ib{zin_.data(), zin_.size(), zin_pos_};
+      std::string out(1 << 17, '\0');
+      ZSTD_outBuffer ob{out.data(), out.size(), 0};
+      size_t rc = ZSTD_decompressStream(zstd_, &ob, &ib);
+      zin_pos_ = ib.pos;
+      if (ZSTD_isError(rc)) {
+        *error = std::string("zstd: ") + ZSTD_getErrorName(rc);
+        return false;
+      }
+      if (ob.pos > 0) {
+        buf_.append(out.data(), ob.pos);
+        return true;
+      }
+    }
+  }
+
+  FILE* file_;
+  ZSTD_DStream* zstd_ = nullptr;
+  std::string zin_;
+  size_t zin_pos_ = 0;
+  std::string buf_;
+  size_t pos_ = 0;
+};
+
+PartitionSource::PartitionSource(SourceConfig config, std::unordered_set<std::string> done_ids)
+    : config_(std::move(config)), done_(std::move(done_ids)) {}
+
+PartitionSource::~PartitionSource() = default;
+
+StatusOr<std::unique_ptr<PartitionSource>> PartitionSource::Open(
+    SourceConfig config, std::unordered_set<std::string> done_ids) {
+  if (config.partitions == 0 || config.partition >= config.partitions)
+    return InvalidArgument("partition " + std::to_string(config.partition) + " out of range");
+  if (config.trials == 0) config.trials = 1;
+  std::unique_ptr<PartitionSource> src(new PartitionSource(config, std::move(done_ids)));
+  // Count this partition's rows first, for progress and ETA.
+  {
+    MATRIX_ASSIGN_OR_RETURN(auto counter, LineReader::Open(config.dataset_path));
+    std::string line, error;
+    uint64_t n = 0, rows = 0;
+    while (counter->Next(&line, &error)) {
+      ++n;
+      if (config.limit && n > config.limit) break;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if ((n - 1) % config.partitions == config.partition) ++rows;
+    }
+    src->total_tasks_ = rows * config.trials;
+  }
+  MATRIX_ASSIGN_OR_RETURN(src->reader_, LineReader::Open(config.dataset_path));
+  return src;
+}
+
+bool PartitionSource::ReadRow() {
+  std::string line, error;
+  while (true) {
+    if (!reader_->Next(&line, &error)) {
+      if (!error.empty()) {
+        // A corrupt compressed stream ends this partition with one failed row.
+        have_row_ = true;
+        row_ = line_no_ + 1;
+        row_json_.clear();
+        row_error_ = InvalidArgument(config_.dataset_path + " after line " + std::to_string(line_no_) +
+                                     ": " + error);
+        next_trial_ = 0;
+        exhausted_after_row_ = true;
+        return true;
+      }
+      return false;
+    }
+    ++line_no_;
+    if (config_.limit && line_no_ > config_.limit) return false;
+    if ((line_no_ - 1) % config_.partitions != config_.partition) continue;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    have_row_ = true;
+    row_ = line_no_;
+    next_trial_ = 0;
+    row_error_ = Status::Ok();
+    row_json_.clear();
+    std::string where = config_.dataset_path + " line " + std::to_string(line_no_);
+    auto parsed = ParseJson(line, where);
+    if (!parsed.ok()) {
+      row_error_ = parsed.status();
+    } else if (!parsed->is_object()) {
+      row_error_ = InvalidArgument(where + ": row is not a JSON object");
+    } else {
+      for (const auto& field : config_.required_fields) {
+        if (!parsed->contains(field)) {
+          row_error_ = InvalidArgument(where + ": missing required field '" + field + "'");
+          break;
+        }
+      }
+      row_json_ = parsed->dump();
+    }
+    if (!row_error_.ok()) row_json_ = Json(line.substr(0, 4096)).dump();  // the raw text, as a JSON string
+    return true;
+  }
+}
+
+bool PartitionSource::Next(Admission* out) {
+  while (!closed_ && !exhausted_ && in_flight_.size() < config_.max_concurrent) {
+    if (!have_row_ || next_trial_ >= config_.trials) {
+      have_row_ = false;
+      if (exhausted_after_row_ || !ReadRow()) {
+        exhausted_ = true;
+        return false;
+      }
+    }
+    uint32_t trial = next_trial_++;
+    std::string id = MakeTaskId(row_, trial);
+    if (done_.count(id)) {
+      ++skipped_;
+      continue;
+    }
+    in_flight_.insert(id);
+    ++admitted_;
+    out->task_id = id;
+    out->row = row_;
+    out->trial = trial;
+    out->row_json = row_json_;
+    out->error = row_error_;
+    return true;
+  }
+  return false;
+}
+
+void PartitionSource::OnFinished(const std::string& task_id) {
+  in_flight_.erase(task_id);
+  done_.insert(task_id);
+}
+
+}  // namespace matrix::worker

@@ -1,0 +1,194 @@
+#include "daemons/agent_worker/task_view.h"
+
+namespace matrix::worker {
+
+std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing) {
+  if (!content.ref) return content.text;
+  auto it = resolved.find(content.ref->id);
+  if (it != resolved.end()) return it->second;
+  if (missing) *missing = true;
+  return std::string();
+}
+
+std::vector<wire::ObjectRef> CollectRefs(const wire::Task& task) {
+  std::vector<wire::ObjectRef> refs;
+  if (task.input.ref) refs.push_back(*task.input.ref);
+  for (const auto& turn : task.history)
+    if (turn.content.ref) refs.push_back(*turn.content.ref);
+  return refs;
+}
+
+Json VarValue(const wire::Task& task, const std::string& name) {
+  auto it = task.vars.find(name);
+  if (it == task.vars.end()) return nullptr;
+  return Json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+}
+
+void SetVar(wire::Task& task, const std::string& name, const Json& value) {
+  task.vars[name] = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+namespace {
+
+Json InputJson(const wire::Task& task, const Resolved& resolved) {
+  bool missing = false;
+  std::string text = ContentText(task.input, resolved, &missing);
+  if (missing) return nullptr;
+  Json input = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return input.is_discarded() ? Json(text) : input;
+}
+
+Json TurnJson(const wire::Turn& t, const Resolved& resolved, bool full) {
+  bool missing = false;
+  Json j = {{"step", t.step},
+            {"role", t.role},
+            {"kind", t.kind},
+            {"conversation", t.conversation},
+            {"content", ContentText(t.content, resolved, &missing)},
+            {"finish_reason", t.finish_reason}};
+  if (missing) j["content"] = nullptr;
+  if (!t.tool_calls.empty()) {
+    Json calls = Json::array();
+    for (const auto& c : t.tool_calls)
+      calls.push_back({{"id", c.id}, {"name", c.name}, {"arguments", c.arguments}});
+    j["tool_calls"] = calls;
+  }
+  if (!t.tool_call_id.empty()) j["tool_call_id"] = t.tool_call_id;
+  if (full) {
+    j["usage"] = {{"prompt_tokens", t.prompt_tokens}, {"completion_tokens", t.completion_tokens}};
+    j["endpoint"] = t.endpoint;
+    j["model"] = t.model;
+    j["start_us"] = t.start_us;
+    j["end_us"] = t.end_us;
+    j["attempts"] = t.attempts;
+    if (missing) j["content_error"] = "object " + std::to_string(t.content.ref->id) + " unavailable";
+    if (!t.extra.empty()) {
+      Json extra = Json::parse(t.extra, nullptr, false);
+      if (!extra.is_discarded()) j["extra"] = extra;
+    }
+  }
+  return j;
+}
+
+Json VarsJson(const wire::Task& task) {
+  Json vars = Json::object();
+  for (const auto& [k, v] : task.vars) {
+    Json value = Json::parse(v, nullptr, false);
+    vars[k] = value.is_discarded() ? Json(v) : value;
+  }
+  return vars;
+}
+
+}  // namespace
+
+unsigned ContextPartsFor(const std::string& text) {
+  unsigned parts = 0;
+  auto has = [&](const char* word) {
+    size_t n = std::char_traits<char>::length(word);
+    for (size_t pos = text.find(word); pos != std::string::npos; pos = text.find(word, pos + 1)) {
+      bool left = pos == 0 || !(std::isalnum(static_cast<unsigned char>(text[pos - 1])) || text[pos - 1] == '_' ||
+                                text[pos - 1] == '.');
+      bool right = pos + n >= text.size() ||
+                   !(std::isalnum(static_cast<unsigned char>(text[pos + n])) || text[pos + n] == '_');
+      if (left && right) return true;
+    }
+    return false;
+  };
+  if (has("input")) parts |= kCtxInput;
+  if (has("vars")) parts |= kCtxVars;
+  if (has("counters")) parts |= kCtxCounters;
+  if (has("history") || has("conversation") || has("last") || has("last_turn")) parts |= kCtxHistory;
+  if (has("task") || has("step")) parts |= kCtxTask;
+  return parts;
+}
+
+Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned parts) {
+  if (parts != kCtxAll) {
+    Json ctx = Json::object();
+    if (parts & kCtxInput) ctx["input"] = InputJson(task, resolved);
+    if (parts & kCtxVars) ctx["vars"] = VarsJson(task);
+    if (parts & kCtxCounters) {
+      Json counters = Json::object();
+      for (const auto& [k, v] : task.counters) counters[k] = v;
+      ctx["counters"] = std::move(counters);
+    }
+    if (parts & (kCtxHistory | kCtxTask)) {
+      Json full = BuildContext(task, resolved, kCtxAll);
+      for (const char* k : {"history", "conversation", "last", "last_turn", "task", "step"}) ctx[k] = full[k];
+    }
+    return ctx;
+  }
+  Json history = Json::array();
+  Json conversation = Json::array();
+  for (const auto& t : task.history) {
+    Json j = TurnJson(t, resolved, false);
+    if (t.conversation) conversation.push_back(j);
+    history.push_back(std::move(j));
+  }
+  Json counters = Json::object();
+  for (const auto& [k, v] : task.counters) counters[k] = v;
+  Json ctx = {{"input", InputJson(task, resolved)},
+              {"vars", VarsJson(task)},
+              {"counters", counters},
+              {"task",
+               {{"id", task.task_id},
+                {"row", task.row},
+                {"trial", task.trial},
+                {"attempt", task.attempt},
+                {"partition", task.partition}}},
+              {"step", task.step}};
+  ctx["last"] = conversation.empty() ? Json(nullptr) : conversation.back();
+  ctx["last_turn"] = history.empty() ? Json(nullptr) : history.back();
+  ctx["history"] = std::move(history);
+  ctx["conversation"] = std::move(conversation);
+  return ctx;
+}
+
+Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
+  Json turns = Json::array();
+  int64_t prompt = 0, completion = 0;
+  for (const auto& t : task.history) {
+    turns.push_back(TurnJson(t, resolved, true));
+    prompt += t.prompt_tokens;
+    completion += t.completion_tokens;
+  }
+  Json spans = Json::array();
+  for (const auto& s : task.spans) {
+    spans.push_back({{"step", s.step},
+                     {"role", s.role},
+                     {"worker", s.worker},
+                     {"enqueue_us", s.enqueue_us},
+                     {"start_us", s.start_us},
+                     {"end_us", s.end_us},
+                     {"queue_wait_s", (s.start_us - s.enqueue_us) / 1e6},
+                     {"handling_s", (s.end_us - s.start_us) / 1e6},
+                     {"prompt_tokens", s.prompt_tokens},
+                     {"completion_tokens", s.completion_tokens},
+                     {"endpoint", s.endpoint},
+                     {"attempt", s.attempt}});
+  }
+  Json counters = Json::object();
+  for (const auto& [k, v] : task.counters) counters[k] = v;
+  Json rec = {{"task_id", task.task_id},
+              {"run_id", task.run_id},
+              {"pipeline", task.pipeline},
+              {"partition", task.partition},
+              {"row", task.row},
+              {"trial", task.trial},
+              {"attempt", task.attempt},
+              {"status", wire::TaskStatusName(task.status)},
+              {"reason", task.reason},
+              {"input", InputJson(task, resolved)},
+              {"vars", VarsJson(task)},
+              {"counters", counters},
+              {"turns", turns},
+              {"spans", spans},
+              {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
+              {"created_us", task.created_us},
+              {"finished_us", finished_us},
+              {"duration_s", (finished_us - task.created_us) / 1e6}};
+  if (!task.error.empty()) rec["error"] = task.error;
+  return rec;
+}
+
+}  // namespace matrix::worker

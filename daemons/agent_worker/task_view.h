@@ -1,0 +1,61 @@
+// Views of a Task as JSON: the evaluation context that conditions and prompt
+// templates see, and the output record the sink writes. Content held in the
+// object store is looked up in `Resolved` (object id -> text), fetched by the
+// worker beforehand.
+//
+// Context layout (what pipeline expressions can read):
+//   input         the dataset row
+//   vars          named variables (extracted answers, scores, flags)
+//   counters      turns, steps, llm_calls, <step name>...
+//   task          {id, row, trial, attempt, partition}
+//   history       every turn: {step, role, kind, content, conversation, finish_reason}
+//   conversation  the turns with conversation == true
+//   last          the last conversation turn (null before the first)
+//   last_turn     the last turn of any kind
+//   step          the step being run
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/base/json.h"
+#include "common/wire/task.h"
+
+namespace matrix::worker {
+
+using Resolved = std::unordered_map<uint64_t, std::string>;
+
+// The text of a content (inline or resolved); `missing` set when a reference
+// was not resolved.
+std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing = nullptr);
+
+// Every object reference the task holds (input and turns).
+std::vector<wire::ObjectRef> CollectRefs(const wire::Task& task);
+
+// Parts of the context; building only what an expression reads keeps routing
+// cheap (parsing the input row or the history is the costly part).
+enum ContextPart : unsigned {
+  kCtxInput = 1,
+  kCtxVars = 2,
+  kCtxCounters = 4,
+  kCtxHistory = 8,  // history, conversation, last, last_turn
+  kCtxTask = 16,    // task, step
+  kCtxAll = 31,
+};
+// The parts an expression's source text may read (by its identifiers).
+unsigned ContextPartsFor(const std::string& expression_text);
+
+Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned parts = kCtxAll);
+
+// The output record: identity, status and reason, input, vars, counters, every
+// turn with usage and timing, spans, and totals.
+Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us);
+
+// Reads vars as JSON values (stored as JSON text).
+Json VarValue(const wire::Task& task, const std::string& name);
+void SetVar(wire::Task& task, const std::string& name, const Json& value);
+
+}  // namespace matrix::worker

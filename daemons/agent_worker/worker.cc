@@ -1,0 +1,702 @@
+#include "daemons/agent_worker/worker.h"
+
+#include <unistd.h>
+
+#include <unordered_map>
+
+#include "common/base/files.h"
+#include "common/base/hash.h"
+#include "common/base/log.h"
+#include "common/base/signals.h"
+#include "common/config/pipeline.h"
+#include "common/llm/llm_client.h"
+#include "common/store/store_client.h"
+#include "common/transport/transport.h"
+#include "common/wire/codec.h"
+#include "daemons/agent_worker/agents.h"
+#include "daemons/agent_worker/sink.h"
+#include "daemons/agent_worker/source.h"
+#include "daemons/agent_worker/task_view.h"
+
+namespace matrix::worker {
+
+using config::RoleType;
+
+class Worker::Impl {
+ public:
+  Impl(WorkerConfig config, std::shared_ptr<const config::Pipeline> pipeline, transport::Context* ctx,
+       const Clock* clock)
+      : config_(std::move(config)), pipeline_(std::move(pipeline)), ctx_(ctx), clock_(clock) {
+    identity_ = config_.worker_id + "." + std::to_string(::getpid());
+    if (config_.run_id.empty()) config_.run_id = pipeline_->name;
+  }
+
+  Status Init();
+  Status Run();
+  void Stop() { stop_requested_ = true; }
+
+ private:
+  struct Partition {
+    uint32_t index = 0;
+    std::string owner;
+    std::unique_ptr<PartitionSource> source;
+    std::unique_ptr<PartitionSink> sink;
+  };
+  // One task being worked on: delivered under a lease, or newly admitted.
+  struct TaskRun {
+    uint64_t lease = 0;  // 0: admitted here, nothing to acknowledge
+    wire::Task task;
+    Resolved resolved;
+    const config::StepConfig* step = nullptr;
+    const config::RoleConfig* role = nullptr;
+    bool sink = false;
+    int64_t start_us = 0;
+    int pending_puts = 0;
+    std::string next_role;
+  };
+
+  // Event handlers.
+  void OnBrokerMessage(std::vector<std::string>& frames);
+  void OnDelivery(const wire::DeliverItem& item, std::string& payload);
+  void OnLlmResults();
+  // Task pipeline.
+  void Fetch(uint64_t id, std::function<void(uint64_t)> then);
+  void StartRole(uint64_t id);
+  void FinishStep(uint64_t id);
+  void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
+  void OffloadAndSubmit(uint64_t id);
+  void SubmitRun(uint64_t id);
+  void Ack(uint64_t lease, bool requeue = false);
+  void FreeRefs(const wire::Task& task);
+  // Sources and sinks.
+  void HandleSink(uint64_t id);
+  void WriteRecord(TaskRun& run);
+  void Admit();
+  Partition* FindPartition(const std::string& owner);
+  // Broker session.
+  void Register(bool draining);
+  void Send(const wire::Control& control, std::vector<std::string> payloads = {});
+  void FlushSubmits();
+  void WriteProgress(bool final);
+
+  struct StepParts {
+    unsigned role = 0;
+    unsigned route = 0;
+  };
+  // Context parts per step, computed once.
+  const StepParts& PartsOf(const config::StepConfig* step) {
+    auto it = parts_.find(step);
+    if (it != parts_.end()) return it->second;
+    StepParts p;
+    if (const config::RoleConfig* role = pipeline_->Role(step->role)) p.role = RoleContextParts(*role);
+    p.route = RouteContextParts(*step);
+    return parts_.emplace(step, p).first->second;
+  }
+
+  uint64_t NewRun(TaskRun run) {
+    uint64_t id = next_run_++;
+    runs_.emplace(id, std::move(run));
+    return id;
+  }
+
+  WorkerConfig config_;
+  std::shared_ptr<const config::Pipeline> pipeline_;
+  transport::Context* ctx_;
+  const Clock* clock_;
+  std::string identity_;
+  std::unique_ptr<transport::Socket> broker_;
+  std::unique_ptr<store::StoreClient> store_;
+  std::unique_ptr<llm::LlmClient> llm_;
+  std::vector<Partition> partitions_;
+  std::vector<std::string> served_roles_;
+
+  std::unordered_map<uint64_t, TaskRun> runs_;
+  std::unordered_map<const config::StepConfig*, StepParts> parts_;
+  uint64_t next_run_ = 1;
+  wire::SubmitMsg submit_batch_;
+  std::vector<std::string> submit_payloads_;
+
+  std::atomic<bool> stop_requested_{false};
+  bool draining_ = false;
+  int64_t drain_deadline_ns_ = 0;
+  int64_t last_send_ns_ = 0;
+  int64_t last_recv_ns_ = 0;
+  int64_t last_progress_ns_ = 0;
+  int64_t started_us_ = 0;
+
+  // Counters reported in the progress file.
+  int64_t refused_ = 0, invalid_ = 0, steps_run_ = 0, llm_calls_ = 0, llm_errors_ = 0;
+  int64_t prompt_tokens_ = 0, completion_tokens_ = 0, duplicates_ = 0, lost_ = 0;
+  int64_t offloaded_ = 0, hops_ = 0;
+  std::map<std::string, int64_t> role_in_flight_;
+};
+
+Status Worker::Impl::Init() {
+  started_us_ = clock_->WallMicros();
+  transport::SocketOptions opts;
+  opts.identity = identity_;
+  opts.max_message_bytes = static_cast<int64_t>(config_.max_message_bytes);
+  MATRIX_ASSIGN_OR_RETURN(broker_, transport::Socket::Connect(*ctx_, transport::Socket::Kind::kDealer,
+                                                             config_.broker_endpoint, opts));
+  MATRIX_ASSIGN_OR_RETURN(store_, store::StoreClient::Create(*ctx_, config_.store_endpoint, config_.node, clock_));
+
+  std::vector<llm::PoolConfig> pools;
+  for (const auto& [name, model] : pipeline_->models) {
+    llm::PoolConfig p;
+    p.name = name;
+    p.endpoints = model.endpoints;
+    p.model = model.model;
+    if (!model.api_key_env.empty() || !model.api_key_file.empty()) {
+      MATRIX_ASSIGN_OR_RETURN(p.api_key, llm::ReadApiKey(model.api_key_env, model.api_key_file));
+    }
+    p.max_concurrency_per_endpoint = model.max_concurrency_per_endpoint;
+    p.timeout_s = model.timeout_s;
+    p.max_retries = model.max_retries;
+    p.sticky = model.sticky;
+    pools.push_back(std::move(p));
+  }
+  if (!pools.empty()) {
+    MATRIX_ASSIGN_OR_RETURN(llm_, llm::LlmClient::Create(std::move(pools), clock_));
+  }
+
+  if (config_.roles.empty()) {
+    for (const auto& [name, role] : pipeline_->roles) served_roles_.push_back(name);
+  } else {
+    served_roles_ = config_.roles;
+  }
+  for (uint32_t p : config_.partitions) {
+    Partition part;
+    part.index = p;
+    part.owner = "p" + std::to_string(p);
+    std::string out = config_.output_dir + "/" + part.owner + ".jsonl";
+    MATRIX_ASSIGN_OR_RETURN(part.sink, PartitionSink::Open(out));
+    SourceConfig sc;
+    sc.dataset_path = pipeline_->dataset.path;
+    sc.partition = p;
+    sc.partitions = static_cast<uint32_t>(pipeline_->dataset.partitions);
+    sc.limit = static_cast<uint64_t>(pipeline_->dataset.limit);
+    sc.trials = static_cast<uint32_t>(pipeline_->run.trials);
+    sc.max_concurrent = static_cast<size_t>(pipeline_->run.max_concurrent_tasks);
+    sc.required_fields = pipeline_->dataset.required_fields;
+    MATRIX_ASSIGN_OR_RETURN(part.source, PartitionSource::Open(sc, part.sink->written()));
+    LOG_INFO << "partition " << part.owner << ": " << part.source->total_tasks() << " tasks, "
+             << part.sink->preexisting() << " already written to " << out;
+    partitions_.push_back(std::move(part));
+  }
+  return Status::Ok();
+}
+
+void Worker::Impl::Send(const wire::Control& control, std::vector<std::string> payloads) {
+  transport::Frames frames;
+  frames.reserve(1 + payloads.size());
+  frames.push_back(wire::EncodeControl(control));
+  for (auto& p : payloads) frames.push_back(std::move(p));
+  Status st = broker_->Send(frames);
+  if (!st.ok()) LOG_WARN << "send to broker failed: " << st.message();
+  last_send_ns_ = clock_->NowNanos();
+}
+
+void Worker::Impl::Register(bool draining) {
+  wire::RegisterMsg reg;
+  reg.worker_id = identity_;
+  reg.pipeline_hash = pipeline_->hash;
+  for (const auto& name : served_roles_) {
+    const config::RoleConfig* role = pipeline_->Role(name);
+    uint32_t cap = draining ? 0 : static_cast<uint32_t>(role ? role->concurrency : 0);
+    reg.roles.emplace_back(name, cap);
+  }
+  for (const auto& p : partitions_) reg.roles.emplace_back("sink:" + p.owner, config_.sink_capacity);
+  Send(wire::Control{identity_, std::move(reg)});
+}
+
+void Worker::Impl::FlushSubmits() {
+  if (submit_batch_.items.empty()) return;
+  Send(wire::Control{identity_, std::move(submit_batch_)}, std::move(submit_payloads_));
+  submit_batch_.items.clear();
+  submit_payloads_.clear();
+}
+
+void Worker::Impl::Ack(uint64_t lease, bool requeue) {
+  if (lease == 0) return;
+  submit_batch_.items.push_back({lease, "", "", requeue, false});
+  if (submit_batch_.items.size() >= 256) FlushSubmits();
+}
+
+Worker::Impl::Partition* Worker::Impl::FindPartition(const std::string& owner) {
+  for (auto& p : partitions_)
+    if (p.owner == owner) return &p;
+  return nullptr;
+}
+
+void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
+  last_recv_ns_ = clock_->NowNanos();
+  auto control = wire::DecodeControl(frames[0]);
+  if (!control.ok()) {
+    if (invalid_++ < 20) LOG_WARN << "invalid message from broker: " << control.status().message();
+    return;
+  }
+  if (auto* deliver = std::get_if<wire::DeliverMsg>(&control->body)) {
+    if (frames.size() != 1 + deliver->items.size()) {
+      ++invalid_;
+      LOG_WARN << "delivery with " << frames.size() - 1 << " payloads for " << deliver->items.size() << " items";
+      for (const auto& item : deliver->items) Ack(item.lease, /*requeue=*/true);
+      return;
+    }
+    for (size_t i = 0; i < deliver->items.size(); ++i) OnDelivery(deliver->items[i], frames[1 + i]);
+  }
+  // RegisterAck and Heartbeat only refresh last_recv_ns_.
+}
+
+void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payload) {
+  if (draining_ && item.role.rfind("sink:", 0) != 0) {
+    Ack(item.lease, /*requeue=*/true);
+    return;
+  }
+  auto decoded = wire::DecodeTask(payload, config_.max_message_bytes);
+  if (!decoded.ok()) {
+    ++invalid_;
+    LOG_WARN << "dropping undecodable task under lease " << item.lease << ": " << decoded.status().message();
+    Ack(item.lease);
+    return;
+  }
+  TaskRun run;
+  run.lease = item.lease;
+  run.task = std::move(*decoded);
+  run.start_us = clock_->WallMicros();
+  ++hops_;
+  uint64_t id = NewRun(std::move(run));
+  TaskRun& r = runs_[id];
+  if (item.role.rfind("sink:", 0) == 0) {
+    r.sink = true;
+    HandleSink(id);
+    return;
+  }
+  if (r.task.pipeline_hash != pipeline_->hash) {
+    ++refused_;
+    LOG_WARN << "refusing task " << r.task.task_id << ": pipeline hash " << Hex64(r.task.pipeline_hash)
+             << " is not this worker's " << Hex64(pipeline_->hash);
+    FailTask(id, wire::TaskStatus::kFailed, "pipeline_mismatch",
+             "task was built for pipeline definition " + Hex64(r.task.pipeline_hash) + ", worker " + identity_ +
+                 " runs " + Hex64(pipeline_->hash));
+    return;
+  }
+  if (item.deliveries > 1) {
+    r.task.attempt += item.deliveries - 1;
+    if (r.task.attempt > static_cast<uint32_t>(pipeline_->run.max_attempts)) {
+      ++lost_;
+      FailTask(id, wire::TaskStatus::kLost, "max_attempts",
+               "step '" + r.task.step + "' was delivered " + std::to_string(item.deliveries) +
+                   " times; the workers running it were lost");
+      return;
+    }
+  }
+  r.step = pipeline_->Step(r.task.step);
+  r.role = r.step ? pipeline_->Role(r.step->role) : nullptr;
+  if (!r.step || !r.role) {
+    r.step = nullptr;
+    FailTask(id, wire::TaskStatus::kFailed, "unknown_step", "step '" + r.task.step + "' is not in the pipeline");
+    return;
+  }
+  role_in_flight_[r.step->role]++;
+  const StepParts& parts = PartsOf(r.step);
+  if ((parts.role | parts.route) & (kCtxInput | kCtxHistory)) {
+    Fetch(id, [this](uint64_t rid) { StartRole(rid); });
+  } else {
+    StartRole(id);
+  }
+}
+
+void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
+  TaskRun& run = runs_[id];
+  std::vector<wire::ObjectRef> refs;
+  for (auto& ref : CollectRefs(run.task))
+    if (!run.resolved.count(ref.id)) refs.push_back(ref);
+  if (refs.empty()) return then(id);
+  store_->Get(refs, [this, id, refs, then](StatusOr<std::vector<std::string>> got) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    if (got.ok()) {
+      for (size_t i = 0; i < refs.size() && i < got->size(); ++i)
+        it->second.resolved[refs[i].id] = std::move((*got)[i]);
+    } else if (!it->second.sink) {
+      FailTask(id, wire::TaskStatus::kFailed, "object_unavailable", got.status().ToString());
+      return;
+    } else {
+      // The record is still written; unresolved content is marked in it.
+      LOG_WARN << "task " << it->second.task.task_id << ": " << got.status().ToString();
+    }
+    then(id);
+  });
+}
+
+void Worker::Impl::StartRole(uint64_t id) {
+  TaskRun& run = runs_[id];
+  const config::RoleConfig& role = *run.role;
+  if (role.type == RoleType::kNoop) return FinishStep(id);
+  Json ctx = BuildContext(run.task, run.resolved, PartsOf(run.step).role);
+  if (role.type == RoleType::kLlm) {
+    auto body = BuildChatBody(*pipeline_, run.step->role, role, run.task, run.resolved, ctx);
+    if (!body.ok()) {
+      return FailTask(id, wire::TaskStatus::kFailed, "prompt_error",
+                      "step '" + run.step->name + "': " + body.status().message());
+    }
+    if (!llm_) return FailTask(id, wire::TaskStatus::kFailed, "no_model", "pipeline has no models");
+    llm_->Submit(llm::ChatRequest{id, role.model, std::move(*body), run.task.task_id});
+    return;
+  }
+  LocalOutcome outcome = RunLocalRole(role, run.task, ctx);
+  if (!outcome.status.ok()) {
+    return FailTask(id, wire::TaskStatus::kFailed, "role_error",
+                    "step '" + run.step->name + "': " + outcome.status.message());
+  }
+  if (outcome.filtered) return FailTask(id, wire::TaskStatus::kFiltered, "filtered", "");
+  FinishStep(id);
+}
+
+void Worker::Impl::OnLlmResults() {
+  std::vector<llm::ChatResult> results;
+  llm_->Drain(&results);
+  for (auto& res : results) {
+    auto it = runs_.find(res.tag);
+    if (it == runs_.end()) continue;
+    TaskRun& run = it->second;
+    ++llm_calls_;
+    if (!res.status.ok()) {
+      ++llm_errors_;
+      FailTask(res.tag, wire::TaskStatus::kFailed, "llm_error",
+               "step '" + run.step->name + "' model '" + run.role->model + "': " + res.status.ToString() +
+                   (res.error_body.empty() ? "" : " (" + res.error_body + ")"));
+      continue;
+    }
+    prompt_tokens_ += res.prompt_tokens;
+    completion_tokens_ += res.completion_tokens;
+    wire::Turn turn;
+    turn.step = run.step->name;
+    turn.role = run.step->role;
+    turn.kind = "llm";
+    turn.conversation = run.role->conversation;
+    turn.content.text = std::move(res.content);
+    if (res.tool_calls.is_array()) {
+      for (const auto& c : res.tool_calls) {
+        wire::ToolCall call;
+        call.id = c.value("id", "");
+        if (c.contains("function") && c["function"].is_object()) {
+          call.name = c["function"].value("name", "");
+          const Json& args = c["function"].contains("arguments") ? c["function"]["arguments"] : Json();
+          call.arguments = args.is_string() ? args.get<std::string>() : args.dump();
+        }
+        turn.tool_calls.push_back(std::move(call));
+      }
+    }
+    turn.prompt_tokens = res.prompt_tokens;
+    turn.completion_tokens = res.completion_tokens;
+    turn.finish_reason = res.finish_reason;
+    turn.endpoint = res.endpoint;
+    turn.model = run.role->model;
+    turn.start_us = run.start_us;
+    turn.end_us = clock_->WallMicros();
+    turn.attempts = res.attempts;
+    run.task.history.push_back(std::move(turn));
+    if (run.role->conversation) run.task.counters["turns"]++;
+    run.task.counters["llm_calls"]++;
+    FinishStep(res.tag);
+  }
+}
+
+void Worker::Impl::FinishStep(uint64_t id) {
+  TaskRun& run = runs_[id];
+  ++steps_run_;
+  wire::Task& task = run.task;
+  task.counters["steps"]++;
+  task.counters[run.step->name]++;
+  wire::Span span;
+  span.step = run.step->name;
+  span.role = run.step->role;
+  span.worker = identity_;
+  span.enqueue_us = task.enqueue_us;
+  span.start_us = run.start_us;
+  span.end_us = clock_->WallMicros();
+  span.attempt = static_cast<int32_t>(task.attempt);
+  if (run.role->type == RoleType::kLlm && !task.history.empty()) {
+    span.prompt_tokens = task.history.back().prompt_tokens;
+    span.completion_tokens = task.history.back().completion_tokens;
+    span.endpoint = task.history.back().endpoint;
+  }
+  task.spans.push_back(std::move(span));
+
+  unsigned route_parts = PartsOf(run.step).route;
+  RouteDecision next = Route(*run.step, task,
+                             route_parts ? BuildContext(task, run.resolved, route_parts) : Json::object());
+  if (!next.status.ok()) {
+    return FailTask(id, wire::TaskStatus::kFailed, next.reason,
+                    "step '" + run.step->name + "': " + next.status.message());
+  }
+  if (IsTerminal(next.target)) {
+    wire::TaskStatus status = next.target == "done"       ? wire::TaskStatus::kDone
+                              : next.target == "filtered" ? wire::TaskStatus::kFiltered
+                                                          : wire::TaskStatus::kFailed;
+    return FailTask(id, status, next.reason.empty() ? next.target : next.reason, "");
+  }
+  if (task.counters["steps"] >= pipeline_->flow.max_steps) {
+    return FailTask(id, wire::TaskStatus::kFailed, "max_steps",
+                    "task ran " + std::to_string(task.counters["steps"]) + " steps (flow.max_steps)");
+  }
+  const config::StepConfig* step = pipeline_->Step(next.target);
+  task.step = next.target;
+  run.next_role = step ? step->role : next.target;
+  OffloadAndSubmit(id);
+}
+
+void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason,
+                            const std::string& error) {
+  TaskRun& run = runs_[id];
+  run.task.status = status;
+  run.task.reason = reason;
+  run.task.error = error;
+  run.next_role = "sink:" + run.task.owner;
+  OffloadAndSubmit(id);
+}
+
+void Worker::Impl::OffloadAndSubmit(uint64_t id) {
+  TaskRun& run = runs_[id];
+  if (run.step) role_in_flight_[run.step->role]--;
+  run.step = nullptr;  // in-flight accounting done once
+  size_t threshold = pipeline_->run.offload_threshold_bytes;
+  auto offload = [&](wire::Content* content, auto locate) {
+    if (content->ref || content->text.size() <= threshold) return;
+    run.pending_puts++;
+    ++offloaded_;
+    std::string text = content->text;
+    store_->Put(std::move(text), [this, id, locate](StatusOr<wire::ObjectRef> ref) {
+      auto it = runs_.find(id);
+      if (it == runs_.end()) return;
+      TaskRun& r = it->second;
+      if (ref.ok()) {
+        wire::Content* c = locate(r.task);
+        r.resolved[ref->id] = std::move(c->text);
+        c->text.clear();
+        c->ref = *ref;
+      }  // on failure the content simply stays inline
+      if (--r.pending_puts == 0) SubmitRun(id);
+    });
+  };
+  offload(&run.task.input, [](wire::Task& t) { return &t.input; });
+  for (size_t i = 0; i < run.task.history.size(); ++i)
+    offload(&run.task.history[i].content, [i](wire::Task& t) { return &t.history[i].content; });
+  if (run.pending_puts == 0) SubmitRun(id);
+}
+
+void Worker::Impl::SubmitRun(uint64_t id) {
+  auto it = runs_.find(id);
+  TaskRun& run = it->second;
+  run.task.enqueue_us = clock_->WallMicros();
+  run.task.hops++;
+  submit_batch_.items.push_back({run.lease, run.next_role, run.task.task_id, false, true});
+  submit_payloads_.push_back(wire::EncodeTask(run.task));
+  runs_.erase(it);
+  if (submit_batch_.items.size() >= 256) FlushSubmits();
+}
+
+void Worker::Impl::FreeRefs(const wire::Task& task) {
+  auto refs = CollectRefs(task);
+  if (!refs.empty()) store_->Free(std::move(refs));
+}
+
+void Worker::Impl::HandleSink(uint64_t id) {
+  TaskRun& run = runs_[id];
+  Partition* part = FindPartition(run.task.owner);
+  if (!part) {
+    LOG_WARN << "task " << run.task.task_id << " for unknown owner " << run.task.owner << " handed back";
+    Ack(run.lease, /*requeue=*/true);
+    runs_.erase(id);
+    return;
+  }
+  if (part->sink->Written(run.task.task_id)) {
+    ++duplicates_;
+    FreeRefs(run.task);
+    part->source->OnFinished(run.task.task_id);
+    Ack(run.lease);
+    runs_.erase(id);
+    return;
+  }
+  Fetch(id, [this](uint64_t rid) {
+    TaskRun& r = runs_[rid];
+    WriteRecord(r);
+    runs_.erase(rid);
+  });
+}
+
+void Worker::Impl::WriteRecord(TaskRun& run) {
+  Partition* part = FindPartition(run.task.owner);
+  Json record = BuildRecord(run.task, run.resolved, clock_->WallMicros());
+  auto written = part->sink->Write(record);
+  if (!written.ok()) {
+    // The lease goes back so another attempt can write it; nothing is lost.
+    LOG_ERROR << written.status().ToString();
+    Ack(run.lease, /*requeue=*/true);
+    return;
+  }
+  if (!*written) ++duplicates_;
+  FreeRefs(run.task);
+  part->source->OnFinished(run.task.task_id);
+  Ack(run.lease);
+}
+
+void Worker::Impl::Admit() {
+  if (draining_) return;
+  for (auto& part : partitions_) {
+    PartitionSource::Admission adm;
+    while (part.source->Next(&adm)) {
+      TaskRun run;
+      wire::Task& t = run.task;
+      t.run_id = config_.run_id;
+      t.task_id = adm.task_id;
+      t.partition = part.index;
+      t.row = adm.row;
+      t.trial = adm.trial;
+      t.seed = Hash64(config_.run_id + "/" + adm.task_id);
+      t.attempt = 1;
+      t.owner = part.owner;
+      t.pipeline = pipeline_->name;
+      t.pipeline_hash = pipeline_->hash;
+      t.step = pipeline_->flow.start;
+      t.input.text = adm.row_json;
+      t.created_us = clock_->WallMicros();
+      if (!adm.error.ok()) {
+        t.status = wire::TaskStatus::kFailed;
+        t.reason = "invalid_input";
+        t.error = adm.error.message();
+        WriteRecord(run);
+        continue;
+      }
+      const config::StepConfig* start = pipeline_->Step(t.step);
+      run.next_role = start ? start->role : t.step;
+      OffloadAndSubmit(NewRun(std::move(run)));
+    }
+  }
+}
+
+void Worker::Impl::WriteProgress(bool final) {
+  if (config_.run_dir.empty()) return;
+  Json parts = Json::object();
+  for (const auto& p : partitions_) {
+    Json counts = Json::object();
+    for (const auto& [status, n] : p.sink->counts()) counts[status] = n;
+    parts[p.owner] = {{"total", p.source->total_tasks()},
+                      {"preexisting", p.sink->preexisting()},
+                      {"skipped", p.source->skipped()},
+                      {"admitted", p.source->admitted()},
+                      {"in_flight", p.source->in_flight()},
+                      {"written", static_cast<int64_t>(p.sink->written().size())},
+                      {"counts", counts},
+                      {"finished", p.source->Finished()},
+                      {"output", p.sink->path()}};
+  }
+  Json roles = Json::object();
+  for (const auto& [role, n] : role_in_flight_) roles[role] = n;
+  Json progress = {{"worker", identity_},
+                   {"pid", ::getpid()},
+                   {"updated_us", clock_->WallMicros()},
+                   {"started_us", started_us_},
+                   {"final", final},
+                   {"partitions", parts},
+                   {"roles_in_flight", roles},
+                   {"running", runs_.size()},
+                   {"hops", hops_},
+                   {"steps", steps_run_},
+                   {"llm_calls", llm_calls_},
+                   {"llm_errors", llm_errors_},
+                   {"prompt_tokens", prompt_tokens_},
+                   {"completion_tokens", completion_tokens_},
+                   {"offloaded", offloaded_},
+                   {"refused", refused_},
+                   {"invalid_messages", invalid_},
+                   {"duplicates", duplicates_},
+                   {"lost", lost_}};
+  auto st = store_->stats();
+  progress["store"] = {{"puts", st.puts}, {"gets", st.gets}, {"cache_hits", st.cache_hits},
+                       {"cache_misses", st.cache_misses}, {"frees", st.frees}, {"errors", st.errors}};
+  if (llm_) {
+    Json eps = Json::array();
+    for (const auto& e : llm_->Stats())
+      eps.push_back({{"pool", e.pool}, {"url", e.url}, {"in_flight", e.in_flight}, {"requests", e.requests},
+                     {"errors", e.errors}, {"retries", e.retries}, {"healthy", e.healthy}});
+    progress["endpoints"] = eps;
+  }
+  std::string dir = config_.run_dir + "/progress";
+  if (MakeDirs(dir).ok()) {
+    Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", progress.dump());
+    if (!s.ok()) LOG_WARN << s.message();
+  }
+}
+
+Status Worker::Impl::Run() {
+  transport::Poller poller;
+  int broker_idx = poller.AddSocket(broker_.get());
+  int store_idx = poller.AddSocket(store_->socket());
+  int llm_idx = llm_ ? poller.AddFd(llm_->notify_fd()) : -1;
+  int sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
+  Register(false);
+  last_recv_ns_ = clock_->NowNanos();
+  const int64_t hb_ns = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
+  std::vector<std::string> frames;
+  while (true) {
+    Admit();
+    FlushSubmits();
+    store_->Tick();
+    poller.Poll(store_->PollTimeoutMs(draining_ ? 20 : 50));
+    int64_t now = clock_->NowNanos();
+    if ((sig_idx >= 0 && poller.Readable(sig_idx)) || (stop_requested_ && !draining_)) {
+      int sig = sig_idx >= 0 ? ReadSignal(config_.signal_fd) : 0;
+      if (draining_) {
+        LOG_WARN << "second signal: exiting now";
+        break;
+      }
+      LOG_INFO << "signal " << sig << ": draining " << runs_.size() << " running tasks for up to "
+               << config_.grace_s << " s";
+      draining_ = true;
+      drain_deadline_ns_ = now + static_cast<int64_t>(config_.grace_s * 1e9);
+      for (auto& p : partitions_) p.source->Close();
+      Register(true);
+    }
+    if (poller.Readable(broker_idx)) {
+      for (int i = 0; i < 1024 && broker_->TryRecv(&frames); ++i) OnBrokerMessage(frames);
+    }
+    if (poller.Readable(store_idx)) store_->OnReadable();
+    if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();
+    if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
+    if (now - last_recv_ns_ > 3 * hb_ns) {
+      LOG_WARN << "no word from the broker for " << (now - last_recv_ns_) / 1'000'000 << " ms; registering again";
+      Register(draining_);
+      last_recv_ns_ = now;
+    }
+    if (now - last_progress_ns_ > 500'000'000) {
+      last_progress_ns_ = now;
+      WriteProgress(false);
+    }
+    if (draining_ && (runs_.empty() || now > drain_deadline_ns_)) break;
+  }
+  // Hand back whatever is still running; the broker redelivers it.
+  for (auto& [id, run] : runs_) Ack(run.lease, /*requeue=*/true);
+  runs_.clear();
+  FlushSubmits();
+  WriteProgress(true);
+  if (llm_) llm_->Shutdown();
+  LOG_INFO << "worker stopped";
+  return Status::Ok();
+}
+
+Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Worker::~Worker() = default;
+Status Worker::Run() { return impl_->Run(); }
+void Worker::Stop() { impl_->Stop(); }
+
+StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config,
+                                                 std::shared_ptr<const config::Pipeline> pipeline,
+                                                 transport::Context* ctx, const Clock* clock) {
+  auto impl = std::make_unique<Impl>(std::move(config), std::move(pipeline), ctx, clock);
+  MATRIX_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+}
+
+}  // namespace matrix::worker

@@ -1,0 +1,70 @@
+// Worker: matrix-worker's event loop. Hosts the pipeline's roles (agents) and
+// the sources and sinks of the partitions it owns.
+//
+// One thread polls the broker socket, the store client, the LLM client's
+// completion eventfd and the signal fd. A delivered task is decoded and
+// verified, its stored content fetched when the step needs it, the role run
+// (LLM calls asynchronously, thousands in flight), the result appended, the
+// flow's transitions evaluated on the message to choose the next step, new
+// large content offloaded to the store, and the successor submitted to the
+// broker together with the acknowledgement of the lease it came under.
+// Terminal tasks go to "sink:<owner>", served by the owning worker, which
+// writes the record, frees the task's objects and admits the next row.
+//
+// Shutdown (signal or Stop()): stop admitting, let running steps finish for up
+// to `grace_s`, hand the remaining leases back to the broker, exit.
+// Thread-safety: Run() on one thread; Stop() from any thread.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/base/clock.h"
+#include "common/base/status.h"
+
+namespace matrix::config {
+struct Pipeline;
+}
+namespace matrix::transport {
+class Context;
+}
+
+namespace matrix::worker {
+
+struct WorkerConfig {
+  std::string worker_id = "worker";   // broker identity is "<worker_id>.<pid>"
+  std::string node = "local";
+  std::string run_id;                 // default: the pipeline name
+  std::string broker_endpoint;
+  std::string store_endpoint;
+  std::string run_dir;                // progress files go to <run_dir>/progress/
+  std::string output_dir;             // <output_dir>/<partition>.jsonl
+  std::vector<uint32_t> partitions;   // partitions whose source and sink this worker hosts
+  std::vector<std::string> roles;     // roles served; empty = every role of the pipeline
+  uint32_t sink_capacity = 1024;      // concurrent sink writes per partition
+  uint32_t heartbeat_ms = 1000;
+  double grace_s = 10;                // drain time on shutdown
+  int signal_fd = -1;
+  size_t max_message_bytes = 64 << 20;
+};
+
+class Worker {
+ public:
+  static StatusOr<std::unique_ptr<Worker>> Create(WorkerConfig config,
+                                                  std::shared_ptr<const config::Pipeline> pipeline,
+                                                  transport::Context* ctx, const Clock* clock);
+  ~Worker();
+  Status Run();
+  void Stop();
+
+  class Impl;
+
+ private:
+  explicit Worker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace matrix::worker

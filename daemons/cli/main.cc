@@ -1,0 +1,56 @@
+// matrix: the researcher's front end.
+//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N] [--overwrite]
+//   matrix validate PIPELINE.yaml [key.path=value ...]
+//   matrix status RUN_DIR
+#include <iostream>
+
+#include "common/base/flags.h"
+#include "common/base/log.h"
+#include "daemons/cli/commands.h"
+#include "daemons/cli/run_command.h"
+
+namespace {
+const char kUsage[] =
+    "usage:\n"
+    "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N] [--overwrite]\n"
+    "             [--grace-s S] [--quiet]\n"
+    "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
+    "  matrix status RUN_DIR\n";
+}
+
+int main(int argc, char** argv) {
+  using namespace matrix;
+  SetLogComponent("matrix");
+  if (argc < 2) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  std::string cmd = argv[1];
+  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "workers", "overwrite", "grace-s", "quiet", "help"},
+                            {"overwrite", "quiet", "help"});
+  if (!flags.ok()) {
+    std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
+    return 2;
+  }
+  std::vector<std::string> args = flags->positional();
+  if (flags->GetBool("help") || args.empty()) {
+    std::cerr << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "run") {
+    cli::RunOptions opt;
+    opt.pipeline_path = args[0];
+    opt.overrides = rest;
+    opt.output_dir = flags->Get("output");
+    opt.workers = static_cast<int>(flags->GetInt("workers", 0));
+    opt.overwrite = flags->GetBool("overwrite");
+    opt.grace_s = flags->GetDouble("grace-s", opt.grace_s);
+    opt.quiet = flags->GetBool("quiet");
+    return cli::RunPipeline(opt);
+  }
+  if (cmd == "validate") return cli::ValidateCommand(args[0], rest);
+  if (cmd == "status") return cli::StatusCommand(args[0]);
+  std::cerr << "error: unknown command '" << cmd << "'\n" << kUsage;
+  return 2;
+}

@@ -1,0 +1,120 @@
+#include "daemons/cli/process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "common/base/log.h"
+
+namespace matrix::cli {
+
+std::string SelfDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.find_last_of('/'));
+}
+
+Supervisor::~Supervisor() { StopAll(2000); }
+
+Status Supervisor::Spawn(Child& child) {
+  pid_t pid = fork();
+  if (pid < 0) return Internal(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    // Children get default signal handling back (the parent blocks signals).
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_UNBLOCK, &all, nullptr);
+    setpgid(0, 0);  // Ctrl-C on the terminal reaches only `matrix`, which stops children in order
+    int fd = open(child.spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    std::vector<char*> args;
+    for (auto& a : child.spec.argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  child.pid = pid;
+  child.exit_code = -1;
+  return Status::Ok();
+}
+
+Status Supervisor::Start(const ChildSpec& spec) {
+  children_.push_back(Child{spec});
+  return Spawn(children_.back());
+}
+
+std::vector<std::string> Supervisor::Reap(bool restart) {
+  std::vector<std::string> exited;
+  for (auto& c : children_) {
+    if (c.pid <= 0) continue;
+    int status = 0;
+    pid_t r = waitpid(c.pid, &status, WNOHANG);
+    if (r != c.pid) continue;
+    c.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    c.pid = -1;
+    exited.push_back(c.spec.name);
+    if (restart && c.spec.restart) {
+      LOG_WARN << c.spec.name << " exited with code " << c.exit_code << "; restarting (log: " << c.spec.log_path
+               << ")";
+      ++restarts_;
+      Status st = Spawn(c);
+      if (!st.ok()) LOG_ERROR << "restart of " << c.spec.name << " failed: " << st.message();
+    }
+  }
+  return exited;
+}
+
+pid_t Supervisor::Pid(const std::string& name) const {
+  for (const auto& c : children_)
+    if (c.spec.name == name) return c.pid;
+  return -1;
+}
+
+bool Supervisor::Running(const std::string& name) const { return Pid(name) > 0; }
+
+void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms) {
+  auto selected = [&](const Child& c) {
+    if (c.pid <= 0) return false;
+    if (names.empty()) return true;
+    for (const auto& n : names)
+      if (n == c.spec.name) return true;
+    return false;
+  };
+  for (auto& c : children_)
+    if (selected(c)) kill(c.pid, SIGTERM);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto& c : children_) {
+      if (!selected(c)) continue;
+      int status = 0;
+      if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        c.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        c.pid = -1;
+      } else {
+        any = true;
+      }
+    }
+    if (!any) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (auto& c : children_) {
+    if (!selected(c)) continue;
+    LOG_WARN << c.spec.name << " did not stop within " << grace_ms << " ms; killing it";
+    kill(c.pid, SIGKILL);
+    waitpid(c.pid, nullptr, 0);
+    c.pid = -1;
+  }
+}
+
+}  // namespace matrix::cli

@@ -1,0 +1,234 @@
+#include "daemons/cli/run_command.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <iostream>
+#include <thread>
+
+#include "common/base/files.h"
+#include "common/base/log.h"
+#include "common/base/signals.h"
+#include "common/config/pipeline_loader.h"
+#include "daemons/cli/process.h"
+#include "daemons/cli/summary.h"
+
+namespace matrix::cli {
+namespace {
+
+std::string MakeRunDir() {
+  const char* base = getenv("TMPDIR");
+  std::string tmpl = std::string(base ? base : "/tmp") + "/matrix-run-XXXXXX";
+  char* made = mkdtemp(tmpl.data());
+  return made ? std::string(made) : std::string();
+}
+
+void PrintLogTail(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return;
+  std::string s = *text;
+  if (s.size() > 2000) s = "..." + s.substr(s.size() - 2000);
+  std::cerr << "---- " << path << " ----\n" << s << "\n";
+}
+
+// Simulator flags from the pipeline's optional `simulator:` map.
+std::vector<std::string> SimulatorFlags(const config::Pipeline& p) {
+  std::vector<std::string> out;
+  if (!p.merged.contains("simulator") || !p.merged["simulator"].is_object()) return out;
+  for (const auto& [k, v] : p.merged["simulator"].items()) {
+    std::string flag = k;
+    for (auto& c : flag)
+      if (c == '_') c = '-';
+    out.push_back("--" + flag + "=" + (v.is_string() ? v.get<std::string>() : v.dump()));
+  }
+  return out;
+}
+
+}  // namespace
+
+int RunPipeline(const RunOptions& opt) {
+  auto loaded = config::LoadPipeline(opt.pipeline_path, opt.overrides);
+  if (!loaded.pipeline) {
+    for (const auto& e : loaded.errors) std::cerr << "error: " << e.ToString() << "\n";
+    return 2;
+  }
+  const config::Pipeline& pipeline = *loaded.pipeline;
+  std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
+  if (opt.overwrite) {
+    std::string cmd = "rm -f '" + output_dir + "'/*.jsonl '" + output_dir + "'/summary.json";
+    if (system(cmd.c_str()) != 0) LOG_WARN << "could not clear " << output_dir;
+  }
+  if (Status st = MakeDirs(output_dir); !st.ok()) {
+    std::cerr << "error: " << st.message() << "\n";
+    return 1;
+  }
+  std::string run_dir = MakeRunDir();
+  if (run_dir.empty() || !MakeDirs(run_dir + "/logs").ok()) {
+    std::cerr << "error: cannot create a run directory under $TMPDIR\n";
+    return 1;
+  }
+  auto sigfd = CreateSignalFd({SIGINT, SIGTERM});
+  if (!sigfd.ok()) return 1;
+
+  std::string bin = SelfDir();
+  Supervisor sup;
+  auto log = [&](const std::string& name) { return run_dir + "/logs/" + name + ".log"; };
+  auto start = [&](ChildSpec spec) -> bool {
+    spec.log_path = log(spec.name);
+    Status st = sup.Start(spec);
+    if (!st.ok()) std::cerr << "error: cannot start " << spec.name << ": " << st.message() << "\n";
+    return st.ok();
+  };
+  auto fail = [&](const std::string& what, const std::string& name) {
+    std::cerr << "error: " << what << "\n";
+    PrintLogTail(log(name));
+    sup.StopAll(3000);
+    return 1;
+  };
+
+  // Models whose endpoints say `sim` are served by a local simulator.
+  std::vector<std::string> overrides = opt.overrides;
+  std::vector<std::string> sim_models;
+  for (const auto& [name, model] : pipeline.models)
+    for (const auto& ep : model.endpoints)
+      if (ep == "sim") sim_models.push_back(name);
+  if (!sim_models.empty()) {
+    ChildSpec sim{"llm-sim", {bin + "/matrix-llm-sim", "--listen", "127.0.0.1:0", "--run-dir", run_dir, "--name", "llm-sim"}};
+    for (auto& f : SimulatorFlags(pipeline)) sim.argv.push_back(f);
+    if (!start(sim)) return 1;
+    auto ep = WaitEndpointFile(run_dir, "llm-sim", 15000);
+    if (!ep.ok()) return fail("the simulator did not start", "llm-sim");
+    for (const auto& m : sim_models) overrides.push_back("models." + m + ".endpoints=[" + *ep + "]");
+  }
+
+  std::string store_ep = "ipc://" + run_dir + "/store.sock";
+  std::string broker_ep = "ipc://" + run_dir + "/broker.sock";
+  if (!start({"store", {bin + "/matrix-store", "--bind", store_ep, "--run-dir", run_dir, "--name", "store",
+                        "--spill-dir", run_dir + "/spill"}}))
+    return 1;
+  if (!start({"broker", {bin + "/matrix-broker", "--bind", broker_ep, "--run-dir", run_dir, "--name", "broker"}}))
+    return 1;
+  if (!WaitEndpointFile(run_dir, "store", 15000).ok()) return fail("the store did not start", "store");
+  if (!WaitEndpointFile(run_dir, "broker", 15000).ok()) return fail("the broker did not start", "broker");
+
+  int workers = opt.workers > 0 ? opt.workers : std::max(1, pipeline.run.workers);
+  uint32_t partitions = pipeline.dataset.partitions;
+  std::vector<std::string> worker_names;
+  for (int w = 0; w < workers; ++w) {
+    std::string parts;
+    for (uint32_t p = 0; p < partitions; ++p)
+      if (static_cast<int>(p % workers) == w) parts += (parts.empty() ? "" : ",") + std::to_string(p);
+    std::string name = "worker-" + std::to_string(w);
+    ChildSpec spec{name,
+                   {bin + "/matrix-worker", "--pipeline", pipeline.source_path, "--broker", broker_ep, "--store",
+                    store_ep, "--output-dir", output_dir, "--run-dir", run_dir, "--id", name, "--grace-s",
+                    std::to_string(opt.grace_s)}};
+    if (!parts.empty()) {
+      spec.argv.push_back("--partitions");
+      spec.argv.push_back(parts);
+    }
+    for (const auto& o : overrides) spec.argv.push_back(o);
+    if (!start(spec)) return 1;
+    worker_names.push_back(name);
+  }
+  std::string pids;
+  for (const char* n : {"store", "broker"}) pids += std::string(" ") + n + "=" + std::to_string(sup.Pid(n));
+  for (const auto& n : worker_names) pids += " " + n + "=" + std::to_string(sup.Pid(n));
+  if (!sim_models.empty()) pids += " llm-sim=" + std::to_string(sup.Pid("llm-sim"));
+  std::cerr << "matrix run: pipeline '" << pipeline.name << "', output " << output_dir << ", logs " << run_dir
+            << "/logs\n  processes:" << pids << "\n";
+
+  bool tty = isatty(2) && !opt.quiet;
+  auto t0 = std::chrono::steady_clock::now();
+  auto last_line = t0;
+  std::deque<std::pair<double, std::pair<int64_t, int64_t>>> window;  // (t, (tokens, written))
+  int exit_code = 0;
+  bool interrupted = false;
+  Progress p;
+  bool seen_progress = false;
+  while (true) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (ReadSignal(*sigfd) != 0) {
+      interrupted = true;
+      std::cerr << "\ninterrupted: stopping workers (grace " << opt.grace_s << " s)\n";
+      break;
+    }
+    for (const auto& name : sup.Reap(/*restart=*/true))
+      if (name.rfind("worker", 0) != 0) LOG_WARN << name << " restarted";
+    p = ReadProgress(run_dir);
+    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    window.push_back({t, {p.tokens, p.written}});
+    while (window.size() > 2 && t - window.front().first > 10) window.pop_front();
+    double dt = t - window.front().first;
+    double tok_s = dt > 0 ? (p.tokens - window.front().second.first) / dt : 0;
+    double task_s = dt > 0 ? (p.written - window.front().second.second) / dt : 0;
+    std::string line = FormatProgress(p, t, tok_s, task_s);
+    if (tty) {
+      std::cerr << "\r\033[K" << line << std::flush;
+    } else if (!opt.quiet && std::chrono::steady_clock::now() - last_line >
+                                 std::chrono::seconds(opt.progress_interval_s)) {
+      last_line = std::chrono::steady_clock::now();
+      std::cerr << line << "\n";
+    }
+    if (p.partitions == static_cast<int>(partitions)) seen_progress = true;
+    if (seen_progress && p.partitions_finished == static_cast<int>(partitions)) break;
+  }
+  if (tty) std::cerr << "\n";
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Workers first (they drain and hand back), then the rest.
+  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000);
+  sup.StopAll(5000);
+
+  auto summary = SummarizeOutput(output_dir);
+  if (!summary.ok()) {
+    std::cerr << "error: " << summary.status().message() << "\n";
+    return 1;
+  }
+  Json s = *summary;
+  s["pipeline"] = pipeline.name;
+  s["output_dir"] = output_dir;
+  s["elapsed_s"] = elapsed;
+  s["tasks_total"] = p.total;
+  s["resumed_from_earlier_runs"] = p.preexisting;
+  s["written_this_run"] = p.written - p.preexisting;
+  s["interrupted"] = interrupted;
+  s["process_restarts"] = sup.restarts();
+  s["tokens_this_run"] = p.tokens;
+  s["tokens_per_s"] = elapsed > 0 ? p.tokens / elapsed : 0.0;
+  Status st = WriteFileAtomic(output_dir + "/summary.json", s.dump(2) + "\n");
+  if (!st.ok()) std::cerr << "warning: " << st.message() << "\n";
+
+  std::cerr << "\n== " << pipeline.name << (interrupted ? " (interrupted)" : "") << " ==\n";
+  std::cerr << "  tasks:        " << s["records"] << " records of " << p.total << " ("
+            << s["resumed_from_earlier_runs"] << " from earlier runs), duplicates " << s["duplicates"] << "\n";
+  std::cerr << "  by status:    " << s["by_status"].dump() << "\n";
+  std::cerr << "  by reason:    " << s["by_reason"].dump() << "\n";
+  for (const auto& [k, v] : s["rates"].items()) {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "  %-13s %.3f\n", (k + ":").c_str(), v.get<double>());
+    std::cerr << buf;
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "  tokens:       %lld prompt + %lld completion; %.0f tok/s over %s\n",
+                static_cast<long long>(s["prompt_tokens"].get<int64_t>()),
+                static_cast<long long>(s["completion_tokens"].get<int64_t>()), s["tokens_per_s"].get<double>(),
+                FormatDuration(elapsed).c_str());
+  std::cerr << buf;
+  std::cerr << "  output:       " << output_dir << "/p*.jsonl, " << output_dir << "/summary.json\n";
+  if (interrupted) {
+    exit_code = 130;
+  } else if (s["records"].get<int64_t>() < p.total) {
+    exit_code = 1;
+  }
+  if (exit_code == 0 && !getenv("MATRIX_KEEP_RUN_DIR")) {
+    std::string cmd = "rm -rf '" + run_dir + "'";
+    if (system(cmd.c_str()) != 0) LOG_WARN << "could not remove " << run_dir;
+  }
+  return exit_code;
+}
+
+}  // namespace matrix::cli

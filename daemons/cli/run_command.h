@@ -1,0 +1,29 @@
+// `matrix run`: the whole system on one machine. Starts matrix-store,
+// matrix-broker, N matrix-worker processes (and matrix-llm-sim when a model's
+// endpoints say `sim`) as children talking over ipc:// sockets, shows live
+// progress, restarts a child that dies, stops everything when every partition
+// is finished or on Ctrl-C / SIGTERM, and writes <output>/summary.json.
+// Running the same command again resumes: tasks with records are skipped.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace matrix::cli {
+
+struct RunOptions {
+  std::string pipeline_path;
+  std::vector<std::string> overrides;  // key.path=value
+  std::string output_dir;              // default: the pipeline's run.output_dir
+  int workers = 0;                     // 0: run.workers from the pipeline
+  bool overwrite = false;              // delete earlier output instead of resuming
+  double grace_s = 10;                 // drain time on Ctrl-C / SIGTERM
+  int progress_interval_s = 10;        // when stderr is not a terminal
+  bool quiet = false;
+};
+
+// Returns the process exit code: 0 all tasks written, 1 failure, 2 bad
+// configuration, 130 interrupted.
+int RunPipeline(const RunOptions& options);
+
+}  // namespace matrix::cli

@@ -1,0 +1,144 @@
+#include "daemons/cli/summary.h"
+
+#include <dirent.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "common/base/files.h"
+
+namespace matrix::cli {
+
+namespace {
+std::vector<std::string> ListFiles(const std::string& dir, const std::string& suffix) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back(dir + "/" + name);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
+  int64_t records = 0, duplicates = 0, bad_lines = 0, prompt = 0, completion = 0, turns = 0;
+  std::map<std::string, int64_t> by_status, by_reason;
+  std::map<std::string, std::pair<int64_t, int64_t>> bool_vars;  // true, total
+  std::map<std::string, std::pair<double, int64_t>> num_vars;    // sum, count
+  std::set<std::string> ids;
+  double duration_sum = 0;
+  for (const auto& path : ListFiles(output_dir, ".jsonl")) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      Json rec = Json::parse(line, nullptr, false);
+      if (rec.is_discarded() || !rec.is_object()) {
+        ++bad_lines;
+        continue;
+      }
+      ++records;
+      if (!ids.insert(rec.value("task_id", "")).second) ++duplicates;
+      by_status[rec.value("status", "unknown")]++;
+      by_reason[rec.value("reason", "")]++;
+      if (rec.contains("usage")) {
+        prompt += rec["usage"].value("prompt_tokens", 0);
+        completion += rec["usage"].value("completion_tokens", 0);
+      }
+      if (rec.contains("counters")) turns += rec["counters"].value("turns", 0);
+      duration_sum += rec.value("duration_s", 0.0);
+      if (rec.contains("vars") && rec["vars"].is_object()) {
+        for (const auto& [k, v] : rec["vars"].items()) {
+          if (v.is_boolean()) {
+            bool_vars[k].first += v.get<bool>() ? 1 : 0;
+            bool_vars[k].second++;
+          } else if (v.is_number()) {
+            num_vars[k].first += v.get<double>();
+            num_vars[k].second++;
+          }
+        }
+      }
+    }
+  }
+  Json rates = Json::object();
+  for (const auto& [k, v] : bool_vars) rates[k] = records ? static_cast<double>(v.first) / records : 0.0;
+  Json means = Json::object();
+  for (const auto& [k, v] : num_vars) means[k] = v.second ? v.first / v.second : 0.0;
+  return Json{{"records", records},
+              {"unique_tasks", ids.size()},
+              {"duplicates", duplicates},
+              {"unparseable_lines", bad_lines},
+              {"by_status", by_status},
+              {"by_reason", by_reason},
+              {"rates", rates},
+              {"means", means},
+              {"prompt_tokens", prompt},
+              {"completion_tokens", completion},
+              {"total_tokens", prompt + completion},
+              {"mean_turns", records ? static_cast<double>(turns) / records : 0.0},
+              {"mean_task_duration_s", records ? duration_sum / records : 0.0}};
+}
+
+Progress ReadProgress(const std::string& run_dir) {
+  Progress p;
+  for (const auto& path : ListFiles(run_dir + "/progress", ".json")) {
+    auto text = ReadFile(path);
+    if (!text.ok()) continue;
+    Json j = Json::parse(*text, nullptr, false);
+    if (j.is_discarded()) continue;
+    p.tokens += j.value("prompt_tokens", 0) + j.value("completion_tokens", 0);
+    p.completion_tokens += j.value("completion_tokens", 0);
+    p.llm_calls += j.value("llm_calls", 0);
+    p.llm_errors += j.value("llm_errors", 0);
+    if (j.contains("roles_in_flight"))
+      for (const auto& [role, n] : j["roles_in_flight"].items())
+        p.roles_in_flight[role] = p.roles_in_flight.value(role, 0) + n.get<int64_t>();
+    if (!j.contains("partitions")) continue;
+    for (const auto& [name, part] : j["partitions"].items()) {
+      p.partitions++;
+      p.total += part.value("total", 0);
+      p.written += part.value("written", 0);
+      p.preexisting += part.value("preexisting", 0);
+      p.in_flight += part.value("in_flight", 0);
+      if (part.contains("counts"))
+        p.failed += part["counts"].value("failed", 0) + part["counts"].value("lost", 0);
+      if (part.value("finished", false)) p.partitions_finished++;
+    }
+  }
+  return p;
+}
+
+std::string FormatDuration(double seconds) {
+  if (seconds < 0 || seconds > 1e7) return "--:--";
+  int s = static_cast<int>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%d:%02d", s / 60, s % 60);
+  }
+  return buf;
+}
+
+std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s) {
+  double pct = p.total ? 100.0 * p.written / p.total : 0.0;
+  double err = p.llm_calls ? 100.0 * p.llm_errors / p.llm_calls : 0.0;
+  int64_t remaining = p.total - p.written;
+  double eta = tasks_per_s > 0 ? remaining / tasks_per_s : -1;
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "%lld/%lld tasks %.1f%% | in flight %lld | failed %lld | %.0f tok/s | LLM errors %.1f%% | "
+                "elapsed %s | ETA %s",
+                static_cast<long long>(p.written), static_cast<long long>(p.total), pct,
+                static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), tokens_per_s, err,
+                FormatDuration(elapsed_s).c_str(), remaining == 0 ? "0:00" : FormatDuration(eta).c_str());
+  return buf;
+}
+
+}  // namespace matrix::cli

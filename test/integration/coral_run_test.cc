@@ -1,0 +1,159 @@
+// Integration: `matrix run` with real processes (store, broker, workers,
+// simulator) over ZeroMQ ipc and real HTTP.
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include "common/base/files.h"
+#include "test/integration/run_util.h"
+#include "test/support/test_util.h"
+
+namespace matrix::testing {
+namespace {
+
+std::string Matrix() { return BinPath("matrix"); }
+std::string Coral() { return SourcePath("configs/coral.yaml"); }
+
+// Speeds the simulator up so tests take seconds.
+const char* kFastSim[] = {"simulator.speed=20"};
+
+TEST(CoralRunTest, EndToEndWritesOneRecordPerTaskWithEveryField) {
+  TempDir dir;
+  std::string out;
+  std::string cmd = Matrix() + " run " + Coral() + " dataset.limit=60 run.max_concurrent_tasks=30 " + kFastSim[0] +
+                    " --output " + dir.File("out") + " --quiet";
+  int rc = RunCommand(cmd, &out);
+  ASSERT_EQ(rc, 0) << out;
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  auto ids = TaskIds(records, &dups);
+  EXPECT_EQ(records.size(), 60u);
+  EXPECT_EQ(ids.size(), 60u);
+  EXPECT_TRUE(dups.empty());
+  int agreed = 0;
+  for (const auto& r : records) {
+    ASSERT_EQ(r["status"], "done") << r.dump();
+    ASSERT_TRUE(r["reason"] == "agreement" || r["reason"] == "max_turns") << r["reason"];
+    ASSERT_TRUE(r["input"].contains("question"));
+    ASSERT_GE(r["turns"].size(), 4u);
+    const auto& first = r["turns"][0];
+    EXPECT_EQ(first["role"], "teacher");
+    EXPECT_TRUE(first["content"].is_string());
+    EXPECT_GT(first["content"].get<std::string>().size(), 0u);
+    EXPECT_GT(first["usage"]["completion_tokens"].get<int>(), 0);
+    EXPECT_FALSE(first["finish_reason"].get<std::string>().empty());
+    EXPECT_NE(first["endpoint"].get<std::string>().find("http://127.0.0.1:"), std::string::npos);
+    EXPECT_GT(first["end_us"].get<int64_t>(), first["start_us"].get<int64_t>());
+    EXPECT_TRUE(r["vars"].contains("teacher_answer"));
+    EXPECT_TRUE(r["vars"].contains("student_answer"));
+    EXPECT_TRUE(r["vars"].contains("agreement"));
+    EXPECT_TRUE(r["vars"].contains("correct"));
+    EXPECT_FALSE(r["spans"].empty());
+    if (r["vars"]["agreement"] == true) ++agreed;
+  }
+  EXPECT_GT(agreed, 30);  // the simulator agrees with the previous speaker 60% of the time
+  auto summary = ReadFile(dir.File("out/summary.json"));
+  ASSERT_TRUE(summary.ok());
+  Json s = Json::parse(*summary);
+  EXPECT_EQ(s["records"], 60);
+  EXPECT_GT(s["total_tokens"].get<int64_t>(), 0);
+  EXPECT_TRUE(s["rates"].contains("agreement"));
+}
+
+TEST(CoralRunTest, MalformedRowsBecomeFailedRecordsNamingTheLine) {
+  TempDir dir;
+  std::string out;
+  std::string cmd = Matrix() + " run " + Coral() + " dataset.path=" + SourcePath("test/data/bad_rows.jsonl") + " " +
+                    kFastSim[0] + " --output " + dir.File("out") + " --quiet";
+  RunCommand(cmd, &out);
+  auto records = ReadRecords(dir.File("out"));
+  ASSERT_EQ(records.size(), 10u) << out;
+  std::map<int, Json> by_row;
+  for (const auto& r : records) by_row[r["row"].get<int>()] = r;
+  for (int bad : {4, 7, 8}) {
+    ASSERT_EQ(by_row[bad]["status"], "failed") << bad;
+    EXPECT_EQ(by_row[bad]["reason"], "invalid_input");
+    EXPECT_NE(by_row[bad]["error"].get<std::string>().find("line " + std::to_string(bad)), std::string::npos)
+        << by_row[bad]["error"];
+  }
+  for (int good : {1, 2, 3, 5, 6, 9, 10}) EXPECT_EQ(by_row[good]["status"], "done") << good;
+}
+
+TEST(CoralRunTest, LongTurnsAreOffloadedToTheStore) {
+  TempDir dir;
+  std::string out;
+  std::string cmd = Matrix() + " run " + Coral() + " dataset.limit=20 " + kFastSim[0] +
+                    " simulator.mean_output_tokens=400 --output " + dir.File("out") + " --quiet";
+  ASSERT_EQ(RunCommand("MATRIX_KEEP_RUN_DIR=1 " + cmd, &out), 0) << out;
+  auto records = ReadRecords(dir.File("out"));
+  ASSERT_EQ(records.size(), 20u);
+  // Offloaded content comes back whole in the records.
+  size_t long_turns = 0;
+  for (const auto& r : records)
+    for (const auto& t : r["turns"])
+      if (t["content"].get<std::string>().size() > 512) ++long_turns;
+  EXPECT_GT(long_turns, 20u);
+}
+
+TEST(CoralRunTest, SurvivesKillOfTheWorkerMidRun) {
+  TempDir dir;
+  ChildProcess run({Matrix(), "run", Coral(), "dataset.limit=300", "run.max_concurrent_tasks=100",
+                    "simulator.speed=5", "--output", dir.File("out"), "--quiet"},
+                   dir.File("run.log"));
+  // Wait until some records exist, then kill -9 the worker.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto recs = ReadFile(dir.File("out/p0.jsonl"));
+        return recs.ok() && std::count(recs->begin(), recs->end(), '\n') >= 30;
+      },
+      60000));
+  std::string pid_text;
+  ASSERT_EQ(RunCommand("pgrep -f 'matrix-worker.*" + dir.path() + "' | head -1", &pid_text), 0);
+  int pid = std::stoi(pid_text);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int rc = run.Wait(180000);
+  auto log = ReadFile(dir.File("run.log"));
+  ASSERT_EQ(rc, 0) << (log.ok() ? *log : "");
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  auto ids = TaskIds(records, &dups);
+  EXPECT_EQ(records.size(), 300u);
+  EXPECT_EQ(ids.size(), 300u);
+  EXPECT_TRUE(dups.empty()) << dups.size() << " duplicates";
+  for (const auto& r : records) EXPECT_FALSE(r["reason"].get<std::string>().empty());
+}
+
+TEST(CoralRunTest, RerunResumesWithoutDuplicates) {
+  TempDir dir;
+  std::string out;
+  std::string base = Matrix() + " run " + Coral() + " " + kFastSim[0] + " --output " + dir.File("out") + " --quiet";
+  ASSERT_EQ(RunCommand(base + " dataset.limit=20", &out), 0) << out;
+  ASSERT_EQ(RunCommand(base + " dataset.limit=40", &out), 0) << out;
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  TaskIds(records, &dups);
+  EXPECT_EQ(records.size(), 40u);
+  EXPECT_TRUE(dups.empty());
+  Json s = Json::parse(*ReadFile(dir.File("out/summary.json")));
+  EXPECT_EQ(s["resumed_from_earlier_runs"], 20);
+}
+
+TEST(CoralRunTest, ValidateNamesFileLineAndKey) {
+  TempDir dir;
+  std::string bad = dir.File("bad.yaml");
+  ASSERT_TRUE(WriteFileAtomic(bad,
+                              "defaults: [" + Coral() + "]\n"
+                              "roles:\n"
+                              "  teacher:\n"
+                              "    type: llm\n"
+                              "    modle: llama\n")
+                  .ok());
+  std::string out;
+  EXPECT_NE(RunCommand(Matrix() + " validate " + bad, &out), 0);
+  EXPECT_NE(out.find("bad.yaml:5"), std::string::npos) << out;
+  EXPECT_NE(out.find("modle"), std::string::npos) << out;
+  EXPECT_EQ(RunCommand(Matrix() + " validate " + Coral(), &out), 0) << out;
+}
+
+}  // namespace
+}  // namespace matrix::testing

@@ -1,0 +1,32 @@
+#include "test/integration/run_util.h"
+
+#include <dirent.h>
+
+#include <fstream>
+
+namespace matrix::testing {
+
+std::vector<Json> ReadRecords(const std::string& dir) {
+  std::vector<Json> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() < 7 || name.substr(name.size() - 6) != ".jsonl") continue;
+    std::ifstream in(dir + "/" + name);
+    std::string line;
+    while (std::getline(in, line)) out.push_back(Json::parse(line));
+  }
+  closedir(d);
+  return out;
+}
+
+std::set<std::string> TaskIds(const std::vector<Json>& records, std::vector<std::string>* duplicates) {
+  std::set<std::string> ids;
+  for (const auto& r : records)
+    if (!ids.insert(r["task_id"].get<std::string>()).second && duplicates)
+      duplicates->push_back(r["task_id"].get<std::string>());
+  return ids;
+}
+
+}  // namespace matrix::testing

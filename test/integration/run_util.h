@@ -1,0 +1,19 @@
+// Helpers for integration tests that run `matrix` end to end.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/base/json.h"
+
+namespace matrix::testing {
+
+// Reads every record of every p*.jsonl under dir.
+std::vector<Json> ReadRecords(const std::string& dir);
+
+// Counts task ids; fills *duplicates with ids seen more than once.
+std::set<std::string> TaskIds(const std::vector<Json>& records, std::vector<std::string>* duplicates);
+
+}  // namespace matrix::testing
