@@ -1,0 +1,280 @@
+// A pipeline definition as plain structs: what pipeline_loader.h produces from
+// YAML and what sources, workers and sinks read. Every field of the YAML
+// format is listed here with its default.
+//
+// File format (all keys optional unless marked REQUIRED):
+//
+//   defaults: [base.yaml, models/sim.yaml]  # files merged first, in order; paths are
+//                                 # relative to this file (".yaml" may be left out);
+//                                 # each may have its own defaults. Maps merge key by
+//                                 # key, anything else (lists too) is replaced. This
+//                                 # file goes on top, or where `_self_` is listed.
+//   name: coral                   # default: the file name without extension
+//   description: ""               # free text
+//   params: {}                    # free-form values for ${params.x} interpolation
+//   simulator: {}                 # settings for the local simulator that `matrix run`
+//                                 # starts for models with endpoints [sim] (free-form;
+//                                 # read from Pipeline::merged)
+//   dataset:
+//     path: data/q.jsonl          # REQUIRED. JSONL (optionally .zst) file or folder;
+//                                 # relative to the file that sets it (or to the
+//                                 # working directory when set by an override);
+//                                 # stored as an absolute path. Must exist.
+//     limit: 0                    # rows to use; 0 = all
+//     partitions: 1               # data partitions (one source each)
+//     id_field: ""                # row field used in the stable task id ("" = row number)
+//     required_fields: []         # rows missing one of these end as failed
+//   run:
+//     max_concurrent_tasks: 1000  # tasks in flight per partition
+//     trials: 1                   # runs of each row (distinct task ids and seeds)
+//     max_attempts: 3             # deliveries of a task before it is written as lost
+//     offload_threshold_bytes: 512  # content above this goes to the object store
+//     output_dir: runs/<name>     # relative to the working directory
+//     workers: 1                  # worker processes per node
+//     task_timeout_s: 3600        # a task running longer ends as failed
+//     seed: 0                     # base of the per-task seeds
+//   models:
+//     <model>:
+//       endpoints: [sim]          # REQUIRED. http(s) base URLs like http://10.0.0.5:8000/v1,
+//                                 # or the single word "sim": `matrix run` starts a simulator
+//       model: ""                 # REQUIRED. model name sent in requests
+//       api_key_env: ""           # env var holding a bearer token
+//       api_key_file: ""          # owner-only file holding the token (relative to the
+//                                 # file that sets it); at most one of the two
+//       max_concurrency_per_endpoint: 256
+//       timeout_s: 120            # per request
+//       max_retries: 4            # on 429 / 5xx / timeouts
+//       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
+//       sticky: false             # route a task's calls to the same endpoint
+//       sampling: {}              # merged into the request body (temperature, max_tokens...)
+//   roles:
+//     <role>:
+//       type: llm                 # REQUIRED: llm | extract | compare | filter | tool |
+//                                 #           exec | reward | noop
+//       concurrency: 1000         # tasks of this role in flight per worker
+//       # llm
+//       model: <model>            # REQUIRED, a key of `models`
+//       system: ""                # system prompt template (template.h)
+//       prompt: ""                # first user message template
+//       conversation: true        # turns are part of the visible conversation
+//       sampling: {}              # merged over the model's sampling
+//       tools: []                 # OpenAI tool (function) definitions, passed as-is
+//       # extract (exactly one of regex / json)
+//       from: last.content        # expression giving the text
+//       regex: ""                 # first capture group (or whole match) -> var
+//       json: false               # parse the text as JSON ...
+//       fields: {}                # ... and set var name -> dotted path in the parsed object
+//                                 # ("overall", "scores.math", "items.0.text")
+//       var: ""                   # REQUIRED for regex; for json: the whole object
+//       ignore_case: false        # case-insensitive regex
+//       # compare
+//       left: ""                  # REQUIRED expression
+//       right: ""                 # REQUIRED expression
+//       var: ""                   # REQUIRED: receives the bool result
+//       ignore_case: false        # compare strings case-insensitively
+//       # filter
+//       condition: ""             # REQUIRED expression: keep the task when true,
+//                                 # otherwise it ends as filtered
+//       # tool / exec (program gets JSON on stdin, answers JSON on stdout)
+//       command: []               # REQUIRED argv
+//       timeout_s: 30
+//       network: false            # the sandbox has no network unless true
+//       memory_mb: 1024
+//       # reward
+//       expr: ""                  # REQUIRED expression, stored in vars.<var>
+//       var: reward
+//   flow:
+//     start: <step>               # REQUIRED
+//     max_steps: 200              # steps per task before it ends as failed
+//     steps:
+//       <step>:
+//         role: <role>            # REQUIRED unless the step has `fanout`
+//         next: <target>          # default: done. A step name or a terminal: done |
+//                                 # failed | filtered, and `join` inside fan-out branches.
+//         next:                   # or ordered rules; the first whose `if` holds wins;
+//           - if: "vars.agreement"  # a rule without `if` always holds
+//             goto: done
+//             reason: agreement   # termination reason recorded in the output
+//           - goto: teacher
+//         set: {var: expr}        # assignments evaluated, in order, after the role ran
+//         fanout:                 # a fan-out step runs no role; it starts branches:
+//           branches: [a, b]      #   explicit branch start steps, or
+//           count: 0              #   `count` copies of the step `branch`
+//           branch: ""
+//           join: ""              #   step run once after every branch ended (a branch
+//                                 #   ends at `join` or `done`); then `next` applies
+//
+// Strings anywhere may use ${a.b} (a value of the merged file; alone it keeps
+// its type) and ${env:VAR} or ${env:VAR,default}; \${ is a literal "${".
+//
+// Expressions (expr.h) see the task as JSON: input (the row), vars, counters,
+// last (the last turn) and history. Templates (template.h) see the same.
+//
+// Thread-safety: a loaded Pipeline is immutable; share it by const reference
+// or shared_ptr<const Pipeline> across threads.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "common/base/json.h"
+#include "common/config/expr.h"
+#include "common/config/template.h"
+
+namespace matrix::config {
+
+// Step targets with a fixed meaning.
+inline constexpr char kTargetDone[] = "done";
+inline constexpr char kTargetFailed[] = "failed";
+inline constexpr char kTargetFiltered[] = "filtered";
+inline constexpr char kTargetJoin[] = "join";
+// Whether `target` is one of the above rather than a step name.
+bool IsTerminalTarget(const std::string& target);
+
+struct DatasetConfig {
+  std::string path;  // absolute
+  int64_t limit = 0;
+  int partitions = 1;
+  std::string id_field;
+  std::vector<std::string> required_fields;
+};
+
+struct RunConfig {
+  int max_concurrent_tasks = 1000;
+  int trials = 1;
+  int max_attempts = 3;
+  int64_t offload_threshold_bytes = 512;
+  std::string output_dir;  // "runs/<name>" when not set
+  int workers = 1;
+  double task_timeout_s = 3600;
+  uint64_t seed = 0;
+};
+
+struct ModelConfig {
+  std::string name;  // key under `models`
+  std::vector<std::string> endpoints;
+  std::string model;
+  std::string api_key_env;
+  std::string api_key_file;
+  int max_concurrency_per_endpoint = 256;
+  double timeout_s = 120;
+  int max_retries = 4;
+  double requests_per_s = 0;
+  bool sticky = false;
+  Json sampling = Json::object();
+
+  // endpoints == ["sim"]
+  bool simulated() const { return endpoints.size() == 1 && endpoints[0] == "sim"; }
+};
+
+enum class RoleType { kLlm, kExtract, kCompare, kFilter, kTool, kExec, kReward, kNoop };
+const char* RoleTypeName(RoleType type);
+
+// Invariants (after loading): the optionals that a type REQUIRES are set;
+// those of other types are empty.
+struct RoleConfig {
+  std::string name;  // key under `roles`
+  RoleType type = RoleType::kNoop;
+  int concurrency = 1000;
+
+  // llm
+  std::string model;
+  std::optional<Template> system;
+  std::optional<Template> prompt;
+  bool conversation = true;
+  Json sampling = Json::object();
+  Json tools = Json::array();
+
+  // extract
+  std::optional<Expr> from;  // defaults to last.content
+  std::string regex_source;
+  std::optional<std::regex> regex;
+  bool json = false;
+  std::map<std::string, std::string> fields;         // var -> dotted path in the parsed JSON
+  std::string var;                                   // extract, compare, reward
+  bool ignore_case = false;                          // extract (regex), compare
+
+  // compare
+  std::optional<Expr> left;
+  std::optional<Expr> right;
+
+  // filter
+  std::optional<Expr> condition;
+
+  // tool / exec
+  std::vector<std::string> command;
+  double timeout_s = 30;
+  bool network = false;
+  int64_t memory_mb = 1024;
+
+  // reward
+  std::optional<Expr> expr;
+};
+
+struct Transition {
+  std::optional<Expr> cond;  // nullopt: always
+  std::string target;        // a step name or a terminal target
+  std::string reason;        // recorded when the task ends here; may be empty
+};
+
+struct SetVar {
+  std::string var;
+  Expr expr;
+};
+
+struct FanoutConfig {
+  std::vector<std::string> branches;  // branch start steps, one branch each
+  int count = 0;                      // or: `count` copies of `branch`
+  std::string branch;
+  std::string join;  // optional step run once after all branches ended
+
+  // The start step of every branch, in order (branches, or `branch` count times).
+  std::vector<std::string> BranchStarts() const;
+};
+
+struct StepConfig {
+  std::string name;  // key under flow.steps
+  std::string role;  // empty for a fan-out step
+  std::vector<Transition> next;
+  std::optional<FanoutConfig> fanout;
+  std::vector<SetVar> set;
+};
+
+struct FlowConfig {
+  std::string start;
+  int max_steps = 200;
+  std::map<std::string, StepConfig> steps;
+  std::vector<std::string> step_order;  // as written in the file
+};
+
+struct Pipeline {
+  std::string name;
+  std::string description;
+  DatasetConfig dataset;
+  RunConfig run;
+  std::map<std::string, ModelConfig> models;
+  std::map<std::string, RoleConfig> roles;
+  FlowConfig flow;
+  Json merged;        // the whole configuration after composition, overrides and interpolation
+  uint64_t hash = 0;  // Hash64 of the canonical JSON of models, roles and flow
+  std::string source_path;  // absolute path of the top-level file
+
+  // nullptr when there is no such step / role / model.
+  const StepConfig* Step(const std::string& name) const;
+  const RoleConfig* Role(const std::string& name) const;
+  const ModelConfig* Model(const std::string& name) const;
+
+  // The model's sampling with the role's sampling merged over it (JSON merge
+  // patch semantics); empty object for roles without a model.
+  Json SamplingFor(const RoleConfig& role) const;
+};
+
+// A short human summary (name, hash, dataset, models, roles and steps with
+// their transitions) for `matrix validate`.
+std::string DescribePipeline(const Pipeline& p);
+
+}  // namespace matrix::config

@@ -1,0 +1,582 @@
+// Pipeline loading: composition, interpolation, overrides, validation, and
+// error reports that name file, line and key.
+#include "common/config/pipeline_loader.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "test/support/test_util.h"
+
+namespace matrix::config {
+namespace {
+
+namespace fs = std::filesystem;
+using matrix::testing::SourcePath;
+using matrix::testing::TempDir;
+
+std::string Write(const TempDir& dir, const std::string& name, const std::string& text) {
+  std::string path = dir.File(name);
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path) << text;
+  return path;
+}
+
+// A valid pipeline; tests append or replace parts of it.
+const char kMinimal[] = R"(name: mini
+dataset:
+  path: data.jsonl
+models:
+  m:
+    endpoints: [sim]
+    model: tiny
+roles:
+  ask:
+    type: llm
+    model: m
+    prompt: "{{ input.q }}"
+flow:
+  start: ask
+  steps:
+    ask:
+      role: ask
+      next: done
+)";
+
+class LoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Write(dir_, "data.jsonl", "{\"q\": \"hi\"}\n"); }
+
+  LoadResult Load(const std::string& name, const std::string& text, const std::vector<std::string>& overrides = {}) {
+    return LoadPipeline(Write(dir_, name, text), overrides);
+  }
+
+  Pipeline LoadOk(const std::string& text, const std::vector<std::string>& overrides = {}) {
+    LoadResult r = Load("p.yaml", text, overrides);
+    for (const auto& e : r.errors) ADD_FAILURE() << e.ToString();
+    EXPECT_TRUE(r.pipeline.has_value());
+    return r.pipeline ? std::move(*r.pipeline) : Pipeline{};
+  }
+
+  static std::string All(const std::vector<ConfigError>& errors) {
+    std::string out;
+    for (const auto& e : errors) out += e.ToString() + "\n";
+    return out;
+  }
+
+  // Whether some error has this file, line and key and contains `text`.
+  static bool Has(const std::vector<ConfigError>& errors, const std::string& file, int line,
+                  const std::string& key, const std::string& text) {
+    for (const auto& e : errors) {
+      if (e.file == file && e.line == line && e.key == key && e.message.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(LoaderTest, LoadsMinimalPipelineWithDefaults) {
+  Pipeline p = LoadOk(kMinimal);
+  EXPECT_EQ(p.name, "mini");
+  EXPECT_EQ(p.dataset.path, fs::path(dir_.File("data.jsonl")).lexically_normal().string());
+  EXPECT_EQ(p.dataset.limit, 0);
+  EXPECT_EQ(p.dataset.partitions, 1);
+  EXPECT_EQ(p.run.max_concurrent_tasks, 1000);
+  EXPECT_EQ(p.run.trials, 1);
+  EXPECT_EQ(p.run.max_attempts, 3);
+  EXPECT_EQ(p.run.offload_threshold_bytes, 512);
+  EXPECT_EQ(p.run.output_dir, "runs/mini");
+  EXPECT_EQ(p.run.workers, 1);
+  EXPECT_DOUBLE_EQ(p.run.task_timeout_s, 3600);
+  const ModelConfig* m = p.Model("m");
+  ASSERT_NE(m, nullptr);
+  EXPECT_TRUE(m->simulated());
+  EXPECT_EQ(m->max_concurrency_per_endpoint, 256);
+  EXPECT_DOUBLE_EQ(m->timeout_s, 120);
+  EXPECT_EQ(m->max_retries, 4);
+  EXPECT_FALSE(m->sticky);
+  const RoleConfig* r = p.Role("ask");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->type, RoleType::kLlm);
+  EXPECT_EQ(r->concurrency, 1000);
+  EXPECT_TRUE(r->conversation);
+  ASSERT_TRUE(r->prompt.has_value());
+  EXPECT_EQ(*r->prompt->Render({{"input", {{"q", "hello"}}}}), "hello");
+  EXPECT_FALSE(r->system.has_value());
+  EXPECT_EQ(p.flow.start, "ask");
+  EXPECT_EQ(p.flow.max_steps, 200);
+  const StepConfig* s = p.Step("ask");
+  ASSERT_NE(s, nullptr);
+  ASSERT_EQ(s->next.size(), 1u);
+  EXPECT_EQ(s->next[0].target, "done");
+  EXPECT_EQ(p.Step("nope"), nullptr);
+  EXPECT_NE(p.hash, 0u);
+  EXPECT_EQ(p.merged["roles"]["ask"]["type"], "llm");
+  EXPECT_TRUE(fs::path(p.source_path).is_absolute());
+}
+
+TEST_F(LoaderTest, FixturePipelineWithFanOutLoads) {
+  LoadResult r = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"));
+  ASSERT_TRUE(r.pipeline) << All(r.errors);
+  EXPECT_TRUE(r.warnings.empty()) << All(r.warnings);
+  const Pipeline& p = *r.pipeline;
+  EXPECT_EQ(p.name, "best_of_n");
+  EXPECT_EQ(p.run.output_dir, "runs/best_of_n-4");
+  EXPECT_EQ(p.dataset.path, fs::path(SourcePath("test/data/mmlu_pro_2000.jsonl")).lexically_normal().string());
+  EXPECT_EQ(p.models.size(), 2u);
+  EXPECT_EQ(p.Model("large")->max_concurrency_per_endpoint, 64);
+  const StepConfig* fan = p.Step("samples");
+  ASSERT_TRUE(fan && fan->fanout);
+  EXPECT_EQ(fan->fanout->count, 4);
+  EXPECT_EQ(fan->fanout->BranchStarts(), std::vector<std::string>(4, "solve"));
+  EXPECT_EQ(fan->fanout->join, "judge");
+  EXPECT_EQ(p.Step("parse_answer")->next[0].target, "join");
+  const RoleConfig* judge = p.Role("parse_judge");
+  EXPECT_TRUE(judge->json);
+  EXPECT_EQ(judge->fields.at("best"), "best");
+  EXPECT_EQ(p.SamplingFor(*p.Role("judge")), Json::parse(R"({"temperature": 0, "max_tokens": 512})"));
+  const StepConfig* pj = p.Step("parse_judge");
+  ASSERT_EQ(pj->set.size(), 1u);
+  EXPECT_EQ(pj->set[0].var, "final");
+  ASSERT_EQ(pj->next.size(), 2u);
+  EXPECT_EQ(pj->next[0].reason, "low_confidence");
+  EXPECT_TRUE(*pj->next[0].cond->EvalBool({{"vars", {{"confidence", 0.1}}}}));
+  EXPECT_EQ(*p.Role("score")->expr->Eval({{"vars", {{"final", "C"}}}, {"input", {{"answer", "C"}}}}), 1.0);
+  EXPECT_EQ(p.Role("score")->var, "reward");
+  std::string d = DescribePipeline(p);
+  EXPECT_NE(d.find("samples fan-out 4 x solve, join judge -> parse_judge"), std::string::npos) << d;
+  EXPECT_NE(d.find("parse_judge [parse_judge] -> if vars.confidence is number"), std::string::npos) << d;
+  auto eight = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"), {"params.samples=8"});
+  ASSERT_TRUE(eight.pipeline) << All(eight.errors);
+  EXPECT_EQ(eight.pipeline->Step("samples")->fanout->count, 8);
+  EXPECT_NE(eight.pipeline->hash, p.hash);
+}
+
+TEST_F(LoaderTest, EveryShippedConfigLoads) {
+  std::error_code ec;
+  int seen = 0;
+  for (const auto& entry : fs::directory_iterator(SourcePath("configs"), ec)) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++seen;
+    LoadResult r = LoadPipeline(entry.path().string());
+    EXPECT_TRUE(r.pipeline.has_value()) << entry.path() << "\n" << All(r.errors);
+  }
+  if (seen == 0) GTEST_SKIP() << "no configs/*.yaml";
+}
+
+TEST_F(LoaderTest, DefaultsMergeInOrderMapsDeepListsReplaced) {
+  Write(dir_, "base.yaml", R"(
+params:
+  a: 1
+  deep: {x: 1, y: 2, list: [1, 2, 3]}
+run:
+  trials: 2
+  max_attempts: 5
+)");
+  Write(dir_, "layers/second.yaml", R"(
+defaults: [third]
+params:
+  deep: {y: 20, list: [9]}
+)");
+  Write(dir_, "layers/third.yaml", R"(
+params:
+  from_third: true
+  a: 3
+)");
+  Pipeline p = LoadOk(std::string("defaults: [base.yaml, layers/second.yaml]\n") + kMinimal + R"(
+params:
+  a: 100
+run:
+  trials: 4
+)");
+  const Json& params = p.merged["params"];
+  EXPECT_EQ(params["a"], 100);  // this file wins
+  EXPECT_EQ(params["deep"]["x"], 1);
+  EXPECT_EQ(params["deep"]["y"], 20);
+  EXPECT_EQ(params["deep"]["list"], Json::parse("[9]"));
+  EXPECT_EQ(params["from_third"], true);
+  EXPECT_EQ(p.run.trials, 4);
+  EXPECT_EQ(p.run.max_attempts, 5);
+  EXPECT_FALSE(p.merged.contains("defaults"));
+}
+
+TEST_F(LoaderTest, SelfPositionInDefaults) {
+  Write(dir_, "after.yaml", "run: {trials: 9}\n");
+  Pipeline p = LoadOk(std::string("defaults: [_self_, after]\nrun: {trials: 2, workers: 3}\n") + kMinimal);
+  EXPECT_EQ(p.run.trials, 9);
+  EXPECT_EQ(p.run.workers, 3);
+}
+
+TEST_F(LoaderTest, DefaultsErrors) {
+  LoadResult r = Load("p.yaml", std::string("defaults:\n  - missing.yaml\n") + kMinimal);
+  EXPECT_TRUE(Has(r.errors, dir_.File("p.yaml"), 2, "defaults[0]", "cannot read")) << All(r.errors);
+  Write(dir_, "a.yaml", "defaults: [b.yaml]\n");
+  Write(dir_, "b.yaml", "defaults: [a.yaml]\n");
+  r = Load("p.yaml", std::string("defaults: [a.yaml]\n") + kMinimal);
+  ASSERT_FALSE(r.errors.empty());
+  EXPECT_NE(All(r.errors).find("defaults cycle"), std::string::npos) << All(r.errors);
+  EXPECT_FALSE(r.pipeline.has_value());
+}
+
+TEST_F(LoaderTest, DatasetPathIsRelativeToTheFileThatSetsIt) {
+  Write(dir_, "shared/data/rows.jsonl", "{}\n");
+  Write(dir_, "shared/dataset.yaml", "dataset:\n  path: data/rows.jsonl\n");
+  std::string text = kMinimal;
+  const std::string own = "dataset:\n  path: data.jsonl\n";
+  text.replace(text.find(own), own.size(), "");
+  Pipeline p = LoadOk("defaults: [shared/dataset.yaml]\n" + text);
+  const std::string want = fs::path(dir_.File("shared/data/rows.jsonl")).lexically_normal().string();
+  EXPECT_EQ(p.dataset.path, want);
+  EXPECT_EQ(p.merged["dataset"]["path"], want);
+}
+
+TEST_F(LoaderTest, Interpolation) {
+  setenv("MATRIX_CONFIG_TEST_VAR", "from-env", 1);
+  unsetenv("MATRIX_CONFIG_TEST_UNSET");
+  Pipeline p = LoadOk(std::string(kMinimal) + R"(
+params:
+  n: 2000
+  temp: 0.25
+  base: http://gpu1:8000/v1
+  sampling: {temperature: 0.5, max_tokens: 64}
+  name_copy: ${name}
+  chained: ${params.name_copy}
+  literal: \${not.a.ref}
+  env: ${env:MATRIX_CONFIG_TEST_VAR}
+  env_default: ${env:MATRIX_CONFIG_TEST_UNSET,fallback}
+  first_endpoint: ${models.m.endpoints.0}
+run:
+  max_concurrent_tasks: ${params.n}
+  output_dir: out/${name}-${params.n}-${params.temp}
+)");
+  EXPECT_EQ(p.run.max_concurrent_tasks, 2000);  // typed
+  EXPECT_EQ(p.merged["run"]["max_concurrent_tasks"], 2000);
+  EXPECT_EQ(p.run.output_dir, "out/mini-2000-0.25");
+  const Json& params = p.merged["params"];
+  EXPECT_EQ(params["chained"], "mini");
+  EXPECT_EQ(params["literal"], "${not.a.ref}");
+  EXPECT_EQ(params["env"], "from-env");
+  EXPECT_EQ(params["env_default"], "fallback");
+  EXPECT_EQ(params["first_endpoint"], "sim");
+
+  Pipeline q = LoadOk(std::string(kMinimal) + R"(
+params:
+  sampling: {temperature: 0.5, max_tokens: 64}
+  as_text: "cfg=${params.sampling}"
+)");
+  EXPECT_EQ(q.merged["params"]["as_text"], "cfg={\"max_tokens\":64,\"temperature\":0.5}");
+
+  // A whole map copied by reference keeps its type.
+  std::string text = kMinimal;
+  text.replace(text.find("    model: tiny\n"), 16, "    model: tiny\n    sampling: ${params.s}\n");
+  Pipeline r = LoadOk(text + "params:\n  s: {temperature: 0.1}\n");
+  EXPECT_EQ(r.Model("m")->sampling, Json::parse(R"({"temperature": 0.1})"));
+}
+
+TEST_F(LoaderTest, InterpolationErrorsNameFileLineAndKey) {
+  const std::string path = dir_.File("p.yaml");
+  LoadResult r = Load("p.yaml", std::string(kMinimal) + R"(run:
+  output_dir: runs/${nmae}
+params:
+  a: ${params.b}
+  b: ${params.a}
+  c: ${env:MATRIX_CONFIG_TEST_SURELY_UNSET}
+  d: "${params"
+)");
+  EXPECT_FALSE(r.pipeline.has_value());
+  EXPECT_TRUE(Has(r.errors, path, 20, "run.output_dir", "cannot resolve '${nmae}': no key 'nmae' (did you mean 'name'?)"))
+      << All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 22, "params.a", "interpolation cycle")) << All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 24, "params.c", "environment variable 'MATRIX_CONFIG_TEST_SURELY_UNSET' is not set"))
+      << All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 25, "params.d", "unterminated")) << All(r.errors);
+}
+
+TEST_F(LoaderTest, Overrides) {
+  Pipeline p = LoadOk(kMinimal, {"run.max_concurrent_tasks=2000", "dataset.limit=50",
+                                 "models.m.endpoints=[http://h:1/v1, https://h2/v1]",
+                                 "models.m.sampling.temperature=0.2", "+params.extra={a: [1, 2]}",
+                                 "++run.trials=3", "roles.ask.concurrency=7", "name=renamed",
+                                 "run.output_dir="});
+  EXPECT_EQ(p.run.max_concurrent_tasks, 2000);
+  EXPECT_EQ(p.dataset.limit, 50);
+  EXPECT_EQ(p.Model("m")->endpoints, (std::vector<std::string>{"http://h:1/v1", "https://h2/v1"}));
+  EXPECT_FALSE(p.Model("m")->simulated());
+  EXPECT_EQ(p.Model("m")->sampling, Json::parse(R"({"temperature": 0.2})"));
+  EXPECT_EQ(p.merged["params"]["extra"], Json::parse(R"({"a": [1, 2]})"));
+  EXPECT_EQ(p.run.trials, 3);
+  EXPECT_EQ(p.Role("ask")->concurrency, 7);
+  EXPECT_EQ(p.name, "renamed");
+  EXPECT_EQ(p.run.output_dir, "runs/renamed");
+
+  // Overrides apply before interpolation.
+  Pipeline q = LoadOk(std::string(kMinimal) + "params: {n: 5}\nrun: {trials: '${params.n}'}\n", {"params.n=8"});
+  EXPECT_EQ(q.run.trials, 8);
+
+  // A new model and a list element.
+  Pipeline r = LoadOk(kMinimal, {"+models.big={endpoints: [http://a:1/v1], model: big}", "roles.ask.model=big",
+                                 "models.big.endpoints.0=http://b:2/v1"});
+  EXPECT_EQ(r.Model("big")->endpoints[0], "http://b:2/v1");
+  EXPECT_EQ(r.Role("ask")->model, "big");
+
+  // Removing a key.
+  Pipeline s = LoadOk(std::string(kMinimal) + "run: {trials: 4}\n", {"~run.trials"});
+  EXPECT_EQ(s.run.trials, 1);
+}
+
+TEST_F(LoaderTest, OverrideErrors) {
+  LoadResult r = Load("p.yaml", kMinimal,
+                      {"run.max_concurent_tasks=5", "models.other.model=x", "+run.trials=3", "+name=x",
+                       "novalue", "models.m.endpoints.5=http://x/v1", "name.sub=1", "run.trials=[1, 2",
+                       "~params.nothing"});
+  EXPECT_FALSE(r.pipeline.has_value());
+  const std::string all = All(r.errors);
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "run.max_concurent_tasks",
+                  "unknown key (did you mean 'max_concurrent_tasks'?); use '+run.max_concurent_tasks=...'"))
+      << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "models.other", "unknown key")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "name", "already exists")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "", "'novalue' is not of the form key.path=value")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "models.m.endpoints.5", "no list element 5")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "name.sub", "not a map")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "run.trials", "invalid YAML")) << all;
+  EXPECT_TRUE(Has(r.errors, "<command line>", 0, "params.nothing", "no such key")) << all;
+  // +run.trials is fine when run.trials does not exist yet.
+  EXPECT_EQ(std::count_if(r.errors.begin(), r.errors.end(), [](const ConfigError& e) { return e.key == "run.trials"; }),
+            1);
+  // A wrongly typed override is reported at the key with the command line as its source.
+  LoadResult t = Load("p.yaml", kMinimal, {"run.trials=many"});
+  EXPECT_TRUE(Has(t.errors, "<command line>", 0, "run.trials", "expected an integer, got a string 'many'"))
+      << All(t.errors);
+  EXPECT_EQ(t.errors[0].ToString(), "<command line>: run.trials: expected an integer, got a string 'many'");
+}
+
+TEST_F(LoaderTest, MalformedYamlNamesFileAndLine) {
+  const std::string path = dir_.File("bad.yaml");
+  LoadResult r = Load("bad.yaml", "name: x\nroles:\n  a:\n    type: llm\n    prompt: [unclosed\n  b: 1\n");
+  ASSERT_EQ(r.errors.size(), 1u) << All(r.errors);
+  EXPECT_EQ(r.errors[0].file, path);
+  EXPECT_GE(r.errors[0].line, 5);
+  EXPECT_NE(r.errors[0].message.find("invalid YAML"), std::string::npos);
+  EXPECT_NE(r.errors[0].ToString().find(path + ":" + std::to_string(r.errors[0].line) + ": invalid YAML"),
+            std::string::npos);
+
+  r = Load("bad2.yaml", "name: x\ndataset:\n  path: a\n   bad: 1\n");
+  ASSERT_EQ(r.errors.size(), 1u) << All(r.errors);
+  EXPECT_EQ(r.errors[0].file, dir_.File("bad2.yaml"));
+  EXPECT_EQ(r.errors[0].line, 4);
+
+  r = Load("dup.yaml", std::string(kMinimal) + "name: again\n");
+  EXPECT_TRUE(Has(r.errors, dir_.File("dup.yaml"), 19, "name", "duplicate key (first on line 1)")) << All(r.errors);
+
+  r = Load("list.yaml", "- a\n- b\n");
+  EXPECT_TRUE(Has(r.errors, dir_.File("list.yaml"), 1, "", "the top level must be a map")) << All(r.errors);
+
+  r = LoadPipeline(dir_.File("absent.yaml"));
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0].file, dir_.File("absent.yaml"));
+  EXPECT_NE(r.errors[0].message.find("cannot read"), std::string::npos);
+}
+
+TEST_F(LoaderTest, ValidationCollectsEveryErrorWithFileLineAndKey) {
+  const std::string path = dir_.File("broken.yaml");
+  LoadResult r = Load("broken.yaml", R"(name: broken
+dataset:
+  path: nowhere.jsonl
+runn:
+  trials: 2
+run:
+  max_concurrent_tasks: 0
+  trials: many
+models:
+  m:
+    endpoints: [sim]
+    model: tiny
+    timeout_s: -1
+roles:
+  ask:
+    type: llm
+    model: mm
+    concurency: 5
+    prompt: |
+      Question: {{ input.q }}
+      {% if input.hint %}
+      Hint: {{ input.hint }
+  judge:
+    type: judge
+  pick:
+    type: extract
+    regex: "answer is ([A-J]"
+    var: pick
+  gate:
+    type: filter
+    condition: "len(input.q) >"
+    regex: "x"
+flow:
+  start: begin
+  steps:
+    ask:
+      role: ask
+      nxt: done
+    pick:
+      role: pick
+      next:
+        - if: "vars.pick == 'A'"
+          goto: nowhere
+        - goto: done
+    lonely:
+      role: ghost
+      next: join
+)");
+  EXPECT_FALSE(r.pipeline.has_value());
+  const std::string all = All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 3, "dataset.path", "does not exist")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 4, "runn", "unknown top-level key (did you mean 'run'?)")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 7, "run.max_concurrent_tasks", "must be a positive integer, got 0")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 8, "run.trials", "expected an integer, got a string 'many'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 13, "models.m.timeout_s", "must be a positive number")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 17, "roles.ask.model", "unknown model 'mm' (did you mean 'm'?)")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 18, "roles.ask.concurency", "unknown role key (did you mean 'concurrency'?)")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 22, "roles.ask.prompt", "template line 3: '{{' is never closed")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 24, "roles.judge.type", "unknown role type 'judge'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 27, "roles.pick.regex", "invalid regex")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 31, "roles.gate.condition", "invalid expression 'len(input.q) >': position 15"))
+      << all;
+  EXPECT_TRUE(Has(r.errors, path, 32, "roles.gate.regex", "does not apply to roles of type filter")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 34, "flow.start", "unknown step 'begin'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 38, "flow.steps.ask.nxt", "unknown step key (did you mean 'next'?)")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 43, "flow.steps.pick.next", "unknown step 'nowhere'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 46, "flow.steps.lonely.role", "unknown role 'ghost'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 47, "flow.steps.lonely.next", "not part of any branch")) << all;
+  EXPECT_EQ(r.errors.size(), 17u) << all;
+
+  auto joined = LoadPipelineOrError(path);
+  ASSERT_FALSE(joined.ok());
+  EXPECT_EQ(joined.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(joined.status().message().find(path + ":24: roles.judge.type: unknown role type 'judge'"),
+            std::string::npos)
+      << joined.status().message();
+}
+
+TEST_F(LoaderTest, MoreValidation) {
+  const std::string path = dir_.File("p.yaml");
+  LoadResult r = Load("p.yaml", R"(dataset:
+  limit: -1
+models:
+  m:
+    endpoints: [ftp://x, sim]
+    model: ""
+roles:
+  ask:
+    type: llm
+    model: m
+    concurrency: -5
+  ex:
+    type: extract
+    var: x
+  cmp:
+    type: compare
+    left: vars.a
+  run_it:
+    type: exec
+    command: []
+flow:
+  steps:
+    done:
+      role: ask
+    ask:
+      role: ask
+      next: 7
+    fan:
+      fanout: {count: 2}
+      role: ask
+)");
+  const std::string all = All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 1, "dataset.path", "missing required key 'path'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 2, "dataset.limit", "must be zero or a positive integer")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 5, "models.m.endpoints", "'ftp://x' is not an http:// or https:// URL")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 5, "models.m.endpoints", "'sim' cannot be mixed")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 6, "models.m.model", "must not be empty")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 11, "roles.ask.concurrency", "must be a positive integer, got -5")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 12, "roles.ex", "needs regex")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 15, "roles.cmp.right", "missing required key 'right'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 15, "roles.cmp.var", "missing required key 'var'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 20, "roles.run_it.command", "must name a program")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 21, "flow.start", "missing required key 'start'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 23, "flow.steps.done", "reserved target name")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 27, "flow.steps.ask.next", "expected a step name or a list of rules")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 29, "flow.steps.fan.fanout", "count and branch go together")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 30, "flow.steps.fan.role", "a fan-out step runs no role")) << all;
+}
+
+TEST_F(LoaderTest, WarningsForUnreachableAndUnused) {
+  const std::string path = dir_.File("p.yaml");
+  std::string text = kMinimal;
+  text.insert(text.find("flow:"), "  spare:\n    type: noop\n");
+  text += "    orphan:\n      role: ask\n      next:\n        - goto: done\n        - if: \"true\"\n          goto: ask\n";
+  LoadResult r = Load("p.yaml", text);
+  ASSERT_TRUE(r.pipeline.has_value()) << All(r.errors);
+  const std::string all = All(r.warnings);
+  EXPECT_TRUE(Has(r.warnings, path, 21, "flow.steps.orphan", "never reached from start 'ask'")) << all;
+  EXPECT_TRUE(Has(r.warnings, path, 25, "flow.steps.orphan.next[1]", "never used")) << all;
+  EXPECT_TRUE(Has(r.warnings, path, 13, "roles.spare", "not used by any step")) << all;
+  EXPECT_TRUE(r.warnings[0].warning);
+  EXPECT_NE(r.warnings[0].ToString().find(": warning: "), std::string::npos);
+}
+
+TEST_F(LoaderTest, YamlAnchorsMergeKeysAndScalarTypes) {
+  std::string text = kMinimal;
+  text.insert(text.find("flow:"), R"(  base: &base
+    type: noop
+    concurrency: 5
+  derived:
+    <<: *base
+    concurrency: 9
+)");
+  text += R"(    more:
+      role: base
+      next: again
+    again:
+      role: derived
+params:
+  quoted: "123"
+  tagged: !!str 456
+  int_tag: !!int "7"
+  hex: 0x1F
+  float: 1.5e2
+  nothing: ~
+  yes_word: yes
+)";
+  text.replace(text.find("      next: done\n"), 17, "      next: more\n");
+  Pipeline p = LoadOk(text);
+  EXPECT_EQ(p.Role("base")->concurrency, 5);
+  EXPECT_EQ(p.Role("derived")->concurrency, 9);
+  EXPECT_EQ(p.Role("derived")->type, RoleType::kNoop);
+  const Json& params = p.merged["params"];
+  EXPECT_EQ(params["quoted"], "123");
+  EXPECT_EQ(params["tagged"], "456");
+  EXPECT_EQ(params["int_tag"], 7);
+  EXPECT_EQ(params["hex"], 31);
+  EXPECT_EQ(params["float"], 150.0);
+  EXPECT_TRUE(params["nothing"].is_null());
+  EXPECT_EQ(params["yes_word"], "yes");
+}
+
+TEST_F(LoaderTest, HashCoversTheDefinitionOnly) {
+  Pipeline a = LoadOk(kMinimal);
+  Pipeline b = LoadOk(kMinimal, {"run.max_concurrent_tasks=5", "dataset.limit=3"});
+  Pipeline c = LoadOk(kMinimal, {"roles.ask.prompt=Question {{ input.q }}"});
+  EXPECT_EQ(a.hash, b.hash);
+  EXPECT_NE(a.hash, c.hash);
+}
+
+TEST(ConfigErrorTest, ToString) {
+  EXPECT_EQ((ConfigError{"a.yaml", 3, "roles.x", "bad", false}).ToString(), "a.yaml:3: roles.x: bad");
+  EXPECT_EQ((ConfigError{"a.yaml", 0, "", "bad", false}).ToString(), "a.yaml: bad");
+  EXPECT_EQ((ConfigError{"a.yaml", 2, "k", "odd", true}).ToString(), "a.yaml:2: k: warning: odd");
+}
+
+}  // namespace
+}  // namespace matrix::config
