@@ -98,6 +98,9 @@ std::string EncodeTask(const Task& t) {
   if (t.branch)
     branch = fbs::CreateBranch(b, OptStr(b, t.branch->parent_task_id), t.branch->index,
                                t.branch->count, OptStr(b, t.branch->join_step));
+  std::vector<Offset<fbs::ObjectRef>> archive;
+  for (const ObjectRef& r : t.archive)
+    archive.push_back(fbs::CreateObjectRef(b, OptStr(b, r.node), r.id, r.size, r.checksum));
   auto root = fbs::CreateTask(
       b, t.version, OptStr(b, t.run_id), b.CreateString(t.task_id), t.partition, t.row, t.trial, t.seed,
       t.attempt, OptStr(b, t.owner), OptStr(b, t.pipeline), t.pipeline_hash, OptStr(b, t.step),
@@ -105,7 +108,8 @@ std::string EncodeTask(const Task& t) {
       counters.empty() ? 0 : b.CreateVectorOfSortedTables(&counters),
       vars.empty() ? 0 : b.CreateVectorOfSortedTables(&vars), input,
       history.empty() ? 0 : b.CreateVector(history), leases.empty() ? 0 : b.CreateVector(leases),
-      spans.empty() ? 0 : b.CreateVector(spans), branch, t.created_us, t.enqueue_us, t.hops);
+      spans.empty() ? 0 : b.CreateVector(spans), branch, t.created_us, t.enqueue_us, t.hops,
+      archive.empty() ? 0 : b.CreateVector(archive));
   b.Finish(root);
   return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
 }
@@ -193,6 +197,8 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
   t.created_us = f->created_us();
   t.enqueue_us = f->enqueue_us();
   t.hops = f->hops();
+  if (f->archive())
+    for (auto* r : *f->archive()) t.archive.push_back({Str(r->node()), r->id(), r->size(), r->checksum()});
   return t;
 }
 

@@ -106,6 +106,8 @@ struct Task {
   int64_t created_us = 0;
   int64_t enqueue_us = 0;
   uint32_t hops = 0;
+  // Segments of older history and spans held by the object store.
+  std::vector<ObjectRef> archive;
 };
 
 }  // namespace matrix::wire

@@ -50,6 +50,10 @@ class Worker::Impl {
     const config::StepConfig* step = nullptr;
     const config::RoleConfig* role = nullptr;
     bool sink = false;
+    // The archived segments of history and spans, once fetched (Fetch()).
+    bool archive_loaded = false;
+    std::vector<wire::Turn> archived_turns;
+    std::vector<wire::Span> archived_spans;
     int64_t start_us = 0;
     int pending_puts = 0;
     std::string next_role;
@@ -65,6 +69,9 @@ class Worker::Impl {
   void FinishStep(uint64_t id);
   void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
   void OffloadAndSubmit(uint64_t id);
+  void ArchiveAndSubmit(uint64_t id);
+  // The task with its archived history and spans put back in front.
+  static wire::Task Expanded(const TaskRun& run);
   void SubmitRun(uint64_t id);
   void Ack(uint64_t lease, bool requeue = false);
   void FreeRefs(const wire::Task& task);
@@ -127,7 +134,7 @@ class Worker::Impl {
   // Counters reported in the progress file.
   int64_t refused_ = 0, invalid_ = 0, steps_run_ = 0, llm_calls_ = 0, llm_errors_ = 0;
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0, duplicates_ = 0, lost_ = 0;
-  int64_t offloaded_ = 0, hops_ = 0;
+  int64_t offloaded_ = 0, hops_ = 0, archived_segments_ = 0;
   std::map<std::string, int64_t> role_in_flight_;
 };
 
@@ -306,24 +313,65 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payloa
   }
 }
 
+wire::Task Worker::Impl::Expanded(const TaskRun& run) {
+  wire::Task full = run.task;
+  if (!run.archived_turns.empty())
+    full.history.insert(full.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
+  if (!run.archived_spans.empty())
+    full.spans.insert(full.spans.begin(), run.archived_spans.begin(), run.archived_spans.end());
+  return full;
+}
+
 void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
   TaskRun& run = runs_[id];
+  auto fail = [this](uint64_t rid, const Status& st) {
+    TaskRun& r = runs_[rid];
+    if (!r.sink) return FailTask(rid, wire::TaskStatus::kFailed, "object_unavailable", st.ToString());
+    // The record is still written; unresolved content is marked in it.
+    LOG_WARN << "task " << r.task.task_id << ": " << st.ToString();
+  };
+  if (!run.archive_loaded && !run.task.archive.empty()) {
+    // First the archived segments, then (second pass) the content they reference.
+    std::vector<wire::ObjectRef> refs = run.task.archive;
+    store_->Get(refs, [this, id, then, fail](StatusOr<std::vector<std::string>> got) {
+      auto it = runs_.find(id);
+      if (it == runs_.end()) return;
+      TaskRun& r = it->second;
+      r.archive_loaded = true;
+      if (!got.ok()) {
+        fail(id, got.status());
+        if (!r.sink) return;
+      } else {
+        for (const std::string& bytes : *got) {
+          auto segment = wire::DecodeTask(bytes, config_.max_message_bytes);
+          if (!segment.ok()) {
+            fail(id, DataLoss("archived segment: " + segment.status().message()));
+            if (!runs_.count(id) || !runs_[id].sink) return;
+            continue;
+          }
+          for (auto& t : segment->history) r.archived_turns.push_back(std::move(t));
+          for (auto& sp : segment->spans) r.archived_spans.push_back(std::move(sp));
+        }
+      }
+      Fetch(id, then);
+    });
+    return;
+  }
   std::vector<wire::ObjectRef> refs;
   for (auto& ref : CollectRefs(run.task))
     if (!run.resolved.count(ref.id)) refs.push_back(ref);
+  for (const auto& turn : run.archived_turns)
+    if (turn.content.ref && !run.resolved.count(turn.content.ref->id)) refs.push_back(*turn.content.ref);
   if (refs.empty()) return then(id);
-  store_->Get(refs, [this, id, refs, then](StatusOr<std::vector<std::string>> got) {
+  store_->Get(refs, [this, id, refs, then, fail](StatusOr<std::vector<std::string>> got) {
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     if (got.ok()) {
       for (size_t i = 0; i < refs.size() && i < got->size(); ++i)
         it->second.resolved[refs[i].id] = std::move((*got)[i]);
-    } else if (!it->second.sink) {
-      FailTask(id, wire::TaskStatus::kFailed, "object_unavailable", got.status().ToString());
-      return;
     } else {
-      // The record is still written; unresolved content is marked in it.
-      LOG_WARN << "task " << it->second.task.task_id << ": " << got.status().ToString();
+      fail(id, got.status());
+      if (!it->second.sink) return;
     }
     then(id);
   });
@@ -333,9 +381,12 @@ void Worker::Impl::StartRole(uint64_t id) {
   TaskRun& run = runs_[id];
   const config::RoleConfig& role = *run.role;
   if (role.type == RoleType::kNoop) return FinishStep(id);
-  Json ctx = BuildContext(run.task, run.resolved, PartsOf(run.step).role);
+  unsigned parts = PartsOf(run.step).role;
+  wire::Task full = (parts & kCtxHistory) ? Expanded(run) : wire::Task();
+  const wire::Task& view = (parts & kCtxHistory) ? full : run.task;
+  Json ctx = BuildContext(view, run.resolved, parts);
   if (role.type == RoleType::kLlm) {
-    auto body = BuildChatBody(*pipeline_, run.step->role, role, run.task, run.resolved, ctx);
+    auto body = BuildChatBody(*pipeline_, run.step->role, role, view, run.resolved, ctx);
     if (!body.ok()) {
       return FailTask(id, wire::TaskStatus::kFailed, "prompt_error",
                       "step '" + run.step->name + "': " + body.status().message());
@@ -425,8 +476,13 @@ void Worker::Impl::FinishStep(uint64_t id) {
   task.spans.push_back(std::move(span));
 
   unsigned route_parts = PartsOf(run.step).route;
-  RouteDecision next = Route(*run.step, task,
-                             route_parts ? BuildContext(task, run.resolved, route_parts) : Json::object());
+  Json route_ctx = Json::object();
+  if (route_parts & kCtxHistory) {
+    route_ctx = BuildContext(Expanded(run), run.resolved, route_parts);
+  } else if (route_parts) {
+    route_ctx = BuildContext(task, run.resolved, route_parts);
+  }
+  RouteDecision next = Route(*run.step, task, route_ctx);
   if (!next.status.ok()) {
     return FailTask(id, wire::TaskStatus::kFailed, next.reason,
                     "step '" + run.step->name + "': " + next.status.message());
@@ -477,13 +533,49 @@ void Worker::Impl::OffloadAndSubmit(uint64_t id) {
         c->text.clear();
         c->ref = *ref;
       }  // on failure the content simply stays inline
-      if (--r.pending_puts == 0) SubmitRun(id);
+      if (--r.pending_puts == 0) ArchiveAndSubmit(id);
     });
   };
   offload(&run.task.input, [](wire::Task& t) { return &t.input; });
   for (size_t i = 0; i < run.task.history.size(); ++i)
     offload(&run.task.history[i].content, [i](wire::Task& t) { return &t.history[i].content; });
-  if (run.pending_puts == 0) SubmitRun(id);
+  if (run.pending_puts == 0) ArchiveAndSubmit(id);
+}
+
+void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
+  // Keeps the message small: beyond kMaxInlineTurns turns or kMaxInlineSpans
+  // spans, everything but the last kKeepTurns turns moves into a segment.
+  constexpr size_t kMaxInlineTurns = 6, kKeepTurns = 2, kMaxInlineSpans = 12;
+  TaskRun& run = runs_[id];
+  wire::Task& task = run.task;
+  bool terminal = run.next_role.rfind("sink:", 0) == 0;
+  if (terminal || (task.history.size() <= kMaxInlineTurns && task.spans.size() <= kMaxInlineSpans))
+    return SubmitRun(id);
+  size_t turns = task.history.size() > kKeepTurns ? task.history.size() - kKeepTurns : 0;
+  size_t spans = task.spans.size();
+  wire::Task segment;
+  segment.task_id = task.task_id;
+  segment.history.assign(task.history.begin(), task.history.begin() + static_cast<long>(turns));
+  segment.spans = task.spans;
+  ++archived_segments_;
+  store_->Put(wire::EncodeTask(segment), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    TaskRun& r = it->second;
+    if (ref.ok()) {
+      if (r.archive_loaded || r.task.archive.empty()) {
+        r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
+                                r.task.history.begin() + static_cast<long>(turns));
+        r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
+                                r.task.spans.begin() + static_cast<long>(spans));
+        r.archive_loaded = true;
+      }
+      r.task.history.erase(r.task.history.begin(), r.task.history.begin() + static_cast<long>(turns));
+      r.task.spans.erase(r.task.spans.begin(), r.task.spans.begin() + static_cast<long>(spans));
+      r.task.archive.push_back(*ref);
+    }  // on failure the segment simply stays inline
+    SubmitRun(id);
+  });
 }
 
 void Worker::Impl::SubmitRun(uint64_t id) {
@@ -499,6 +591,7 @@ void Worker::Impl::SubmitRun(uint64_t id) {
 
 void Worker::Impl::FreeRefs(const wire::Task& task) {
   auto refs = CollectRefs(task);
+  refs.insert(refs.end(), task.archive.begin(), task.archive.end());
   if (!refs.empty()) store_->Free(std::move(refs));
 }
 
@@ -513,10 +606,14 @@ void Worker::Impl::HandleSink(uint64_t id) {
   }
   if (part->sink->Written(run.task.task_id)) {
     ++duplicates_;
-    FreeRefs(run.task);
-    part->source->OnFinished(run.task.task_id);
-    Ack(run.lease);
-    runs_.erase(id);
+    // Its archived segments hold references too: load them, then free all.
+    Fetch(id, [this](uint64_t rid) {
+      TaskRun& r = runs_[rid];
+      FreeRefs(Expanded(r));
+      FindPartition(r.task.owner)->source->OnFinished(r.task.task_id);
+      Ack(r.lease);
+      runs_.erase(rid);
+    });
     return;
   }
   Fetch(id, [this](uint64_t rid) {
@@ -528,7 +625,8 @@ void Worker::Impl::HandleSink(uint64_t id) {
 
 void Worker::Impl::WriteRecord(TaskRun& run) {
   Partition* part = FindPartition(run.task.owner);
-  Json record = BuildRecord(run.task, run.resolved, clock_->WallMicros());
+  wire::Task full = Expanded(run);
+  Json record = BuildRecord(full, run.resolved, clock_->WallMicros());
   auto written = part->sink->Write(record);
   if (!written.ok()) {
     // The lease goes back so another attempt can write it; nothing is lost.
@@ -537,7 +635,7 @@ void Worker::Impl::WriteRecord(TaskRun& run) {
     return;
   }
   if (!*written) ++duplicates_;
-  FreeRefs(run.task);
+  FreeRefs(full);
   part->source->OnFinished(run.task.task_id);
   Ack(run.lease);
 }
@@ -609,6 +707,7 @@ void Worker::Impl::WriteProgress(bool final) {
                    {"prompt_tokens", prompt_tokens_},
                    {"completion_tokens", completion_tokens_},
                    {"offloaded", offloaded_},
+                   {"archived_segments", archived_segments_},
                    {"refused", refused_},
                    {"invalid_messages", invalid_},
                    {"duplicates", duplicates_},

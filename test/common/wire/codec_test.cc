@@ -34,6 +34,7 @@ Task SampleTask() {
   t.spans.push_back({"teacher", "teacher", "w1", 1, 2, 3, 100, 20, "http://x/v1", 1});
   t.leases.push_back({"env", "sess-1", "w1", 99});
   t.branch = BranchInfo{"parent", 2, 4, "join"};
+  t.archive.push_back(ObjectRef{"node-a", 9, 300, 77});
   return t;
 }
 
@@ -56,6 +57,8 @@ TEST(TaskCodecTest, RoundTripKeepsEveryField) {
   EXPECT_EQ(back->leases[0].id, "sess-1");
   ASSERT_TRUE(back->branch.has_value());
   EXPECT_EQ(back->branch->count, 4u);
+  ASSERT_EQ(back->archive.size(), 1u);
+  EXPECT_EQ(back->archive[0].checksum, 77u);
   auto header = PeekTask(bytes);
   ASSERT_TRUE(header.ok());
   EXPECT_EQ(header->owner, "p0");
