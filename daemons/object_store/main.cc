@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   using namespace matrix;
   SetLogComponent("store");
   auto flags = Flags::Parse(argc, argv, {"bind", "run-dir", "name", "node", "memory-budget-mb",
-                                         "spill-dir", "ttl-s", "max-object-mb", "log-level"});
+                                         "spill-dir", "ttl-s", "max-object-mb", "metrics", "log-level"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   const char* tmp = std::getenv("TMPDIR");
   config.spill_dir = flags->Get("spill-dir", std::string(tmp ? tmp : "/tmp") + "/matrix-store-" +
                                                  config.node + "-" + std::to_string(::getpid()));
+  config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
   config.signal_fd = *sigfd;
 
   transport::Context ctx;

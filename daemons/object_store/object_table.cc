@@ -221,7 +221,11 @@ int64_t ObjectTable::ExpireOlderThan(int64_t now_ms) {
   return freed;
 }
 
-ObjectTableStats ObjectTable::stats() const { return stats_; }
+ObjectTableStats ObjectTable::stats() const {
+  ObjectTableStats s = stats_;
+  s.memory_objects = static_cast<int64_t>(lru_.size());
+  return s;
+}
 
 void ObjectTable::Touch(uint64_t id, Entry& e) {
   expiry_.erase({e.expires_ms, id});

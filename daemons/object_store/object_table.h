@@ -26,6 +26,7 @@ namespace matrix::store {
 
 struct ObjectTableStats {
   int64_t objects = 0;          // held now, in memory or on disk
+  int64_t memory_objects = 0;   // of those, held in memory (the rest are spilled)
   int64_t memory_bytes = 0;     // payload bytes held in memory
   int64_t disk_bytes = 0;       // payload bytes held in spill files
   int64_t puts = 0;             // accepted puts, idempotent repeats included

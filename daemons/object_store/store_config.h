@@ -41,6 +41,11 @@ struct StoreConfig {
   // Largest accepted object; larger puts fail with kInvalidArgument.
   int64_t max_object_bytes = int64_t{64} << 20;  // 64 MiB
 
+  // "host:port" serving the store's Prometheus metrics at GET /metrics; port
+  // 0 picks a free port. Empty: metrics are kept but not served. With
+  // run_dir, the bound address is written to <run_dir>/endpoints/<name>.metrics.
+  std::string metrics_bind;
+
   // How often the event loop runs the expiry sweep.
   int64_t sweep_interval_ms = 1000;
 

@@ -1,11 +1,13 @@
 // StoreServer: the ROUTER event loop of matrix-store. Single-threaded apart
-// from Stop(), which only sets a flag and writes an eventfd.
+// from Stop(), which only sets a flag and writes an eventfd, and the metrics
+// server's HTTP threads, which only read the metrics registry.
 #include "daemons/object_store/store_server.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <variant>
@@ -15,6 +17,8 @@
 #include "common/base/json.h"
 #include "common/base/log.h"
 #include "common/base/signals.h"
+#include "common/metrics/metrics.h"
+#include "common/metrics/store_metrics.h"
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "common/wire/control.h"
@@ -42,7 +46,34 @@ std::string PeerName(const std::string& identity) {
   return out;
 }
 
+// Request types timed by matrix_store_request_duration_seconds.
+enum RequestType { kPutRequest, kGetRequest, kFreeRequest, kStatsRequest, kRequestTypes };
+constexpr std::array<const char*, kRequestTypes> kRequestTypeNames = {"put", "get", "free", "stats"};
+
+// Advances `counter` by what `now` gained since `*last`.
+void Advance(const metrics::Counter& counter, int64_t now, int64_t* last) {
+  if (now > *last) counter.Inc(static_cast<double>(now - *last));
+  *last = now;
+}
+
 }  // namespace
+
+struct StoreServer::Metrics {
+  explicit Metrics(const Clock& clock) : set(registry) {
+    metrics::RegisterProcessMetrics(registry, clock);
+    for (int t = 0; t < kRequestTypes; ++t)
+      request_duration[t] = set.request_duration_seconds.With({{"type", kRequestTypeNames[t]}});
+  }
+  void Observe(RequestType type, int64_t start_ns, const Clock& clock) const {
+    request_duration[type].Observe(static_cast<double>(clock.NowNanos() - start_ns) / 1e9);
+  }
+
+  metrics::MetricsRegistry registry;
+  metrics::StoreMetrics set;
+  std::unique_ptr<metrics::MetricsServer> server;
+  std::array<metrics::Histogram, kRequestTypes> request_duration;
+  StoreServerStats synced;  // counts already added to the metrics
+};
 
 StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
                                                            transport::Context* ctx,
@@ -68,6 +99,18 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
   if (server->config_.signal_fd >= 0)
     server->signal_index_ = server->poller_->AddFd(server->config_.signal_fd);
 
+  // Metrics first: once the store's endpoint file exists, everything is up.
+  if (!server->config_.metrics_bind.empty()) {
+    auto metrics_server =
+        metrics::MetricsServer::Create(server->metrics_->registry, server->config_.metrics_bind);
+    if (!metrics_server.ok()) return metrics_server.status();
+    server->metrics_->server = std::move(metrics_server).value();
+    if (!server->config_.run_dir.empty()) {
+      Status st =
+          server->metrics_->server->PublishEndpoint(server->config_.run_dir, server->config_.name);
+      if (!st.ok()) return st;
+    }
+  }
   if (!server->config_.run_dir.empty()) {
     Status st = WriteEndpointFile(server->config_.run_dir, server->config_.name, server->endpoint());
     if (!st.ok()) return st;
@@ -76,8 +119,12 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
 }
 
 StoreServer::StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr<ObjectTable> table)
-    : config_(std::move(config)), clock_(clock), table_(std::move(table)) {
+    : config_(std::move(config)),
+      clock_(clock),
+      table_(std::move(table)),
+      metrics_(std::make_unique<Metrics>(*clock)) {
   next_sweep_ms_ = clock_->NowMillis() + config_.sweep_interval_ms;
+  metrics_->set.memory_budget_bytes.Set(static_cast<double>(config_.memory_budget_bytes));
 }
 
 StoreServer::~StoreServer() {
@@ -85,6 +132,10 @@ StoreServer::~StoreServer() {
 }
 
 const std::string& StoreServer::endpoint() const { return socket_->endpoint(); }
+
+std::string StoreServer::metrics_address() const {
+  return metrics_->server ? metrics_->server->address() : std::string();
+}
 
 void StoreServer::Stop() {
   stop_.store(true);
@@ -95,7 +146,10 @@ void StoreServer::Stop() {
 
 Status StoreServer::Run() {
   LOG_INFO << "store " << config_.name << " of node " << config_.node << " serving on "
-           << endpoint() << " (memory budget " << config_.memory_budget_bytes << " bytes, spill dir "
+           << endpoint()
+           << (metrics_->server ? ", metrics at http://" + metrics_->server->address() + "/metrics"
+                                : std::string())
+           << " (memory budget " << config_.memory_budget_bytes << " bytes, spill dir "
            << (config_.spill_dir.empty() ? "none" : config_.spill_dir) << ")";
   while (!stop_.load()) {
     int64_t wait = std::clamp<int64_t>(next_sweep_ms_ - clock_->NowMillis(), 0, 1000);
@@ -136,6 +190,27 @@ void StoreServer::RunOnce(int timeout_ms) {
     }
     next_sweep_ms_ = now + config_.sweep_interval_ms;
   }
+  UpdateMetrics();
+}
+
+void StoreServer::UpdateMetrics() {
+  const metrics::StoreMetrics& m = metrics_->set;
+  const StoreServerStats now = stats();
+  StoreServerStats& last = metrics_->synced;
+  m.memory_objects.Set(static_cast<double>(now.table.memory_objects));
+  m.disk_objects.Set(static_cast<double>(now.table.objects - now.table.memory_objects));
+  m.memory_bytes.Set(static_cast<double>(now.table.memory_bytes));
+  m.disk_bytes.Set(static_cast<double>(now.table.disk_bytes));
+  Advance(m.puts, now.table.puts, &last.table.puts);
+  Advance(m.put_errors, now.table.put_errors, &last.table.put_errors);
+  Advance(m.gets, now.table.gets, &last.table.gets);
+  Advance(m.get_misses, now.table.get_misses, &last.table.get_misses);
+  Advance(m.frees, now.table.frees, &last.table.frees);
+  Advance(m.spills, now.table.spills, &last.table.spills);
+  Advance(m.promotions, now.table.promotions, &last.table.promotions);
+  Advance(m.expirations, now.table.expirations, &last.table.expirations);
+  Advance(m.checksum_failures, now.table.checksum_failures, &last.table.checksum_failures);
+  Advance(m.invalid_messages, now.malformed_messages, &last.malformed_messages);
 }
 
 void StoreServer::HandleMessage(std::vector<std::string>& frames) {
@@ -143,6 +218,7 @@ void StoreServer::HandleMessage(std::vector<std::string>& frames) {
     Malformed(frames.empty() ? "" : frames[0], "message without an envelope frame");
     return;
   }
+  const int64_t start_ns = clock_->NowNanos();
   const std::string& peer = frames[0];
   auto control = wire::DecodeControl(frames[1], kMaxEnvelopeBytes);
   if (!control.ok()) {
@@ -178,6 +254,7 @@ void StoreServer::HandleMessage(std::vector<std::string>& frames) {
       reply.items.push_back(std::move(out));
     }
     Reply({peer, wire::EncodeControl({config_.name, std::move(reply)})});
+    metrics_->Observe(kPutRequest, start_ns, *clock_);
     return;
   }
 
@@ -208,6 +285,7 @@ void StoreServer::HandleMessage(std::vector<std::string>& frames) {
     }
     out_frames[1] = wire::EncodeControl({config_.name, std::move(reply)});
     Reply(std::move(out_frames));
+    metrics_->Observe(kGetRequest, start_ns, *clock_);
     return;
   }
 
@@ -218,12 +296,14 @@ void StoreServer::HandleMessage(std::vector<std::string>& frames) {
     }
     ++stats_.messages;
     for (uint64_t id : free_msg->ids) table_->Free(id);
+    metrics_->Observe(kFreeRequest, start_ns, *clock_);
     return;
   }
 
   if (std::holds_alternative<wire::StatsRequestMsg>(control->body)) {
     ++stats_.messages;
     Reply({peer, wire::EncodeControl({config_.name, wire::StatsReplyMsg{StatsJson()}})});
+    metrics_->Observe(kStatsRequest, start_ns, *clock_);
     return;
   }
 

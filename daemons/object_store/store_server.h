@@ -3,6 +3,8 @@
 // answers Put / Get / Free / StatsRequest from an ObjectTable, and runs the
 // TTL expiry sweep. A malformed message is counted, logged (at most once per
 // second) and dropped; the peer gets no reply and the loop keeps serving.
+// StoreMetrics are refreshed every loop iteration and, when
+// config.metrics_bind is set, served at http://<metrics_bind>/metrics.
 //
 // Protocol details beyond schemas/control.fbs:
 //   - A failed item carries ok=false and error = Status::ToString() of the
@@ -13,8 +15,9 @@
 //   - GetReply items carry the object's size and checksum; the payload frame
 //     is empty for a failed item.
 //
-// Lifecycle: Create() binds and writes the endpoint file; Run() serves until
-// the configured signal fd becomes readable or Stop() is called.
+// Lifecycle: Create() binds (the metrics address too) and writes the endpoint
+// files; Run() serves until the configured signal fd becomes readable or
+// Stop() is called.
 // Thread-safety: Run()/RunOnce() and the accessors on one thread; Stop() from
 // any thread.
 #pragma once
@@ -47,10 +50,11 @@ struct StoreServerStats {
 
 class StoreServer {
  public:
-  // Binds config.bind, creates the spill directory and, when config.run_dir
-  // is set, writes <run_dir>/endpoints/<name>. kUnavailable when the bind
-  // fails, kFailedPrecondition for an unusable config. `ctx` and `clock`
-  // must outlive the server.
+  // Binds config.bind (and config.metrics_bind when set), creates the spill
+  // directory and, when config.run_dir is set, writes
+  // <run_dir>/endpoints/<name> (and <name>.metrics). kUnavailable when a bind
+  // fails, kFailedPrecondition for an unusable config, kInvalidArgument for a
+  // malformed metrics address. `ctx` and `clock` must outlive the server.
   static StatusOr<std::unique_ptr<StoreServer>> Create(StoreConfig config, transport::Context* ctx,
                                                        const Clock* clock);
   ~StoreServer();
@@ -69,6 +73,8 @@ class StoreServer {
 
   // The bound endpoint (the real port for "tcp://host:*").
   const std::string& endpoint() const;
+  // "host:port" of the metrics server; empty when metrics are not served.
+  std::string metrics_address() const;
   StoreServerStats stats() const;
   // The StatsReply body: every counter of stats() plus the node name.
   std::string StatsJson() const;
@@ -78,6 +84,8 @@ class StoreServer {
   void HandleMessage(std::vector<std::string>& frames);
   void Malformed(const std::string& peer, const std::string& why);
   void Reply(std::vector<std::string> frames);
+  // Brings the metrics up to date with the table's and the server's counts.
+  void UpdateMetrics();
 
   StoreConfig config_;
   const Clock* clock_;
@@ -92,6 +100,8 @@ class StoreServer {
   int64_t last_malformed_log_ms_ = INT64_MIN / 2;
   int64_t malformed_unlogged_ = 0;
   StoreServerStats stats_;
+  struct Metrics;
+  std::unique_ptr<Metrics> metrics_;
   std::atomic<bool> stop_{false};
 };
 

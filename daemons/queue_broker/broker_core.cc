@@ -17,6 +17,7 @@ void BrokerCore::OnSeen(const std::string& worker) {
 void BrokerCore::OnRegister(const std::string& id, const wire::RegisterMsg& msg,
                             std::vector<Outgoing>* out) {
   auto [it, fresh] = workers_.try_emplace(id);
+  ++counters_.registrations;
   Worker& w = it->second;
   w.last_seen_ns = clock_->NowNanos();
   // Held leases keep their slots: credit = capacity - leases held per role.
@@ -154,6 +155,7 @@ void BrokerCore::Dispatch(std::vector<Outgoing>* out) {
         q.pop_front();
         uint64_t lease_id = next_lease_++;
         deliver.items.push_back({lease_id, role, item.deliveries, item.enqueue_us});
+        counters_.bytes_out += static_cast<int64_t>(item.payload.size());
         o.payloads.push_back(item.payload);
         w.leases.insert(lease_id);
         leases_.emplace(lease_id, Lease{wid, role, std::move(item)});
@@ -187,6 +189,27 @@ size_t BrokerCore::QueueDepth(const std::string& role) const {
   return it == queues_.end() ? 0 : it->second.size();
 }
 
+std::vector<RoleState> BrokerCore::RoleStates() const {
+  std::map<std::string, RoleState> roles;
+  int64_t now_us = clock_->WallMicros();
+  for (const auto& [role, q] : queues_) {
+    RoleState& s = roles[role];
+    s.depth = q.size();
+    if (!q.empty()) s.oldest_age_s = std::max<int64_t>(0, now_us - q.front().enqueue_us) / 1e6;
+  }
+  // Roles whose workers all died stay listed, with no credit.
+  for (const auto& [role, list] : role_workers_) roles[role];
+  for (const auto& [id, w] : workers_)
+    for (const auto& [role, c] : w.credit) roles[role].credit_free += c;
+  std::vector<RoleState> out;
+  out.reserve(roles.size());
+  for (auto& [role, s] : roles) {
+    s.role = role;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 Json BrokerCore::Stats() const {
   Json queues = Json::object();
   int64_t now_us = clock_->WallMicros();
@@ -213,7 +236,9 @@ Json BrokerCore::Stats() const {
                 {"requeued", counters_.requeued},
                 {"invalid", counters_.invalid},
                 {"workers_expired", counters_.workers_expired},
-                {"bytes_in", counters_.bytes_in}}}};
+                {"bytes_in", counters_.bytes_in},
+                {"bytes_out", counters_.bytes_out},
+                {"registrations", counters_.registrations}}}};
 }
 
 }  // namespace matrix::broker

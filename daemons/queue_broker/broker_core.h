@@ -54,6 +54,16 @@ struct BrokerCounters {
   int64_t invalid = 0;        // malformed messages dropped
   int64_t workers_expired = 0;
   int64_t bytes_in = 0;       // task payload bytes received
+  int64_t bytes_out = 0;      // task payload bytes delivered (redeliveries included)
+  int64_t registrations = 0;  // registrations, re-registrations included
+};
+
+// The state of one role's queue and of its workers' credit.
+struct RoleState {
+  std::string role;
+  size_t depth = 0;            // messages queued
+  double oldest_age_s = 0;     // age of the message at the head; 0 when empty
+  int64_t credit_free = 0;     // sum of the credit of the role's live workers
 };
 
 class BrokerCore {
@@ -81,6 +91,8 @@ class BrokerCore {
   void MarkSent(const std::string& worker);
 
   size_t QueueDepth(const std::string& role) const;
+  // Every role ever queued to or served, sorted by name.
+  std::vector<RoleState> RoleStates() const;
   size_t LeaseCount() const { return leases_.size(); }
   size_t WorkerCount() const { return workers_.size(); }
   const BrokerCounters& counters() const { return counters_; }

@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
   using namespace matrix;
   SetLogComponent("broker");
   auto flags = Flags::Parse(argc, argv, {"bind", "run-dir", "name", "heartbeat-ms", "worker-timeout-ms",
-                                         "max-batch", "log-level"});
+                                         "max-batch", "metrics", "log-level"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   config.core.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", 1000));
   config.core.worker_timeout_ms = static_cast<uint32_t>(flags->GetInt("worker-timeout-ms", 3000));
   config.core.max_batch = static_cast<size_t>(flags->GetInt("max-batch", 256));
+  config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
   config.signal_fd = *sigfd;
 
   transport::Context ctx;
