@@ -15,6 +15,7 @@
 #include "common/base/signals.h"
 #include "common/config/pipeline_loader.h"
 #include "daemons/cli/process.h"
+#include "daemons/cli/stats_client.h"
 #include "daemons/cli/summary.h"
 
 namespace matrix::cli {
@@ -178,6 +179,9 @@ int RunPipeline(const RunOptions& opt) {
     if (seen_progress && p.partitions_finished == static_cast<int>(partitions)) break;
   }
   if (tty) std::cerr << "\n";
+  // Daemon counters for the summary, taken before they stop.
+  auto broker_stats = QueryStats(broker_ep);
+  auto store_stats = QueryStats(store_ep);
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Workers first (they drain and hand back), then the rest.
   sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000);
@@ -199,6 +203,16 @@ int RunPipeline(const RunOptions& opt) {
   s["process_restarts"] = sup.restarts();
   s["tokens_this_run"] = p.tokens;
   s["tokens_per_s"] = elapsed > 0 ? p.tokens / elapsed : 0.0;
+  if (broker_stats.ok()) {
+    const Json& c = (*broker_stats)["counters"];
+    int64_t hops = c.value("submitted", int64_t{0});
+    s["broker"] = {{"messages", hops},
+                   {"payload_bytes", c.value("bytes_in", int64_t{0})},
+                   {"mean_bytes_per_hop", hops ? c.value("bytes_in", int64_t{0}) / static_cast<double>(hops) : 0.0},
+                   {"redelivered", c.value("redelivered", int64_t{0})},
+                   {"invalid_messages", c.value("invalid", int64_t{0})}};
+  }
+  if (store_stats.ok()) s["store"] = *store_stats;
   Status st = WriteFileAtomic(output_dir + "/summary.json", s.dump(2) + "\n");
   if (!st.ok()) std::cerr << "warning: " << st.message() << "\n";
 

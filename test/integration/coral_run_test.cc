@@ -79,20 +79,39 @@ TEST(CoralRunTest, MalformedRowsBecomeFailedRecordsNamingTheLine) {
   for (int good : {1, 2, 3, 5, 6, 9, 10}) EXPECT_EQ(by_row[good]["status"], "done") << good;
 }
 
-TEST(CoralRunTest, LongTurnsAreOffloadedToTheStore) {
-  TempDir dir;
+Json RunSummary(const std::string& out_dir, const std::string& extra) {
   std::string out;
-  std::string cmd = Matrix() + " run " + Coral() + " dataset.limit=20 " + kFastSim[0] +
-                    " simulator.mean_output_tokens=400 --output " + dir.File("out") + " --quiet";
-  ASSERT_EQ(RunCommand("MATRIX_KEEP_RUN_DIR=1 " + cmd, &out), 0) << out;
-  auto records = ReadRecords(dir.File("out"));
-  ASSERT_EQ(records.size(), 20u);
-  // Offloaded content comes back whole in the records.
+  std::string cmd = Matrix() + " run " + Coral() + " " + kFastSim[0] + " " + extra + " --output " + out_dir +
+                    " --quiet --workers 2";
+  EXPECT_EQ(RunCommand(cmd, &out), 0) << out;
+  auto text = ReadFile(out_dir + "/summary.json");
+  return text.ok() ? Json::parse(*text) : Json::object();
+}
+
+TEST(CoralRunTest, LongTurnsAreOffloadedAndHopSizeDoesNotGrowWithTurns) {
+  TempDir dir;
+  // Short conversations (always agree at once) against 20-turn ones (never agree).
+  Json short_run = RunSummary(dir.File("short"), "dataset.limit=40 simulator.agree_prob=1.0");
+  Json long_run = RunSummary(dir.File("long"), "dataset.limit=40 simulator.agree_prob=0.0");
+  ASSERT_EQ(short_run["records"], 40);
+  ASSERT_EQ(long_run["records"], 40);
+  EXPECT_EQ(long_run["by_reason"]["max_turns"], 40);
+  EXPECT_GE(long_run["mean_turns"].get<double>(), 20.0);
+  // Long turns went to the store and came back from it.
+  ASSERT_TRUE(long_run.contains("store")) << long_run.dump();
+  EXPECT_GT(long_run["store"]["puts"].get<int64_t>(), 100);
+  EXPECT_GT(long_run["store"]["gets"].get<int64_t>(), 0);
+  // The records hold the full text again.
   size_t long_turns = 0;
-  for (const auto& r : records)
+  for (const auto& r : ReadRecords(dir.File("long")))
     for (const auto& t : r["turns"])
-      if (t["content"].get<std::string>().size() > 512) ++long_turns;
-  EXPECT_GT(long_turns, 20u);
+      if (t["content"].is_string() && t["content"].get<std::string>().size() > 512) ++long_turns;
+  EXPECT_GT(long_turns, 0u);
+  // Ten times the turns, about the same bytes per hop through the broker.
+  double short_bytes = short_run["broker"]["mean_bytes_per_hop"].get<double>();
+  double long_bytes = long_run["broker"]["mean_bytes_per_hop"].get<double>();
+  EXPECT_GT(short_bytes, 0);
+  EXPECT_LT(long_bytes, short_bytes * 1.6) << "short " << short_bytes << " long " << long_bytes;
 }
 
 TEST(CoralRunTest, SurvivesKillOfTheWorkerMidRun) {
