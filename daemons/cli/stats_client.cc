@@ -1,0 +1,34 @@
+#include "daemons/cli/stats_client.h"
+
+#include <unistd.h>
+
+#include "common/transport/transport.h"
+#include "common/wire/codec.h"
+
+namespace matrix::cli {
+
+StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms) {
+  transport::Context ctx;
+  transport::SocketOptions opts;
+  opts.identity = "matrix-cli." + std::to_string(::getpid());
+  MATRIX_ASSIGN_OR_RETURN(auto sock,
+                          transport::Socket::Connect(ctx, transport::Socket::Kind::kDealer, endpoint, opts));
+  MATRIX_RETURN_IF_ERROR(sock->Send({wire::EncodeControl(wire::Control{opts.identity, wire::StatsRequestMsg{}})}));
+  transport::Poller poller;
+  int idx = poller.AddSocket(sock.get());
+  transport::Frames frames;
+  for (int waited = 0; waited < timeout_ms; waited += 50) {
+    poller.Poll(50);
+    if (!poller.Readable(idx)) continue;
+    while (sock->TryRecv(&frames)) {
+      if (frames.empty()) continue;
+      auto control = wire::DecodeControl(frames[0]);
+      if (!control.ok()) continue;
+      if (auto* reply = std::get_if<wire::StatsReplyMsg>(&control->body))
+        return ParseJson(reply->json, "stats from " + endpoint);
+    }
+  }
+  return Unavailable("no stats reply from " + endpoint + " within " + std::to_string(timeout_ms) + " ms");
+}
+
+}  // namespace matrix::cli
