@@ -1,0 +1,148 @@
+// The simulator's content model: parses OpenAI-style completion requests,
+// decides each response (length, text, multiple-choice answer, tool call) from
+// a per-request seed, and renders vLLM-shaped JSON and SSE bodies.
+//
+// Determinism: the request seed is Hash64 of the canonical messages JSON (or
+// of the prompt); when the request carries "seed", that value seeds the hash,
+// so the same seed and messages give the same response while different
+// conversations under one seed still differ (as with OpenAI's "seed").
+//
+// Thread-safety: free functions over value types; no shared state.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/base/json.h"
+#include "common/base/status.h"
+#include "daemons/llm_sim/sim_config.h"
+#include "daemons/llm_sim/sim_rng.h"
+
+namespace matrix::llm_sim {
+
+enum class ApiKind { kChat, kText };  // /v1/chat/completions, /v1/completions
+
+struct ChatMessage {
+  std::string role;
+  std::string content;  // text parts joined; empty for null content
+};
+
+struct ToolSpec {
+  std::string name;
+  Json parameters;  // JSON schema (object), may be null
+};
+
+enum class ToolChoice { kAuto, kNone, kRequired };
+
+struct CompletionRequest {
+  ApiKind kind = ApiKind::kChat;
+  std::string model;                  // as requested, else the served model name
+  std::vector<ChatMessage> messages;  // text completions: one "user" message with the prompt
+  std::vector<ToolSpec> tools;
+  ToolChoice tool_choice = ToolChoice::kAuto;
+  std::string forced_tool;  // tool_choice naming one function
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  std::optional<int64_t> max_tokens;  // max_completion_tokens, else max_tokens
+  int64_t min_tokens = 0;
+  bool ignore_eos = false;
+  std::optional<double> temperature;
+  uint64_t seed = 0;
+  int64_t prompt_tokens = 0;
+};
+
+// What one response will say, one piece per completion token, stored as one
+// string plus the end offset of each piece (a queued request costs a few bytes
+// per token). Text plans: the pieces concatenate to the content. Tool plans:
+// piece 0 is the call's header (empty) and the rest are fragments of the
+// arguments.
+struct CompletionPlan {
+  std::string text;             // content, or the arguments of a tool call
+  std::vector<uint32_t> ends;   // ends[i]: end offset of piece i in `text`
+  bool tool_call = false;
+  std::string tool_call_id;
+  std::string tool_name;
+  std::string finish_reason;  // "stop" | "length" | "tool_calls"
+  char answer = 0;            // letter in "The answer is (X).", 0 when none
+
+  int64_t completion_tokens() const { return static_cast<int64_t>(ends.size()); }
+  const std::string& Text() const { return text; }
+  // Concatenation of pieces [from, to), clamped to the plan.
+  std::string_view Pieces(int64_t from, int64_t to) const;
+  void AddPiece(std::string_view piece);
+};
+
+struct ResponseMeta {
+  std::string id;  // "chatcmpl-..." or "cmpl-..."
+  int64_t created = 0;
+};
+
+// About one token per 4 characters, at least 1.
+int64_t CountTokens(size_t chars);
+
+// Parses and validates a request body. InvalidArgument (HTTP 400) for invalid
+// JSON, missing or mistyped fields, and prompts that do not fit max_model_len
+// (the message then contains "maximum context length", as vLLM's does).
+StatusOr<CompletionRequest> ParseCompletionRequest(ApiKind kind, std::string_view body,
+                                                   const SimConfig& config);
+
+// Decides the response. Deterministic in (request, config).
+CompletionPlan PlanCompletion(const CompletionRequest& request, const SimConfig& config);
+
+// Lomax (Pareto II) draw, rounded, >= 1, with the given mean and shape (> 1).
+int64_t SampleOutputTokens(SimRng* rng, double mean, double alpha);
+
+// The letter of the last option found as a line starting "A." / "A)" / "(A)" /
+// "A:" when the options run A, B, C...; 'J' when no such run exists.
+char LastOptionLetter(const std::vector<ChatMessage>& messages);
+
+// The latest "answer is (Y)" / "answer is Y" with Y in A..last_letter,
+// scanning messages from the newest; nullopt when none.
+std::optional<char> FindPreviousAnswer(const std::vector<ChatMessage>& messages, char last_letter);
+
+// Appends `count` filler pieces to `plan`: sentences of ordinary English
+// words, one word per piece. The first piece of a plan has no leading space;
+// the last filler piece ends a sentence.
+void AppendFiller(SimRng* rng, int64_t count, CompletionPlan* plan);
+
+std::string ResponseIdPrefix(ApiKind kind);
+
+// Complete JSON body of a non-streaming response.
+std::string RenderCompletion(const CompletionRequest& request, const CompletionPlan& plan,
+                             const ResponseMeta& meta);
+
+// SSE events ("data: {...}\n\n") of a streaming response. Tokens() covers
+// completion tokens [from, to); the first call also sends the assistant role.
+// Finish() sends the finish_reason chunk, the usage chunk when asked, and
+// "data: [DONE]".
+class StreamRenderer {
+ public:
+  StreamRenderer(const CompletionRequest* request, const CompletionPlan* plan, ResponseMeta meta);
+  std::string Tokens(int64_t from, int64_t to);
+  std::string Finish();
+
+ private:
+  std::string Event(Json choice_delta_or_text, const char* finish_reason) const;
+
+  const CompletionRequest* request_;
+  const CompletionPlan* plan_;
+  ResponseMeta meta_;
+  std::string head_;  // `data: {"id":..,"object":..,"created":..,"model":..,"choices":[{"index":0,`
+  bool role_sent_ = false;
+};
+
+// A 200 body that a client cannot use: `variant` 0 is truncated JSON, 1 is
+// well-formed JSON without "choices". Streaming bodies are SSE with the same defect.
+std::string RenderMalformed(const CompletionRequest& request, const CompletionPlan& plan,
+                            const ResponseMeta& meta, int variant);
+
+// {"error":{"message":..,"type":..,"param":null,"code":code}}
+std::string RenderError(int code, const std::string& type, const std::string& message);
+
+// GET /v1/models body.
+std::string RenderModels(const SimConfig& config, int64_t created);
+
+}  // namespace matrix::llm_sim
