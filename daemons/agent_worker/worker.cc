@@ -10,6 +10,8 @@
 #include "common/base/signals.h"
 #include "common/config/pipeline.h"
 #include "common/llm/llm_client.h"
+#include "common/metrics/metrics.h"
+#include "common/metrics/worker_metrics.h"
 #include "common/store/store_client.h"
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
@@ -85,6 +87,14 @@ class Worker::Impl {
   void Send(const wire::Control& control, std::vector<std::string> payloads = {});
   void FlushSubmits();
   void WriteProgress(bool final);
+  // Metrics: labelled series resolved on first use and kept.
+  const metrics::WorkerRoleMetrics& RoleMetrics(const std::string& role);
+  const metrics::WorkerLlmEndpointMetrics& LlmEndpointMetrics(const std::string& model,
+                                                             const std::string& endpoint);
+  void RecordLlmResult(const llm::ChatResult& res, const std::string& model);
+  void RecordWritten(wire::TaskStatus status);
+  // Adds what the store client counted since the last call.
+  void SyncStoreMetrics();
 
   struct StepParts {
     unsigned role = 0;
@@ -136,6 +146,17 @@ class Worker::Impl {
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0, duplicates_ = 0, lost_ = 0;
   int64_t offloaded_ = 0, hops_ = 0, archived_segments_ = 0;
   std::map<std::string, int64_t> role_in_flight_;
+
+  // Metrics. The registry precedes every handle into it and the server
+  // follows them, so the server stops first and the registry goes last.
+  metrics::MetricsRegistry metrics_registry_;
+  metrics::WorkerMetrics metrics_{metrics_registry_};
+  std::unordered_map<std::string, metrics::WorkerRoleMetrics> role_metrics_;
+  std::map<std::pair<std::string, std::string>, metrics::WorkerLlmEndpointMetrics> llm_endpoint_metrics_;
+  std::unordered_map<std::string, metrics::WorkerLlmModelMetrics> llm_model_metrics_;
+  metrics::Counter refused_mismatch_, refused_malformed_;
+  store::StoreClient::Stats store_synced_;  // store client counts already in the metrics
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 };
 
 Status Worker::Impl::Init() {
@@ -759,7 +780,13 @@ Status Worker::Impl::Run() {
       Register(true);
     }
     if (poller.Readable(broker_idx)) {
-      for (int i = 0; i < 1024 && broker_->TryRecv(&frames); ++i) OnBrokerMessage(frames);
+      // Hand each delivered batch on before reading the next, so the broker
+      // works on our submissions while we run the next batch (pipelining).
+      for (int i = 0; i < 1024 && broker_->TryRecv(&frames); ++i) {
+        OnBrokerMessage(frames);
+        store_->Tick();
+        FlushSubmits();
+      }
     }
     if (poller.Readable(store_idx)) store_->OnReadable();
     if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();

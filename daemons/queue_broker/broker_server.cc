@@ -167,8 +167,15 @@ Status BrokerServer::Run() {
         break;
       }
       if (poller.Readable(sock_idx)) {
-        // Drain a bounded batch so heartbeats and dispatch stay timely.
-        for (int i = 0; i < 4096 && socket_->TryRecv(&frames); ++i) HandleMessage(frames);
+        // Dispatch after every few messages rather than after draining the
+        // socket, so workers run one batch while the next is being routed.
+        for (int i = 0; i < 4096 && socket_->TryRecv(&frames); ++i) {
+          HandleMessage(frames);
+          if (i % 8 == 7) {
+            core_.Dispatch(&out);
+            SendAll(out);
+          }
+        }
       }
     }
     core_.Dispatch(&out);
