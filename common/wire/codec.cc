@@ -2,6 +2,8 @@
 
 #include <flatbuffers/flatbuffers.h>
 
+#include <cstring>
+
 #include "schemas/control_generated.h"
 #include "schemas/orchestrator_generated.h"
 
@@ -19,6 +21,12 @@ std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::strin
 
 Offset<flatbuffers::String> OptStr(FlatBufferBuilder& b, const std::string& s) {
   return s.empty() ? 0 : b.CreateString(s);
+}
+
+// Names that repeat across turns and spans (step, role, worker, endpoint) are
+// stored once per message.
+Offset<flatbuffers::String> SharedStr(FlatBufferBuilder& b, const std::string& s) {
+  return s.empty() ? 0 : b.CreateSharedString(s);
 }
 
 Offset<fbs::Content> EncodeContent(FlatBufferBuilder& b, const Content& c) {
@@ -63,7 +71,9 @@ const char* TaskStatusName(TaskStatus s) {
 }
 
 std::string EncodeTask(const Task& t) {
-  FlatBufferBuilder b(1024);
+  // One builder per thread, reused: its buffer stays allocated between calls.
+  static thread_local FlatBufferBuilder b(8192);
+  b.Clear();
   std::vector<Offset<fbs::Counter>> counters;
   for (const auto& [k, v] : t.counters) counters.push_back(fbs::CreateCounter(b, b.CreateString(k), v));
   std::vector<Offset<fbs::Variable>> vars;
@@ -79,9 +89,9 @@ std::string EncodeTask(const Task& t) {
     auto content = EncodeContent(b, turn.content);
     auto calls_vec = calls.empty() ? 0 : b.CreateVector(calls);
     history.push_back(fbs::CreateTurn(
-        b, OptStr(b, turn.step), OptStr(b, turn.role), OptStr(b, turn.kind), turn.conversation, content,
+        b, SharedStr(b, turn.step), SharedStr(b, turn.role), SharedStr(b, turn.kind), turn.conversation, content,
         calls_vec, OptStr(b, turn.tool_call_id), turn.prompt_tokens, turn.completion_tokens,
-        OptStr(b, turn.finish_reason), OptStr(b, turn.endpoint), OptStr(b, turn.model), turn.start_us,
+        SharedStr(b, turn.finish_reason), SharedStr(b, turn.endpoint), SharedStr(b, turn.model), turn.start_us,
         turn.end_us, turn.attempts, OptStr(b, turn.extra)));
   }
   std::vector<Offset<fbs::ResourceLease>> leases;
@@ -91,9 +101,9 @@ std::string EncodeTask(const Task& t) {
   std::vector<Offset<fbs::Span>> spans;
   spans.reserve(t.spans.size());
   for (const Span& s : t.spans)
-    spans.push_back(fbs::CreateSpan(b, OptStr(b, s.step), OptStr(b, s.role), OptStr(b, s.worker),
+    spans.push_back(fbs::CreateSpan(b, SharedStr(b, s.step), SharedStr(b, s.role), SharedStr(b, s.worker),
                                     s.enqueue_us, s.start_us, s.end_us, s.prompt_tokens,
-                                    s.completion_tokens, OptStr(b, s.endpoint), s.attempt));
+                                    s.completion_tokens, SharedStr(b, s.endpoint), s.attempt));
   Offset<fbs::Branch> branch = 0;
   if (t.branch)
     branch = fbs::CreateBranch(b, OptStr(b, t.branch->parent_task_id), t.branch->index,
@@ -222,6 +232,21 @@ std::vector<ObjectItem> DecodeObjectItems(const flatbuffers::Vector<Offset<fbs::
   return out;
 }
 
+// The Verifier checks only the 4-byte length field of a vector for alignment,
+// so the elements of a verified [ulong] may sit at 4 mod 8: copy them out
+// bytewise instead of through the vector's typed accessors.
+std::vector<uint64_t> DecodeUlongs(const flatbuffers::Vector<uint64_t>* v) {
+  std::vector<uint64_t> out;
+  if (!v) return out;
+  out.resize(v->size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint64_t x;
+    std::memcpy(&x, v->Data() + i * sizeof(uint64_t), sizeof(x));
+    out[i] = flatbuffers::EndianScalar(x);
+  }
+  return out;
+}
+
 struct BodyEncoder {
   FlatBufferBuilder& b;
   std::pair<fbs::Body, Offset<void>> operator()(const RegisterMsg& m) {
@@ -295,6 +320,9 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
   auto* e = fbs::GetEnvelope(bytes.data());
   if (e->version() != 1)
     return InvalidArgument("control message has protocol version " + std::to_string(e->version()));
+  // The Verifier accepts a union whose type is set but whose table is absent;
+  // every body is read through its table below, so refuse that here.
+  if (e->body() == nullptr) return InvalidArgument("control message has no body");
   Control c;
   c.sender = Str(e->sender());
   switch (e->body_type()) {
@@ -345,9 +373,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
     }
     case fbs::Body::Get: {
       auto* m = e->body_as_Get();
-      GetMsg g{m->request_id(), {}};
-      if (m->ids()) g.ids.assign(m->ids()->begin(), m->ids()->end());
-      c.body = std::move(g);
+      c.body = GetMsg{m->request_id(), DecodeUlongs(m->ids())};
       break;
     }
     case fbs::Body::GetReply: {
@@ -356,9 +382,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
       break;
     }
     case fbs::Body::Free: {
-      FreeMsg f;
-      if (auto* ids = e->body_as_Free()->ids()) f.ids.assign(ids->begin(), ids->end());
-      c.body = std::move(f);
+      c.body = FreeMsg{DecodeUlongs(e->body_as_Free()->ids())};
       break;
     }
     default: return InvalidArgument("control message has no known body");
