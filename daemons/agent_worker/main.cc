@@ -1,7 +1,10 @@
 // matrix-worker: hosts agents (roles) and the sources and sinks of its
 // partitions. Usage:
 //   matrix-worker --pipeline FILE --broker EP --store EP --output-dir DIR
-//                 [--run-dir DIR] [--id NAME] [--partitions 0,3] [--roles a,b] [key.path=value ...]
+//                 [--run-dir DIR] [--id NAME] [--partitions 0,3] [--roles a,b]
+//                 [--metrics HOST:PORT] [key.path=value ...]
+// --metrics (default 127.0.0.1:0, "" to disable) serves /metrics and, with
+// --run-dir, publishes the address in <run-dir>/endpoints/<id>.metrics.
 #include <signal.h>
 
 #include <sstream>
@@ -29,7 +32,8 @@ int main(int argc, char** argv) {
   using namespace matrix;
   SetLogComponent("worker");
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
-                                         "node", "partitions", "roles", "grace-s", "heartbeat-ms", "log-level"});
+                                         "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
+                                         "log-level"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -54,6 +58,7 @@ int main(int argc, char** argv) {
   config.store_endpoint = flags->Get("store");
   config.output_dir = flags->Get("output-dir", pipeline->run.output_dir);
   config.run_dir = flags->Get("run-dir");
+  config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
   for (const auto& p : SplitList(flags->Get("partitions"))) config.partitions.push_back(std::stoul(p));
   config.roles = SplitList(flags->Get("roles"));
   config.grace_s = flags->GetDouble("grace-s", config.grace_s);

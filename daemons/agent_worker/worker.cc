@@ -211,7 +211,82 @@ Status Worker::Impl::Init() {
              << part.sink->preexisting() << " already written to " << out;
     partitions_.push_back(std::move(part));
   }
+
+  metrics::RegisterProcessMetrics(metrics_registry_, *clock_);
+  refused_mismatch_ = metrics_.Refused("pipeline_mismatch");
+  refused_malformed_ = metrics_.Refused("malformed");
+  for (const auto& name : served_roles_) RoleMetrics(name);
+  // Last: once the endpoint file exists, the worker is up.
+  if (!config_.metrics_bind.empty()) {
+    MATRIX_ASSIGN_OR_RETURN(metrics_server_,
+                            metrics::MetricsServer::Create(metrics_registry_, config_.metrics_bind));
+    if (!config_.run_dir.empty()) {
+      MATRIX_RETURN_IF_ERROR(metrics_server_->PublishEndpoint(config_.run_dir, config_.worker_id));
+    }
+    LOG_INFO << "worker metrics at http://" << metrics_server_->address() << "/metrics";
+  }
   return Status::Ok();
+}
+
+const metrics::WorkerRoleMetrics& Worker::Impl::RoleMetrics(const std::string& role) {
+  auto it = role_metrics_.find(role);
+  if (it == role_metrics_.end()) it = role_metrics_.emplace(role, metrics_.ForRole(role)).first;
+  return it->second;
+}
+
+const metrics::WorkerLlmEndpointMetrics& Worker::Impl::LlmEndpointMetrics(const std::string& model,
+                                                                         const std::string& endpoint) {
+  auto key = std::make_pair(model, endpoint);
+  auto it = llm_endpoint_metrics_.find(key);
+  if (it != llm_endpoint_metrics_.end()) return it->second;
+  // Every error kind starts at zero, so rates over them exist before the first error.
+  for (const char* kind : {"timeout", "connect", "http_429", "http_5xx", "http_4xx", "parse"})
+    metrics_.LlmError(model, endpoint, kind);
+  return llm_endpoint_metrics_.emplace(key, metrics_.ForLlmEndpoint(model, endpoint)).first->second;
+}
+
+void Worker::Impl::RecordLlmResult(const llm::ChatResult& res, const std::string& model) {
+  // Results of a shutting-down client are not requests the server answered.
+  if (res.status.code() == StatusCode::kCancelled) return;
+  const metrics::WorkerLlmEndpointMetrics& ep = LlmEndpointMetrics(model, res.endpoint);
+  ep.requests.Inc();
+  if (res.attempts > 1) ep.retries.Inc(res.attempts - 1);
+  auto mit = llm_model_metrics_.find(model);
+  if (mit == llm_model_metrics_.end()) mit = llm_model_metrics_.emplace(model, metrics_.ForLlmModel(model)).first;
+  const metrics::WorkerLlmModelMetrics& m = mit->second;
+  m.request_duration_seconds.Observe(static_cast<double>(res.latency_ns) / 1e9);
+  if (res.status.ok()) {
+    m.prompt_tokens.Inc(static_cast<double>(res.prompt_tokens));
+    m.completion_tokens.Inc(static_cast<double>(res.completion_tokens));
+    return;
+  }
+  const char* kind = res.http_status == 429                             ? "http_429"
+                     : res.http_status >= 500                           ? "http_5xx"
+                     : res.http_status >= 400                           ? "http_4xx"
+                     : res.status.code() == StatusCode::kDeadlineExceeded ? "timeout"
+                     : res.http_status == 0                             ? "connect"
+                                                                        : "parse";
+  metrics_.LlmError(model, res.endpoint, kind).Inc();
+}
+
+void Worker::Impl::RecordWritten(wire::TaskStatus status) {
+  metrics_.records_written.Inc();
+  switch (status) {
+    case wire::TaskStatus::kDone: return metrics_.tasks_done.Inc();
+    case wire::TaskStatus::kFiltered: return metrics_.tasks_filtered.Inc();
+    case wire::TaskStatus::kLost: return metrics_.tasks_lost.Inc();
+    case wire::TaskStatus::kFailed:
+    case wire::TaskStatus::kRunning: return metrics_.tasks_failed.Inc();
+  }
+}
+
+void Worker::Impl::SyncStoreMetrics() {
+  const store::StoreClient::Stats now = store_->stats();
+  if (now.cache_hits > store_synced_.cache_hits)
+    metrics_.store_cache_hits.Inc(static_cast<double>(now.cache_hits - store_synced_.cache_hits));
+  if (now.cache_misses > store_synced_.cache_misses)
+    metrics_.store_cache_misses.Inc(static_cast<double>(now.cache_misses - store_synced_.cache_misses));
+  store_synced_ = now;
 }
 
 void Worker::Impl::Send(const wire::Control& control, std::vector<std::string> payloads) {
@@ -260,12 +335,14 @@ void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
   last_recv_ns_ = clock_->NowNanos();
   auto control = wire::DecodeControl(frames[0]);
   if (!control.ok()) {
+    refused_malformed_.Inc();
     if (invalid_++ < 20) LOG_WARN << "invalid message from broker: " << control.status().message();
     return;
   }
   if (auto* deliver = std::get_if<wire::DeliverMsg>(&control->body)) {
     if (frames.size() != 1 + deliver->items.size()) {
       ++invalid_;
+      refused_malformed_.Inc();
       LOG_WARN << "delivery with " << frames.size() - 1 << " payloads for " << deliver->items.size() << " items";
       for (const auto& item : deliver->items) Ack(item.lease, /*requeue=*/true);
       return;
@@ -283,6 +360,7 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payloa
   auto decoded = wire::DecodeTask(payload, config_.max_message_bytes);
   if (!decoded.ok()) {
     ++invalid_;
+    refused_malformed_.Inc();
     LOG_WARN << "dropping undecodable task under lease " << item.lease << ": " << decoded.status().message();
     Ack(item.lease);
     return;
@@ -301,6 +379,7 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payloa
   }
   if (r.task.pipeline_hash != pipeline_->hash) {
     ++refused_;
+    refused_mismatch_.Inc();
     LOG_WARN << "refusing task " << r.task.task_id << ": pipeline hash " << Hex64(r.task.pipeline_hash)
              << " is not this worker's " << Hex64(pipeline_->hash);
     FailTask(id, wire::TaskStatus::kFailed, "pipeline_mismatch",
@@ -326,6 +405,10 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payloa
     return;
   }
   role_in_flight_[r.step->role]++;
+  const metrics::WorkerRoleMetrics& role_metrics = RoleMetrics(r.step->role);
+  role_metrics.in_flight.Inc();
+  if (r.task.enqueue_us > 0 && r.start_us >= r.task.enqueue_us)
+    role_metrics.queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
   const StepParts& parts = PartsOf(r.step);
   if ((parts.role | parts.route) & (kCtxInput | kCtxHistory)) {
     Fetch(id, [this](uint64_t rid) { StartRole(rid); });
@@ -433,6 +516,7 @@ void Worker::Impl::OnLlmResults() {
     if (it == runs_.end()) continue;
     TaskRun& run = it->second;
     ++llm_calls_;
+    RecordLlmResult(res, run.role->model);
     if (!res.status.ok()) {
       ++llm_errors_;
       FailTask(res.tag, wire::TaskStatus::kFailed, "llm_error",
@@ -494,6 +578,7 @@ void Worker::Impl::FinishStep(uint64_t id) {
     span.completion_tokens = task.history.back().completion_tokens;
     span.endpoint = task.history.back().endpoint;
   }
+  RoleMetrics(span.role).step_duration_seconds.Observe(static_cast<double>(span.end_us - span.start_us) / 1e6);
   task.spans.push_back(std::move(span));
 
   unsigned route_parts = PartsOf(run.step).route;
@@ -536,7 +621,10 @@ void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::str
 
 void Worker::Impl::OffloadAndSubmit(uint64_t id) {
   TaskRun& run = runs_[id];
-  if (run.step) role_in_flight_[run.step->role]--;
+  if (run.step) {
+    role_in_flight_[run.step->role]--;
+    RoleMetrics(run.step->role).in_flight.Dec();
+  }
   run.step = nullptr;  // in-flight accounting done once
   size_t threshold = pipeline_->run.offload_threshold_bytes;
   auto offload = [&](wire::Content* content, auto locate) {
@@ -544,11 +632,13 @@ void Worker::Impl::OffloadAndSubmit(uint64_t id) {
     run.pending_puts++;
     ++offloaded_;
     std::string text = content->text;
-    store_->Put(std::move(text), [this, id, locate](StatusOr<wire::ObjectRef> ref) {
+    const double bytes = static_cast<double>(text.size());
+    store_->Put(std::move(text), [this, id, locate, bytes](StatusOr<wire::ObjectRef> ref) {
       auto it = runs_.find(id);
       if (it == runs_.end()) return;
       TaskRun& r = it->second;
       if (ref.ok()) {
+        metrics_.offloaded_bytes.Inc(bytes);
         wire::Content* c = locate(r.task);
         r.resolved[ref->id] = std::move(c->text);
         c->text.clear();
@@ -606,6 +696,7 @@ void Worker::Impl::SubmitRun(uint64_t id) {
   run.task.hops++;
   submit_batch_.items.push_back({run.lease, run.next_role, run.task.task_id, false, true});
   submit_payloads_.push_back(wire::EncodeTask(run.task));
+  metrics_.hop_bytes.Observe(static_cast<double>(submit_payloads_.back().size()));
   runs_.erase(it);
   if (submit_batch_.items.size() >= 256) FlushSubmits();
 }
@@ -627,6 +718,7 @@ void Worker::Impl::HandleSink(uint64_t id) {
   }
   if (part->sink->Written(run.task.task_id)) {
     ++duplicates_;
+    metrics_.duplicates_absorbed.Inc();
     // Its archived segments hold references too: load them, then free all.
     Fetch(id, [this](uint64_t rid) {
       TaskRun& r = runs_[rid];
@@ -655,7 +747,12 @@ void Worker::Impl::WriteRecord(TaskRun& run) {
     Ack(run.lease, /*requeue=*/true);
     return;
   }
-  if (!*written) ++duplicates_;
+  if (*written) {
+    RecordWritten(run.task.status);
+  } else {
+    ++duplicates_;
+    metrics_.duplicates_absorbed.Inc();
+  }
   FreeRefs(full);
   part->source->OnFinished(run.task.task_id);
   Ack(run.lease);
@@ -681,6 +778,7 @@ void Worker::Impl::Admit() {
       t.step = pipeline_->flow.start;
       t.input.text = adm.row_json;
       t.created_us = clock_->WallMicros();
+      metrics_.tasks_admitted.Inc();
       if (!adm.error.ok()) {
         t.status = wire::TaskStatus::kFailed;
         t.reason = "invalid_input";
@@ -764,6 +862,7 @@ Status Worker::Impl::Run() {
     Admit();
     FlushSubmits();
     store_->Tick();
+    SyncStoreMetrics();
     poller.Poll(store_->PollTimeoutMs(draining_ ? 20 : 50));
     int64_t now = clock_->NowNanos();
     if ((sig_idx >= 0 && poller.Readable(sig_idx)) || (stop_requested_ && !draining_)) {

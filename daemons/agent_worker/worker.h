@@ -11,6 +11,10 @@
 // Terminal tasks go to "sink:<owner>", served by the owning worker, which
 // writes the record, frees the task's objects and admits the next row.
 //
+// Exports WorkerMetrics (common/metrics/worker_metrics.h): tasks by status at
+// the sink, in-flight work, step and queue-wait times per role, LLM requests,
+// errors, latency and tokens per model, store cache and hop sizes.
+//
 // Shutdown (signal or Stop()): stop admitting, let running steps finish for up
 // to `grace_s`, hand the remaining leases back to the broker, exit.
 // Thread-safety: Run() on one thread; Stop() from any thread.
@@ -41,6 +45,9 @@ struct WorkerConfig {
   std::string broker_endpoint;
   std::string store_endpoint;
   std::string run_dir;                // progress files go to <run_dir>/progress/
+  // "host:port" serving GET /metrics (port 0: any free port), published in
+  // <run_dir>/endpoints/<worker_id>.metrics; empty: metrics are not served.
+  std::string metrics_bind;
   std::string output_dir;             // <output_dir>/<partition>.jsonl
   std::vector<uint32_t> partitions;   // partitions whose source and sink this worker hosts
   std::vector<std::string> roles;     // roles served; empty = every role of the pipeline
