@@ -163,6 +163,20 @@ bool PartitionSource::ReadRow() {
 }
 
 bool PartitionSource::Next(Admission* out) {
+  if (!closed_ && !readmit_.empty()) {
+    std::string id = readmit_.back();
+    readmit_.pop_back();
+    auto it = in_flight_.find(id);
+    if (it != in_flight_.end()) {
+      out->task_id = id;
+      out->row = it->second.row;
+      out->trial = it->second.trial;
+      out->row_json = it->second.row_json;
+      out->error = Status::Ok();
+      out->attempt = it->second.attempt;
+      return true;
+    }
+  }
   while (!closed_ && !exhausted_ && in_flight_.size() < config_.max_concurrent) {
     if (!have_row_ || next_trial_ >= config_.trials) {
       have_row_ = false;
@@ -177,13 +191,14 @@ bool PartitionSource::Next(Admission* out) {
       ++skipped_;
       continue;
     }
-    in_flight_.insert(id);
+    in_flight_[id] = InFlight{row_, trial, 1, 0, row_error_.ok() ? row_json_ : std::string()};
     ++admitted_;
     out->task_id = id;
     out->row = row_;
     out->trial = trial;
     out->row_json = row_json_;
     out->error = row_error_;
+    out->attempt = 1;
     return true;
   }
   return false;
@@ -192,6 +207,45 @@ bool PartitionSource::Next(Admission* out) {
 void PartitionSource::OnFinished(const std::string& task_id) {
   in_flight_.erase(task_id);
   done_.insert(task_id);
+}
+
+bool PartitionSource::Readmit(const std::string& task_id, uint32_t max_attempts) {
+  auto it = in_flight_.find(task_id);
+  if (it == in_flight_.end() || it->second.attempt >= max_attempts) return false;
+  it->second.attempt++;
+  readmit_.push_back(task_id);
+  return true;
+}
+
+std::vector<std::string> PartitionSource::InFlightIds() const {
+  std::vector<std::string> ids;
+  ids.reserve(in_flight_.size());
+  for (const auto& [id, f] : in_flight_) ids.push_back(id);
+  return ids;
+}
+
+std::vector<std::string> PartitionSource::AdmittedBefore(int64_t cutoff_ns) const {
+  std::vector<std::string> ids;
+  for (const auto& [id, f] : in_flight_)
+    if (f.admitted_ns < cutoff_ns) ids.push_back(id);
+  return ids;
+}
+
+void PartitionSource::SetAdmitTime(const std::string& task_id, int64_t now_ns) {
+  auto it = in_flight_.find(task_id);
+  if (it != in_flight_.end()) it->second.admitted_ns = now_ns;
+}
+
+bool PartitionSource::InFlightAdmission(const std::string& task_id, Admission* out) const {
+  auto it = in_flight_.find(task_id);
+  if (it == in_flight_.end()) return false;
+  *out = Admission{task_id, it->second.row, it->second.trial, it->second.row_json, Status::Ok(), it->second.attempt};
+  return true;
+}
+
+uint32_t PartitionSource::Attempt(const std::string& task_id) const {
+  auto it = in_flight_.find(task_id);
+  return it == in_flight_.end() ? 0 : it->second.attempt;
 }
 
 }  // namespace matrix::worker

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -42,6 +43,7 @@ class PartitionSource {
     uint32_t trial = 0;
     std::string row_json;  // the row, compact JSON
     Status error;          // not OK: the row is invalid; write a failed record
+    uint32_t attempt = 1;  // > 1 when the task is re-admitted after being lost
   };
 
   static StatusOr<std::unique_ptr<PartitionSource>> Open(SourceConfig config,
@@ -52,6 +54,19 @@ class PartitionSource {
   // exhausted. The task counts as in flight until OnFinished(task_id).
   bool Next(Admission* out);
   void OnFinished(const std::string& task_id);
+  // Queues an in-flight task to be admitted again from its row (its message
+  // was lost with a broker, or its stored objects with a store). False when
+  // the task is not in flight or has used max_attempts; the caller then
+  // writes it as lost.
+  bool Readmit(const std::string& task_id, uint32_t max_attempts);
+  // Ids of every task in flight (e.g. to re-admit after a broker restart).
+  std::vector<std::string> InFlightIds() const;
+  // Tasks admitted (or re-admitted) before `cutoff_ns` and still in flight.
+  std::vector<std::string> AdmittedBefore(int64_t cutoff_ns) const;
+  void SetAdmitTime(const std::string& task_id, int64_t now_ns);
+  uint32_t Attempt(const std::string& task_id) const;
+  // The admission data of an in-flight task (for writing it as lost).
+  bool InFlightAdmission(const std::string& task_id, Admission* out) const;
   // Stops admitting (shutdown).
   void Close() { closed_ = true; }
 
@@ -68,7 +83,15 @@ class PartitionSource {
 
   SourceConfig config_;
   std::unordered_set<std::string> done_;
-  std::unordered_set<std::string> in_flight_;
+  struct InFlight {
+    uint64_t row = 0;
+    uint32_t trial = 0;
+    uint32_t attempt = 1;
+    int64_t admitted_ns = 0;
+    std::string row_json;
+  };
+  std::unordered_map<std::string, InFlight> in_flight_;
+  std::vector<std::string> readmit_;  // ids to admit again, in order
   std::unique_ptr<LineReader> reader_;
   uint64_t line_no_ = 0;
   uint64_t total_tasks_ = 0;

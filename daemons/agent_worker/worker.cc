@@ -81,6 +81,10 @@ class Worker::Impl {
   void HandleSink(uint64_t id);
   void WriteRecord(TaskRun& run);
   void Admit();
+  // Admits a lost task again, or writes it as lost once max_attempts is used.
+  void Readmit(Partition& part, const std::string& task_id, const std::string& why);
+  void ReadmitAll(const std::string& why);
+  void ReadmitStale();
   Partition* FindPartition(const std::string& owner);
   // Broker session.
   void Register(bool draining);
@@ -121,6 +125,7 @@ class Worker::Impl {
   transport::Context* ctx_;
   const Clock* clock_;
   std::string identity_;
+  std::string broker_id_;  // of the broker that acknowledged our registration
   std::unique_ptr<transport::Socket> broker_;
   std::unique_ptr<store::StoreClient> store_;
   std::unique_ptr<llm::LlmClient> llm_;
@@ -349,7 +354,13 @@ void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
     }
     for (size_t i = 0; i < deliver->items.size(); ++i) OnDelivery(deliver->items[i], frames[1 + i]);
   }
-  // RegisterAck and Heartbeat only refresh last_recv_ns_.
+  if (auto* ack = std::get_if<wire::RegisterAckMsg>(&control->body)) {
+    // A broker with a new identity lost whatever its predecessor queued:
+    // the owner admits its in-flight tasks again (duplicates are absorbed).
+    if (!broker_id_.empty() && ack->broker_id != broker_id_) ReadmitAll("broker " + broker_id_ + " restarted");
+    broker_id_ = ack->broker_id;
+  }
+  // Heartbeats only refresh last_recv_ns_.
 }
 
 void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payload) {
@@ -430,7 +441,7 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
   TaskRun& run = runs_[id];
   auto fail = [this](uint64_t rid, const Status& st) {
     TaskRun& r = runs_[rid];
-    if (!r.sink) return FailTask(rid, wire::TaskStatus::kFailed, "object_unavailable", st.ToString());
+    if (!r.sink) return FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
     // The record is still written; unresolved content is marked in it.
     LOG_WARN << "task " << r.task.task_id << ": " << st.ToString();
   };
@@ -729,11 +740,64 @@ void Worker::Impl::HandleSink(uint64_t id) {
     });
     return;
   }
+  if (run.task.status == wire::TaskStatus::kLost && run.task.reason == "object_unavailable" &&
+      part->source->Readmit(run.task.task_id, static_cast<uint32_t>(pipeline_->run.max_attempts))) {
+    // Its stored content is gone (a store restarted): run it again from its row.
+    LOG_INFO << "task " << run.task.task_id << " lost its stored objects; admitting it again (attempt "
+             << run.task.attempt + 1 << ")";
+    FreeRefs(run.task);
+    Ack(run.lease);
+    runs_.erase(id);
+    return;
+  }
   Fetch(id, [this](uint64_t rid) {
     TaskRun& r = runs_[rid];
     WriteRecord(r);
     runs_.erase(rid);
   });
+}
+
+void Worker::Impl::Readmit(Partition& part, const std::string& task_id, const std::string& why) {
+  if (part.source->Readmit(task_id, static_cast<uint32_t>(pipeline_->run.max_attempts))) return;
+  PartitionSource::Admission adm;
+  if (!part.source->InFlightAdmission(task_id, &adm)) return;
+  // Every attempt was lost: the record says so, and nothing is dropped.
+  TaskRun run;
+  wire::Task& t = run.task;
+  t.run_id = config_.run_id;
+  t.task_id = task_id;
+  t.partition = part.index;
+  t.row = adm.row;
+  t.trial = adm.trial;
+  t.attempt = adm.attempt;
+  t.owner = part.owner;
+  t.pipeline = pipeline_->name;
+  t.pipeline_hash = pipeline_->hash;
+  t.input.text = adm.row_json;
+  t.status = wire::TaskStatus::kLost;
+  t.reason = "max_attempts";
+  t.error = "lost " + std::to_string(adm.attempt) + " times; last: " + why;
+  ++lost_;
+  WriteRecord(run);
+}
+
+void Worker::Impl::ReadmitAll(const std::string& why) {
+  for (auto& part : partitions_) {
+    auto ids = part.source->InFlightIds();
+    if (!ids.empty()) LOG_WARN << why << ": admitting " << ids.size() << " in-flight tasks of " << part.owner << " again";
+    for (const auto& id : ids) Readmit(part, id, why);
+  }
+}
+
+void Worker::Impl::ReadmitStale() {
+  int64_t timeout_ns = static_cast<int64_t>(pipeline_->run.task_timeout_s * 1e9);
+  int64_t now = clock_->NowNanos();
+  for (auto& part : partitions_) {
+    for (const auto& id : part.source->AdmittedBefore(now - timeout_ns)) {
+      part.source->SetAdmitTime(id, now);
+      Readmit(part, id, "no progress for " + std::to_string(static_cast<int64_t>(pipeline_->run.task_timeout_s)) + " s");
+    }
+  }
 }
 
 void Worker::Impl::WriteRecord(TaskRun& run) {
@@ -771,7 +835,7 @@ void Worker::Impl::Admit() {
       t.row = adm.row;
       t.trial = adm.trial;
       t.seed = Hash64(config_.run_id + "/" + adm.task_id);
-      t.attempt = 1;
+      t.attempt = adm.attempt;
       t.owner = part.owner;
       t.pipeline = pipeline_->name;
       t.pipeline_hash = pipeline_->hash;
@@ -786,6 +850,7 @@ void Worker::Impl::Admit() {
         WriteRecord(run);
         continue;
       }
+      part.source->SetAdmitTime(adm.task_id, clock_->NowNanos());
       const config::StepConfig* start = pipeline_->Step(t.step);
       run.next_role = start ? start->role : t.step;
       OffloadAndSubmit(NewRun(std::move(run)));
@@ -897,6 +962,7 @@ Status Worker::Impl::Run() {
     }
     if (now - last_progress_ns_ > 500'000'000) {
       last_progress_ns_ = now;
+      ReadmitStale();
       WriteProgress(false);
     }
     if (draining_ && (runs_.empty() || now > drain_deadline_ns_)) break;

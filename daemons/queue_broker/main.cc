@@ -1,5 +1,6 @@
 // matrix-broker: this node's queues of orchestrator messages, one per role.
 #include <signal.h>
+#include <unistd.h>
 
 #include "common/base/flags.h"
 #include "common/base/log.h"
@@ -24,7 +25,8 @@ int main(int argc, char** argv) {
   config.bind = flags->Get("bind", config.bind);
   config.run_dir = flags->Get("run-dir");
   config.name = flags->Get("name", config.name);
-  config.core.broker_id = config.name;
+  // Unique per incarnation, so workers notice a restarted broker.
+  config.core.broker_id = config.name + "." + std::to_string(::getpid());
   config.core.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", 1000));
   config.core.worker_timeout_ms = static_cast<uint32_t>(flags->GetInt("worker-timeout-ms", 3000));
   config.core.max_batch = static_cast<size_t>(flags->GetInt("max-batch", 256));

@@ -1,0 +1,93 @@
+// Chaos: Coral on the simulator with several workers while kill -9 hits a
+// random worker, the broker or the store at random moments, several times.
+// The run must complete with every task exactly once, each done or carrying
+// a recorded failure reason.
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "common/base/files.h"
+#include "test/integration/run_util.h"
+#include "test/support/test_util.h"
+
+namespace matrix::testing {
+namespace {
+
+int PidOf(const std::string& pattern) {
+  std::string out;
+  if (RunCommand("pgrep -f '" + pattern + "' | head -1", &out) != 0 || out.empty()) return -1;
+  return std::stoi(out);
+}
+
+TEST(ChaosTest, RandomKillsOfWorkersBrokerAndStoreLoseNothing) {
+  TempDir dir;
+  const int kTasks = 500;
+  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=500",
+                    "run.max_concurrent_tasks=120", "simulator.speed=2", "--workers", "3", "--output",
+                    dir.File("out"), "--quiet"},
+                   dir.File("run.log"));
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<std::string> victims = {"matrix-worker.*" + dir.path() + ".*worker-0",
+                                            "matrix-worker.*" + dir.path() + ".*worker-1",
+                                            "matrix-worker.*" + dir.path() + ".*worker-2", "matrix-broker.*matrix-run",
+                                            "matrix-store.*matrix-run"};
+  // Wait for progress, then kill something every 1.5-4 s, six times.
+  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 20; }, 60000));
+  std::vector<std::string> killed;
+  for (int i = 0; i < 6 && run.Running(); ++i) {
+    const std::string& victim = victims[rng() % victims.size()];
+    int pid = PidOf(victim);
+    if (pid > 0 && kill(pid, SIGKILL) == 0) killed.push_back(victim.substr(0, victim.find(".*")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500 + rng() % 2500));
+  }
+  int rc = run.Wait(240000);
+  auto log = ReadFile(dir.File("run.log"));
+  ASSERT_EQ(rc, 0) << (log.ok() ? *log : "");
+  std::cerr << "killed:";
+  for (auto& k : killed) std::cerr << " " << k;
+  std::cerr << "\n";
+  EXPECT_GE(killed.size(), 3u);
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  auto ids = TaskIds(records, &dups);
+  EXPECT_EQ(records.size(), static_cast<size_t>(kTasks));
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kTasks));
+  EXPECT_TRUE(dups.empty()) << dups.size() << " duplicates";
+  for (const auto& r : records) {
+    ASSERT_FALSE(r["reason"].get<std::string>().empty()) << r.dump();
+    if (r["status"] != "done") {
+      EXPECT_TRUE(r.contains("error")) << r.dump();
+    }
+  }
+}
+
+TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {
+  TempDir dir;
+  std::vector<std::string> argv = {BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=300",
+                                   "run.max_concurrent_tasks=60", "simulator.speed=2", "--output", dir.File("out"),
+                                   "--quiet", "--grace-s", "5"};
+  {
+    ChildProcess first(argv, dir.File("first.log"));
+    ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 40; }, 60000));
+    first.Signal(SIGTERM);
+    EXPECT_EQ(first.Wait(60000), 130);  // interrupted, after a clean drain
+  }
+  size_t partial = ReadRecords(dir.File("out")).size();
+  ASSERT_LT(partial, 300u);
+  ChildProcess second(argv, dir.File("second.log"));
+  ASSERT_EQ(second.Wait(180000), 0);
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  TaskIds(records, &dups);
+  EXPECT_EQ(records.size(), 300u);
+  EXPECT_TRUE(dups.empty());
+  for (const auto& r : records) EXPECT_EQ(r["status"], "done") << r.dump();
+  Json s = Json::parse(*ReadFile(dir.File("out/summary.json")));
+  EXPECT_EQ(s["resumed_from_earlier_runs"].get<size_t>(), partial);
+}
+
+}  // namespace
+}  // namespace matrix::testing
