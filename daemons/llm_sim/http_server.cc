@@ -31,9 +31,11 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/status.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -42,6 +44,8 @@
 #include "common/base/files.h"
 #include "common/base/hash.h"
 #include "common/base/log.h"
+#include "common/metrics/metrics.h"
+#include "common/metrics/sim_metrics.h"
 #include "daemons/llm_sim/sim_content.h"
 #include "daemons/llm_sim/sim_engine.h"
 #include "daemons/llm_sim/sim_faults.h"
@@ -104,6 +108,13 @@ class HttpServer::Impl {
     accept_retry_.emplace(*ioc_);
     engine_timer_.emplace(*engine_strand_);
     signals_.emplace(*ioc_, SIGTERM, SIGINT);
+    metrics::RegisterProcessMetrics(metrics_registry_, *clock);
+    for (int k = 0; k < kFaultKindCount; ++k)
+      fault_counters_[static_cast<size_t>(k)] = metrics_.Fault(FaultKindName(static_cast<FaultKind>(k)));
+    engine_.set_step_observer([this](int64_t batch, int64_t nanos) {
+      metrics_.batch_size.Observe(static_cast<double>(batch));
+      metrics_.step_duration_seconds.Observe(static_cast<double>(nanos) / 1e9);
+    });
   }
 
   ~Impl() {
@@ -128,11 +139,34 @@ class HttpServer::Impl {
   void Cancel(int64_t id);
   int64_t NextSeqId() { return next_seq_id_.fetch_add(1, std::memory_order_relaxed); }
 
+  // Any strand: counts into SimStats and the metrics.
+  void CountFault(FaultKind kind) {
+    stats_.CountFault(kind);
+    fault_counters_[static_cast<size_t>(kind)].Inc();
+  }
+  void CountResponse(Endpoint endpoint, int status) {
+    if (status < 100 || status >= 600) return;
+    std::lock_guard<std::mutex> lock(responses_mu_);
+    metrics::Counter& c = responses_[static_cast<size_t>(endpoint)][static_cast<size_t>(status)];
+    if (!c.valid()) c = metrics_.Request(EndpointName(endpoint), status);
+    c.Inc();
+  }
+
   const SimConfig config_;
   const Clock* const clock_;
   SimStats stats_;
   FaultInjector faults_;
   std::string address_;
+  // Metrics: the registry precedes every handle into it; the server, declared
+  // last of them, stops first.
+  metrics::MetricsRegistry metrics_registry_;
+  metrics::SimMetrics metrics_{metrics_registry_};
+  std::array<metrics::Counter, kFaultKindCount> fault_counters_;  // set in the constructor
+  std::mutex responses_mu_;
+  // By endpoint and status code, resolved on first use. GUARDED_BY(responses_mu_)
+  std::array<std::array<metrics::Counter, 600>, kEndpointCount> responses_;
+  int64_t tokens_counted_ = 0;  // engine strand: engine tokens already in the metrics
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 
  private:
   void StartAccept();
@@ -233,6 +267,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string pending_;
   std::string writing_;
   std::unique_ptr<Active> active_;
+  Endpoint endpoint_ = Endpoint::kOther;  // of the request being answered
 };
 
 // ---------------------------------------------------------------- Session
@@ -270,6 +305,7 @@ void Session::TryParse() {
       busy_ = true;
       keep_alive_ = false;
       server_->stats_.CountRequest(Endpoint::kOther);
+      endpoint_ = Endpoint::kOther;
       const bool too_large = ec == http::error::body_limit;
       SendError(too_large ? 413 : 400, "invalid_request_error",
                 "malformed HTTP request: " + ec.message());
@@ -319,6 +355,7 @@ void Session::Handle(http::request<http::string_body>&& req) {
   const Route* route = nullptr;
   for (const Route& r : kRoutes)
     if (r.path == target) route = &r;
+  endpoint_ = route ? route->endpoint : Endpoint::kOther;
   if (!route) {
     stats.CountRequest(Endpoint::kOther);
     SendError(404, "not_found_error", "Not Found: " + std::string(target));
@@ -359,18 +396,18 @@ void Session::HandleCompletion(ApiKind kind, const std::string& body) {
   SimStats& stats = server_->stats_;
   const FaultDecision fault = server_->faults_.Decide();
   if (fault.drop) {
-    stats.CountFault(FaultKind::kDrop);
+    server_->CountFault(FaultKind::kDrop);
     LOG_DEBUG << "fault: dropping connection";
     Close();
     return;
   }
   if (fault.hang) {
-    stats.CountFault(FaultKind::kHang);
+    server_->CountFault(FaultKind::kHang);
     hanging_ = true;  // busy_ stays set; the read loop notices when the client leaves
     return;
   }
   if (fault.http_status == 429) {
-    stats.CountFault(FaultKind::kHttp429);
+    server_->CountFault(FaultKind::kHttp429);
     SendError(429, "rate_limit_error",
               "Rate limit reached (simulated); retry after " + FormatSeconds(config.retry_after_s) +
                   " s",
@@ -378,12 +415,12 @@ void Session::HandleCompletion(ApiKind kind, const std::string& body) {
     return;
   }
   if (fault.http_status == 500) {
-    stats.CountFault(FaultKind::kHttp500);
+    server_->CountFault(FaultKind::kHttp500);
     SendError(500, "server_error", "Internal server error (simulated)");
     return;
   }
   if (fault.http_status == 503) {
-    stats.CountFault(FaultKind::kHttp503);
+    server_->CountFault(FaultKind::kHttp503);
     SendError(503, "server_error", "Service unavailable (simulated): the engine is overloaded");
     return;
   }
@@ -405,12 +442,12 @@ void Session::HandleCompletion(ApiKind kind, const std::string& body) {
                             std::memory_order_relaxed);
   int64_t delay_nanos = 0;
   if (fault.malformed) {
-    stats.CountFault(FaultKind::kMalformed);
+    server_->CountFault(FaultKind::kMalformed);
     active->malformed = true;
     active->malformed_variant = fault.malformed_variant;
   }
   if (fault.spike) {
-    stats.CountFault(FaultKind::kSpike);
+    server_->CountFault(FaultKind::kSpike);
     delay_nanos = static_cast<int64_t>(config.spike_ms * 1e6 / config.speed);
   }
   if (active->request.stream) {
@@ -453,6 +490,7 @@ void Session::OnProgress(int64_t tokens, bool done) {
   active_.reset();
   if (chunked) {
     stats.CountResponse(200);
+    server_->CountResponse(endpoint_, 200);
     WriteChunk(out, /*last=*/true);
   } else {
     SendResponse(200, "application/json", out);
@@ -462,6 +500,7 @@ void Session::OnProgress(int64_t tokens, bool done) {
 void Session::SendResponse(int status, std::string_view content_type, const std::string& body,
                            std::string_view extra_headers) {
   server_->stats_.CountResponse(status);
+  server_->CountResponse(endpoint_, status);
   std::string data = ResponseHead(status, content_type, static_cast<int64_t>(body.size()),
                                   keep_alive_, extra_headers);
   data += body;
@@ -581,10 +620,17 @@ Status HttpServer::Impl::Listen() {
   tcp::endpoint local = acceptor_->local_endpoint(ec);
   if (ec) return Unavailable("cannot read bound address: " + ec.message());
   address_ = HostString(local.address()) + ":" + std::to_string(local.port());
+  if (!config_.metrics.empty()) {
+    MATRIX_ASSIGN_OR_RETURN(metrics_server_,
+                            metrics::MetricsServer::Create(metrics_registry_, config_.metrics));
+  }
   return Status::Ok();
 }
 
 Status HttpServer::Impl::PublishAddress() const {
+  // Metrics first: once the endpoint file exists, both are up.
+  if (metrics_server_ && !config_.run_dir.empty())
+    MATRIX_RETURN_IF_ERROR(metrics_server_->PublishEndpoint(config_.run_dir, config_.name));
   if (!config_.port_file.empty())
     MATRIX_RETURN_IF_ERROR(WriteFileAtomic(config_.port_file, address_));
   if (!config_.run_dir.empty()) {
@@ -680,6 +726,11 @@ void HttpServer::Impl::RunEngine(Change&& change) {
   stats_.queued.store(engine_.waiting(), std::memory_order_relaxed);
   stats_.engine_steps.store(static_cast<uint64_t>(engine_.counters().steps),
                             std::memory_order_relaxed);
+  metrics_.active_sequences.Set(engine_.running());
+  metrics_.queued_sequences.Set(engine_.waiting());
+  const int64_t tokens = engine_.counters().tokens_generated;
+  if (tokens > tokens_counted_) metrics_.generated_tokens.Inc(static_cast<double>(tokens - tokens_counted_));
+  tokens_counted_ = tokens;
   ArmTimer();
 }
 
@@ -712,6 +763,9 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const SimConfig& config
 }
 
 const std::string& HttpServer::address() const { return impl_->address_; }
+std::string HttpServer::metrics_address() const {
+  return impl_->metrics_server_ ? impl_->metrics_server_->address() : std::string();
+}
 Status HttpServer::PublishAddress() const { return impl_->PublishAddress(); }
 void HttpServer::Run() { impl_->Run(); }
 void HttpServer::Stop() { impl_->Stop(); }

@@ -7,6 +7,10 @@
 // are decided before the request is validated, as a rate limiter or a failing
 // proxy in front of an engine would; the other endpoints always answer.
 //
+// Metrics (SimMetrics, served on config.metrics): requests by endpoint and
+// status, injected faults, batch occupancy and queue, engine step sizes and
+// durations, generated tokens.
+//
 // Lifecycle: Create() binds and listens (connections queue in the backlog),
 // PublishAddress() writes the port and endpoint files, Run() serves until
 // SIGTERM/SIGINT (handled as events on the loop) or Stop(), then returns;
@@ -31,7 +35,8 @@ namespace matrix::llm_sim {
 
 class HttpServer {
  public:
-  // Binds config.listen (port 0: ephemeral). InvalidArgument for an address
+  // Binds config.listen (port 0: ephemeral) and, when config.metrics is set,
+  // starts the /metrics server there. InvalidArgument for an address
   // that cannot be parsed or resolved, Unavailable when bind/listen fails.
   // REQUIRES: ValidateSimConfig(config).ok(); `clock` is monotonic real time
   // (it paces the engine timer) and outlives the server.
@@ -42,9 +47,13 @@ class HttpServer {
 
   // The bound "host:port" (IPv6 hosts in brackets).
   const std::string& address() const;
+  // "host:port" of the /metrics server (SimMetrics); empty when config.metrics
+  // is empty.
+  std::string metrics_address() const;
 
   // Writes address() to config.port_file (atomically) and, when config.run_dir
-  // is set, "http://host:port/v1" to <run_dir>/endpoints/<name>; a wildcard
+  // is set, metrics_address() to <run_dir>/endpoints/<name>.metrics (when
+  // served) and "http://host:port/v1" to <run_dir>/endpoints/<name>; a wildcard
   // bind address is advertised as this host's name. Unavailable on I/O errors.
   Status PublishAddress() const;
 

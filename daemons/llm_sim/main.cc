@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   LOG_INFO << "serving model '" << config->model_name << "' on http://" << (*server)->address()
            << "/v1 (slots " << config->slots << ", speed " << config->speed << ", open-file limit "
            << max_files << ")";
+  if (!(*server)->metrics_address().empty())
+    LOG_INFO << "metrics at http://" << (*server)->metrics_address() << "/metrics";
   (*server)->Run();
   LOG_INFO << "stopped";
   return 0;

@@ -22,6 +22,7 @@ const FlagDoc kFlagDocs[] = {
     {"port-file", "write the bound host:port here after bind"},
     {"run-dir", "job run directory; writes endpoints/<name> = http://host:port/v1"},
     {"name", "endpoint name inside the run directory [llm-sim]"},
+    {"metrics", "host:port serving /metrics, published as endpoints/<name>.metrics; '' for none [127.0.0.1:0]"},
     {"model-name", "model id served and echoed [sim]"},
     {"max-model-len", "context window in tokens [32768]"},
     {"threads", "event-loop threads [1]"},
@@ -95,6 +96,7 @@ StatusOr<SimConfig> ParseSimConfig(int argc, char** argv, bool* help) {
   c.port_file = flags.Get("port-file", c.port_file);
   c.run_dir = flags.Get("run-dir", c.run_dir);
   c.name = flags.Get("name", c.name);
+  c.metrics = flags.Get("metrics", c.metrics);
   c.model_name = flags.Get("model-name", c.model_name);
   c.log_level = flags.Get("log-level", c.log_level);
   c.answer_mode = flags.Get("answer-mode", c.answer_mode);
@@ -128,6 +130,8 @@ Status ValidateSimConfig(const SimConfig& c) {
   if (c.listen.find(':') == std::string::npos)
     return InvalidArgument("--listen must be host:port, got '" + c.listen + "'");
   if (!c.run_dir.empty() && c.name.empty()) return InvalidArgument("--name must not be empty");
+  if (!c.metrics.empty() && c.metrics.find(':') == std::string::npos)
+    return InvalidArgument("--metrics must be host:port or empty, got '" + c.metrics + "'");
   if (c.model_name.empty()) return InvalidArgument("--model-name must not be empty");
   if (c.max_model_len < 2) return InvalidArgument("--max-model-len must be >= 2");
   if (c.threads < 1 || c.threads > 256) return InvalidArgument("--threads must be in [1, 256]");

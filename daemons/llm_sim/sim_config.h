@@ -20,6 +20,9 @@ struct SimConfig {
   // When non-empty, "http://host:port/v1" is written to <run_dir>/endpoints/<name>.
   std::string run_dir;
   std::string name = "llm-sim";
+  // "host:port" serving GET /metrics (SimMetrics; port 0: ephemeral), published
+  // in <run_dir>/endpoints/<name>.metrics; empty: metrics are not served.
+  std::string metrics = "127.0.0.1:0";
   // Model id served by /v1/models and echoed when a request names no model.
   std::string model_name = "sim";
   // Prompt tokens + requested completion tokens may not exceed this (HTTP 400 otherwise).

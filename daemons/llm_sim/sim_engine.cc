@@ -124,6 +124,7 @@ void SimEngine::StartStep(int64_t now) {
   step_active_ = true;
   step_end_ = now + StepNanos(static_cast<int64_t>(decode_.size()));
   ++counters_.steps;
+  if (step_observer_) step_observer_(static_cast<int64_t>(decode_.size()), step_end_ - now);
 }
 
 void SimEngine::Report(Seq* seq, bool done, std::vector<SeqEvent>* events) {

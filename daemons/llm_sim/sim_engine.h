@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <queue>
 #include <unordered_map>
 #include <utility>
@@ -90,6 +91,11 @@ class SimEngine {
   int waiting() const { return waiting_live_ + delayed_live_; }
   const EngineCounters& counters() const { return counters_; }
 
+  // Called when an engine step starts, with its batch (decoding sequences)
+  // and its duration in ns; on the owner's thread, inside Advance().
+  using StepObserver = std::function<void(int64_t batch, int64_t nanos)>;
+  void set_step_observer(StepObserver observer) { step_observer_ = std::move(observer); }
+
  private:
   enum class Phase { kDelayed, kWaiting, kPrefill, kDecode };
   struct Seq {
@@ -134,6 +140,7 @@ class SimEngine {
   int64_t step_end_ = 0;
   int64_t prefill_free_at_ = 0;
   EngineCounters counters_;
+  StepObserver step_observer_;
 };
 
 }  // namespace matrix::llm_sim

@@ -1,4 +1,4 @@
-// Component: the real matrix-broker and matrix-store binaries publish
+// Component: the real matrix-broker, matrix-store and matrix-llm-sim binaries publish
 // <run_dir>/endpoints/<name>.metrics, serve /metrics that reflects the work
 // they did, pass `promtool check metrics`, and still exit 0 on SIGTERM
 // promptly.
@@ -160,6 +160,65 @@ TEST(DaemonMetricsTest, StoreServesObjectMetrics) {
   client->reset();
   store.Signal(SIGTERM);
   EXPECT_EQ(store.Wait(5'000), 0);
+}
+
+TEST(DaemonMetricsTest, SimulatorServesRequestAndEngineMetrics) {
+  testing::TempDir dir;
+  testing::ChildProcess sim({testing::BinPath("matrix-llm-sim"), "--run-dir", dir.path(), "--name", "sim",
+                             "--speed", "20", "--mean-output-tokens", "8"},
+                            dir.File("sim.log"));
+  auto endpoint = WaitEndpointFile(dir.path(), "sim", 10'000);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status().ToString();
+  auto metrics_address = WaitEndpointFile(dir.path(), "sim.metrics", 10'000);
+  ASSERT_TRUE(metrics_address.ok()) << metrics_address.status().ToString();
+
+  const std::string host = endpoint->substr(7, endpoint->size() - 7 - 3);  // http://HOST:PORT/v1
+  std::string answer;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(testing::RunCommand("curl -sSf --max-time 10 -H 'Content-Type: application/json' -d "
+                                  "'{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":4}' " +
+                                      *endpoint + "/chat/completions",
+                                  &answer),
+              0)
+        << answer;
+  }
+  EXPECT_EQ(testing::HttpStatus(host, "/nowhere"), 404);
+
+  const std::string text = ScrapeUntil(
+      *metrics_address,
+      {"matrix_sim_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2\n",
+       "matrix_sim_requests_total{endpoint=\"other\",status=\"404\"} 1\n"});
+  EXPECT_THAT(text, HasSubstr("matrix_sim_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_requests_total{endpoint=\"other\",status=\"404\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_faults_injected_total{kind=\"http_429\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_batch_size_count "));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_step_duration_seconds_count "));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_active_sequences 0\n"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("matrix_sim_generated_tokens_total 0\n")));
+  EXPECT_THAT(text, HasSubstr("matrix_build_info{version="));
+  ExpectPromtoolClean(text);
+  sim.Signal(SIGTERM);
+  EXPECT_EQ(sim.Wait(5'000), 0);
+}
+
+TEST(DaemonMetricsTest, SimulatorCountsInjectedFaults) {
+  testing::TempDir dir;
+  testing::ChildProcess sim({testing::BinPath("matrix-llm-sim"), "--run-dir", dir.path(), "--fault-429", "1"},
+                            dir.File("sim.log"));
+  auto endpoint = WaitEndpointFile(dir.path(), "llm-sim", 10'000);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status().ToString();
+  auto metrics_address = WaitEndpointFile(dir.path(), "llm-sim.metrics", 10'000);
+  ASSERT_TRUE(metrics_address.ok());
+  std::string answer;
+  testing::RunCommand("curl -s --max-time 10 -d '{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}' " +
+                          *endpoint + "/chat/completions",
+                      &answer);
+  const std::string text =
+      ScrapeUntil(*metrics_address, {"matrix_sim_faults_injected_total{kind=\"http_429\"} 1\n"});
+  EXPECT_THAT(text, HasSubstr("matrix_sim_faults_injected_total{kind=\"http_429\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("matrix_sim_requests_total{endpoint=\"/v1/chat/completions\",status=\"429\"} 1\n"));
+  sim.Signal(SIGTERM);
+  EXPECT_EQ(sim.Wait(5'000), 0);
 }
 
 }  // namespace
