@@ -1,5 +1,5 @@
 // matrix: the researcher's front end.
-//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N] [--overwrite]
+//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--overwrite]
 //   matrix validate PIPELINE.yaml [key.path=value ...]
 //   matrix status RUN_DIR
 #include <iostream>
@@ -12,8 +12,8 @@
 namespace {
 const char kUsage[] =
     "usage:\n"
-    "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N] [--overwrite]\n"
-    "             [--grace-s S] [--quiet]\n"
+    "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N]\n"
+    "             [--overwrite] [--grace-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
     "  matrix status RUN_DIR\n";
 }
@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1];
-  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "workers", "overwrite", "grace-s", "quiet", "help"},
+  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "grace-s", "quiet", "help"},
                             {"overwrite", "quiet", "help"});
   if (!flags.ok()) {
     std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
     opt.pipeline_path = args[0];
     opt.overrides = rest;
     opt.output_dir = flags->Get("output");
+    opt.run_dir = flags->Get("run-dir");
     opt.workers = static_cast<int>(flags->GetInt("workers", 0));
     opt.overwrite = flags->GetBool("overwrite");
     opt.grace_s = flags->GetDouble("grace-s", opt.grace_s);

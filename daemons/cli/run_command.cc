@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <deque>
 #include <iostream>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "common/base/signals.h"
 #include "common/config/pipeline_loader.h"
 #include "daemons/cli/process.h"
+#include "daemons/cli/scrape_targets.h"
 #include "daemons/cli/stats_client.h"
 #include "daemons/cli/summary.h"
 
@@ -26,6 +28,22 @@ std::string MakeRunDir() {
   std::string tmpl = std::string(base ? base : "/tmp") + "/matrix-run-XXXXXX";
   char* made = mkdtemp(tmpl.data());
   return made ? std::string(made) : std::string();
+}
+
+// Removes what an earlier run left in a reused run directory: its endpoint,
+// progress and spill files would otherwise be taken for this run's.
+Status ClearRunState(const std::string& run_dir) {
+  std::error_code ec;
+  for (const char* sub : {"endpoints", "progress", "spill", "prometheus/targets.json"}) {
+    std::filesystem::remove_all(run_dir + "/" + sub, ec);
+    if (ec) return FailedPrecondition("cannot clear " + run_dir + "/" + sub + ": " + ec.message());
+  }
+  return Status::Ok();
+}
+
+std::string HostName() {
+  char name[256] = {};
+  return ::gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0' ? name : "localhost";
 }
 
 void PrintLogTail(const std::string& path) {
@@ -67,9 +85,17 @@ int RunPipeline(const RunOptions& opt) {
     std::cerr << "error: " << st.message() << "\n";
     return 1;
   }
-  std::string run_dir = MakeRunDir();
+  std::string run_dir = opt.run_dir.empty() ? MakeRunDir() : opt.run_dir;
+  if (!opt.run_dir.empty()) {
+    Status cleared = MakeDirs(run_dir);
+    if (cleared.ok()) cleared = ClearRunState(run_dir);
+    if (!cleared.ok()) {
+      std::cerr << "error: " << cleared.message() << "\n";
+      return 1;
+    }
+  }
   if (run_dir.empty() || !MakeDirs(run_dir + "/logs").ok()) {
-    std::cerr << "error: cannot create a run directory under $TMPDIR\n";
+    std::cerr << "error: cannot create a run directory " << (opt.run_dir.empty() ? "under $TMPDIR" : run_dir) << "\n";
     return 1;
   }
   auto sigfd = CreateSignalFd({SIGINT, SIGTERM});
@@ -142,6 +168,13 @@ int RunPipeline(const RunOptions& opt) {
   if (!sim_models.empty()) pids += " llm-sim=" + std::to_string(sup.Pid("llm-sim"));
   std::cerr << "matrix run: pipeline '" << pipeline.name << "', output " << output_dir << ", logs " << run_dir
             << "/logs\n  processes:" << pids << "\n";
+  ScrapeTargets targets(run_dir, HostName());
+  for (const char* n : {"store", "broker"}) targets.Add(n);
+  for (const auto& n : worker_names) targets.Add(n);
+  if (!sim_models.empty()) targets.Add("llm-sim");
+  std::cerr << "  metrics:   " << run_dir << "/endpoints/*.metrics; Prometheus targets " << targets.path()
+            << " (scripts/monitor " << run_dir << ")\n";
+  bool targets_shown = opt.quiet;
 
   bool tty = isatty(2) && !opt.quiet;
   auto t0 = std::chrono::steady_clock::now();
@@ -158,8 +191,19 @@ int RunPipeline(const RunOptions& opt) {
       std::cerr << "\ninterrupted: stopping workers (grace " << opt.grace_s << " s)\n";
       break;
     }
-    for (const auto& name : sup.Reap(/*restart=*/true))
+    for (const auto& name : sup.Reap(/*restart=*/true)) {
+      targets.Forget(name);
       if (name.rfind("worker", 0) != 0) LOG_WARN << name << " restarted";
+    }
+    auto complete = targets.Refresh();
+    if (!complete.ok()) {
+      LOG_WARN << complete.status().message();
+    } else if (*complete && !targets_shown) {
+      targets_shown = true;
+      std::string list;
+      for (const auto& a : targets.Addresses()) list += " " + a;
+      std::cerr << (tty ? "\r\033[K" : "") << "  /metrics: " << list << "\n";
+    }
     p = ReadProgress(run_dir);
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     window.push_back({t, {p.tokens, p.written}});
@@ -186,6 +230,7 @@ int RunPipeline(const RunOptions& opt) {
   // Workers first (they drain and hand back), then the rest.
   sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000);
   sup.StopAll(5000);
+  if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
 
   auto summary = SummarizeOutput(output_dir);
   if (!summary.ok()) {
@@ -238,7 +283,7 @@ int RunPipeline(const RunOptions& opt) {
   } else if (s["records"].get<int64_t>() < p.total) {
     exit_code = 1;
   }
-  if (exit_code == 0 && !getenv("MATRIX_KEEP_RUN_DIR")) {
+  if (exit_code == 0 && opt.run_dir.empty() && !getenv("MATRIX_KEEP_RUN_DIR")) {
     std::string cmd = "rm -rf '" + run_dir + "'";
     if (system(cmd.c_str()) != 0) LOG_WARN << "could not remove " << run_dir;
   }

@@ -3,6 +3,8 @@
 // endpoints say `sim`) as children talking over ipc:// sockets, shows live
 // progress, restarts a child that dies, stops everything when every partition
 // is finished or on Ctrl-C / SIGTERM, and writes <output>/summary.json.
+// Keeps <run_dir>/prometheus/targets.json (Prometheus file service discovery
+// of every child's /metrics) up to date while children restart.
 // Running the same command again resumes: tasks with records are skipped.
 #pragma once
 
@@ -15,6 +17,11 @@ struct RunOptions {
   std::string pipeline_path;
   std::vector<std::string> overrides;  // key.path=value
   std::string output_dir;              // default: the pipeline's run.output_dir
+  // Sockets, logs, progress, endpoint files and prometheus/targets.json.
+  // Default: a fresh directory under $TMPDIR, removed after a successful run;
+  // a directory given here is kept (what an earlier run left in it is cleared
+  // first).
+  std::string run_dir;
   int workers = 0;                     // 0: run.workers from the pipeline
   bool overwrite = false;              // delete earlier output instead of resuming
   double grace_s = 10;                 // drain time on Ctrl-C / SIGTERM
