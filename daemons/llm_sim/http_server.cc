@@ -395,6 +395,10 @@ void Session::HandleCompletion(ApiKind kind, const std::string& body) {
   const SimConfig& config = server_->config_;
   SimStats& stats = server_->stats_;
   const FaultDecision fault = server_->faults_.Decide();
+  // A client's retry repeats the body: the gap after a 429 is measured.
+  const uint64_t body_hash = Hash64(body);
+  const int64_t now_us = server_->clock_->WallMicros();
+  stats.OnRequestBody(body_hash, now_us);
   if (fault.drop) {
     server_->CountFault(FaultKind::kDrop);
     LOG_DEBUG << "fault: dropping connection";
@@ -408,6 +412,7 @@ void Session::HandleCompletion(ApiKind kind, const std::string& body) {
   }
   if (fault.http_status == 429) {
     server_->CountFault(FaultKind::kHttp429);
+    stats.OnRateLimited(body_hash, now_us, config.retry_after_s);
     SendError(429, "rate_limit_error",
               "Rate limit reached (simulated); retry after " + FormatSeconds(config.retry_after_s) +
                   " s",

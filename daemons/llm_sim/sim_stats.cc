@@ -17,6 +17,25 @@ const char* EndpointName(Endpoint endpoint) {
   return "other";
 }
 
+void SimStats::OnRateLimited(uint64_t body_hash, int64_t now_us, double retry_after_s) {
+  std::lock_guard<std::mutex> lock(retry_mu_);
+  if (rate_limited_.size() > 1'000'000) rate_limited_.clear();  // bounded memory
+  rate_limited_[body_hash] = Pending{now_us, retry_after_s};
+}
+
+void SimStats::OnRequestBody(uint64_t body_hash, int64_t now_us) {
+  std::lock_guard<std::mutex> lock(retry_mu_);
+  auto it = rate_limited_.find(body_hash);
+  if (it == rate_limited_.end()) return;
+  int64_t gap = now_us - it->second.sent_us;
+  ++retries_after_429_;
+  // 10 ms of slack for clock granularity between the answer and our stamp.
+  if (gap + 10'000 < static_cast<int64_t>(it->second.retry_after_s * 1e6)) ++early_retries_after_429_;
+  if (min_retry_gap_us_ < 0 || gap < min_retry_gap_us_) min_retry_gap_us_ = gap;
+  sum_retry_gap_s_ += gap / 1e6;
+  rate_limited_.erase(it);
+}
+
 std::string SimStats::ToJson() const {
   auto load = [](const auto& a) { return a.load(std::memory_order_relaxed); };
   Json j;
@@ -42,6 +61,13 @@ std::string SimStats::ToJson() const {
   j["active_sequences"] = load(active_sequences);
   j["queued"] = load(queued);
   j["engine_steps"] = load(engine_steps);
+  {
+    std::lock_guard<std::mutex> lock(retry_mu_);
+    j["retries_after_429"] = retries_after_429_;
+    j["early_retries_after_429"] = early_retries_after_429_;
+    j["min_retry_gap_after_429_s"] = min_retry_gap_us_ < 0 ? 0.0 : min_retry_gap_us_ / 1e6;
+    j["mean_retry_gap_after_429_s"] = retries_after_429_ ? sum_retry_gap_s_ / retries_after_429_ : 0.0;
+  }
   return j.dump();
 }
 

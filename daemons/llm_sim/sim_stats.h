@@ -6,6 +6,8 @@
 
 #include <array>
 #include <atomic>
+#include <mutex>
+#include <unordered_map>
 #include <cstdint>
 #include <string>
 
@@ -45,9 +47,27 @@ struct SimStats {
     faults_injected[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed);
   }
 
+  // Retry-After compliance, measured here: every 429 remembers the request
+  // body's hash and the Retry-After it asked for; when the same body comes
+  // back, the gap is recorded. Thread-safe.
+  void OnRateLimited(uint64_t body_hash, int64_t now_us, double retry_after_s);
+  void OnRequestBody(uint64_t body_hash, int64_t now_us);
+
   // {"requests_total":..,"requests_by_endpoint":{..},"responses_by_status":{"200":..},
   //  "faults_injected":{"http_429":..},"active_sequences":..,"queued":..,"tokens_in":..,...}
   std::string ToJson() const;
+
+ private:
+  struct Pending {
+    int64_t sent_us;
+    double retry_after_s;
+  };
+  mutable std::mutex retry_mu_;
+  std::unordered_map<uint64_t, Pending> rate_limited_;  // GUARDED_BY(retry_mu_)
+  uint64_t retries_after_429_ = 0;                      // GUARDED_BY(retry_mu_)
+  uint64_t early_retries_after_429_ = 0;                // before Retry-After elapsed
+  int64_t min_retry_gap_us_ = -1;
+  double sum_retry_gap_s_ = 0;
 };
 
 }  // namespace matrix::llm_sim
