@@ -2,11 +2,13 @@
 //   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--overwrite]
 //   matrix validate PIPELINE.yaml [key.path=value ...]
 //   matrix status RUN_DIR
+//   matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]
 #include <iostream>
 
 #include "common/base/flags.h"
 #include "common/base/log.h"
 #include "daemons/cli/commands.h"
+#include "daemons/cli/export_command.h"
 #include "daemons/cli/run_command.h"
 
 namespace {
@@ -15,7 +17,8 @@ const char kUsage[] =
     "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N]\n"
     "             [--overwrite] [--grace-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
-    "  matrix status RUN_DIR\n";
+    "  matrix status RUN_DIR\n"
+    "  matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]\n";
 }
 
 int main(int argc, char** argv) {
@@ -26,7 +29,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1];
-  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "grace-s", "quiet", "help"},
+  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "grace-s", "quiet", "help",
+                                                         "format", "out", "pipeline"},
                             {"overwrite", "quiet", "help"});
   if (!flags.ok()) {
     std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
@@ -52,6 +56,19 @@ int main(int argc, char** argv) {
   }
   if (cmd == "validate") return cli::ValidateCommand(args[0], rest);
   if (cmd == "status") return cli::StatusCommand(args[0]);
+  if (cmd == "export") {
+    cli::ExportOptions opt;
+    opt.output_dir = args[0];
+    opt.format = flags->Get("format");
+    opt.out_path = flags->Get("out");
+    opt.pipeline_path = flags->Get("pipeline");
+    opt.overrides = rest;
+    if (!rest.empty() && opt.pipeline_path.empty()) {
+      std::cerr << "error: overrides need --pipeline\n" << kUsage;
+      return 2;
+    }
+    return cli::ExportCommand(opt);
+  }
   std::cerr << "error: unknown command '" << cmd << "'\n" << kUsage;
   return 2;
 }

@@ -1,0 +1,177 @@
+// Integration: `matrix export` on the records of a real Coral run: SFT
+// conversations, RL steps and the stats breakdown checked field by field
+// against the records they come from.
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/base/files.h"
+#include "common/base/json.h"
+#include "test/integration/run_util.h"
+#include "test/support/test_util.h"
+
+namespace matrix::testing {
+namespace {
+
+std::vector<Json> ReadLines(const std::string& path) {
+  std::vector<Json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) out.push_back(Json::parse(line));
+  return out;
+}
+
+class ExportRunTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    std::string out;
+    int rc = RunCommand(BinPath("matrix") + " run " + SourcePath("configs/coral.yaml") +
+                            " dataset.limit=12 simulator.speed=20 --output " + dir_->File("out") + " --quiet",
+                        &out);
+    ASSERT_EQ(rc, 0) << out;
+    for (const auto& r : ReadRecords(dir_->File("out"))) records_[r["task_id"].get<std::string>()] = r;
+    ASSERT_EQ(records_.size(), 12u);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  // Runs `matrix export` into <dir>/<format>.jsonl; returns that path.
+  static std::string Export(const std::string& format, const std::string& extra = "") {
+    const std::string file = dir_->File(format + ".jsonl");
+    std::string out;
+    EXPECT_EQ(RunCommand(BinPath("matrix") + " export " + dir_->File("out") + " --format " + format + " --out " +
+                             file + " " + extra,
+                         &out),
+              0)
+        << out;
+    EXPECT_NE(out.find("matrix export: 12 records"), std::string::npos) << out;
+    return file;
+  }
+
+  static TempDir* dir_;
+  static std::map<std::string, Json> records_;
+};
+
+TempDir* ExportRunTest::dir_ = nullptr;
+std::map<std::string, Json> ExportRunTest::records_;
+
+TEST_F(ExportRunTest, SftConversationsFollowTheRecordsTurns) {
+  auto lines = ReadLines(Export("sft"));
+  ASSERT_EQ(lines.size(), 24u);  // teacher and student for every task
+  for (const auto& line : lines) {
+    const Json& rec = records_.at(line["task_id"].get<std::string>());
+    const std::string agent = line["agent"];
+    ASSERT_TRUE(agent == "teacher" || agent == "student") << agent;
+    EXPECT_EQ(line["status"], rec["status"]);
+    EXPECT_EQ(line["reason"], rec["reason"]);
+    const Json& m = line["messages"];
+    // The opening is the question with its lettered options.
+    EXPECT_EQ(m[0]["role"], "user");
+    EXPECT_EQ(m[0]["content"].get<std::string>().rfind(rec["input"]["question"].get<std::string>(), 0), 0u);
+    EXPECT_NE(m[0]["content"].get<std::string>().find("\nA. "), std::string::npos);
+    // Then the conversation turns in order, up to the agent's last one.
+    std::vector<Json> conversation;
+    for (const auto& t : rec["turns"])
+      if (t["conversation"] == true) conversation.push_back(t);
+    size_t expected = 0;
+    for (size_t i = 0; i < conversation.size(); ++i)
+      if (conversation[i]["role"] == agent) expected = i + 1;
+    ASSERT_EQ(m.size(), 1 + expected) << line.dump();
+    for (size_t i = 0; i < expected; ++i) {
+      EXPECT_EQ(m[1 + i]["content"], conversation[i]["content"]);
+      EXPECT_EQ(m[1 + i]["role"], conversation[i]["role"] == agent ? "assistant" : "user");
+    }
+    EXPECT_EQ(m.back()["role"], "assistant");
+  }
+}
+
+TEST_F(ExportRunTest, RlStepsCarryPromptResponseRewardAndUsage) {
+  auto lines = ReadLines(Export("rl"));
+  size_t llm_turns = 0;
+  for (const auto& [id, rec] : records_)
+    for (const auto& t : rec["turns"]) llm_turns += t["kind"] == "llm" ? 1 : 0;
+  ASSERT_EQ(lines.size(), llm_turns);
+  for (const auto& line : lines) {
+    const Json& rec = records_.at(line["task_id"].get<std::string>());
+    const Json& turn = rec["turns"][line["turn"].get<size_t>()];
+    EXPECT_EQ(line["step"], turn["step"]);
+    EXPECT_EQ(line["role"], turn["role"]);
+    EXPECT_EQ(line["model"], "llama");
+    EXPECT_EQ(line["response"], turn["content"]);
+    EXPECT_EQ(line["finish_reason"], turn["finish_reason"]);
+    EXPECT_EQ(line["usage"], turn["usage"]);
+    EXPECT_EQ(line["endpoint"], turn["endpoint"]);
+    EXPECT_EQ(line["reward"], rec["vars"]["correct"].get<bool>() ? 1 : 0);
+    EXPECT_EQ(line["status"], rec["status"]);
+    ASSERT_TRUE(line["prompt"].is_array());
+    EXPECT_EQ(line["prompt"][0]["role"], "user");
+    if (turn["conversation"] == true) {
+      // Every earlier conversation turn is in the prompt.
+      size_t earlier = 0;
+      for (size_t i = 0; i < line["turn"].get<size_t>(); ++i) earlier += rec["turns"][i]["conversation"] == true;
+      EXPECT_EQ(line["prompt"].size(), 1 + earlier);
+    } else {
+      EXPECT_EQ(line["prompt"].size(), 1u);
+    }
+  }
+}
+
+TEST_F(ExportRunTest, PipelineOpeningRendersTheRolesTemplates) {
+  auto lines = ReadLines(Export("rl", "--pipeline " + SourcePath("configs/coral.yaml")));
+  ASSERT_FALSE(lines.empty());
+  for (const auto& line : lines) {
+    const Json& p = line["prompt"];
+    if (line["role"] == "extractor") {
+      // Quotes the turn it read, which is the one just before it.
+      const Json& rec = records_.at(line["task_id"].get<std::string>());
+      const Json& read = rec["turns"][line["turn"].get<size_t>() - 1];
+      ASSERT_EQ(p.size(), 1u);
+      EXPECT_NE(p[0]["content"].get<std::string>().find(read["content"].get<std::string>()), std::string::npos);
+    } else {
+      ASSERT_GE(p.size(), 2u);
+      EXPECT_EQ(p[0]["role"], "system");
+      EXPECT_NE(p[0]["content"].get<std::string>().find(line["role"] == "teacher" ? "You are a teacher" : "You are a student"),
+                std::string::npos);
+      EXPECT_EQ(p[1]["role"], "user");
+    }
+  }
+}
+
+TEST_F(ExportRunTest, StatsAddUpToTheRecords) {
+  auto text = ReadFile(Export("stats"));
+  ASSERT_TRUE(text.ok());
+  Json stats = Json::parse(*text);
+  EXPECT_EQ(stats["records"], 12);
+  int64_t prompt = 0, completion = 0, teacher_steps = 0;
+  double e2e = 0;
+  for (const auto& [id, rec] : records_) {
+    prompt += rec["usage"]["prompt_tokens"].get<int64_t>();
+    completion += rec["usage"]["completion_tokens"].get<int64_t>();
+    e2e += rec["duration_s"].get<double>();
+    for (const auto& s : rec["spans"]) teacher_steps += s["role"] == "teacher";
+  }
+  EXPECT_EQ(stats["tokens_by_model"]["llama"]["prompt_tokens"], prompt);
+  EXPECT_EQ(stats["tokens_by_model"]["llama"]["completion_tokens"], completion);
+  EXPECT_NEAR(stats["end_to_end_s"]["total"].get<double>(), e2e, 1e-6);
+  EXPECT_EQ(stats["roles"]["teacher"]["steps"], teacher_steps);
+  double shares = 0;
+  for (const auto& [role, r] : stats["roles"].items()) {
+    EXPECT_GE(r["share_of_end_to_end"].get<double>(), 0.0) << role;
+    shares += r["share_of_end_to_end"].get<double>();
+  }
+  EXPECT_GT(shares, 0.0);
+  EXPECT_LE(shares, 1.05);  // steps of one task run one after another
+  int64_t role_prompt = 0;
+  for (const auto& [role, by_model] : stats["tokens_by_role"].items()) role_prompt += by_model["llama"]["prompt_tokens"].get<int64_t>();
+  EXPECT_EQ(role_prompt, prompt);
+}
+
+}  // namespace
+}  // namespace matrix::testing
