@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <deque>
 #include <unordered_map>
 
 #include "common/base/files.h"
@@ -81,6 +82,7 @@ class Worker::Impl {
   void HandleSink(uint64_t id);
   void WriteRecord(TaskRun& run);
   void Admit();
+  void NoteLlmOutcome(bool ok);
   // Admits a lost task again, or writes it as lost once max_attempts is used.
   void Readmit(Partition& part, const std::string& task_id, const std::string& why);
   void ReadmitAll(const std::string& why);
@@ -126,6 +128,12 @@ class Worker::Impl {
   const Clock* clock_;
   std::string identity_;
   std::string broker_id_;  // of the broker that acknowledged our registration
+  // Error-rate guard (NoteLlmOutcome): recent call outcomes and the pause.
+  std::deque<bool> llm_window_;
+  size_t llm_window_errors_ = 0;
+  int64_t admit_paused_until_ns_ = 0;
+  int admit_pause_s_ = 0;
+  int64_t admission_pauses_ = 0;
   std::unique_ptr<transport::Socket> broker_;
   std::unique_ptr<store::StoreClient> store_;
   std::unique_ptr<llm::LlmClient> llm_;
@@ -528,6 +536,8 @@ void Worker::Impl::OnLlmResults() {
     TaskRun& run = it->second;
     ++llm_calls_;
     RecordLlmResult(res, run.role->model);
+    // Cancelled calls (shutdown) say nothing about the endpoints.
+    if (res.status.code() != StatusCode::kCancelled) NoteLlmOutcome(res.status.ok());
     if (!res.status.ok()) {
       ++llm_errors_;
       FailTask(res.tag, wire::TaskStatus::kFailed, "llm_error",
@@ -822,8 +832,36 @@ void Worker::Impl::WriteRecord(TaskRun& run) {
   Ack(run.lease);
 }
 
+void Worker::Impl::NoteLlmOutcome(bool ok) {
+  // Run-level guard: when most recent calls fail (endpoint down, bad key,
+  // quota gone), stop admitting for a while instead of turning the dataset
+  // into failed records. The pause doubles while the failures go on.
+  constexpr size_t kWindow = 200, kMinCalls = 100;
+  constexpr double kMaxErrorRatio = 0.8;
+  llm_window_.push_back(ok);
+  if (!ok) ++llm_window_errors_;
+  if (llm_window_.size() > kWindow) {
+    if (!llm_window_.front()) --llm_window_errors_;
+    llm_window_.pop_front();
+  }
+  int64_t now = clock_->NowNanos();
+  if (llm_window_.size() >= kMinCalls &&
+      llm_window_errors_ > kMaxErrorRatio * static_cast<double>(llm_window_.size()) && now >= admit_paused_until_ns_) {
+    admit_pause_s_ = admit_pause_s_ == 0 ? 5 : std::min(admit_pause_s_ * 2, 120);
+    admit_paused_until_ns_ = now + static_cast<int64_t>(admit_pause_s_) * 1'000'000'000;
+    ++admission_pauses_;
+    LOG_WARN << llm_window_errors_ << " of the last " << llm_window_.size()
+             << " LLM calls failed: pausing admission for " << admit_pause_s_ << " s";
+    llm_window_.clear();
+    llm_window_errors_ = 0;
+  } else if (ok && now >= admit_paused_until_ns_ && llm_window_errors_ == 0) {
+    admit_pause_s_ = 0;
+  }
+}
+
 void Worker::Impl::Admit() {
   if (draining_) return;
+  if (clock_->NowNanos() < admit_paused_until_ns_) return;
   for (auto& part : partitions_) {
     PartitionSource::Admission adm;
     while (part.source->Next(&adm)) {
@@ -895,7 +933,9 @@ void Worker::Impl::WriteProgress(bool final) {
                    {"refused", refused_},
                    {"invalid_messages", invalid_},
                    {"duplicates", duplicates_},
-                   {"lost", lost_}};
+                   {"lost", lost_},
+                   {"admission_pauses", admission_pauses_},
+                   {"admission_paused", clock_->NowNanos() < admit_paused_until_ns_}};
   auto st = store_->stats();
   progress["store"] = {{"puts", st.puts}, {"gets", st.gets}, {"cache_hits", st.cache_hits},
                        {"cache_misses", st.cache_misses}, {"frees", st.frees}, {"errors", st.errors}};
@@ -903,7 +943,8 @@ void Worker::Impl::WriteProgress(bool final) {
     Json eps = Json::array();
     for (const auto& e : llm_->Stats())
       eps.push_back({{"pool", e.pool}, {"url", e.url}, {"in_flight", e.in_flight}, {"requests", e.requests},
-                     {"errors", e.errors}, {"retries", e.retries}, {"healthy", e.healthy}});
+                     {"errors", e.errors}, {"retries", e.retries}, {"healthy", e.healthy},
+                     {"concurrency_limit", e.concurrency_limit}});
     progress["endpoints"] = eps;
   }
   std::string dir = config_.run_dir + "/progress";

@@ -2,7 +2,12 @@
 // Retry-After, 500, 503, hangs, dropped connections, garbage bodies). The run
 // completes, every task is written once, retries wait for Retry-After (measured
 // by the simulator), and no call outlives its timeout.
+#include <signal.h>
+
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 
 #include "common/base/files.h"
 #include "test/integration/run_util.h"
@@ -64,6 +69,31 @@ TEST(LlmFaultsTest, ThirtyPercentFaultsStillCompleteEveryTask) {
   EXPECT_GT(stats["retries_after_429"].get<int>(), 0) << stats.dump();
   EXPECT_EQ(stats["early_retries_after_429"].get<int>(), 0) << stats.dump();
   EXPECT_GE(stats["min_retry_gap_after_429_s"].get<double>(), 0.29) << stats.dump();
+}
+
+TEST(LlmFaultsTest, DeadEndpointPausesAdmissionInsteadOfFailingTheDataset) {
+  TempDir dir;
+  // Nothing listens on port 1: every call fails at once.
+  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=1000",
+                    "run.max_concurrent_tasks=20", "models.llama.endpoints=[http://127.0.0.1:1/v1]",
+                    "models.llama.max_retries=0", "--output", dir.File("out"), "--run-dir", dir.File("run"), "--quiet",
+                    "--grace-s", "2"},
+                   dir.File("run.log"));
+  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 100; }, 60000));
+  std::this_thread::sleep_for(std::chrono::seconds(8));
+  size_t written = ReadRecords(dir.File("out")).size();
+  run.Signal(SIGTERM);
+  EXPECT_EQ(run.Wait(60000), 130);
+  // Without the guard all 1,000 rows fail within a second; with it, admission
+  // stops after each window of failures (pauses of 5 s, then 10 s, ...).
+  EXPECT_LT(written, 400u);
+  auto log = ReadFile(dir.File("run/logs/worker-0.log"));
+  ASSERT_TRUE(log.ok());
+  EXPECT_NE(log->find("pausing admission"), std::string::npos) << *log;
+  for (const auto& r : ReadRecords(dir.File("out"))) {
+    EXPECT_EQ(r["status"], "failed");
+    EXPECT_EQ(r["reason"], "llm_error");
+  }
 }
 
 }  // namespace
