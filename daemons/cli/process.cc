@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/base/log.h"
+#include "common/base/signals.h"
 
 namespace matrix::cli {
 
@@ -82,7 +83,7 @@ pid_t Supervisor::Pid(const std::string& name) const {
 
 bool Supervisor::Running(const std::string& name) const { return Pid(name) > 0; }
 
-void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms) {
+void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms, int interrupt_fd) {
   auto selected = [&](const Child& c) {
     if (c.pid <= 0) return false;
     if (names.empty()) return true;
@@ -106,6 +107,10 @@ void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms) {
       }
     }
     if (!any) return;
+    if (interrupt_fd >= 0 && ReadSignal(interrupt_fd) != 0) {
+      LOG_WARN << "second signal: stopping at once";
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   for (auto& c : children_) {

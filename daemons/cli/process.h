@@ -30,8 +30,10 @@ class Supervisor {
   pid_t Pid(const std::string& name) const;
   bool Running(const std::string& name) const;
   int restarts() const { return restarts_; }
-  // SIGTERM to the named children (all when empty), wait up to grace_ms, then SIGKILL.
-  void Stop(const std::vector<std::string>& names, int grace_ms);
+  // SIGTERM to the named children (all when empty), wait up to grace_ms, then
+  // SIGKILL. A signal arriving on `interrupt_fd` (a signalfd) while waiting
+  // ends the wait at once: a second Ctrl-C means now.
+  void Stop(const std::vector<std::string>& names, int grace_ms, int interrupt_fd = -1);
   void StopAll(int grace_ms) { Stop({}, grace_ms); }
 
  private:

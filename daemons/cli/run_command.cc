@@ -228,7 +228,7 @@ int RunPipeline(const RunOptions& opt) {
   auto store_stats = QueryStats(store_ep);
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Workers first (they drain and hand back), then the rest.
-  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000);
+  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000, *sigfd);
   sup.StopAll(5000);
   if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
 
