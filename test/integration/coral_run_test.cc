@@ -157,6 +157,24 @@ TEST(CoralRunTest, RerunResumesWithoutDuplicates) {
   EXPECT_EQ(s["resumed_from_earlier_runs"], 20);
 }
 
+TEST(CoralRunTest, TemplateWithMissingFieldFailsEachTaskWithAClearError) {
+  TempDir dir;
+  std::string out;
+  std::string cmd = Matrix() + " run " + Coral() + " dataset.limit=5 " + kFastSim[0] +
+                    " 'roles.student.prompt=\"{{ input.hint }}\"' --output " + dir.File("out") + " --quiet";
+  RunCommand(cmd, &out);
+  auto records = ReadRecords(dir.File("out"));
+  ASSERT_EQ(records.size(), 5u) << out;
+  for (const auto& r : records) {
+    EXPECT_EQ(r["status"], "failed");
+    EXPECT_EQ(r["reason"], "prompt_error");
+    const std::string error = r["error"].get<std::string>();
+    EXPECT_NE(error.find("input.hint"), std::string::npos) << error;
+    EXPECT_NE(error.find("student"), std::string::npos) << error;
+    EXPECT_EQ(r["turns"].size(), 2u);  // the teacher's turn and its extraction ran
+  }
+}
+
 TEST(CoralRunTest, ValidateNamesFileLineAndKey) {
   TempDir dir;
   std::string bad = dir.File("bad.yaml");
