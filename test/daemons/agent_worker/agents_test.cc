@@ -1,0 +1,102 @@
+// Unit tests of the built-in agents and flow routing on the Coral pipeline.
+#include "daemons/agent_worker/agents.h"
+
+#include <gtest/gtest.h>
+
+#include "common/config/pipeline_loader.h"
+#include "test/support/test_util.h"
+
+namespace matrix::worker {
+namespace {
+
+class CoralAgentsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto p = config::LoadPipelineOrError(matrix::testing::SourcePath("configs/coral.yaml"));
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    pipeline_ = std::move(*p);
+    task_.input.text = R"({"question": "2+2?", "options": ["3", "4", "5"], "answer": "B"})";
+  }
+  void AddTurn(const std::string& role, const std::string& text, bool conversation = true) {
+    wire::Turn t;
+    t.role = role;
+    t.step = role;
+    t.kind = "llm";
+    t.conversation = conversation;
+    t.content.text = text;
+    task_.history.push_back(t);
+  }
+  Json Ctx() { return BuildContext(task_, {}); }
+
+  config::Pipeline pipeline_;
+  wire::Task task_;
+};
+
+TEST_F(CoralAgentsTest, ExtractTakesTheLastAnswerLetter) {
+  AddTurn("teacher", "First (A) seemed right. The answer is (A). On reflection the answer is (B).");
+  AddTurn("extractor", "The answer is (B).", false);
+  LocalOutcome out = RunLocalRole(*pipeline_.Role("parse_teacher"), task_, Ctx());
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(VarValue(task_, "teacher_answer"), "B");
+}
+
+TEST_F(CoralAgentsTest, CompareAndRouteStopAtAgreement) {
+  SetVar(task_, "teacher_answer", "B");
+  SetVar(task_, "student_answer", "B");
+  ASSERT_TRUE(RunLocalRole(*pipeline_.Role("agree"), task_, Ctx()).status.ok());
+  EXPECT_EQ(VarValue(task_, "agreement"), true);
+  RouteDecision d = Route(*pipeline_.Step("agree"), task_, Ctx());
+  EXPECT_EQ(d.target, "graded");
+  EXPECT_EQ(d.reason, "agreement");
+  RouteDecision g = Route(*pipeline_.Step("graded"), task_, Ctx());
+  EXPECT_EQ(g.target, "done");
+  EXPECT_EQ(VarValue(task_, "correct"), true);
+}
+
+TEST_F(CoralAgentsTest, DisagreementLoopsUntilTwentyTurns) {
+  SetVar(task_, "teacher_answer", "A");
+  SetVar(task_, "student_answer", "C");
+  ASSERT_TRUE(RunLocalRole(*pipeline_.Role("agree"), task_, Ctx()).status.ok());
+  EXPECT_EQ(Route(*pipeline_.Step("agree"), task_, Ctx()).target, "teacher");
+  task_.counters["turns"] = 20;
+  RouteDecision d = Route(*pipeline_.Step("agree"), task_, Ctx());
+  EXPECT_EQ(d.target, "graded");
+  EXPECT_EQ(d.reason, "max_turns");
+  Route(*pipeline_.Step("graded"), task_, Ctx());
+  EXPECT_EQ(VarValue(task_, "correct"), false);
+}
+
+TEST_F(CoralAgentsTest, ChatBodyShowsOwnTurnsAsAssistantAndOthersAsUser) {
+  AddTurn("teacher", "I think 4. The answer is (B).");
+  AddTurn("extractor", "The answer is (B).", false);
+  AddTurn("student", "Maybe 5? The answer is (C).");
+  AddTurn("teacher", "No, 4. The answer is (B).");
+  auto body = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, Ctx());
+  ASSERT_TRUE(body.ok()) << body.status().ToString();
+  const Json& m = (*body)["messages"];
+  ASSERT_EQ(m.size(), 5u);  // system, question, teacher, own, teacher; the extractor is not shown
+  EXPECT_EQ(m[0]["role"], "system");
+  EXPECT_EQ(m[1]["role"], "user");
+  EXPECT_NE(m[1]["content"].get<std::string>().find("B. 4"), std::string::npos) << m[1]["content"];
+  EXPECT_EQ(m[2]["role"], "user");
+  EXPECT_EQ(m[3]["role"], "assistant");
+  EXPECT_EQ(m[4]["role"], "user");
+  EXPECT_EQ((*body)["temperature"], 0.7);
+  EXPECT_TRUE(body->contains("seed"));
+  // The extractor sees only its prompt, built from the last conversation turn.
+  auto ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx());
+  ASSERT_TRUE(ext.ok());
+  ASSERT_EQ((*ext)["messages"].size(), 1u);
+  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
+  EXPECT_EQ((*ext)["temperature"], 0);
+}
+
+TEST(ContextPartsTest, ReadsOnlyWhatAnExpressionNames) {
+  EXPECT_EQ(ContextPartsFor("counters.steps >= 100"), static_cast<unsigned>(kCtxCounters));
+  EXPECT_EQ(ContextPartsFor("vars.a == input.answer"), static_cast<unsigned>(kCtxVars | kCtxInput));
+  EXPECT_EQ(ContextPartsFor("last.content =~ 'x'"), static_cast<unsigned>(kCtxHistory));
+  EXPECT_EQ(ContextPartsFor("vars.last_answer"), static_cast<unsigned>(kCtxVars));
+}
+
+}  // namespace
+}  // namespace matrix::worker

@@ -1,0 +1,117 @@
+// Unit tests of the partition source (admission, resume, re-admission) and
+// sink (idempotent writes, torn-tail repair).
+#include <gtest/gtest.h>
+
+#include "common/base/files.h"
+#include "daemons/agent_worker/sink.h"
+#include "daemons/agent_worker/source.h"
+#include "test/support/test_util.h"
+
+namespace matrix::worker {
+namespace {
+
+using matrix::testing::TempDir;
+
+std::string Rows(int n) {
+  std::string s;
+  for (int i = 1; i <= n; ++i) s += "{\"q\": " + std::to_string(i) + "}\n";
+  return s;
+}
+
+TEST(PartitionSourceTest, AdmitsUpToConcurrencyAndOneMorePerCompletion) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), Rows(10)).ok());
+  SourceConfig c{dir.File("d.jsonl"), 0, 1, 0, 1, 3, {"q"}};
+  auto src = PartitionSource::Open(c, {});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  std::vector<std::string> ids;
+  while ((*src)->Next(&a)) ids.push_back(a.task_id);
+  ASSERT_EQ(ids.size(), 3u);
+  EXPECT_EQ(ids[0], "r1.t0");
+  EXPECT_EQ((*src)->total_tasks(), 10u);
+  (*src)->OnFinished(ids[1]);
+  ASSERT_TRUE((*src)->Next(&a));
+  EXPECT_EQ(a.task_id, "r4.t0");
+  EXPECT_FALSE((*src)->Next(&a));
+}
+
+TEST(PartitionSourceTest, PartitionsTrialsLimitAndResume) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), Rows(10)).ok());
+  SourceConfig c{dir.File("d.jsonl"), 1, 3, 8, 2, 100, {}};
+  auto src = PartitionSource::Open(c, {"r2.t1"});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  std::vector<std::string> ids;
+  while ((*src)->Next(&a)) ids.push_back(a.task_id);
+  // Rows 2, 5, 8 (partition 1 of 3, limit 8), two trials each, r2.t1 already written.
+  EXPECT_EQ(ids, (std::vector<std::string>{"r2.t0", "r5.t0", "r5.t1", "r8.t0", "r8.t1"}));
+  EXPECT_EQ((*src)->total_tasks(), 6u);
+  EXPECT_EQ((*src)->skipped(), 1u);
+}
+
+TEST(PartitionSourceTest, InvalidRowsBecomeErrorsNamingTheLine) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), "{\"q\": 1}\n{broken\n[1]\n{\"other\": 2}\n").ok());
+  SourceConfig c{dir.File("d.jsonl"), 0, 1, 0, 1, 100, {"q"}};
+  auto src = PartitionSource::Open(c, {});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  std::vector<Status> errors;
+  while ((*src)->Next(&a)) errors.push_back(a.error);
+  ASSERT_EQ(errors.size(), 4u);
+  EXPECT_TRUE(errors[0].ok());
+  EXPECT_NE(errors[1].message().find("line 2"), std::string::npos);
+  EXPECT_NE(errors[2].message().find("line 3: row is not a JSON object"), std::string::npos);
+  EXPECT_NE(errors[3].message().find("line 4: missing required field 'q'"), std::string::npos);
+}
+
+TEST(PartitionSourceTest, ReadmitsLostTasksUntilMaxAttempts) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), Rows(2)).ok());
+  SourceConfig c{dir.File("d.jsonl"), 0, 1, 0, 1, 10, {}};
+  auto src = PartitionSource::Open(c, {});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  while ((*src)->Next(&a)) {
+  }
+  EXPECT_TRUE((*src)->Readmit("r1.t0", 3));
+  ASSERT_TRUE((*src)->Next(&a));
+  EXPECT_EQ(a.task_id, "r1.t0");
+  EXPECT_EQ(a.attempt, 2u);
+  EXPECT_EQ(a.row_json, "{\"q\":1}");
+  EXPECT_TRUE((*src)->Readmit("r1.t0", 3));
+  ASSERT_TRUE((*src)->Next(&a));
+  EXPECT_FALSE((*src)->Readmit("r1.t0", 3));  // third attempt was the last
+  EXPECT_FALSE((*src)->Readmit("r9.t0", 3));  // not in flight
+}
+
+TEST(PartitionSinkTest, WritesOnceAndRepairsATornTail) {
+  TempDir dir;
+  std::string path = dir.File("out/p0.jsonl");
+  {
+    auto sink = PartitionSink::Open(path);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    EXPECT_TRUE(*(*sink)->Write(Json{{"task_id", "a"}, {"status", "done"}}));
+    EXPECT_FALSE(*(*sink)->Write(Json{{"task_id", "a"}, {"status", "done"}}));  // duplicate absorbed
+    EXPECT_TRUE(*(*sink)->Write(Json{{"task_id", "b"}, {"status", "failed"}}));
+  }
+  // A crash in the middle of a write leaves a partial line.
+  std::string text = *ReadFile(path);
+  ASSERT_TRUE(WriteFileAtomic(path, text + "{\"task_id\": \"c\", \"sta").ok());
+  auto sink = PartitionSink::Open(path);
+  ASSERT_TRUE(sink.ok());
+  EXPECT_EQ((*sink)->preexisting(), 2);
+  EXPECT_GT((*sink)->repaired_bytes(), 0);
+  EXPECT_TRUE((*sink)->Written("a"));
+  EXPECT_FALSE((*sink)->Written("c"));
+  EXPECT_TRUE(*(*sink)->Write(Json{{"task_id", "c"}, {"status", "done"}}));
+  std::string repaired = *ReadFile(path);
+  EXPECT_EQ(std::count(repaired.begin(), repaired.end(), '\n'), 3);
+  for (size_t pos = 0, nl; (nl = repaired.find('\n', pos)) != std::string::npos; pos = nl + 1)
+    EXPECT_TRUE(ParseJson(repaired.substr(pos, nl - pos), "line").ok());
+}
+
+}  // namespace
+}  // namespace matrix::worker
