@@ -213,7 +213,8 @@ int RunPipeline(const RunOptions& opt) {
     double task_s = dt > 0 ? (p.written - window.front().second.second) / dt : 0;
     std::string line = FormatProgress(p, t, tok_s, task_s);
     if (tty) {
-      std::cerr << "\r\033[K" << line << std::flush;
+      // One write: a terminal never shows the cleared line without the new one.
+      std::cerr << ("\r\033[K" + line) << std::flush;
     } else if (!opt.quiet && std::chrono::steady_clock::now() - last_line >
                                  std::chrono::seconds(opt.progress_interval_s)) {
       last_line = std::chrono::steady_clock::now();

@@ -69,7 +69,7 @@ TEST(ProgressDisplayTest, ProgressLineAdvancesInPlaceOnATerminal) {
   std::string first, second;
   int before = -1, after = -1;
   ASSERT_TRUE(WaitUntil([&] { return TasksDone(tmux.Capture()) > 0; }, 120'000)) << tmux.Capture();
-  for (int attempt = 0; attempt < 10 && after <= before; ++attempt) {
+  for (int attempt = 0; attempt < 10 && (before <= 0 || after <= before); ++attempt) {
     first = tmux.Capture();
     std::this_thread::sleep_for(std::chrono::seconds(1));
     second = tmux.Capture();
