@@ -30,10 +30,12 @@ class LogMessage {
 
 }  // namespace matrix
 
-#define MLOG(level)                                                        \
-  if (::matrix::LogLevel::level < ::matrix::GetLogLevel()) {               \
-  } else                                                                   \
-    ::matrix::internal::LogMessage(::matrix::LogLevel::level).stream()
+// A loop that runs at most once, so `if (x) LOG_WARN << ...; else ...` parses
+// as written (no dangling else).
+#define MLOG(level)                                                                   \
+  for (bool _mlog_on = ::matrix::LogLevel::level >= ::matrix::GetLogLevel(); _mlog_on; \
+       _mlog_on = false)                                                              \
+  ::matrix::internal::LogMessage(::matrix::LogLevel::level).stream()
 #define LOG_DEBUG MLOG(kDebug)
 #define LOG_INFO MLOG(kInfo)
 #define LOG_WARN MLOG(kWarning)
