@@ -1,5 +1,6 @@
-// EndpointBalancer: least-outstanding choice with round-robin ties, sticky
-// rendezvous hashing and a per-endpoint circuit breaker.
+// EndpointBalancer: least-outstanding choice under per-endpoint caps with
+// round-robin ties, sticky rendezvous hashing and a per-endpoint circuit
+// breaker.
 // Thread-safety: single owner (see header).
 #include "common/llm/endpoint_balancer.h"
 
@@ -11,12 +12,13 @@ namespace matrix::llm {
 
 EndpointBalancer::EndpointBalancer(std::vector<std::string> keys, int cap_per_endpoint,
                                    BreakerOptions breaker)
-    : cap_(cap_per_endpoint < 1 ? 1 : cap_per_endpoint), breaker_(breaker) {
+    : breaker_(breaker) {
   if (breaker_.failure_threshold < 1) breaker_.failure_threshold = 1;
   eps_.resize(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     eps_[i].key = std::move(keys[i]);
     eps_[i].key_hash = Hash64(eps_[i].key);
+    eps_[i].cap = cap_per_endpoint < 1 ? 1 : cap_per_endpoint;
   }
 }
 
@@ -40,7 +42,7 @@ int EndpointBalancer::Pick(std::string_view sticky_key, int avoid, int64_t now_n
 
   int with_room = 0;
   for (int i = 0; i < n; ++i) {
-    if (candidate[i] && eps_[i].in_flight >= cap_) candidate[i] = 0;
+    if (candidate[i] && eps_[i].in_flight >= eps_[i].cap) candidate[i] = 0;
     if (candidate[i]) ++with_room;
   }
   if (with_room == 0) return -1;

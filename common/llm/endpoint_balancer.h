@@ -7,7 +7,11 @@
 //      When none is eligible, every endpoint is, ranked least-bad first
 //      (fewest consecutive failures), so requests are never failed outright.
 //   2. Endpoints at their concurrency cap are skipped; when all eligible ones
-//      are full, Pick returns -1 and the caller queues the request.
+//      are full, Pick returns -1 and the caller queues the request. Each
+//      endpoint has its own cap, set with set_cap (the LLM client moves it
+//      with the endpoint's adaptive concurrency limit); lowering it below the
+//      attempts in flight lets those finish and starts no new one until the
+//      endpoint is below its cap again.
 //   3. A sticky key maps by rendezvous hashing to one eligible endpoint, which
 //      is used while it has room (a key moves only when its endpoint is
 //      unhealthy or full).
@@ -42,7 +46,8 @@ enum class BreakerChange { kNone, kOpened, kClosed };
 class EndpointBalancer {
  public:
   // `keys` identify the endpoints for sticky hashing (their URLs); one entry per
-  // endpoint. REQUIRES: !keys.empty(), cap_per_endpoint >= 1.
+  // endpoint, each starting with cap `cap_per_endpoint`.
+  // REQUIRES: !keys.empty(), cap_per_endpoint >= 1.
   EndpointBalancer(std::vector<std::string> keys, int cap_per_endpoint, BreakerOptions breaker);
 
   size_t size() const { return eps_.size(); }
@@ -57,6 +62,9 @@ class EndpointBalancer {
   BreakerChange OnFinish(int i, AttemptHealth health, bool was_probe, int64_t now_ns);
 
   int in_flight(int i) const { return eps_[i].in_flight; }
+  // Attempts endpoint i may have in flight; values < 1 are stored as 1.
+  int cap(int i) const { return eps_[i].cap; }
+  void set_cap(int i, int cap) { eps_[i].cap = cap < 1 ? 1 : cap; }
   // Breaker closed. An open breaker whose cool-down has ended still reads
   // unhealthy until its probe succeeds.
   bool healthy(int i) const { return !eps_[i].open; }
@@ -69,6 +77,7 @@ class EndpointBalancer {
     std::string key;
     uint64_t key_hash = 0;
     int in_flight = 0;
+    int cap = 1;  // >= 1
     int consecutive_failures = 0;
     bool open = false;             // breaker tripped
     int64_t open_until_ns = 0;     // meaningful while open
@@ -77,7 +86,6 @@ class EndpointBalancer {
   bool Eligible(const State& s, int64_t now_ns) const;
 
   std::vector<State> eps_;
-  int cap_;
   BreakerOptions breaker_;
   size_t rr_next_ = 0;  // round-robin cursor for ties
 };

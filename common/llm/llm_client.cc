@@ -12,7 +12,10 @@
 //   - every live Call is in exactly one place: a pool's `waiting` queue, the
 //     timer heap, or the multi handle (call->easy != nullptr);
 //   - an endpoint's balancer in_flight equals the number of its calls in the
-//     multi handle, which never exceeds max_concurrency_per_endpoint.
+//     multi handle, which never exceeds max_concurrency_per_endpoint;
+//   - an endpoint's balancer cap is its limiter's cap(); an attempt starts
+//     only while in_flight is below it (a decrease lets the attempts already
+//     in flight finish).
 #include "common/llm/llm_client.h"
 
 #include <curl/curl.h>
@@ -35,6 +38,7 @@
 
 #include "common/base/log.h"
 #include "common/llm/chat_response.h"
+#include "common/llm/concurrency_limiter.h"
 #include "common/llm/endpoint_balancer.h"
 #include "common/llm/retry_policy.h"
 
@@ -75,6 +79,7 @@ struct Endpoint {
   std::atomic<int64_t> errors{0};
   std::atomic<int64_t> retries{0};
   std::atomic<bool> healthy{true};
+  std::atomic<double> concurrency_limit{0};
 };
 
 struct Call;
@@ -83,6 +88,7 @@ struct Pool {
   PoolConfig cfg;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   std::unique_ptr<EndpointBalancer> balancer;  // client thread only
+  std::vector<ConcurrencyLimiter> limiters;    // client thread only; one per endpoint
   std::deque<Call*> waiting;                   // client thread only; FIFO
   curl_slist* headers = nullptr;               // shared by all of the pool's transfers
 };
@@ -95,6 +101,7 @@ struct Call {
   int64_t submit_ns = 0;
   int attempts = 0;
   int endpoint = -1;  // endpoint of the current or last attempt
+  int64_t attempt_start_ns = 0;
   bool probe = false;
   CURL* easy = nullptr;  // non-null while in the multi handle
   std::string response;
@@ -177,6 +184,7 @@ class LlmClient::Impl {
   void StartAttempt(Call* call, int endpoint, int64_t now_ns);
   void ReapFinished();
   void OnAttemptDone(Call* call, CURLcode code, long http);
+  void AdaptLimit(Call* call, bool success, bool overload, int64_t now_ns);
   void CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http);
   void CancelEverything();
   int PollTimeoutMs(int64_t now_ns) const;
@@ -241,6 +249,10 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
     if (cfg.breaker_failures < 1) return InvalidArgument(where + ": breaker_failures must be >= 1");
     if (!(cfg.breaker_cooldown_s >= 0))
       return InvalidArgument(where + ": breaker_cooldown_s must be >= 0");
+    if (!(cfg.aimd_decrease > 0 && cfg.aimd_decrease < 1))
+      return InvalidArgument(where + ": aimd_decrease must be in (0, 1)");
+    if (!(cfg.latency_target_s >= 0) || std::isinf(cfg.latency_target_s))
+      return InvalidArgument(where + ": latency_target_s must be >= 0");
     for (char c : cfg.api_key) {
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
         return InvalidArgument(where + ": api_key contains control characters");
@@ -285,6 +297,15 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
     breaker.cooldown_ns = static_cast<int64_t>(cfg.breaker_cooldown_s * 1e9);
     pool->balancer = std::make_unique<EndpointBalancer>(std::move(keys),
                                                         cfg.max_concurrency_per_endpoint, breaker);
+    AimdOptions aimd;
+    aimd.enabled = cfg.adaptive_concurrency;
+    aimd.ceiling = cfg.max_concurrency_per_endpoint;
+    aimd.decrease = cfg.aimd_decrease;
+    aimd.latency_target_ns = static_cast<int64_t>(cfg.latency_target_s * 1e9);
+    for (auto& ep : pool->endpoints) {
+      pool->limiters.emplace_back(aimd);
+      ep->concurrency_limit.store(pool->limiters.back().limit());
+    }
     const std::vector<std::string> header_lines = {
         "Content-Type: application/json", "Accept: application/json",
         "Expect:",  // no 100-continue round trip for large prompts
@@ -403,6 +424,7 @@ std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
       s.errors = ep->errors.load();
       s.retries = ep->retries.load();
       s.healthy = ep->healthy.load();
+      s.concurrency_limit = ep->concurrency_limit.load();
       out.push_back(std::move(s));
     }
   }
@@ -537,6 +559,7 @@ void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
   Pool& pool = *call->pool;
   Endpoint& ep = *pool.endpoints[endpoint];
   call->endpoint = endpoint;
+  call->attempt_start_ns = now_ns;
   call->response.clear();
   call->response_too_large = false;
   call->retry_after.clear();
@@ -610,6 +633,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
   Next next = Next::kRetry;
   AttemptHealth health = AttemptHealth::kFailure;
   bool timed_out = false;
+  bool overload = false;   // the endpoint says it is over capacity: 429, 503, timeout
   std::string error;       // what went wrong, for the status message
   std::string error_body;  // the server's text, for the result
   std::optional<double> retry_after;
@@ -626,6 +650,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
       error = "response larger than " + std::to_string(kMaxResponseBytes) + " bytes";
     } else if (code == CURLE_OPERATION_TIMEDOUT) {
       timed_out = true;
+      overload = true;
       error = "timed out: " + what;
     } else if (code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT) {
       next = Next::kFail;
@@ -651,6 +676,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
       }
       case HttpOutcome::kRetryable:
         health = http == 429 ? AttemptHealth::kNeutral : AttemptHealth::kFailure;
+        overload = http == 429 || http == 503;
         if (HonoursRetryAfter(http) && !call->retry_after.empty())
           retry_after = ParseRetryAfter(call->retry_after, clock_->WallMicros() / 1e6);
         error = "HTTP " + std::to_string(http) + ": " +
@@ -673,6 +699,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
   call->probe = false;
   ep.in_flight.fetch_sub(1);
   ep.healthy.store(pool.balancer->healthy(call->endpoint));
+  AdaptLimit(call, next == Next::kDone, overload, now);
   if (change == BreakerChange::kOpened) {
     LOG_WARN << "llm pool '" << pool.cfg.name << "': endpoint " << ep.display
              << " marked unhealthy after " << pool.balancer->consecutive_failures(call->endpoint)
@@ -712,6 +739,23 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
             << call->attempts << " failed (" << call->last_error << "); retrying in " << delay_s
             << " s";
   timers_.push(Timer{now + static_cast<int64_t>(delay_s * 1e9), timer_seq_++, call});
+}
+
+void LlmClient::Impl::AdaptLimit(Call* call, bool success, bool overload, int64_t now_ns) {
+  if (!success && !overload) return;
+  Pool& pool = *call->pool;
+  const int i = call->endpoint;
+  ConcurrencyLimiter& limiter = pool.limiters[i];
+  const double before = limiter.limit();
+  const bool decreased = success ? limiter.OnSuccess(call->attempt_start_ns, now_ns)
+                                 : limiter.OnOverload(call->attempt_start_ns, now_ns);
+  pool.balancer->set_cap(i, limiter.cap());
+  pool.endpoints[i]->concurrency_limit.store(limiter.limit());
+  if (decreased) {
+    LOG_DEBUG << "llm pool '" << pool.cfg.name << "': endpoint " << pool.endpoints[i]->display
+              << " concurrency limit " << before << " -> " << limiter.limit() << " ("
+              << (success ? "mean latency above target" : "overloaded") << ")";
+  }
 }
 
 void LlmClient::Impl::CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http) {

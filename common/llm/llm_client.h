@@ -9,11 +9,19 @@
 //
 // Per pool: requests go to the endpoint with the fewest outstanding requests
 // (ties round-robin), or, with `sticky`, to the endpoint a request's
-// sticky_key hashes to while it is healthy. Each endpoint takes at most
-// max_concurrency_per_endpoint requests; the rest wait in the pool's FIFO
-// queue. Failed attempts (429, 5xx, timeouts, connection errors, malformed
-// 200 bodies) are retried after exponential backoff with full jitter or the
-// server's Retry-After, on another endpoint when the pool has one. Each
+// sticky_key hashes to while it is healthy. Each endpoint takes at most its
+// current concurrency limit of requests; the rest wait in the pool's FIFO
+// queue. The limit adapts per endpoint (AIMD, `adaptive_concurrency`): it
+// starts at max_concurrency_per_endpoint, which stays its ceiling; an
+// overload answer (429, 503) or a timed-out attempt multiplies it by
+// `aimd_decrease` (never below 1), at most once per window (the endpoint's
+// mean success latency, 1 s before one is measured) and only for attempts
+// started since the previous decrease; each success adds 1 / limit, so it
+// climbs back by about one per round trip. With `latency_target_s`, a mean
+// success latency above the target stops the growth and shrinks the limit by
+// 0.9 per window. Failed attempts (429, 5xx, timeouts, connection errors,
+// malformed 200 bodies) are retried after exponential backoff with full jitter
+// or the server's Retry-After, on another endpoint when the pool has one. Each
 // endpoint has a circuit breaker: after `breaker_failures` consecutive
 // failures it is skipped for `breaker_cooldown_s`, then one probe request is
 // let through. When every endpoint is unhealthy, requests still go to the
@@ -52,6 +60,7 @@ struct PoolConfig {
   // Bearer token; empty sends no Authorization header.
   std::string api_key;
   // Requests in flight per endpoint (>= 1); more wait in the pool's queue.
+  // With adaptive_concurrency this is the ceiling of the endpoint's limit.
   int max_concurrency_per_endpoint = 256;
   // Whole-request and connect timeouts of one attempt, seconds (> 0).
   double timeout_s = 120;
@@ -68,6 +77,15 @@ struct PoolConfig {
   // answers) that open an endpoint's circuit breaker, and how long it stays open.
   int breaker_failures = 5;
   double breaker_cooldown_s = 10;
+  // Adaptive concurrency per endpoint (AIMD, see the class comment); false
+  // keeps every endpoint's limit at max_concurrency_per_endpoint.
+  bool adaptive_concurrency = true;
+  // Factor applied to an endpoint's limit on an overload answer (429, 503) or
+  // a timeout, in (0, 1).
+  double aimd_decrease = 0.5;
+  // Mean success latency, seconds, above which an endpoint's limit stops
+  // growing and shrinks by 0.9 per window (>= 0; 0 turns this signal off).
+  double latency_target_s = 0;
 };
 
 struct ChatRequest {
@@ -130,6 +148,9 @@ class LlmClient {
     int64_t errors = 0;    // attempts that failed (any non-success answer or transport error)
     int64_t retries = 0;   // attempts that were retries
     bool healthy = true;   // circuit breaker closed
+    // Current adaptive limit on requests in flight, in
+    // [1, max_concurrency_per_endpoint]; the endpoint takes floor() of it.
+    double concurrency_limit = 0;
   };
   std::vector<EndpointStats> Stats() const;
 

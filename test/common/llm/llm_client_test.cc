@@ -12,6 +12,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <thread>
@@ -572,6 +573,117 @@ TEST(LlmClientTest, ConcurrencyCapIsNeverExceeded) {
   EXPECT_EQ(server.request_count(), 30u);
 }
 
+TEST(LlmClientTest, OverloadAnswersAndTimeoutsLowerTheLimitOtherErrorsDoNot) {
+  struct Case {
+    int status;  // 0: never answer, so the attempt times out
+    bool adaptive;
+    double limit_after;
+  };
+  for (Case c : {Case{429, true, 4}, Case{503, true, 4}, Case{0, true, 4}, Case{500, true, 8},
+                 Case{502, true, 8}, Case{400, true, 8}, Case{200, true, 8}, Case{429, false, 8},
+                 Case{0, false, 8}}) {
+    TestHttpServer server([c](const HttpRequest&) {
+      if (c.status == 0) return HttpReply::Hang();
+      if (c.status == 200) return Ok();
+      HttpReply r = HttpReply::Respond(c.status, R"({"error":{"message":"no"}})");
+      r.headers.push_back({"Retry-After", "0"});
+      return r;
+    });
+    PoolConfig pool = MakePool({server.base_url()});
+    pool.max_concurrency_per_endpoint = 8;
+    pool.max_retries = 0;
+    pool.timeout_s = 0.2;
+    pool.adaptive_concurrency = c.adaptive;
+    auto client = MakeClient({pool});
+    ASSERT_TRUE(client);
+    EXPECT_EQ(StatsFor(*client, server.base_url()).concurrency_limit, 8);
+    client->Submit(MakeRequest(1));
+    ChatResult r = WaitOne(*client);
+    EXPECT_EQ(r.attempts, 1);
+    EXPECT_EQ(StatsFor(*client, server.base_url()).concurrency_limit, c.limit_after)
+        << "status " << c.status << (c.adaptive ? "" : ", adaptive off");
+  }
+}
+
+TEST(LlmClientTest, RejectsBadAdaptiveConcurrencySettings) {
+  for (double decrease : {0.0, 1.0, -0.5, 2.0}) {
+    PoolConfig pool = MakePool({"http://127.0.0.1:1/v1"});
+    pool.aimd_decrease = decrease;
+    auto c = LlmClient::Create({pool}, SystemClock::Get());
+    ASSERT_FALSE(c.ok()) << decrease;
+    EXPECT_NE(c.status().message().find("aimd_decrease"), std::string::npos);
+  }
+  PoolConfig pool = MakePool({"http://127.0.0.1:1/v1"});
+  pool.latency_target_s = -1;
+  auto c = LlmClient::Create({pool}, SystemClock::Get());
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("latency_target_s"), std::string::npos);
+}
+
+TEST(LlmClientTest, AdaptiveLimitBacksOffUnderSustained429sAndClimbsBack) {
+  // While `overloaded`, the server serves 4 requests at a time (20 ms each)
+  // and answers any request beyond that with 429 and Retry-After: 0.
+  constexpr int kCap = 64;
+  constexpr int kCapacity = 4;
+  std::atomic<bool> overloaded{true};
+  std::atomic<TestHttpServer*> self{nullptr};
+  TestHttpServer server([&](const HttpRequest&) {
+    TestHttpServer* s = self.load();
+    if (overloaded && s != nullptr && s->active() > kCapacity) {
+      HttpReply r = HttpReply::Respond(429, R"({"error":{"message":"over capacity"}})");
+      r.headers.push_back({"Retry-After", "0"});
+      return r;
+    }
+    return Ok("x", 20);
+  });
+  self = &server;
+  PoolConfig pool = MakePool({server.base_url()});
+  pool.max_concurrency_per_endpoint = kCap;
+  pool.max_retries = 100'000;  // every request gets through eventually
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+
+  uint64_t submitted = 0;
+  std::vector<ChatResult> results;
+  // Keeps twice the cap outstanding, so the adaptive limit is what binds, until
+  // `done` holds or `ms` passed.
+  auto pump = [&](const std::function<bool()>& done, int ms) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      while (submitted - results.size() < 2 * kCap) client->Submit(MakeRequest(submitted++));
+      if (done()) return true;
+      pollfd p{client->notify_fd(), POLLIN, 0};
+      ::poll(&p, 1, 2);
+      client->Drain(&results);
+    }
+    return false;
+  };
+  auto limit = [&] { return StatsFor(*client, server.base_url()).concurrency_limit; };
+  auto never = [] { return false; };
+
+  // Overloaded: the limit falls far below the cap and stays there.
+  ASSERT_TRUE(pump([&] { return limit() <= kCap / 8; }, 20000)) << "limit " << limit();
+  server.ResetMaxActive();
+  pump(never, 1000);
+  RecordProperty("overloaded_max_active", server.max_active());
+  EXPECT_LE(server.max_active(), kCap / 4);
+  EXPECT_LE(limit(), kCap / 4);
+
+  // Faults stop: the limit climbs back to the cap and the server sees it.
+  overloaded = false;
+  ASSERT_TRUE(pump([&] { return limit() >= kCap; }, 20000)) << "limit " << limit();
+  server.ResetMaxActive();
+  pump(never, 500);
+  RecordProperty("recovered_max_active", server.max_active());
+  EXPECT_GE(server.max_active(), kCap * 3 / 4);
+  EXPECT_LE(server.max_active(), kCap);
+
+  auto rest = WaitResults(*client, submitted - results.size(), 30000);
+  for (auto& r : rest) results.push_back(std::move(r));
+  ASSERT_EQ(results.size(), submitted);
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+}
+
 TEST(LlmClientTest, QueuedRequestsAreServedInSubmissionOrder) {
   TestHttpServer server([](const HttpRequest&) { return Ok("x", 10); });
   PoolConfig pool = MakePool({server.base_url()});
@@ -894,6 +1006,40 @@ TEST(LlmClientSimTest, InjectedFaultsAreRetriedToSuccess) {
   }
   EXPECT_GT(retried, 0);
   EXPECT_GT(client->Stats()[0].retries, 0);
+}
+
+TEST(LlmClientSimTest, Sustained429sKeepConcurrencyFarBelowTheCap) {
+  SimProcess sim({"--slots", "256", "--fault-429", "0.5", "--retry-after-s", "0"});
+  if (!sim.built()) GTEST_SKIP() << "matrix-llm-sim is not built";
+  ASSERT_FALSE(sim.base_url().empty()) << "matrix-llm-sim did not write its port file";
+  constexpr int kCap = 64;
+  PoolConfig pool = MakePool({sim.base_url()});
+  pool.max_concurrency_per_endpoint = kCap;
+  pool.max_retries = 1000;
+  pool.timeout_s = 60;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  const size_t n = 300;
+  for (uint64_t i = 0; i < n; ++i) client->Submit(MakeRequest(i));
+  // In flight once the limit has come down (the first wave goes out at the cap).
+  int max_in_flight_after = 0;
+  bool came_down = false;
+  std::vector<ChatResult> results;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (results.size() < n && std::chrono::steady_clock::now() < deadline) {
+    LlmClient::EndpointStats s = client->Stats()[0];
+    if (s.concurrency_limit <= kCap / 8) came_down = true;
+    if (came_down) max_in_flight_after = std::max(max_in_flight_after, s.in_flight);
+    pollfd p{client->notify_fd(), POLLIN, 0};
+    ::poll(&p, 1, 2);
+    client->Drain(&results);
+  }
+  ASSERT_EQ(results.size(), n);
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_TRUE(came_down);
+  RecordProperty("max_in_flight_after", max_in_flight_after);
+  EXPECT_LE(max_in_flight_after, kCap / 4);
+  EXPECT_LE(client->Stats()[0].concurrency_limit, kCap / 4);
 }
 
 TEST(LlmClientSimTest, ContextLengthExceededIsNotRetried) {

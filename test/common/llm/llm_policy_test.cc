@@ -1,6 +1,7 @@
 // Unit tests for the LLM client's pure logic: retry classification and
-// backoff, Retry-After parsing, endpoint choice and circuit breaker, response
-// decoding, secret redaction and API-key loading.
+// backoff, Retry-After parsing, endpoint choice and circuit breaker, adaptive
+// (AIMD) concurrency limits, response decoding, secret redaction and API-key
+// loading.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -10,8 +11,10 @@
 #include <map>
 #include <set>
 
+#include "common/base/clock.h"
 #include "common/llm/api_key.h"
 #include "common/llm/chat_response.h"
+#include "common/llm/concurrency_limiter.h"
 #include "common/llm/endpoint_balancer.h"
 #include "common/llm/retry_policy.h"
 #include "test/support/test_util.h"
@@ -234,6 +237,209 @@ TEST(EndpointBalancerTest, NeutralOutcomesDoNotTrip) {
   }
   EXPECT_TRUE(b.healthy(0));
   EXPECT_EQ(b.in_flight(0), 0);
+}
+
+TEST(EndpointBalancerTest, PerEndpointCapsFollowSetCap) {
+  auto b = MakeBalancer(2, 4);
+  for (int k = 0; k < 3; ++k) {
+    b.OnStart(0, 0);
+    b.OnStart(1, 0);
+  }
+  EXPECT_EQ(b.cap(0), 4);
+  b.set_cap(0, 2);  // below the 3 in flight: they finish, no new one starts
+  EXPECT_EQ(b.Pick("", -1, 0), 1);
+  b.OnStart(1, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), -1);  // endpoint 1 full, endpoint 0 above its cap
+  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), -1);  // 2 in flight, cap 2
+  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);
+  EXPECT_EQ(b.Pick("", -1, 0), 0);
+  b.set_cap(1, 0);
+  EXPECT_EQ(b.cap(1), 1);
+}
+
+// --- Adaptive concurrency (AIMD) ------------------------------------------------
+
+AimdOptions Aimd(int ceiling) {
+  AimdOptions o;
+  o.ceiling = ceiling;
+  return o;
+}
+
+// One attempt on `limiter` that starts now, takes `ms` on `clock` and succeeds.
+bool SucceedAfter(ConcurrencyLimiter& limiter, FakeClock& clock, int64_t ms) {
+  const int64_t start = clock.NowNanos();
+  clock.AdvanceMillis(ms);
+  return limiter.OnSuccess(start, clock.NowNanos());
+}
+
+TEST(ConcurrencyLimiterTest, StartsAtTheCeiling) {
+  ConcurrencyLimiter limiter(Aimd(64));
+  EXPECT_EQ(limiter.limit(), 64);
+  EXPECT_EQ(limiter.cap(), 64);
+  EXPECT_EQ(limiter.mean_latency_ns(), 0);
+  EXPECT_EQ(limiter.window_ns(), 1'000'000'000);
+  EXPECT_EQ(ConcurrencyLimiter(Aimd(0)).cap(), 1);
+}
+
+TEST(ConcurrencyLimiterTest, AnOverloadBurstHalvesOncePerWindow) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(64));
+  SucceedAfter(limiter, clock, 100);  // mean latency, and so the window: 100 ms
+  EXPECT_EQ(limiter.limit(), 64);     // already at the ceiling
+  EXPECT_EQ(limiter.window_ns(), 100'000'000);
+
+  // Twenty attempts in flight together all come back 429: one halving.
+  const int64_t burst_start = clock.NowNanos();
+  clock.AdvanceMillis(5);
+  EXPECT_TRUE(limiter.OnOverload(burst_start, clock.NowNanos()));
+  for (int i = 0; i < 19; ++i) EXPECT_FALSE(limiter.OnOverload(burst_start, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 32);
+  const int64_t first_decrease = clock.NowNanos();
+
+  // A straggler of the same burst, a window later: it ran under the old limit.
+  clock.AdvanceMillis(150);
+  EXPECT_FALSE(limiter.OnOverload(burst_start, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 32);
+
+  // An attempt sent under the new limit, a window after the decrease: halves.
+  EXPECT_TRUE(limiter.OnOverload(first_decrease, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 16);
+
+  // Sent at the decrease but back within the window: ignored; after it: halves.
+  const int64_t second_decrease = clock.NowNanos();
+  clock.AdvanceMillis(50);
+  EXPECT_FALSE(limiter.OnOverload(second_decrease, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 16);
+  clock.AdvanceMillis(50);
+  EXPECT_TRUE(limiter.OnOverload(second_decrease, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 8);
+}
+
+TEST(ConcurrencyLimiterTest, WindowIsOneSecondUntilALatencyIsMeasured) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(40));
+  const int64_t t0 = clock.NowNanos();
+  EXPECT_TRUE(limiter.OnOverload(t0, t0));
+  EXPECT_EQ(limiter.limit(), 20);
+  clock.AdvanceMillis(999);
+  EXPECT_FALSE(limiter.OnOverload(t0, clock.NowNanos()));
+  clock.AdvanceMillis(1);
+  EXPECT_TRUE(limiter.OnOverload(t0, clock.NowNanos()));
+  EXPECT_EQ(limiter.limit(), 10);
+}
+
+TEST(ConcurrencyLimiterTest, DecreaseFloorsAtOne) {
+  FakeClock clock;
+  AimdOptions o = Aimd(5);
+  o.initial_window_ns = 0;
+  ConcurrencyLimiter limiter(o);
+  std::vector<int> caps;
+  for (int i = 0; i < 5; ++i) {
+    clock.AdvanceMillis(10);
+    limiter.OnOverload(clock.NowNanos(), clock.NowNanos());
+    caps.push_back(limiter.cap());
+  }
+  EXPECT_EQ(caps, (std::vector<int>{2, 1, 1, 1, 1}));  // 2.5, 1.25, 1, 1, 1
+  EXPECT_EQ(limiter.limit(), 1);
+}
+
+TEST(ConcurrencyLimiterTest, DecreaseFactorIsConfigurable) {
+  FakeClock clock;
+  AimdOptions o = Aimd(100);
+  o.decrease = 0.8;
+  ConcurrencyLimiter limiter(o);
+  EXPECT_TRUE(limiter.OnOverload(clock.NowNanos(), clock.NowNanos()));
+  EXPECT_DOUBLE_EQ(limiter.limit(), 80);
+}
+
+TEST(ConcurrencyLimiterTest, GrowsByAboutOnePerLimitSuccessesUpToTheCeiling) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(16));
+  limiter.OnOverload(clock.NowNanos(), clock.NowNanos());
+  ASSERT_EQ(limiter.limit(), 8);
+  for (int i = 0; i < 8; ++i) EXPECT_FALSE(SucceedAfter(limiter, clock, 10));
+  EXPECT_GT(limiter.limit(), 8.9);  // 8 + 1/8 + 1/8.125 + ...
+  EXPECT_LT(limiter.limit(), 9.0);
+  EXPECT_EQ(limiter.cap(), 8);
+
+  int successes = 8;
+  while (limiter.limit() < 16 && successes < 1000) {
+    SucceedAfter(limiter, clock, 10);
+    ++successes;
+  }
+  // About 8 + 9 + ... + 15 successes from 8 back to 16.
+  EXPECT_GE(successes, 88);
+  EXPECT_LE(successes, 100);
+  for (int i = 0; i < 50; ++i) SucceedAfter(limiter, clock, 10);
+  EXPECT_EQ(limiter.limit(), 16);
+  EXPECT_EQ(limiter.cap(), 16);
+}
+
+TEST(ConcurrencyLimiterTest, MeanLatencyIsAMovingAverage) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(8));
+  SucceedAfter(limiter, clock, 200);
+  EXPECT_EQ(limiter.mean_latency_ns(), 200'000'000);
+  SucceedAfter(limiter, clock, 400);
+  EXPECT_EQ(limiter.mean_latency_ns(), 220'000'000);  // 0.1 * 400 + 0.9 * 200
+  EXPECT_EQ(limiter.window_ns(), 220'000'000);
+}
+
+TEST(ConcurrencyLimiterTest, LatencyAboveTargetStopsGrowthAndShrinksGently) {
+  FakeClock clock;
+  AimdOptions o = Aimd(32);
+  o.latency_target_ns = 100'000'000;
+  ConcurrencyLimiter limiter(o);
+  limiter.OnOverload(clock.NowNanos(), clock.NowNanos());
+  ASSERT_EQ(limiter.limit(), 16);
+
+  for (int i = 0; i < 16; ++i) EXPECT_FALSE(SucceedAfter(limiter, clock, 50));
+  const double grown = limiter.limit();
+  EXPECT_GT(grown, 16.9);  // under the target: additive increase
+
+  // Slow answers lift the mean above 100 ms from the second one on (95, 135.5
+  // ms, ...); from then each success, one window after the last, takes 10 %.
+  EXPECT_FALSE(SucceedAfter(limiter, clock, 500));
+  const double before_slow = limiter.limit();
+  EXPECT_GT(before_slow, grown);
+  EXPECT_TRUE(SucceedAfter(limiter, clock, 500));
+  EXPECT_DOUBLE_EQ(limiter.limit(), before_slow * 0.9);
+  EXPECT_TRUE(SucceedAfter(limiter, clock, 500));
+  EXPECT_DOUBLE_EQ(limiter.limit(), before_slow * 0.81);
+
+  // Fast answers bring the mean back under the target and growth resumes.
+  const double low = limiter.limit();
+  bool grew = false;
+  for (int i = 0; i < 100 && !grew; ++i) {
+    SucceedAfter(limiter, clock, 10);
+    grew = limiter.limit() > low;
+  }
+  EXPECT_TRUE(grew);
+  EXPECT_LT(limiter.mean_latency_ns(), 100'000'000);
+}
+
+TEST(ConcurrencyLimiterTest, NoLatencyTargetMeansSlowAnswersStillGrowTheLimit) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(32));
+  limiter.OnOverload(clock.NowNanos(), clock.NowNanos());
+  for (int i = 0; i < 16; ++i) EXPECT_FALSE(SucceedAfter(limiter, clock, 5000));
+  EXPECT_GT(limiter.limit(), 16.9);
+}
+
+TEST(ConcurrencyLimiterTest, DisabledStaysAtTheCeiling) {
+  FakeClock clock;
+  AimdOptions o = Aimd(12);
+  o.enabled = false;
+  o.latency_target_ns = 1;
+  ConcurrencyLimiter limiter(o);
+  for (int i = 0; i < 10; ++i) {
+    clock.AdvanceMillis(2000);
+    EXPECT_FALSE(limiter.OnOverload(clock.NowNanos(), clock.NowNanos()));
+    EXPECT_FALSE(SucceedAfter(limiter, clock, 100));
+  }
+  EXPECT_EQ(limiter.limit(), 12);
+  EXPECT_EQ(limiter.mean_latency_ns(), 100'000'000);
 }
 
 // --- Response decoding ------------------------------------------------------

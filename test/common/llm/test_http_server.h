@@ -2,7 +2,8 @@
 // tests. One thread, POSIX sockets and poll(); keep-alive connections; a
 // handler decides each request's reply (status, headers, body, delay, close
 // without answering, or never answer). The server records every request and
-// the largest number of requests it held unanswered at once.
+// the largest number of requests it held unanswered at once (the handler may
+// read active(), which counts the request it is deciding on).
 // Thread-safety: the handler runs on the server thread; every accessor may be
 // called from any thread.
 #pragma once
@@ -67,6 +68,8 @@ class TestHttpServer {
   size_t request_count() const;
   int active() const { return active_.load(); }          // requests held unanswered now
   int max_active() const { return max_active_.load(); }  // the most ever held at once
+  // Restarts max_active() from the requests held now, to measure one phase of a test.
+  void ResetMaxActive() { max_active_.store(active_.load()); }
   int connections() const { return connections_.load(); }
 
  private:
