@@ -85,6 +85,17 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
               {"mean_task_duration_s", records ? duration_sum / records : 0.0}};
 }
 
+std::vector<Json> ReadWorkerProgress(const std::string& run_dir) {
+  std::vector<Json> out;
+  for (const auto& path : ListFiles(run_dir + "/progress", ".json")) {
+    auto text = ReadFile(path);
+    if (!text.ok()) continue;
+    Json j = Json::parse(*text, nullptr, false);
+    if (!j.is_discarded()) out.push_back(std::move(j));
+  }
+  return out;
+}
+
 Progress ReadProgress(const std::string& run_dir) {
   Progress p;
   for (const auto& path : ListFiles(run_dir + "/progress", ".json")) {

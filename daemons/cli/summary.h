@@ -29,6 +29,8 @@ struct Progress {
   Json roles_in_flight = Json::object();
 };
 Progress ReadProgress(const std::string& run_dir);
+// Every worker's progress file, as written.
+std::vector<Json> ReadWorkerProgress(const std::string& run_dir);
 
 // One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1% | ETA 0:42".
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s);
