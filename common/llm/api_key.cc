@@ -3,6 +3,8 @@
 // permission check and the read see the same file.
 #include "common/llm/api_key.h"
 
+#include "common/base/strings.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,12 +18,7 @@
 namespace matrix::llm {
 namespace {
 
-std::string Trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
+using ::matrix::Trim;
 
 constexpr size_t kMaxKeyFileBytes = 64 * 1024;
 

@@ -3,17 +3,14 @@
 // Thread-safety: stateless.
 #include "common/llm/chat_response.h"
 
+#include "common/base/strings.h"
+
 #include <cctype>
 
 namespace matrix::llm {
 namespace {
 
-std::string Trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
+using ::matrix::Trim;
 
 std::string ContentText(const Json& content) {
   if (content.is_string()) return content.get<std::string>();
