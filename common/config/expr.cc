@@ -227,10 +227,46 @@ std::string ToDisplayString(const Json& v) {
   }
 }
 
+namespace {
+
+// libstdc++ reads the number of a back-reference (\N) or of a repetition bound
+// ({n,m}) into an int without an overflow check (undefined behaviour). Numbers
+// that long mean nothing under the automaton's 100000-state limit, so they are
+// refused before std::regex sees them.
+bool HasOverlongRegexNumber(std::string_view p) {
+  constexpr size_t kMaxDigits = 6;
+  auto digit = [&](size_t i) { return i < p.size() && p[i] >= '0' && p[i] <= '9'; };
+  bool in_brace = false;
+  for (size_t i = 0; i < p.size();) {
+    size_t start;
+    if (p[i] == '\\') {
+      start = i + 1;
+    } else if (in_brace && digit(i)) {
+      start = i;
+    } else {
+      if (p[i] == '{') in_brace = true;
+      if (p[i] == '}') in_brace = false;
+      ++i;
+      continue;
+    }
+    size_t end = start;
+    while (digit(end)) ++end;
+    if (end - start > kMaxDigits) return true;
+    i = std::max(end, start + 1);
+  }
+  return false;
+}
+
+}  // namespace
+
 StatusOr<std::regex> CompileRegex(std::string_view pattern, bool ignore_case) {
   if (pattern.size() > kMaxRegexPatternBytes) {
     return InvalidArgument("regex pattern of " + std::to_string(pattern.size()) +
                            " bytes exceeds the limit of " + std::to_string(kMaxRegexPatternBytes));
+  }
+  if (HasOverlongRegexNumber(pattern)) {
+    return InvalidArgument("invalid regex " + Quote(pattern) +
+                           ": back-reference or repetition count too large");
   }
   auto flags = std::regex::ECMAScript;
 #ifdef __GLIBCXX__

@@ -378,6 +378,17 @@ class YamlConverter {
       char c = text_[static_cast<size_t>(m.pos)];
       out->block = y.IsScalar() && (c == '|' || c == '>');
     }
+    if (y.IsMap() || y.IsSequence()) {
+      // An alias to a map or list that is still open (`a: &x {b: *x}`) makes
+      // the tree cyclic; expanding it would only stop at the node limit, with
+      // an error for every copy.
+      for (const YAML::Node& open : open_) {
+        if (open.is(y)) {
+          diag_->Error(file_, out->line, path, "an alias refers to a map or list that contains it");
+          return false;
+        }
+      }
+    }
     switch (y.Type()) {
       case YAML::NodeType::Undefined:
       case YAML::NodeType::Null:
@@ -389,7 +400,9 @@ class YamlConverter {
         out->kind = CNode::Kind::kList;
         size_t i = 0;
         bool ok = true;
+        OpenScope scope(this, y);
         for (const auto& item : y) {
+          if (count_ > kMaxYamlNodes) return false;
           CNode c;
           ok = Convert(item, out->line, path + "[" + std::to_string(i++) + "]", depth + 1, &c) && ok;
           SetKeyLocation(&c, file_, c.line);
@@ -397,13 +410,22 @@ class YamlConverter {
         }
         return ok;
       }
-      case YAML::NodeType::Map:
+      case YAML::NodeType::Map: {
+        OpenScope scope(this, y);
         return ConvertMap(y, path, depth, out);
+      }
     }
     return true;
   }
 
  private:
+  // Marks a map or list as open (being converted) for its lifetime.
+  struct OpenScope {
+    OpenScope(YamlConverter* c, const YAML::Node& n) : c_(c) { c_->open_.push_back(n); }
+    ~OpenScope() { c_->open_.pop_back(); }
+    YamlConverter* c_;
+  };
+
   bool ConvertScalar(const YAML::Node& y, const std::string& path, CNode* out) {
     const std::string& s = y.Scalar();
     const std::string& tag = y.Tag();
@@ -443,6 +465,7 @@ class YamlConverter {
     bool ok = true;
     std::vector<CNode> merges;
     for (auto it = y.begin(); it != y.end(); ++it) {
+      if (count_ > kMaxYamlNodes) return false;
       // The iterator yields a temporary pair: copy the node handles out of it.
       const YAML::Node k = it->first;
       const YAML::Node v = it->second;
@@ -493,6 +516,7 @@ class YamlConverter {
   const std::string& text_;
   Diag* diag_;
   size_t count_ = 0;
+  std::vector<YAML::Node> open_;  // maps and lists being converted, outermost first
 };
 
 // Parses YAML text into a tree. `file`/`line` locate errors; for command-line
