@@ -1,5 +1,5 @@
 // matrix: the researcher's front end.
-//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--overwrite]
+//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--resume | --overwrite]
 //   matrix validate PIPELINE.yaml [key.path=value ...]
 //   matrix status RUN_DIR
 //   matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]
@@ -15,7 +15,7 @@ namespace {
 const char kUsage[] =
     "usage:\n"
     "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N]\n"
-    "             [--overwrite] [--grace-s S] [--quiet]\n"
+    "             [--resume | --overwrite] [--grace-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
     "  matrix status RUN_DIR\n"
     "  matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]\n";
@@ -29,9 +29,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1];
-  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "grace-s", "quiet", "help",
+  auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "resume", "grace-s", "quiet", "help",
                                                          "format", "out", "pipeline"},
-                            {"overwrite", "quiet", "help"});
+                            {"overwrite", "resume", "quiet", "help"});
   if (!flags.ok()) {
     std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
     return 2;
@@ -50,6 +50,12 @@ int main(int argc, char** argv) {
     opt.run_dir = flags->Get("run-dir");
     opt.workers = static_cast<int>(flags->GetInt("workers", 0));
     opt.overwrite = flags->GetBool("overwrite");
+    // Resuming is what a rerun always does; --resume says so explicitly and
+    // cannot be combined with --overwrite.
+    if (opt.overwrite && flags->GetBool("resume")) {
+      std::cerr << "error: --resume and --overwrite contradict each other\n";
+      return 2;
+    }
     opt.grace_s = flags->GetDouble("grace-s", opt.grace_s);
     opt.quiet = flags->GetBool("quiet");
     return cli::RunPipeline(opt);

@@ -77,6 +77,7 @@ TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {
   }
   size_t partial = ReadRecords(dir.File("out")).size();
   ASSERT_LT(partial, 300u);
+  argv.push_back("--resume");
   ChildProcess second(argv, dir.File("second.log"));
   ASSERT_EQ(second.Wait(180000), 0);
   auto records = ReadRecords(dir.File("out"));
