@@ -4,6 +4,8 @@
 #include <zmq.h>
 
 #include <cstring>
+#include <set>
+#include <thread>
 
 namespace matrix::transport {
 namespace {
@@ -51,8 +53,79 @@ int ZmqType(Socket::Kind kind) {
 
 }  // namespace
 
+// The ZAP handler (ZeroMQ RFC 27): a REP socket at inproc://zeromq.zap.01 in
+// this context, answering every CURVE handshake of the context's servers.
+struct Context::Zap {
+  std::set<std::string> allowed;  // Z85 public keys
+  std::atomic<int64_t> refused{0};
+  void* sock = nullptr;
+  std::thread thread;
+
+  void Serve() {
+    std::vector<std::string> req;
+    while (true) {
+      req.clear();
+      bool more = true;
+      while (more) {
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, sock, 0) < 0) {
+          zmq_msg_close(&msg);
+          if (zmq_errno() == EINTR) continue;
+          zmq_close(sock);  // ETERM: the context is shutting down
+          return;
+        }
+        req.emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+        more = zmq_msg_more(&msg);
+        zmq_msg_close(&msg);
+      }
+      // version, request id, domain, address, routing id, mechanism, credentials...
+      bool ok = false;
+      if (req.size() >= 7 && req[5] == "CURVE" && req[6].size() == 32) {
+        char z85[41] = {};
+        zmq_z85_encode(z85, reinterpret_cast<const uint8_t*>(req[6].data()), 32);
+        ok = allowed.count(z85) > 0;
+      }
+      if (!ok) refused.fetch_add(1, std::memory_order_relaxed);
+      const std::string reply[] = {"1.0", req.size() > 1 ? req[1] : std::string(), ok ? "200" : "400",
+                                   ok ? "OK" : "client key not allowed", "", ""};
+      for (size_t i = 0; i < 6; ++i)
+        zmq_send(sock, reply[i].data(), reply[i].size(), i + 1 < 6 ? ZMQ_SNDMORE : 0);
+    }
+  }
+};
+
 Context::Context() : ctx_(zmq_ctx_new()) { zmq_ctx_set(ctx_, ZMQ_MAX_SOCKETS, 65536); }
-Context::~Context() { zmq_ctx_term(ctx_); }
+Context::~Context() {
+  if (zap_) {
+    zmq_ctx_shutdown(ctx_);  // wakes the handler with ETERM
+    zap_->thread.join();
+  }
+  zmq_ctx_term(ctx_);
+}
+
+Status Context::RestrictCurveClients(std::vector<std::string> allowed_public_keys) {
+  if (zap_) return FailedPrecondition("the ZAP handler is already running");
+  auto zap = std::make_unique<Zap>();
+  zap->allowed.insert(allowed_public_keys.begin(), allowed_public_keys.end());
+  zap->sock = zmq_socket(ctx_, ZMQ_REP);
+  if (!zap->sock) return ZmqError("create ZAP socket");
+  int zero = 0;
+  zmq_setsockopt(zap->sock, ZMQ_LINGER, &zero, sizeof(zero));
+  if (zmq_bind(zap->sock, "inproc://zeromq.zap.01") != 0) {
+    Status st = ZmqError("bind ZAP handler");
+    zmq_close(zap->sock);
+    return st;
+  }
+  Zap* raw = zap.get();
+  zap->thread = std::thread([raw] { raw->Serve(); });
+  zap_ = std::move(zap);
+  return Status::Ok();
+}
+
+int64_t Context::curve_clients_refused() const {
+  return zap_ ? zap_->refused.load(std::memory_order_relaxed) : 0;
+}
 
 StatusOr<std::unique_ptr<Socket>> Socket::Bind(Context& ctx, Kind kind, const std::string& endpoint,
                                                const SocketOptions& options) {
@@ -67,7 +140,7 @@ StatusOr<std::unique_ptr<Socket>> Socket::Bind(Context& ctx, Kind kind, const st
   char buf[512];
   size_t len = sizeof(buf);
   zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, buf, &len);
-  return std::unique_ptr<Socket>(new Socket(sock, std::string(buf)));
+  return std::unique_ptr<Socket>(new Socket(ctx.raw(), sock, std::string(buf)));
 }
 
 StatusOr<std::unique_ptr<Socket>> Socket::Connect(Context& ctx, Kind kind,
@@ -81,10 +154,60 @@ StatusOr<std::unique_ptr<Socket>> Socket::Connect(Context& ctx, Kind kind,
     zmq_close(sock);
     return err;
   }
-  return std::unique_ptr<Socket>(new Socket(sock, endpoint));
+  return std::unique_ptr<Socket>(new Socket(ctx.raw(), sock, endpoint));
 }
 
-Socket::~Socket() { zmq_close(sock_); }
+Socket::~Socket() {
+  if (monitor_) {
+    zmq_socket_monitor(sock_, nullptr, 0);
+    zmq_close(monitor_);
+  }
+  zmq_close(sock_);
+}
+
+Status Socket::WatchHandshakeFailures() {
+  if (monitor_) return Status::Ok();
+  static std::atomic<uint64_t> next{0};
+  std::string addr = "inproc://matrix-monitor-" + std::to_string(next.fetch_add(1));
+  int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+  if (zmq_socket_monitor(sock_, addr.c_str(), events) != 0) return ZmqError("monitor " + endpoint_);
+  void* mon = zmq_socket(ctx_, ZMQ_PAIR);
+  if (!mon) return ZmqError("create monitor socket");
+  int zero = 0;
+  zmq_setsockopt(mon, ZMQ_LINGER, &zero, sizeof(zero));
+  if (zmq_connect(mon, addr.c_str()) != 0) {
+    Status st = ZmqError("connect monitor");
+    zmq_close(mon);
+    return st;
+  }
+  monitor_ = mon;
+  return Status::Ok();
+}
+
+int64_t Socket::TakeHandshakeFailures() {
+  if (!monitor_) return 0;
+  int64_t failures = 0;
+  Frames frames;
+  // Each event is two frames: [uint16 event, uint32 value] and the endpoint.
+  while (true) {
+    frames.clear();
+    bool more = true;
+    while (more) {
+      zmq_msg_t msg;
+      zmq_msg_init(&msg);
+      if (zmq_msg_recv(&msg, monitor_, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        if (frames.empty()) return failures;
+        break;
+      }
+      frames.emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+      more = zmq_msg_more(&msg);
+      zmq_msg_close(&msg);
+    }
+    if (!frames.empty() && frames[0].size() >= 2) ++failures;
+  }
+}
 
 Status Socket::Send(const Frames& frames) {
   for (size_t i = 0; i < frames.size(); ++i) {
@@ -142,6 +265,21 @@ bool Poller::Poll(int timeout_ms) {
 
 bool Poller::Readable(int index) const {
   return index >= 0 && static_cast<size_t>(index) < revents_.size() && (revents_[index] & ZMQ_POLLIN);
+}
+
+SocketOptions CurveServerOptions(const CurveKeyPair& keys, SocketOptions base) {
+  base.curve_server = true;
+  base.curve_public_key = keys.public_key;
+  base.curve_secret_key = keys.secret_key;
+  return base;
+}
+
+SocketOptions CurveClientOptions(const CurveKeyPair& keys, SocketOptions base) {
+  base.curve_server = false;
+  base.curve_server_key = keys.public_key;
+  base.curve_public_key = keys.public_key;
+  base.curve_secret_key = keys.secret_key;
+  return base;
 }
 
 StatusOr<CurveKeyPair> GenerateCurveKeyPair() {

@@ -13,6 +13,7 @@
 // thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -45,8 +46,17 @@ class Context {
   Context& operator=(const Context&) = delete;
   void* raw() const { return ctx_; }
 
+  // Starts this context's ZAP handler: from then on its CURVE servers accept
+  // only clients presenting one of `allowed_public_keys` (Z85). Call once,
+  // before binding. Without it any client knowing the server key is let in.
+  Status RestrictCurveClients(std::vector<std::string> allowed_public_keys);
+  // Clients refused by the ZAP handler so far.
+  int64_t curve_clients_refused() const;
+
  private:
+  struct Zap;
   void* ctx_;
+  std::unique_ptr<Zap> zap_;
 };
 
 class Socket {
@@ -70,9 +80,17 @@ class Socket {
   const std::string& endpoint() const { return endpoint_; }
   void* raw() const { return sock_; }
 
+  // Servers: watch this socket's failed handshakes (a peer without CURVE,
+  // with the wrong server key, or refused by the ZAP handler).
+  Status WatchHandshakeFailures();
+  // Failed handshakes since the last call; never blocks. 0 when not watching.
+  int64_t TakeHandshakeFailures();
+
  private:
-  Socket(void* sock, std::string endpoint) : sock_(sock), endpoint_(std::move(endpoint)) {}
+  Socket(void* ctx, void* sock, std::string endpoint) : ctx_(ctx), sock_(sock), endpoint_(std::move(endpoint)) {}
+  void* ctx_;
   void* sock_;
+  void* monitor_ = nullptr;
   std::string endpoint_;
 };
 
@@ -97,5 +115,11 @@ struct CurveKeyPair {
   std::string secret_key;
 };
 StatusOr<CurveKeyPair> GenerateCurveKeyPair();
+
+// Options for a CURVE server (secret key of `keys`) and for a CURVE client
+// of such a server that authenticates with the same pair: a job's daemons
+// share one key pair, created by the job script (see job_keys.h).
+SocketOptions CurveServerOptions(const CurveKeyPair& keys, SocketOptions base = {});
+SocketOptions CurveClientOptions(const CurveKeyPair& keys, SocketOptions base = {});
 
 }  // namespace matrix::transport

@@ -254,15 +254,16 @@ struct BodyEncoder {
     for (const auto& [role, credit] : m.roles)
       roles.push_back(fbs::CreateRoleCredit(b, b.CreateString(role), credit));
     return {fbs::Body::Register,
-            fbs::CreateRegister(b, b.CreateString(m.worker_id), b.CreateVector(roles), m.pipeline_hash)
+            fbs::CreateRegister(b, b.CreateString(m.worker_id), b.CreateVector(roles), m.pipeline_hash,
+                                m.peer, m.node.empty() ? 0 : b.CreateString(m.node), m.load)
                 .Union()};
   }
   std::pair<fbs::Body, Offset<void>> operator()(const RegisterAckMsg& m) {
     return {fbs::Body::RegisterAck,
             fbs::CreateRegisterAck(b, b.CreateString(m.broker_id), m.heartbeat_ms).Union()};
   }
-  std::pair<fbs::Body, Offset<void>> operator()(const HeartbeatMsg&) {
-    return {fbs::Body::Heartbeat, fbs::CreateHeartbeat(b).Union()};
+  std::pair<fbs::Body, Offset<void>> operator()(const HeartbeatMsg& m) {
+    return {fbs::Body::Heartbeat, fbs::CreateHeartbeat(b, m.load).Union()};
   }
   std::pair<fbs::Body, Offset<void>> operator()(const DeliverMsg& m) {
     std::vector<Offset<fbs::DeliverItem>> items;
@@ -328,7 +329,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
   switch (e->body_type()) {
     case fbs::Body::Register: {
       auto* m = e->body_as_Register();
-      RegisterMsg r{Str(m->worker_id()), {}, m->pipeline_hash()};
+      RegisterMsg r{Str(m->worker_id()), {}, m->pipeline_hash(), m->peer(), Str(m->node()), m->load()};
       if (m->roles())
         for (auto* rc : *m->roles()) r.roles.emplace_back(Str(rc->role()), rc->credit());
       c.body = std::move(r);
@@ -339,7 +340,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
       c.body = RegisterAckMsg{Str(m->broker_id()), m->heartbeat_ms()};
       break;
     }
-    case fbs::Body::Heartbeat: c.body = HeartbeatMsg{}; break;
+    case fbs::Body::Heartbeat: c.body = HeartbeatMsg{e->body_as_Heartbeat()->load()}; break;
     case fbs::Body::Deliver: {
       DeliverMsg d;
       if (auto* items = e->body_as_Deliver()->items()) {

@@ -14,12 +14,17 @@ struct RegisterMsg {
   std::string worker_id;
   std::vector<std::pair<std::string, uint32_t>> roles;  // role -> capacity
   uint64_t pipeline_hash = 0;
+  bool peer = false;     // a peer broker's link
+  std::string node;
+  float load = 0;
 };
 struct RegisterAckMsg {
   std::string broker_id;
   uint32_t heartbeat_ms = 1000;
 };
-struct HeartbeatMsg {};
+struct HeartbeatMsg {
+  float load = -1;  // peers only
+};
 struct DeliverItem {
   uint64_t lease = 0;
   std::string role;

@@ -1,7 +1,11 @@
 #include "common/transport/transport.h"
 
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
+#include "common/base/files.h"
+#include "common/transport/job_keys.h"
 #include "test/support/test_util.h"
 
 namespace matrix::transport {
@@ -58,6 +62,62 @@ TEST(TransportTest, CurveRefusesClientWithoutServerKey) {
   ASSERT_TRUE(RecvWithin(server->get(), &got, 3000));
   EXPECT_EQ(got.back(), "member");
   EXPECT_FALSE(RecvWithin(server->get(), &got, 300));
+}
+
+TEST(TransportTest, JobKeysAdmitOnlyTheJobAndCountRefusals) {
+  matrix::testing::TempDir dir;
+  ASSERT_TRUE(CreateJobKeys(dir.path()).ok());
+  auto keys = LoadJobKeys(dir.path());
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  // Creating again keeps the pair.
+  ASSERT_TRUE(CreateJobKeys(dir.path()).ok());
+  EXPECT_EQ(LoadJobKeys(dir.path())->secret_key, keys->secret_key);
+  struct stat st;
+  ASSERT_EQ(::stat(JobKeyPath(dir.path()).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  Context ctx;
+  ASSERT_TRUE(ctx.RestrictCurveClients({keys->public_key}).ok());
+  auto server = Socket::Bind(ctx, Socket::Kind::kRouter, "tcp://127.0.0.1:*", CurveServerOptions(*keys));
+  ASSERT_TRUE(server.ok());
+  ASSERT_TRUE((*server)->WatchHandshakeFailures().ok());
+  const std::string ep = (*server)->endpoint();
+  // Knows the server key but not the job's pair: refused by ZAP.
+  auto other = GenerateCurveKeyPair();
+  SocketOptions stranger;
+  stranger.curve_server_key = keys->public_key;
+  stranger.curve_public_key = other->public_key;
+  stranger.curve_secret_key = other->secret_key;
+  auto with_other_keys = Socket::Connect(ctx, Socket::Kind::kDealer, ep, stranger);
+  auto without_curve = Socket::Connect(ctx, Socket::Kind::kDealer, ep);
+  auto member = Socket::Connect(ctx, Socket::Kind::kDealer, ep, CurveClientOptions(*keys));
+  ASSERT_TRUE(with_other_keys.ok() && without_curve.ok() && member.ok());
+  ASSERT_TRUE((*with_other_keys)->Send({"stranger"}).ok());
+  ASSERT_TRUE((*without_curve)->Send({"plain"}).ok());
+  ASSERT_TRUE((*member)->Send({"member"}).ok());
+  Frames got;
+  ASSERT_TRUE(RecvWithin(server->get(), &got, 3000));
+  EXPECT_EQ(got.back(), "member");
+  EXPECT_FALSE(RecvWithin(server->get(), &got, 300));
+  int64_t failures = 0;
+  EXPECT_TRUE(matrix::testing::WaitUntil(
+      [&] {
+        failures += (*server)->TakeHandshakeFailures();
+        return failures >= 2;
+      },
+      3000))
+      << failures;
+  EXPECT_GE(ctx.curve_clients_refused(), 1);
+}
+
+TEST(TransportTest, JobKeysReadableByOthersAreRefused) {
+  matrix::testing::TempDir dir;
+  ASSERT_TRUE(CreateJobKeys(dir.path()).ok());
+  ASSERT_EQ(::chmod(JobKeyPath(dir.path()).c_str(), 0644), 0);
+  auto keys = LoadJobKeys(dir.path());
+  ASSERT_FALSE(keys.ok());
+  EXPECT_NE(keys.status().message().find("job.key"), std::string::npos);
+  EXPECT_EQ(LoadJobKeys(dir.path() + "/missing").status().code(), StatusCode::kNotFound);
 }
 
 TEST(TransportTest, PollerReportsReadableSocket) {

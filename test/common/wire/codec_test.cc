@@ -79,13 +79,25 @@ TEST(TaskCodecTest, RejectsCorruptAndOversizedBuffers) {
 }
 
 TEST(ControlCodecTest, RoundTripsEachBody) {
-  Control reg{"w1", RegisterMsg{"w1", {{"teacher", 100}, {"sink:p0", 64}}, 7}};
+  Control reg{"w1", RegisterMsg{"w1", {{"teacher", 100}, {"sink:p0", 64}}, 7, false, "", 0}};
   auto r = DecodeControl(EncodeControl(reg));
   ASSERT_TRUE(r.ok());
   auto& m = std::get<RegisterMsg>(r->body);
   EXPECT_EQ(m.roles[1].first, "sink:p0");
   EXPECT_EQ(m.pipeline_hash, 7u);
+  EXPECT_FALSE(m.peer);
   EXPECT_EQ(r->sender, "w1");
+
+  Control link{"b2", RegisterMsg{"peer:b2", {{"teacher", 32}}, 7, true, "n2", 0.5f}};
+  auto l = DecodeControl(EncodeControl(link));
+  ASSERT_TRUE(l.ok());
+  EXPECT_TRUE(std::get<RegisterMsg>(l->body).peer);
+  EXPECT_EQ(std::get<RegisterMsg>(l->body).node, "n2");
+  EXPECT_FLOAT_EQ(std::get<RegisterMsg>(l->body).load, 0.5f);
+  auto hb = DecodeControl(EncodeControl(Control{"b2", HeartbeatMsg{1.25f}}));
+  ASSERT_TRUE(hb.ok());
+  EXPECT_FLOAT_EQ(std::get<HeartbeatMsg>(hb->body).load, 1.25f);
+  EXPECT_FLOAT_EQ(std::get<HeartbeatMsg>(DecodeControl(EncodeControl(Control{"w", HeartbeatMsg{}}))->body).load, -1.0f);
 
   Control sub{"w1", SubmitMsg{{{5, "student", "t1", false, true}, {6, "", "", true, false}}}};
   auto s = DecodeControl(EncodeControl(sub));
