@@ -14,12 +14,34 @@ void BrokerCore::OnSeen(const std::string& worker) {
   if (it != workers_.end()) it->second.last_seen_ns = clock_->NowNanos();
 }
 
+void BrokerCore::OnHeartbeat(const std::string& worker, const wire::HeartbeatMsg& msg) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return;
+  it->second.last_seen_ns = clock_->NowNanos();
+  if (!it->second.peer || msg.load < 0) return;
+  it->second.load = msg.load;
+  // Work waiting for credit may now go to this peer.
+  for (const auto& [role, cap] : it->second.capacity)
+    if (QueueDepth(role) > 0) ready_roles_.insert(role);
+}
+
 void BrokerCore::OnRegister(const std::string& id, const wire::RegisterMsg& msg,
                             std::vector<Outgoing>* out) {
   auto [it, fresh] = workers_.try_emplace(id);
   ++counters_.registrations;
   Worker& w = it->second;
   w.last_seen_ns = clock_->NowNanos();
+  w.peer = msg.peer;
+  w.load = msg.load;
+  auto& lists = w.peer ? role_peers_ : role_workers_;
+  // Roles no longer declared stop getting work.
+  for (const auto& [role, cap] : w.capacity) {
+    bool kept = false;
+    for (const auto& r : msg.roles) kept |= r.first == role;
+    if (kept) continue;
+    auto& list = lists[role];
+    list.erase(std::remove(list.begin(), list.end(), id), list.end());
+  }
   // Held leases keep their slots: credit = capacity - leases held per role.
   std::map<std::string, uint32_t> held;
   for (uint64_t lease : w.leases) held[leases_[lease].role]++;
@@ -28,12 +50,15 @@ void BrokerCore::OnRegister(const std::string& id, const wire::RegisterMsg& msg,
   for (const auto& [role, cap] : msg.roles) {
     w.capacity[role] = cap;
     w.credit[role] = cap > held[role] ? cap - held[role] : 0;
-    auto& list = role_workers_[role];
+    auto& list = lists[role];
     if (std::find(list.begin(), list.end(), id) == list.end()) list.push_back(id);
     if (!queues_[role].empty()) ready_roles_.insert(role);
   }
-  LOG_INFO << (fresh ? "worker registered: " : "worker re-registered: ") << msg.worker_id << " with "
-           << msg.roles.size() << " roles";
+  if (fresh || !w.peer) {
+    LOG_INFO << (w.peer ? "peer broker linked: " : fresh ? "worker registered: " : "worker re-registered: ")
+             << msg.worker_id << (msg.node.empty() ? "" : " on " + msg.node) << " with " << msg.roles.size()
+             << " roles";
+  }
   out->push_back({id, wire::Control{config_.broker_id,
                                     wire::RegisterAckMsg{config_.broker_id, config_.heartbeat_ms}},
                   {}});
@@ -107,10 +132,30 @@ void BrokerCore::ExpireWorker(const std::string& id) {
     Enqueue(lease.role, std::move(lease.item), /*front=*/true);
   }
   for (const auto& [role, cap] : it->second.capacity) {
-    auto& list = role_workers_[role];
+    auto& list = (it->second.peer ? role_peers_ : role_workers_)[role];
     list.erase(std::remove(list.begin(), list.end(), id), list.end());
   }
   workers_.erase(it);
+}
+
+void BrokerCore::OnPeerDeliver(const std::string& link, const wire::DeliverItem& item, std::string payload) {
+  ++counters_.from_peers;
+  counters_.peer_bytes_in += static_cast<int64_t>(payload.size());
+  Enqueue(item.role, Item{std::move(payload), "", item.deliveries, item.enqueue_us, link, item.lease}, false);
+}
+
+std::vector<std::pair<std::string, uint64_t>> BrokerCore::TakeUpstreamAcks() {
+  std::vector<std::pair<std::string, uint64_t>> acks;
+  acks.swap(upstream_acks_);
+  return acks;
+}
+
+std::vector<std::pair<std::string, uint32_t>> BrokerCore::PeerOffer(uint32_t window) const {
+  std::vector<std::pair<std::string, uint32_t>> roles;
+  for (const auto& [role, list] : role_workers_)
+    if (!list.empty()) roles.emplace_back(role, window);
+  std::sort(roles.begin(), roles.end());
+  return roles;
 }
 
 void BrokerCore::Tick() {
@@ -120,53 +165,106 @@ void BrokerCore::Tick() {
   for (const auto& [id, w] : workers_)
     if (now - w.last_seen_ns > limit) dead.push_back(id);
   for (const auto& id : dead) ExpireWorker(id);
+  int64_t capacity = 0, busy = 0;
+  for (const auto& [id, w] : workers_) {
+    if (w.peer) continue;
+    for (const auto& [role, cap] : w.capacity) capacity += cap;
+    busy += static_cast<int64_t>(w.leases.size());
+  }
+  for (const auto& [role, list] : role_workers_)
+    if (!list.empty()) busy += static_cast<int64_t>(QueueDepth(role));
+  load_ = capacity > 0 ? static_cast<float>(busy) / static_cast<float>(capacity) : 0.0f;
+}
+
+void BrokerCore::HandOut(const std::string& wid, Worker& w, const std::string& role, size_t n,
+                         std::unordered_map<std::string, size_t>& slot, std::vector<Outgoing>* out) {
+  auto& q = queues_[role];
+  auto [sit, inserted] = slot.try_emplace(wid, out->size());
+  if (inserted) out->push_back({wid, wire::Control{config_.broker_id, wire::DeliverMsg{}}, {}});
+  Outgoing& o = (*out)[sit->second];
+  auto& deliver = std::get<wire::DeliverMsg>(o.control.body);
+  for (size_t i = 0; i < n; ++i) {
+    Item item = std::move(q.front());
+    q.pop_front();
+    if (item.upstream_lease != 0) {
+      upstream_acks_.emplace_back(item.upstream, item.upstream_lease);
+      item.upstream_lease = 0;
+    }
+    uint64_t lease_id = next_lease_++;
+    deliver.items.push_back({lease_id, role, item.deliveries, item.enqueue_us});
+    counters_.bytes_out += static_cast<int64_t>(item.payload.size());
+    o.payloads.push_back(item.payload);
+    w.leases.insert(lease_id);
+    leases_.emplace(lease_id, Lease{wid, role, std::move(item)});
+    ++counters_.delivered;
+  }
+  w.credit[role] -= static_cast<uint32_t>(n);
+  w.last_sent_ns = clock_->NowNanos();
+}
+
+void BrokerCore::OfferToPeers(const std::string& role, std::unordered_map<std::string, size_t>& slot,
+                              std::vector<Outgoing>* out) {
+  auto pit = role_peers_.find(role);
+  if (pit == role_peers_.end() || pit->second.empty()) return;
+  auto& q = queues_[role];
+  auto lit = role_workers_.find(role);
+  const bool served_here = lit != role_workers_.end() && !lit->second.empty();
+  while (!q.empty()) {
+    // A role served here moves only tasks that have not moved yet.
+    size_t movable = 0;
+    if (served_here) {
+      while (movable < q.size() && q[movable].upstream.empty()) ++movable;
+    } else {
+      movable = q.size();
+    }
+    if (movable == 0) return;
+    const std::string* best_id = nullptr;
+    Worker* best = nullptr;
+    for (const auto& pid : pit->second) {
+      Worker& p = workers_[pid];
+      if (p.credit[role] == 0) continue;
+      if (served_here && !(p.load + config_.steal_margin < load_)) continue;
+      if (!best || p.load < best->load) {
+        best = &p;
+        best_id = &pid;
+      }
+    }
+    if (!best) return;
+    size_t n = std::min<size_t>({best->credit[role], movable, config_.max_batch});
+    HandOut(*best_id, *best, role, n, slot, out);
+    (served_here ? counters_.stolen : counters_.forwarded) += static_cast<int64_t>(n);
+    // Count what was handed over until its next heartbeat says otherwise.
+    if (served_here) best->load += static_cast<float>(n) / 256.0f;
+  }
 }
 
 void BrokerCore::Dispatch(std::vector<Outgoing>* out) {
   std::unordered_map<std::string, size_t> slot;  // worker -> index in *out
   std::vector<std::string> roles(ready_roles_.begin(), ready_roles_.end());
   ready_roles_.clear();
-  int64_t now_ns = clock_->NowNanos();
   for (const auto& role : roles) {
     auto& q = queues_[role];
     auto& list = role_workers_[role];
-    if (q.empty() || list.empty()) continue;
+    if (q.empty()) continue;
     size_t& rr = rr_[role];
     size_t idle_rounds = 0;
     // Round-robin over workers, one batch per worker per round, until the
     // queue is empty or nobody has credit.
-    while (!q.empty() && idle_rounds < list.size()) {
+    while (!q.empty() && !list.empty() && idle_rounds < list.size()) {
       const std::string& wid = list[rr % list.size()];
       rr++;
       Worker& w = workers_[wid];
-      uint32_t& credit = w.credit[role];
+      uint32_t credit = w.credit[role];
       if (credit == 0) {
         ++idle_rounds;
         continue;
       }
       idle_rounds = 0;
-      auto [sit, inserted] = slot.try_emplace(wid, out->size());
-      if (inserted) out->push_back({wid, wire::Control{config_.broker_id, wire::DeliverMsg{}}, {}});
-      Outgoing& o = (*out)[sit->second];
-      auto& deliver = std::get<wire::DeliverMsg>(o.control.body);
-      size_t n = std::min<size_t>({credit, q.size(), config_.max_batch});
-      for (size_t i = 0; i < n; ++i) {
-        Item item = std::move(q.front());
-        q.pop_front();
-        uint64_t lease_id = next_lease_++;
-        deliver.items.push_back({lease_id, role, item.deliveries, item.enqueue_us});
-        counters_.bytes_out += static_cast<int64_t>(item.payload.size());
-        o.payloads.push_back(item.payload);
-        w.leases.insert(lease_id);
-        leases_.emplace(lease_id, Lease{wid, role, std::move(item)});
-        ++counters_.delivered;
-      }
-      credit -= static_cast<uint32_t>(n);
-      w.last_sent_ns = now_ns;
+      HandOut(wid, w, role, std::min<size_t>({credit, q.size(), config_.max_batch}), slot, out);
     }
-    if (!q.empty()) {
-      // Remaining items wait for credit; an ack re-marks the role ready.
-    }
+    // The rest goes to peers or waits for credit (an ack re-marks the role
+    // ready, and so does a peer's heartbeat while work waits).
+    OfferToPeers(role, slot, out);
   }
 }
 
@@ -218,7 +316,12 @@ Json BrokerCore::Stats() const {
     queues[role] = {{"depth", q.size()}, {"oldest_age_s", oldest_s}};
   }
   Json workers = Json::array();
+  Json peers = Json::array();
   for (const auto& [id, w] : workers_) {
+    if (w.peer) {
+      peers.push_back({{"id", id}, {"load", w.load}, {"leases", w.leases.size()}});
+      continue;
+    }
     Json credit = Json::object();
     for (const auto& [role, c] : w.credit) credit[role] = c;
     workers.push_back({{"id", id}, {"credit", credit}, {"leases", w.leases.size()}});
@@ -238,7 +341,12 @@ Json BrokerCore::Stats() const {
                 {"workers_expired", counters_.workers_expired},
                 {"bytes_in", counters_.bytes_in},
                 {"bytes_out", counters_.bytes_out},
-                {"registrations", counters_.registrations}}}};
+                {"registrations", counters_.registrations},
+                {"forwarded", counters_.forwarded},
+                {"stolen", counters_.stolen},
+                {"from_peers", counters_.from_peers}}},
+              {"load", load_},
+              {"peers", peers}};
 }
 
 }  // namespace matrix::broker

@@ -8,6 +8,15 @@
 // the message are dropped. A worker silent for `worker_timeout_ms` is dead:
 // its leases go back to the head of their queues with deliveries + 1.
 //
+// Peers: another node's broker links in like a worker (Register.peer) and
+// serves the roles its own workers serve, with a small credit window. After
+// the local workers had their turn, the rest of a role's queue goes to peers:
+// every task for a role no local worker serves (a forward), and, when the
+// local workers have no credit left, not-yet-moved tasks for a peer whose
+// advertised load is lower than ours by `steal_margin` (a steal). A task
+// received from a peer (OnPeerDeliver) is acknowledged upstream once it is
+// handed on, so the peer keeps it under lease until then.
+//
 // Invariants:
 //   - credit[w][r] + leases held by w for role r == capacity declared by w for r
 //     (until w re-registers or dies).
@@ -35,6 +44,7 @@ struct BrokerConfig {
   uint32_t heartbeat_ms = 1000;        // interval both sides use
   uint32_t worker_timeout_ms = 3000;   // 3 missed heartbeats
   size_t max_batch = 256;              // tasks per Deliver message
+  float steal_margin = 0.25f;          // a peer takes load only when this much less loaded
 };
 
 // One message for one worker: a Deliver or a RegisterAck with payload frames.
@@ -56,6 +66,10 @@ struct BrokerCounters {
   int64_t bytes_in = 0;       // task payload bytes received
   int64_t bytes_out = 0;      // task payload bytes delivered (redeliveries included)
   int64_t registrations = 0;  // registrations, re-registrations included
+  int64_t forwarded = 0;      // tasks handed to a peer: role not served here
+  int64_t stolen = 0;         // tasks handed to a less loaded peer
+  int64_t from_peers = 0;     // tasks received from peers
+  int64_t peer_bytes_in = 0;  // payload bytes of those
 };
 
 // The state of one role's queue and of its workers' credit.
@@ -78,6 +92,19 @@ class BrokerCore {
                 std::vector<std::string>&& payloads);
   // Any message from a worker counts as a heartbeat.
   void OnSeen(const std::string& worker);
+  // A heartbeat; a peer's carries its load.
+  void OnHeartbeat(const std::string& worker, const wire::HeartbeatMsg& msg);
+  // A task a peer delivered over our link `link` under its lease; queued
+  // here and acked upstream (TakeUpstreamAcks) once handed on.
+  void OnPeerDeliver(const std::string& link, const wire::DeliverItem& item, std::string payload);
+  // (link, lease) pairs to acknowledge to peers since the last call.
+  std::vector<std::pair<std::string, uint64_t>> TakeUpstreamAcks();
+  // Roles served by local workers with the credit window a link offers for
+  // each, sorted: what this broker registers at its peers.
+  std::vector<std::pair<std::string, uint32_t>> PeerOffer(uint32_t window) const;
+  // (queued tasks of locally served roles + local leases) / local capacity.
+  // Updated by Tick(). 0 with no local workers and no work.
+  float Load() const { return load_; }
   bool IsRegistered(const std::string& worker) const { return workers_.count(worker) > 0; }
   void CountInvalid() { ++counters_.invalid; }
 
@@ -104,6 +131,8 @@ class BrokerCore {
     std::string task_id;
     uint32_t deliveries = 1;
     int64_t enqueue_us = 0;
+    std::string upstream;         // link it came in on; empty: submitted here
+    uint64_t upstream_lease = 0;  // the peer's lease, until acked
   };
   struct Lease {
     std::string worker;
@@ -116,21 +145,31 @@ class BrokerCore {
     std::unordered_set<uint64_t> leases;
     int64_t last_seen_ns = 0;
     int64_t last_sent_ns = 0;
+    bool peer = false;
+    float load = 0;
   };
 
   void Enqueue(const std::string& role, Item item, bool front);
   void ExpireWorker(const std::string& id);
+  // Leases up to n items from the head of role's queue to `wid`.
+  void HandOut(const std::string& wid, Worker& w, const std::string& role, size_t n,
+               std::unordered_map<std::string, size_t>& slot, std::vector<Outgoing>* out);
+  void OfferToPeers(const std::string& role, std::unordered_map<std::string, size_t>& slot,
+                    std::vector<Outgoing>* out);
 
   BrokerConfig config_;
   const Clock* clock_;
   std::unordered_map<std::string, std::deque<Item>> queues_;
   std::unordered_map<std::string, Worker> workers_;
-  std::unordered_map<std::string, std::vector<std::string>> role_workers_;  // role -> workers
+  std::unordered_map<std::string, std::vector<std::string>> role_workers_;  // role -> local workers
+  std::unordered_map<std::string, std::vector<std::string>> role_peers_;    // role -> peer links
   std::unordered_map<std::string, size_t> rr_;                               // role -> next worker
   std::unordered_map<uint64_t, Lease> leases_;
   std::unordered_set<std::string> ready_roles_;  // roles with queued items
   uint64_t next_lease_ = 1;
   BrokerCounters counters_;
+  std::vector<std::pair<std::string, uint64_t>> upstream_acks_;
+  float load_ = 0;
 };
 
 }  // namespace matrix::broker

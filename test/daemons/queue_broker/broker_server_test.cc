@@ -76,7 +76,7 @@ class BrokerServerTest : public ::testing::Test {
 TEST_F(BrokerServerTest, DeliversWithinCreditAndRedeliversAfterWorkerDies) {
   auto source = Dealer("source");
   auto w1 = Dealer("w1");
-  SendControl(w1.get(), wire::RegisterMsg{"w1", {{"teacher", 2}}, 0});
+  SendControl(w1.get(), wire::RegisterMsg{"w1", {{"teacher", 2}}, 0, false, "", 0});
   wire::RegisterAckMsg ack;
   Frames frames;
   ASSERT_TRUE(RecvBody(w1.get(), &ack, &frames));
@@ -94,7 +94,7 @@ TEST_F(BrokerServerTest, DeliversWithinCreditAndRedeliversAfterWorkerDies) {
   EXPECT_TRUE(wire::VerifyTask(frames[1]).ok());
   // w1 goes silent; w2 registers and gets the two leases back, redelivered.
   auto w2 = Dealer("w2");
-  SendControl(w2.get(), wire::RegisterMsg{"w2", {{"teacher", 10}}, 0});
+  SendControl(w2.get(), wire::RegisterMsg{"w2", {{"teacher", 10}}, 0, false, "", 0});
   size_t got = 0, redelivered = 0;
   ASSERT_TRUE(matrix::testing::WaitUntil(
       [&] {
