@@ -41,8 +41,15 @@ BrokerMetrics::BrokerMetrics(MetricsRegistry& r)
       workers_expired(r.Counter("matrix_broker_workers_expired_total",
                                 "Workers declared dead after missing their heartbeats.")),
       forwards(r.Counter("matrix_broker_forwards_total",
-                         "Messages forwarded to the broker of another node.")),
+                         "Messages forwarded to another node's broker: their role is not served here.")),
       steals(r.Counter("matrix_broker_steals_total",
-                       "Messages taken from the queue of another node's broker.")) {}
+                       "Messages of a saturated role taken by a less loaded node's broker.")),
+      tasks_from_peers(r.Counter("matrix_broker_tasks_from_peers_total",
+                                 "Messages received from other nodes' brokers (forwards and steals).")),
+      auth_failures(r.Counter("matrix_broker_auth_failures_total",
+                              "Connections refused in the handshake: no CURVE or not the job's keys.")),
+      peers(r.Gauge("matrix_broker_peers", "Other nodes' brokers linked to this one and alive.")),
+      load(r.Gauge("matrix_broker_load",
+                    "Queued and running work of locally served roles over local worker capacity.")) {}
 
 }  // namespace matrix::metrics

@@ -40,6 +40,10 @@ struct BrokerMetrics {
   Counter workers_expired;         // matrix_broker_workers_expired_total
   Counter forwards;                // matrix_broker_forwards_total
   Counter steals;                  // matrix_broker_steals_total
+  Counter tasks_from_peers;        // matrix_broker_tasks_from_peers_total
+  Counter auth_failures;           // matrix_broker_auth_failures_total
+  Gauge peers;                     // matrix_broker_peers
+  Gauge load;                      // matrix_broker_load
 };
 
 }  // namespace matrix::metrics

@@ -3,12 +3,15 @@
 // which only read the metrics registry.
 #include "daemons/queue_broker/broker_server.h"
 
+#include <algorithm>
 #include <array>
+#include <filesystem>
 #include <variant>
 
 #include "common/base/files.h"
 #include "common/base/log.h"
 #include "common/base/signals.h"
+#include "common/base/strings.h"
 #include "common/metrics/broker_metrics.h"
 #include "common/metrics/metrics.h"
 #include "common/transport/transport.h"
@@ -30,7 +33,38 @@ void Advance(const metrics::Counter& counter, int64_t now, int64_t* last) {
   *last = now;
 }
 
+// The peers a broker links to: the `fanout` nodes nearest to `self` in the
+// sorted ring of node names, alternating after and before it.
+std::vector<std::string> NearestPeers(std::vector<std::string> nodes, const std::string& self, size_t fanout) {
+  nodes.push_back(self);
+  std::sort(nodes.begin(), nodes.end());
+  nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
+  const size_t n = nodes.size();
+  const size_t me = std::find(nodes.begin(), nodes.end(), self) - nodes.begin();
+  std::vector<std::string> out;
+  for (size_t step = 1; out.size() < std::min(fanout, n - 1) && step < n; ++step) {
+    const std::string& after = nodes[(me + step) % n];
+    const std::string& before = nodes[(me + n - step) % n];
+    for (const std::string* c : {&after, &before})
+      if (out.size() < fanout && *c != self && std::find(out.begin(), out.end(), *c) == out.end())
+        out.push_back(*c);
+  }
+  return out;
+}
+
 }  // namespace
+
+struct BrokerServer::Link {
+  std::string name;  // "link:<node>": the upstream name of tasks it delivers
+  std::string node;
+  std::string endpoint;
+  std::unique_ptr<transport::Socket> socket;
+  std::vector<std::pair<std::string, uint32_t>> offered;  // roles last registered
+  bool registered = false;   // a RegisterAck came back
+  int64_t last_heard_ns = 0;
+  int64_t last_sent_ns = 0;
+  int64_t last_register_ns = 0;
+};
 
 struct BrokerServer::Metrics {
   explicit Metrics(const Clock& clock) : set(registry) {
@@ -69,10 +103,17 @@ StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Create(BrokerServerConfig 
                                                              transport::Context* ctx,
                                                              const Clock* clock) {
   std::unique_ptr<BrokerServer> server(new BrokerServer(std::move(config), clock));
+  server->ctx_ = ctx;
   transport::SocketOptions opts;
   opts.max_message_bytes = static_cast<int64_t>(server->config_.max_message_bytes);
+  if (server->config_.keys) {
+    Status zap = ctx->RestrictCurveClients({server->config_.keys->public_key});
+    if (!zap.ok() && zap.code() != StatusCode::kFailedPrecondition) return zap;  // already running: fine
+    opts = transport::CurveServerOptions(*server->config_.keys, opts);
+  }
   MATRIX_ASSIGN_OR_RETURN(server->socket_, transport::Socket::Bind(*ctx, transport::Socket::Kind::kRouter,
                                                                   server->config_.bind, opts));
+  if (server->config_.keys) MATRIX_RETURN_IF_ERROR(server->socket_->WatchHandshakeFailures());
   // Metrics first: once the broker's endpoint file exists, everything is up.
   if (!server->config_.metrics_bind.empty()) {
     MATRIX_ASSIGN_OR_RETURN(server->metrics_->server,
@@ -123,8 +164,8 @@ void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
       // Sources and clients may submit without serving a role.
     }
     core_.OnSubmit(peer, *sub, std::move(payloads));
-  } else if (std::holds_alternative<wire::HeartbeatMsg>(control->body)) {
-    core_.OnSeen(peer);
+  } else if (auto* hb = std::get_if<wire::HeartbeatMsg>(&control->body)) {
+    core_.OnHeartbeat(peer, *hb);
   } else if (std::holds_alternative<wire::StatsRequestMsg>(control->body)) {
     out.push_back({peer, wire::Control{config_.core.broker_id, wire::StatsReplyMsg{core_.Stats().dump()}}, {}});
   } else {
@@ -153,14 +194,27 @@ void BrokerServer::SendAll(std::vector<Outgoing>& out) {
 
 Status BrokerServer::Run() {
   transport::Poller poller;
-  int sock_idx = poller.AddSocket(socket_.get());
-  int sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
+  int sock_idx = 0, sig_idx = -1;
+  std::vector<std::pair<int, Link*>> link_idx;
+  auto build_poller = [&] {
+    poller = transport::Poller();
+    sock_idx = poller.AddSocket(socket_.get());
+    sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
+    link_idx.clear();
+    for (auto& [name, link] : links_) link_idx.emplace_back(poller.AddSocket(link->socket.get()), link.get());
+  };
+  build_poller();
   std::vector<std::string> frames;
   std::vector<Outgoing> out;
   int64_t last_tick = clock_->NowNanos();
+  int64_t last_discovery = 0;
   while (!stop_) {
     // Ticks run on idle loops too, so expiry and metrics do not wait for traffic.
     if (poller.Poll(50)) {
+      for (auto& [idx, link] : link_idx) {
+        if (!poller.Readable(idx)) continue;
+        for (int i = 0; i < 1024 && link->socket->TryRecv(&frames); ++i) HandleLinkMessage(*link, frames);
+      }
       if (sig_idx >= 0 && poller.Readable(sig_idx)) {
         int sig = ReadSignal(config_.signal_fd);
         LOG_INFO << "signal " << sig << ": broker stopping with " << core_.LeaseCount() << " leases out";
@@ -181,9 +235,22 @@ Status BrokerServer::Run() {
     core_.Dispatch(&out);
     SendAll(out);
     int64_t now = clock_->NowNanos();
+    if (!config_.nodes_dir.empty() && now - last_discovery > 1'000'000'000) {
+      last_discovery = now;
+      if (DiscoverPeers()) build_poller();
+    }
+    if (!links_.empty()) TendLinks();
     if (now - last_tick > 100'000'000) {
       last_tick = now;
       core_.Tick();
+      if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
+        if (auth_failures_ < 20) {
+          LOG_WARN << "refused " << refused << " connection(s) to " << socket_->endpoint()
+                   << " in the handshake: no CURVE or not the job's keys";
+        }
+        auth_failures_ += refused;
+        metrics_->set.auth_failures.Inc(static_cast<double>(refused));
+      }
       for (const auto& w : core_.WorkersNeedingHeartbeat())
         out.push_back({w, wire::Control{config_.core.broker_id, wire::HeartbeatMsg{}}, {}});
       SendAll(out);
@@ -208,6 +275,13 @@ void BrokerServer::UpdateMetrics() {
   Advance(m.worker_registrations, c.registrations, &last.registrations);
   Advance(m.payload_received_bytes, c.bytes_in, &last.bytes_in);
   Advance(m.payload_sent_bytes, c.bytes_out, &last.bytes_out);
+  Advance(m.forwards, c.forwarded, &last.forwarded);
+  Advance(m.steals, c.stolen, &last.stolen);
+  Advance(m.tasks_from_peers, c.from_peers, &last.from_peers);
+  m.load.Set(core_.Load());
+  int alive = 0;
+  for (const auto& [name, link] : links_) alive += link->registered ? 1 : 0;
+  m.peers.Set(alive);
   m.leases_outstanding.Set(static_cast<double>(core_.LeaseCount()));
   m.workers.Set(static_cast<double>(core_.WorkerCount()));
   for (const RoleState& r : core_.RoleStates()) {
@@ -215,6 +289,122 @@ void BrokerServer::UpdateMetrics() {
     m.queue_depth.With(labels).Set(static_cast<double>(r.depth));
     m.queue_oldest_age_seconds.With(labels).Set(r.oldest_age_s);
     m.credit_free.With(labels).Set(static_cast<double>(r.credit_free));
+  }
+}
+
+bool BrokerServer::DiscoverPeers() {
+  std::map<std::string, std::string> found;  // node -> broker endpoint
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(config_.nodes_dir, ec)) {
+    const std::string node = entry.path().filename().string();
+    if (node == config_.node || node.empty() || node[0] == '.') continue;
+    auto ep = ReadFile(entry.path().string() + "/endpoints/broker");
+    if (ep.ok() && !Trim(*ep).empty()) found[node] = Trim(*ep);
+  }
+  std::vector<std::string> names;
+  for (const auto& [node, ep] : found) names.push_back(node);
+  std::map<std::string, std::string> wanted;  // link name -> endpoint
+  for (const auto& node : NearestPeers(names, config_.node, config_.peer_fanout)) wanted["link:" + node] = found[node];
+  bool changed = false;
+  for (auto it = links_.begin(); it != links_.end();) {
+    auto w = wanted.find(it->first);
+    if (w == wanted.end() || w->second != it->second->endpoint) {
+      LOG_INFO << "peer link to " << it->second->node << " closed";
+      it = links_.erase(it);
+      changed = true;
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [name, endpoint] : wanted) {
+    if (links_.count(name)) continue;
+    transport::SocketOptions opts;
+    opts.max_message_bytes = static_cast<int64_t>(config_.max_message_bytes);
+    opts.identity = "peer:" + config_.core.broker_id;
+    if (config_.keys) opts = transport::CurveClientOptions(*config_.keys, opts);
+    auto sock = transport::Socket::Connect(*ctx_, transport::Socket::Kind::kDealer, endpoint, opts);
+    if (!sock.ok()) {
+      LOG_WARN << "cannot link to peer " << name << " at " << endpoint << ": " << sock.status().message();
+      continue;
+    }
+    auto link = std::make_unique<Link>();
+    link->name = name;
+    link->node = name.substr(5);
+    link->endpoint = endpoint;
+    link->socket = std::move(*sock);
+    link->last_heard_ns = clock_->NowNanos();
+    LOG_INFO << "peer link to " << link->node << " at " << endpoint;
+    links_[name] = std::move(link);
+    changed = true;
+  }
+  return changed;
+}
+
+void BrokerServer::SendOnLink(Link& link, const wire::Control& control) {
+  Status st = link.socket->Send({wire::EncodeControl(control)});
+  if (!st.ok()) LOG_DEBUG << "send on link to " << link.node << " failed: " << st.message();
+  link.last_sent_ns = clock_->NowNanos();
+}
+
+void BrokerServer::TendLinks() {
+  const int64_t now = clock_->NowNanos();
+  const int64_t interval = static_cast<int64_t>(config_.core.heartbeat_ms) * 1'000'000;
+  const auto offer = core_.PeerOffer(config_.peer_window);
+  for (auto& [name, link] : links_) {
+    if (now - link->last_heard_ns > 3 * interval && now - link->last_register_ns > 3 * interval) {
+      // Silent peer: start over (it may have restarted at the same address).
+      if (link->registered) LOG_WARN << "peer " << link->node << " silent; relinking";
+      link->registered = false;
+      link->offered.clear();
+    }
+    if (link->offered != offer || (!link->registered && now - link->last_register_ns > interval)) {
+      wire::RegisterMsg reg;
+      reg.worker_id = "peer:" + config_.core.broker_id;
+      reg.roles = offer;
+      reg.peer = true;
+      reg.node = config_.node;
+      reg.load = core_.Load();
+      SendOnLink(*link, wire::Control{config_.core.broker_id, reg});
+      link->offered = offer;
+      link->last_register_ns = now;
+    } else if (now - link->last_sent_ns > interval / 4) {
+      SendOnLink(*link, wire::Control{config_.core.broker_id, wire::HeartbeatMsg{core_.Load()}});
+    }
+  }
+  auto acks = core_.TakeUpstreamAcks();
+  if (acks.empty()) return;
+  std::map<std::string, wire::SubmitMsg> by_link;
+  for (const auto& [link, lease] : acks) by_link[link].items.push_back({lease, "", "", false, false});
+  for (auto& [name, submit] : by_link) {
+    auto it = links_.find(name);
+    if (it != links_.end()) SendOnLink(*it->second, wire::Control{config_.core.broker_id, std::move(submit)});
+  }
+}
+
+void BrokerServer::HandleLinkMessage(Link& link, std::vector<std::string>& frames) {
+  auto invalid = [&](const std::string& why) {
+    core_.CountInvalid();
+    if (invalid_logged_++ < 20) LOG_WARN << "dropping invalid message from peer " << link.node << ": " << why;
+  };
+  if (frames.empty()) return invalid("missing envelope");
+  auto control = wire::DecodeControl(frames[0]);
+  if (!control.ok()) return invalid(control.status().message());
+  link.last_heard_ns = clock_->NowNanos();
+  if (std::holds_alternative<wire::RegisterAckMsg>(control->body)) {
+    if (!link.registered) LOG_INFO << "linked to peer " << link.node;
+    link.registered = true;
+  } else if (auto* d = std::get_if<wire::DeliverMsg>(&control->body)) {
+    if (frames.size() != 1 + d->items.size()) return invalid("payload frame count does not match items");
+    for (size_t i = 0; i < d->items.size(); ++i) {
+      Status st = wire::VerifyTask(frames[1 + i], config_.max_message_bytes);
+      if (!st.ok()) {
+        invalid("task payload: " + st.message());
+        continue;  // not acked: the peer keeps it under lease
+      }
+      core_.OnPeerDeliver(link.name, d->items[i], std::move(frames[1 + i]));
+    }
+  } else if (!std::holds_alternative<wire::HeartbeatMsg>(control->body)) {
+    invalid("unexpected message type on a peer link");
   }
 }
 

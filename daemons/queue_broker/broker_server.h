@@ -4,21 +4,23 @@
 // (polled as a signalfd) or Stop(). Exports BrokerMetrics (refreshed every
 // loop tick, ~100 ms) and, when `metrics_bind` is set, serves them at
 // http://<metrics_bind>/metrics.
+// With `nodes_dir`, links to peer brokers (see schemas/control.fbs, BROKER <->
+// BROKER): discovered from the run directory every second, heartbeating
+// with this broker's load, re-registering when the locally served roles
+// change, reconnecting after 3 silent heartbeat intervals.
 // Thread-safety: Run() on one thread; Stop() may be called from any thread.
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/base/clock.h"
 #include "common/base/status.h"
+#include "common/transport/transport.h"
 #include "daemons/queue_broker/broker_core.h"
-
-namespace matrix::transport {
-class Context;
-class Socket;
-}  // namespace matrix::transport
 
 namespace matrix::broker {
 
@@ -33,6 +35,17 @@ struct BrokerServerConfig {
   // are kept but not served. With run_dir, the bound address goes to
   // endpoints/<name>.metrics.
   std::string metrics_bind;
+  // Many nodes: this broker's node, and <run_dir>/nodes, where the other
+  // nodes' brokers publish <node>/endpoints/broker. Links go to the
+  // `peer_fanout` nearest nodes in name order (both directions); each offers
+  // `peer_window` credit per locally served role. Empty: no peers.
+  std::string node;
+  std::string nodes_dir;
+  size_t peer_fanout = 8;
+  uint32_t peer_window = 32;
+  // The job's key pair: the socket requires CURVE with it (and only its
+  // public key is admitted), links use it. Unset: no authentication (ipc).
+  std::optional<transport::CurveKeyPair> keys;
 };
 
 class BrokerServer {
@@ -53,8 +66,15 @@ class BrokerServer {
 
  private:
   BrokerServer(BrokerServerConfig config, const Clock* clock);
+  struct Link;
   void HandleMessage(std::vector<std::string>& frames);
+  void HandleLinkMessage(Link& link, std::vector<std::string>& frames);
   void SendAll(std::vector<Outgoing>& out);
+  // Re-reads the peers in nodes_dir; true when the set of links changed.
+  bool DiscoverPeers();
+  // Registers, heartbeats, reconnects and sends upstream acks on links.
+  void TendLinks();
+  void SendOnLink(Link& link, const wire::Control& control);
   // Brings the metrics up to date with core_'s counters and state.
   void UpdateMetrics();
 
@@ -66,6 +86,9 @@ class BrokerServer {
   std::unique_ptr<Metrics> metrics_;
   std::atomic<bool> stop_{false};
   int64_t invalid_logged_ = 0;
+  std::map<std::string, std::unique_ptr<Link>> links_;  // by link name "link:<node>"
+  transport::Context* ctx_ = nullptr;
+  int64_t auth_failures_ = 0;
 };
 
 }  // namespace matrix::broker

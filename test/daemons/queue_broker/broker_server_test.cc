@@ -6,6 +6,8 @@
 
 #include <thread>
 
+#include "common/base/files.h"
+#include "common/transport/job_keys.h"
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "test/support/test_util.h"
@@ -131,6 +133,112 @@ TEST_F(BrokerServerTest, DropsMalformedMessagesAndKeepsServing) {
       3000))
       << stats.dump();
   EXPECT_EQ(stats["counters"]["submitted"], 0);
+}
+
+// Two nodes' brokers with the job's keys, linked through the run directory.
+class BrokerPeersTest : public BrokerServerTest {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(transport::CreateJobKeys(dir_.path()).ok());
+    keys_ = transport::LoadJobKeys(dir_.path()).value();
+    for (const char* node : {"n1", "n2"}) {
+      BrokerServerConfig config;
+      config.bind = "tcp://127.0.0.1:*";
+      config.core.broker_id = std::string("broker.") + node;
+      config.core.heartbeat_ms = 200;
+      config.core.worker_timeout_ms = 600;
+      config.run_dir = dir_.path() + "/nodes/" + node;
+      config.node = node;
+      config.nodes_dir = dir_.path() + "/nodes";
+      config.keys = keys_;
+      auto server = BrokerServer::Create(config, &ctx_, SystemClock::Get());
+      ASSERT_TRUE(server.ok()) << server.status().ToString();
+      servers_.push_back(std::move(*server));
+    }
+    for (auto& s : servers_) threads_.emplace_back([&s] { ASSERT_TRUE(s->Run().ok()); });
+  }
+  void TearDown() override {
+    for (auto& s : servers_) s->Stop();
+    for (auto& t : threads_) t.join();
+  }
+  std::unique_ptr<Socket> Member(int node, const std::string& id) {
+    transport::SocketOptions o;
+    o.identity = id;
+    return Socket::Connect(ctx_, Socket::Kind::kDealer, servers_[node]->endpoint(),
+                           transport::CurveClientOptions(keys_, o))
+        .value();
+  }
+  Json Stats(int node) {
+    auto client = Member(node, "stats");
+    SendControl(client.get(), wire::StatsRequestMsg{});
+    wire::StatsReplyMsg reply;
+    Frames frames;
+    return RecvBody(client.get(), &reply, &frames, 2000) ? Json::parse(reply.json) : Json();
+  }
+
+  matrix::testing::TempDir dir_;
+  transport::CurveKeyPair keys_;
+  std::vector<std::unique_ptr<BrokerServer>> servers_;
+  std::vector<std::thread> threads_;
+};
+
+TEST_F(BrokerPeersTest, ForwardsARoleServedOnlyByThePeerAndAcksWhenHandedOn) {
+  // The sink of partition owner "n2.w" is served on node 2 only.
+  auto owner = Member(1, "n2.w");
+  SendControl(owner.get(), wire::RegisterMsg{"n2.w", {{"sink:n2.w", 16}}, 0, false, "", 0});
+  wire::RegisterAckMsg ack;
+  Frames frames;
+  ASSERT_TRUE(RecvBody(owner.get(), &ack, &frames));
+  // Node 1 learns that through its link once node 2 re-registers its offer.
+  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return Stats(0)["peers"].size() == 1 && Stats(1)["peers"].size() == 1; }, 5000));
+  auto source = Member(0, "n1.w");
+  wire::SubmitMsg submit;
+  std::vector<std::string> payloads;
+  for (int i = 0; i < 3; ++i) {
+    submit.items.push_back({0, "sink:n2.w", "t" + std::to_string(i), false, true});
+    payloads.push_back(TaskBytes("t" + std::to_string(i)));
+  }
+  SendControl(source.get(), submit, payloads);
+  size_t got = 0;
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] {
+        SendControl(owner.get(), wire::HeartbeatMsg{});
+        wire::DeliverMsg d;
+        Frames f;
+        if (RecvBody(owner.get(), &d, &f, 100)) {
+          got += d.items.size();
+          for (size_t i = 1; i < f.size(); ++i) EXPECT_TRUE(wire::VerifyTask(f[i]).ok());
+        }
+        return got == 3;
+      },
+      5000));
+  Json s1, s2;
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] {
+        s1 = Stats(0);
+        s2 = Stats(1);
+        return s1["leases"] == 0;  // node 2 acked each lease when it handed the task on
+      },
+      3000))
+      << s1.dump();
+  EXPECT_EQ(s1["counters"]["forwarded"], 3);
+  EXPECT_EQ(s2["counters"]["from_peers"], 3);
+}
+
+TEST_F(BrokerPeersTest, RefusesClientsWithoutTheJobKeys) {
+  transport::SocketOptions plain;
+  plain.identity = "intruder";
+  auto intruder = Socket::Connect(ctx_, Socket::Kind::kDealer, servers_[0]->endpoint(), plain).value();
+  auto other = transport::GenerateCurveKeyPair().value();
+  auto stranger = Socket::Connect(ctx_, Socket::Kind::kDealer, servers_[0]->endpoint(),
+                                  transport::CurveClientOptions(other, plain))
+                      .value();
+  for (Socket* s : {intruder.get(), stranger.get()}) SendControl(s, wire::StatsRequestMsg{});
+  wire::StatsReplyMsg reply;
+  Frames frames;
+  EXPECT_FALSE(RecvBody(intruder.get(), &reply, &frames, 500));
+  EXPECT_FALSE(RecvBody(stranger.get(), &reply, &frames, 100));
+  EXPECT_FALSE(Stats(0).is_null());  // members still served
 }
 
 }  // namespace
