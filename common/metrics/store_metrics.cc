@@ -27,6 +27,8 @@ StoreMetrics::StoreMetrics(MetricsRegistry& r)
                                   "Stored objects found corrupt on read (and dropped).")),
       invalid_messages(r.Counter("matrix_store_invalid_messages_total",
                                  "Malformed or unexpected messages dropped.")),
+      auth_failures(r.Counter("matrix_store_auth_failures_total",
+                              "Connections refused in the handshake: no CURVE or not the job's keys.")),
       request_duration_seconds(r.HistogramFamily("matrix_store_request_duration_seconds",
                                                  "Time to handle one request, by type.",
                                                  // 10 us .. 2.6 s: most requests take microseconds.

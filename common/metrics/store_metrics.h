@@ -31,6 +31,7 @@ struct StoreMetrics {
   Counter expirations;        // matrix_store_expirations_total
   Counter checksum_failures;  // matrix_store_checksum_failures_total
   Counter invalid_messages;   // matrix_store_invalid_messages_total
+  Counter auth_failures;      // matrix_store_auth_failures_total
 
   // Time to handle one request, by type (label `type`: put, get, free, stats).
   HistogramFamily request_duration_seconds;  // matrix_store_request_duration_seconds

@@ -41,12 +41,52 @@ StatusOr<std::unique_ptr<StoreClient>> StoreClient::Create(transport::Context& c
   if (opts.request_timeout_ms <= 0 || opts.max_retries < 0 || opts.max_batch == 0 ||
       opts.max_batch_bytes <= 0 || opts.max_object_bytes <= 0 || opts.cache_bytes < 0)
     return InvalidArgument("store client options: timeouts, batch sizes and limits must be positive");
-  transport::SocketOptions so;
+  transport::SocketOptions so = opts.socket_options;
   so.max_message_bytes = std::max<int64_t>(opts.max_object_bytes, kMaxEnvelopeBytes) + 4096;
   auto socket = transport::Socket::Connect(ctx, transport::Socket::Kind::kDealer, endpoint, so);
   if (!socket.ok()) return socket.status();
-  return std::unique_ptr<StoreClient>(
+  std::unique_ptr<StoreClient> client(
       new StoreClient(endpoint, std::move(node), clock, opts, std::move(socket).value()));
+  client->ctx_ = &ctx;
+  return client;
+}
+
+StoreClient* StoreClient::Remote(const std::string& node) {
+  auto it = remotes_.find(node);
+  if (it != remotes_.end()) return it->second.get();
+  if (!opts_.resolve_node) return nullptr;
+  const std::string endpoint = opts_.resolve_node(node);
+  if (endpoint.empty()) return nullptr;
+  Options sub = opts_;
+  sub.resolve_node = nullptr;
+  sub.cache_bytes = opts_.cache_bytes / 4;
+  auto client = Create(*ctx_, endpoint, node, clock_, sub);
+  if (!client.ok()) {
+    LOG_WARN << "cannot connect to the store of node " << node << " at " << endpoint << ": "
+             << client.status().message();
+    return nullptr;
+  }
+  LOG_INFO << "fetching objects of node " << node << " from " << endpoint;
+  return remotes_.emplace(node, std::move(*client)).first->second.get();
+}
+
+std::vector<transport::Socket*> StoreClient::sockets() {
+  std::vector<transport::Socket*> out{socket_.get()};
+  for (auto& [node, client] : remotes_) out.push_back(client->socket());
+  return out;
+}
+
+StoreClient::Stats StoreClient::stats() const {
+  Stats s = stats_;
+  for (const auto& [node, c] : remotes_) {
+    const Stats r = c->stats();
+    s.cache_hits += r.cache_hits;
+    s.cache_misses += r.cache_misses;
+    s.retries += r.retries;
+    s.errors += r.errors;
+    s.remote_fetches += r.cache_misses;
+  }
+  return s;
 }
 
 StoreClient::StoreClient(std::string endpoint, std::string node, const Clock* clock, Options opts,
@@ -89,6 +129,54 @@ void StoreClient::Put(std::string data, PutCallback done) {
 }
 
 void StoreClient::Get(std::vector<wire::ObjectRef> refs, GetCallback done) {
+  bool all_local = true;
+  for (const auto& ref : refs) all_local &= ref.node == node_;
+  if (all_local || !opts_.resolve_node) return GetLocal(std::move(refs), std::move(done));
+  ++stats_.gets;
+  // Split by owning node; the parts complete into one result in refs order.
+  struct Join {
+    std::vector<std::string> results;
+    size_t parts = 0;
+    bool failed = false;
+    GetCallback done;
+  };
+  auto join = std::make_shared<Join>();
+  join->results.resize(refs.size());
+  join->done = std::move(done);
+  std::map<std::string, std::vector<size_t>> by_node;
+  for (size_t i = 0; i < refs.size(); ++i) by_node[refs[i].node].push_back(i);
+  join->parts = by_node.size();
+  for (auto& [node, idx] : by_node) {
+    std::vector<wire::ObjectRef> part;
+    for (size_t i : idx) part.push_back(refs[i]);
+    auto finish = [this, join, idx](StatusOr<std::vector<std::string>> got) {
+      if (join->failed) return;
+      if (!got.ok()) {
+        join->failed = true;
+        join->done(got.status());
+        return;
+      }
+      for (size_t k = 0; k < idx.size(); ++k) join->results[idx[k]] = std::move((*got)[k]);
+      if (--join->parts == 0) join->done(std::move(join->results));
+    };
+    if (node == node_) {
+      GetLocal(std::move(part), std::move(finish));
+      --stats_.gets;  // counted once above
+      continue;
+    }
+    stats_.remote_refs += static_cast<int64_t>(part.size());
+    if (StoreClient* remote = Remote(node)) {
+      remote->Get(std::move(part), std::move(finish));
+    } else {
+      Status st = Unavailable("object on node " + node + " not reachable (" + ObjectName(part[0].id) +
+                              "; no store endpoint known for that node)");
+      ++stats_.errors;
+      ready_.push_back([finish, st]() mutable { finish(st); });
+    }
+  }
+}
+
+void StoreClient::GetLocal(std::vector<wire::ObjectRef> refs, GetCallback done) {
   ++stats_.gets;
   auto op = std::make_shared<GetOp>();
   op->done = std::move(done);
@@ -122,11 +210,19 @@ void StoreClient::Get(std::vector<wire::ObjectRef> refs, GetCallback done) {
 }
 
 void StoreClient::Free(std::vector<wire::ObjectRef> refs) {
+  std::map<std::string, std::vector<wire::ObjectRef>> others;
   for (const auto& ref : refs) {
-    if (ref.node != node_) continue;
+    if (ref.node != node_) {
+      if (opts_.resolve_node) others[ref.node].push_back(ref);
+      continue;
+    }
     cache_.Erase(ref.id);
     pending_frees_.push_back(ref.id);
     ++stats_.frees;
+  }
+  for (auto& [node, part] : others) {
+    stats_.frees += static_cast<int64_t>(part.size());
+    if (StoreClient* remote = Remote(node)) remote->Free(std::move(part));
   }
 }
 
@@ -142,6 +238,7 @@ void StoreClient::Tick() {
   FlushGets();
   FlushFrees();
   FlushStats();
+  for (auto& [node, remote] : remotes_) remote->Tick();
 }
 
 int StoreClient::PollTimeoutMs(int max_ms) const {
@@ -151,6 +248,10 @@ int StoreClient::PollTimeoutMs(int max_ms) const {
   int64_t wait = max_ms < 0 ? INT64_MAX : max_ms;
   const int64_t now = clock_->NowMillis();
   for (const auto& [rid, r] : inflight_) wait = std::min(wait, std::max<int64_t>(0, r.deadline_ms - now));
+  for (const auto& [node, remote] : remotes_) {
+    const int w = remote->PollTimeoutMs(max_ms);
+    if (w >= 0) wait = std::min<int64_t>(wait, w);
+  }
   return wait == INT64_MAX ? -1 : static_cast<int>(wait);
 }
 
@@ -288,6 +389,7 @@ void StoreClient::Fail(Request& request, const Status& error) {
 void StoreClient::OnReadable() {
   transport::Frames frames;
   while (socket_->TryRecv(&frames)) HandleReply(frames);
+  for (auto& [node, remote] : remotes_) remote->OnReadable();
 }
 
 void StoreClient::WarnBadReply(const std::string& why) {

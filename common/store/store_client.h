@@ -20,6 +20,11 @@
 // endpoint. Frees are fire-and-forget: a lost Free leaves the object to the
 // store's TTL sweep.
 //
+// Other nodes: with `resolve_node`, a Get of references owned by other nodes
+// goes to their stores (a sub-client per node, sockets() lists them all);
+// results come back in `refs` order as for local ones. Without it, or for a
+// node not yet known, such references fail with kUnavailable.
+//
 // Integrity: fetched payloads and cache hits are verified against the
 // reference's Hash64 checksum and size; a mismatch is kDataLoss naming the
 // object, and nothing corrupt is cached.
@@ -35,6 +40,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -57,6 +63,12 @@ struct StoreClientOptions {
   int64_t max_batch_bytes = int64_t{64} << 20;  // payload bytes per Put message
   int64_t max_object_bytes = int64_t{64} << 20;  // larger puts fail locally
   int64_t ttl_ms = 0;                     // TTL sent with puts; 0: store default
+  // Many nodes: the store endpoint of another node ("" while unknown). With
+  // it, references to other nodes are fetched (and freed) at their owner's
+  // store through one more connection per node, opened on first use.
+  std::function<std::string(const std::string& node)> resolve_node;
+  // Applied to every connection (e.g. CURVE client keys of the job).
+  transport::SocketOptions socket_options;
 };
 
 class StoreClient {
@@ -74,6 +86,8 @@ class StoreClient {
     int64_t frees = 0;         // references freed
     int64_t retries = 0;       // requests sent again after a timeout
     int64_t errors = 0;        // Put/Get callbacks completed with an error
+    int64_t remote_refs = 0;   // references owned by other nodes asked for
+    int64_t remote_fetches = 0;  // of those, fetched over the network (cache misses)
   };
 
   // Connects a DEALER to the store at `endpoint` (the connection completes
@@ -90,6 +104,11 @@ class StoreClient {
   // The owner adds this socket to its Poller and calls OnReadable() when it
   // is readable.
   transport::Socket* socket() { return socket_.get(); }
+  // This node's socket first, then one per other node in use. The list grows
+  // when a new node is first used: rebuild the poller when
+  // sockets_generation() changes. OnReadable() drains all of them.
+  std::vector<transport::Socket*> sockets();
+  uint64_t sockets_generation() const { return remotes_.size(); }
   // Drains every queued reply and runs the callbacks it completes.
   void OnReadable();
   // Runs completions ready since the last call (cache hits, local errors),
@@ -118,7 +137,8 @@ class StoreClient {
   // The store's StatsReply JSON (counters of matrix-store).
   void FetchStoreStats(StatsCallback done);
 
-  Stats stats() const { return stats_; }
+  // Counts of this client and its per-node sub-clients together.
+  Stats stats() const;
   const std::string& endpoint() const { return endpoint_; }
   const std::string& node() const { return node_; }
   // Requests sent and not yet answered.
@@ -154,6 +174,9 @@ class StoreClient {
 
   StoreClient(std::string endpoint, std::string node, const Clock* clock, Options opts,
               std::unique_ptr<transport::Socket> socket);
+  // The sub-client of another node's store; null while its endpoint is unknown.
+  StoreClient* Remote(const std::string& node);
+  void GetLocal(std::vector<wire::ObjectRef> refs, GetCallback done);
   uint64_t NewObjectId();
   void Send(uint64_t request_id, Request& request);
   void FlushPuts();
@@ -193,6 +216,8 @@ class StoreClient {
   std::unordered_map<uint64_t, Request> inflight_;
   std::deque<uint64_t> inflight_stats_;  // StatsReply carries no request id: FIFO
   std::vector<std::function<void()>> ready_;
+  transport::Context* ctx_ = nullptr;
+  std::map<std::string, std::unique_ptr<StoreClient>> remotes_;  // node -> sub-client
 };
 
 }  // namespace matrix::store

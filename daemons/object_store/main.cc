@@ -10,6 +10,7 @@
 #include "common/base/flags.h"
 #include "common/base/log.h"
 #include "common/base/signals.h"
+#include "common/transport/job_keys.h"
 #include "common/transport/transport.h"
 #include "daemons/object_store/store_server.h"
 
@@ -17,7 +18,8 @@ int main(int argc, char** argv) {
   using namespace matrix;
   SetLogComponent("store");
   auto flags = Flags::Parse(argc, argv, {"bind", "run-dir", "name", "node", "memory-budget-mb",
-                                         "spill-dir", "ttl-s", "max-object-mb", "metrics", "log-level"});
+                                         "spill-dir", "ttl-s", "max-object-mb", "metrics", "log-level",
+                                         "keys-dir"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -46,6 +48,14 @@ int main(int argc, char** argv) {
                                                  config.node + "-" + std::to_string(::getpid()));
   config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
   config.signal_fd = *sigfd;
+  if (flags->Has("keys-dir")) {  // require CURVE with the job keys in <dir>/keys/job.key
+    auto keys = transport::LoadJobKeys(flags->Get("keys-dir"));
+    if (!keys.ok()) {
+      LOG_ERROR << keys.status().message();
+      return 2;
+    }
+    config.keys = *keys;
+  }
 
   transport::Context ctx;
   auto server = store::StoreServer::Create(config, &ctx, SystemClock::Get());

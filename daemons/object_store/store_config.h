@@ -4,7 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+
+#include "common/transport/transport.h"
 
 namespace matrix::store {
 
@@ -52,6 +55,10 @@ struct StoreConfig {
   // SIGTERM/SIGINT as an event: a signalfd (or any fd) whose readability
   // stops the server with a clean exit. -1: none (Stop() only).
   int signal_fd = -1;
+
+  // The job's key pair: the socket then requires CURVE with it (workers of
+  // every node fetch objects here). Unset: no authentication (ipc, tests).
+  std::optional<transport::CurveKeyPair> keys;
 };
 
 }  // namespace matrix::store

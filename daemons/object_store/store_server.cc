@@ -86,8 +86,14 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
   // A payload frame may be as large as the largest object; ZeroMQ drops the
   // connection of a peer that sends a larger frame.
   opts.max_message_bytes = std::max<int64_t>(config.max_object_bytes, kMaxEnvelopeBytes) + 4096;
+  if (config.keys) {
+    Status zap = ctx->RestrictCurveClients({config.keys->public_key});
+    if (!zap.ok() && zap.code() != StatusCode::kFailedPrecondition) return zap;  // already running: fine
+    opts = transport::CurveServerOptions(*config.keys, opts);
+  }
   auto socket = transport::Socket::Bind(*ctx, transport::Socket::Kind::kRouter, config.bind, opts);
   if (!socket.ok()) return socket.status();
+  if (config.keys) MATRIX_RETURN_IF_ERROR((*socket)->WatchHandshakeFailures());
 
   std::unique_ptr<StoreServer> server(new StoreServer(std::move(config), clock, std::move(table).value()));
   server->socket_ = std::move(socket).value();
@@ -187,6 +193,10 @@ void StoreServer::RunOnce(int timeout_ms) {
     int64_t expired = table_->ExpireOlderThan(now);
     if (expired > 0) {
       LOG_INFO << "expired " << expired << " objects nobody freed";
+    }
+    if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
+      LOG_WARN << "refused " << refused << " connection(s) in the handshake: no CURVE or not the job's keys";
+      metrics_->set.auth_failures.Inc(static_cast<double>(refused));
     }
     next_sweep_ms_ = now + config_.sweep_interval_ms;
   }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <map>
 #include <random>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "common/base/hash.h"
 #include "common/base/json.h"
 #include "common/store/store_client.h"
+#include "common/transport/job_keys.h"
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "test/support/test_util.h"
@@ -94,6 +96,70 @@ class StoreServerTest : public ::testing::Test {
   transport::Context ctx_;
   std::unique_ptr<StoreServer> server_;
 };
+
+// Two nodes' stores with the job's keys: a client of node n1 reads and frees
+// objects owned by n2 at n2's store, in one Get with its own objects.
+TEST_F(StoreServerTest, ObjectsOfAnotherNodeAreFetchedFromItsStoreWithTheJobKeys) {
+  ASSERT_TRUE(transport::CreateJobKeys(dir_.path()).ok());
+  auto keys = transport::LoadJobKeys(dir_.path()).value();
+  StoreConfig a = Config();
+  a.keys = keys;
+  StartServer(a);
+  StoreConfig b = Config();
+  b.node = "n2";
+  b.spill_dir = dir_.File("spill2");
+  b.keys = keys;
+  auto other = StoreServer::Create(b, &ctx_, &clock_).value();
+  std::thread other_loop([&] { ASSERT_TRUE(other->Run().ok()); });
+  StoreClient::Options opts;
+  opts.socket_options = transport::CurveClientOptions(keys);
+  auto writer2 = StoreClient::Create(ctx_, other->endpoint(), "n2", &clock_, opts).value();
+  int resolved = 0;
+  opts.resolve_node = [&](const std::string& node) {
+    ++resolved;
+    return node == "n2" ? other->endpoint() : std::string();
+  };
+  auto reader = StoreClient::Create(ctx_, server_->endpoint(), "n1", &clock_, opts).value();
+  Refs theirs = PutAll(writer2.get(), Blobs(3, 600, 900, 7));
+  Refs ours = PutAll(reader.get(), Blobs(2, 600, 900, 8));
+  Refs mixed{theirs[0], ours[0], theirs[1], ours[1], theirs[2]};
+  auto got = GetAll(reader.get(), mixed);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->size(), 5u);
+  for (size_t i = 0; i < mixed.size(); ++i) {
+    EXPECT_EQ((*got)[i].size(), mixed[i].size);
+    EXPECT_EQ(Hash64((*got)[i]), mixed[i].checksum);
+  }
+  EXPECT_EQ(reader->stats().remote_refs, 3);
+  EXPECT_EQ(reader->stats().remote_fetches, 3);
+  EXPECT_EQ(reader->sockets().size(), 2u);
+  EXPECT_EQ(resolved, 1);
+  // A node nobody knows: kUnavailable naming it, nothing else fails.
+  wire::ObjectRef stray = theirs[0];
+  stray.node = "n9";
+  auto unknown = GetAll(reader.get(), {stray});
+  EXPECT_EQ(unknown.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(unknown.status().message().find("n9"), std::string::npos);
+  // Frees go to the owner: a fresh reader of n2 no longer finds them.
+  reader->Free(theirs);
+  reader->Tick();
+  auto check = StoreClient::Create(ctx_, other->endpoint(), "n2", &clock_, [&] {
+                 StoreClient::Options o;
+                 o.socket_options = transport::CurveClientOptions(keys);
+                 o.request_timeout_ms = 200;
+                 o.max_retries = 0;
+                 return o;
+               }())
+                   .value();
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        auto r = GetAll(check.get(), {theirs[0]});
+        return !r.ok() && r.status().code() == StatusCode::kNotFound;
+      },
+      5000));
+  other->Stop();
+  other_loop.join();
+}
 
 TEST_F(StoreServerTest, PutGetFreeBatchesOfAThousandObjects) {
   StartServer(Config());
