@@ -8,6 +8,8 @@ WorkerMetrics::WorkerMetrics(MetricsRegistry& r)
                                  "Object reads served from the worker's local cache.")),
       store_cache_misses(r.Counter("matrix_worker_store_cache_misses_total",
                                    "Object reads that had to go to an object store.")),
+      store_remote_fetches(r.Counter("matrix_worker_store_remote_fetches_total",
+                                     "Objects fetched from another node's store.")),
       offloaded_bytes(r.Counter("matrix_worker_store_offloaded_bytes_total",
                                 "Bytes of large fields moved into the object store.")),
       hop_bytes(r.Histogram("matrix_worker_hop_message_bytes",

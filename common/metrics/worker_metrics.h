@@ -62,6 +62,7 @@ struct WorkerMetrics {
 
   Counter store_cache_hits;     // matrix_worker_store_cache_hits_total
   Counter store_cache_misses;   // matrix_worker_store_cache_misses_total
+  Counter store_remote_fetches;  // matrix_worker_store_remote_fetches_total
   Counter offloaded_bytes;      // matrix_worker_store_offloaded_bytes_total
   Histogram hop_bytes;          // matrix_worker_hop_message_bytes
   Counter records_written;      // matrix_worker_records_written_total

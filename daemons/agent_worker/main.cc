@@ -2,7 +2,8 @@
 // partitions. Usage:
 //   matrix-worker --pipeline FILE --broker EP --store EP --output-dir DIR
 //                 [--run-dir DIR] [--id NAME] [--partitions 0,3] [--roles a,b]
-//                 [--metrics HOST:PORT] [key.path=value ...]
+//                 [--metrics HOST:PORT] [--nodes-dir RUN/nodes --keys-dir RUN]
+//                 [key.path=value ...]
 // --metrics (default 127.0.0.1:0, "" to disable) serves /metrics and, with
 // --run-dir, publishes the address in <run-dir>/endpoints/<id>.metrics.
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include "common/base/log.h"
 #include "common/base/signals.h"
 #include "common/config/pipeline_loader.h"
+#include "common/transport/job_keys.h"
 #include "common/transport/transport.h"
 #include "daemons/agent_worker/worker.h"
 
@@ -33,7 +35,7 @@ int main(int argc, char** argv) {
   SetLogComponent("worker");
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
                                          "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
-                                         "log-level"});
+                                         "log-level", "nodes-dir", "keys-dir"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -64,6 +66,15 @@ int main(int argc, char** argv) {
   config.grace_s = flags->GetDouble("grace-s", config.grace_s);
   config.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", config.heartbeat_ms));
   config.signal_fd = *sigfd;
+  config.nodes_dir = flags->Get("nodes-dir");
+  if (flags->Has("keys-dir")) {
+    auto keys = transport::LoadJobKeys(flags->Get("keys-dir"));
+    if (!keys.ok()) {
+      LOG_ERROR << keys.status().message();
+      return 2;
+    }
+    config.keys = *keys;
+  }
 
   transport::Context ctx;
   auto w = worker::Worker::Create(config, std::make_shared<const config::Pipeline>(std::move(*pipeline)), &ctx,

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "common/base/files.h"
+#include "common/base/strings.h"
 #include "common/base/hash.h"
 #include "common/base/log.h"
 #include "common/base/signals.h"
@@ -177,9 +178,21 @@ Status Worker::Impl::Init() {
   transport::SocketOptions opts;
   opts.identity = identity_;
   opts.max_message_bytes = static_cast<int64_t>(config_.max_message_bytes);
+  if (config_.keys) opts = transport::CurveClientOptions(*config_.keys, opts);
   MATRIX_ASSIGN_OR_RETURN(broker_, transport::Socket::Connect(*ctx_, transport::Socket::Kind::kDealer,
                                                              config_.broker_endpoint, opts));
-  MATRIX_ASSIGN_OR_RETURN(store_, store::StoreClient::Create(*ctx_, config_.store_endpoint, config_.node, clock_));
+  store::StoreClient::Options store_opts;
+  if (config_.keys) store_opts.socket_options = transport::CurveClientOptions(*config_.keys);
+  if (!config_.nodes_dir.empty()) {
+    // Objects of other nodes: their store's endpoint file in the run directory.
+    store_opts.resolve_node = [dir = config_.nodes_dir](const std::string& node) {
+      if (node.empty() || node.find('/') != std::string::npos || node[0] == '.') return std::string();
+      auto ep = ReadFile(dir + "/" + node + "/endpoints/store");
+      return ep.ok() ? Trim(*ep) : std::string();
+    };
+  }
+  MATRIX_ASSIGN_OR_RETURN(store_, store::StoreClient::Create(*ctx_, config_.store_endpoint, config_.node, clock_,
+                                                             store_opts));
 
   std::vector<llm::PoolConfig> pools;
   for (const auto& [name, model] : pipeline_->models) {
@@ -299,6 +312,8 @@ void Worker::Impl::SyncStoreMetrics() {
     metrics_.store_cache_hits.Inc(static_cast<double>(now.cache_hits - store_synced_.cache_hits));
   if (now.cache_misses > store_synced_.cache_misses)
     metrics_.store_cache_misses.Inc(static_cast<double>(now.cache_misses - store_synced_.cache_misses));
+  if (now.remote_fetches > store_synced_.remote_fetches)
+    metrics_.store_remote_fetches.Inc(static_cast<double>(now.remote_fetches - store_synced_.remote_fetches));
   store_synced_ = now;
 }
 
@@ -956,10 +971,20 @@ void Worker::Impl::WriteProgress(bool final) {
 
 Status Worker::Impl::Run() {
   transport::Poller poller;
-  int broker_idx = poller.AddSocket(broker_.get());
-  int store_idx = poller.AddSocket(store_->socket());
-  int llm_idx = llm_ ? poller.AddFd(llm_->notify_fd()) : -1;
-  int sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
+  int broker_idx = 0, llm_idx = -1, sig_idx = -1;
+  std::vector<int> store_idx;
+  uint64_t store_generation = 0;
+  // Rebuilt when the store client opens a connection to another node's store.
+  auto build_poller = [&] {
+    poller = transport::Poller();
+    broker_idx = poller.AddSocket(broker_.get());
+    store_idx.clear();
+    for (transport::Socket* s : store_->sockets()) store_idx.push_back(poller.AddSocket(s));
+    llm_idx = llm_ ? poller.AddFd(llm_->notify_fd()) : -1;
+    sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
+    store_generation = store_->sockets_generation();
+  };
+  build_poller();
   Register(false);
   last_recv_ns_ = clock_->NowNanos();
   const int64_t hb_ns = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
@@ -969,6 +994,7 @@ Status Worker::Impl::Run() {
     FlushSubmits();
     store_->Tick();
     SyncStoreMetrics();
+    if (store_->sockets_generation() != store_generation) build_poller();
     poller.Poll(store_->PollTimeoutMs(draining_ ? 20 : 50));
     int64_t now = clock_->NowNanos();
     if ((sig_idx >= 0 && poller.Readable(sig_idx)) || (stop_requested_ && !draining_)) {
@@ -993,7 +1019,9 @@ Status Worker::Impl::Run() {
         FlushSubmits();
       }
     }
-    if (poller.Readable(store_idx)) store_->OnReadable();
+    bool store_readable = false;
+    for (int idx : store_idx) store_readable |= poller.Readable(idx);
+    if (store_readable) store_->OnReadable();
     if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();
     if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
     if (now - last_recv_ns_ > 3 * hb_ns) {

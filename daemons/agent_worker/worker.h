@@ -23,17 +23,16 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/base/clock.h"
 #include "common/base/status.h"
+#include "common/transport/transport.h"
 
 namespace matrix::config {
 struct Pipeline;
-}
-namespace matrix::transport {
-class Context;
 }
 
 namespace matrix::worker {
@@ -56,6 +55,11 @@ struct WorkerConfig {
   double grace_s = 10;                // drain time on shutdown
   int signal_fd = -1;
   size_t max_message_bytes = 64 << 20;
+  // Many nodes: <run_dir>/nodes, where every node's store publishes
+  // <node>/endpoints/store (objects of other nodes are fetched there), and
+  // the job's keys for CURVE to the broker and the stores. Unset: one node.
+  std::string nodes_dir;
+  std::optional<transport::CurveKeyPair> keys;
 };
 
 class Worker {
