@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   SetLogComponent("worker");
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
                                          "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
-                                         "log-level", "nodes-dir", "keys-dir"});
+                                         "log-level", "nodes-dir", "keys-dir", "job", "models-dir"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
   config.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", config.heartbeat_ms));
   config.signal_fd = *sigfd;
   config.nodes_dir = flags->Get("nodes-dir");
+  config.job_id = flags->Get("job");
+  config.models_dir = flags->Get("models-dir");
   if (flags->Has("keys-dir")) {
     auto keys = transport::LoadJobKeys(flags->Get("keys-dir"));
     if (!keys.ok()) {

@@ -930,6 +930,7 @@ void Worker::Impl::WriteProgress(bool final) {
   Json roles = Json::object();
   for (const auto& [role, n] : role_in_flight_) roles[role] = n;
   Json progress = {{"worker", identity_},
+                   {"job", config_.job_id},
                    {"pid", ::getpid()},
                    {"updated_us", clock_->WallMicros()},
                    {"started_us", started_us_},
@@ -953,7 +954,8 @@ void Worker::Impl::WriteProgress(bool final) {
                    {"admission_paused", clock_->NowNanos() < admit_paused_until_ns_}};
   auto st = store_->stats();
   progress["store"] = {{"puts", st.puts}, {"gets", st.gets}, {"cache_hits", st.cache_hits},
-                       {"cache_misses", st.cache_misses}, {"frees", st.frees}, {"errors", st.errors}};
+                       {"cache_misses", st.cache_misses}, {"frees", st.frees}, {"errors", st.errors},
+                       {"remote_fetches", st.remote_fetches}};
   if (llm_) {
     Json eps = Json::array();
     for (const auto& e : llm_->Stats())

@@ -44,6 +44,7 @@ struct WorkerConfig {
   std::string broker_endpoint;
   std::string store_endpoint;
   std::string run_dir;                // progress files go to <run_dir>/progress/
+  std::string job_id;                 // written into progress files (the SLURM job)
   // "host:port" serving GET /metrics (port 0: any free port), published in
   // <run_dir>/endpoints/<worker_id>.metrics; empty: metrics are not served.
   std::string metrics_bind;
@@ -60,6 +61,10 @@ struct WorkerConfig {
   // the job's keys for CURVE to the broker and the stores. Unset: one node.
   std::string nodes_dir;
   std::optional<transport::CurveKeyPair> keys;
+  // Model servers registered at run time: <models_dir>/<model>/<host>_<port>
+  // files each holding a base URL. A model whose pipeline endpoints are
+  // `sim` or `registered` uses exactly those; others add them to their list.
+  std::string models_dir;
 };
 
 class Worker {

@@ -2,6 +2,8 @@
 //   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--resume | --overwrite]
 //   matrix validate PIPELINE.yaml [key.path=value ...]
 //   matrix status RUN_DIR
+//   matrix keys RUN_DIR
+//   matrix node --run-dir DIR PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N] ...
 //   matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]
 #include <iostream>
 
@@ -9,6 +11,7 @@
 #include "common/base/log.h"
 #include "daemons/cli/commands.h"
 #include "daemons/cli/export_command.h"
+#include "daemons/cli/node_command.h"
 #include "daemons/cli/run_command.h"
 
 namespace {
@@ -18,6 +21,9 @@ const char kUsage[] =
     "             [--resume | --overwrite] [--grace-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
     "  matrix status RUN_DIR\n"
+    "  matrix keys RUN_DIR\n"
+    "  matrix node --run-dir DIR PIPELINE.yaml [key.path=value ...] [--output DIR] [--workers N]\n"
+    "              [--grace-s S] [--node NAME] [--node-index I] [--nodes N] [--bind-host ADDR] [--job ID]\n"
     "  matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE [key.path=value ...]]\n";
 }
 
@@ -30,7 +36,8 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "resume", "grace-s", "quiet", "help",
-                                                         "format", "out", "pipeline"},
+                                                         "format", "out", "pipeline", "node", "node-index",
+                                                         "nodes", "bind-host", "job"},
                             {"overwrite", "resume", "quiet", "help"});
   if (!flags.ok()) {
     std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
@@ -60,6 +67,22 @@ int main(int argc, char** argv) {
     opt.quiet = flags->GetBool("quiet");
     return cli::RunPipeline(opt);
   }
+  if (cmd == "node") {
+    cli::NodeOptions opt;
+    opt.pipeline_path = args[0];
+    opt.overrides = rest;
+    opt.run_dir = flags->Get("run-dir");
+    opt.output_dir = flags->Get("output");
+    opt.workers = static_cast<int>(flags->GetInt("workers", 0));
+    opt.grace_s = flags->GetDouble("grace-s", opt.grace_s);
+    opt.node = flags->Get("node");
+    opt.node_index = static_cast<int>(flags->GetInt("node-index", -1));
+    opt.nodes = static_cast<int>(flags->GetInt("nodes", 0));
+    opt.bind_host = flags->Get("bind-host");
+    opt.job_id = flags->Get("job");
+    return cli::NodeCommand(opt);
+  }
+  if (cmd == "keys") return cli::KeysCommand(args[0]);
   if (cmd == "validate") return cli::ValidateCommand(args[0], rest);
   if (cmd == "status") return cli::StatusCommand(args[0]);
   if (cmd == "export") {

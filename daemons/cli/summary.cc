@@ -3,6 +3,7 @@
 #include <dirent.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -85,24 +86,47 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
               {"mean_task_duration_s", records ? duration_sum / records : 0.0}};
 }
 
-std::vector<Json> ReadWorkerProgress(const std::string& run_dir) {
-  std::vector<Json> out;
-  for (const auto& path : ListFiles(run_dir + "/progress", ".json")) {
-    auto text = ReadFile(path);
-    if (!text.ok()) continue;
-    Json j = Json::parse(*text, nullptr, false);
-    if (!j.is_discarded()) out.push_back(std::move(j));
+std::vector<std::string> RunNodes(const std::string& run_dir) {
+  std::vector<std::string> nodes;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(run_dir + "/nodes", ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory(ec) && !name.empty() && name[0] != '.') nodes.push_back(name);
   }
-  return out;
+  std::sort(nodes.begin(), nodes.end());
+  return nodes;
 }
 
-Progress ReadProgress(const std::string& run_dir) {
-  Progress p;
-  for (const auto& path : ListFiles(run_dir + "/progress", ".json")) {
+std::vector<std::string> ProgressFiles(const std::string& run_dir) {
+  std::vector<std::string> files = ListFiles(run_dir + "/progress", ".json");
+  for (const auto& node : RunNodes(run_dir))
+    for (auto& f : ListFiles(run_dir + "/nodes/" + node + "/progress", ".json")) files.push_back(std::move(f));
+  return files;
+}
+
+std::vector<Json> ReadWorkerProgress(const std::string& run_dir) {
+  std::vector<Json> out;
+  const std::string nodes_prefix = run_dir + "/nodes/";
+  for (const auto& path : ProgressFiles(run_dir)) {
     auto text = ReadFile(path);
     if (!text.ok()) continue;
     Json j = Json::parse(*text, nullptr, false);
     if (j.is_discarded()) continue;
+    if (path.rfind(nodes_prefix, 0) == 0)
+      j["node"] = path.substr(nodes_prefix.size(), path.find('/', nodes_prefix.size()) - nodes_prefix.size());
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+Progress ReadProgress(const std::string& run_dir, const std::string& job) {
+  Progress p;
+  for (const auto& path : ProgressFiles(run_dir)) {
+    auto text = ReadFile(path);
+    if (!text.ok()) continue;
+    Json j = Json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) continue;
+    if (!job.empty() && j.value("job", "") != job) continue;
     p.tokens += j.value("prompt_tokens", 0) + j.value("completion_tokens", 0);
     p.completion_tokens += j.value("completion_tokens", 0);
     p.llm_calls += j.value("llm_calls", 0);

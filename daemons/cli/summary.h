@@ -15,7 +15,8 @@ namespace matrix::cli {
 // (agreement, correct, ...), the mean of numeric ones, tokens, turns.
 StatusOr<Json> SummarizeOutput(const std::string& output_dir);
 
-// Sums the progress files under <run_dir>/progress.
+// Sums the progress files under <run_dir>/progress and, for a job on many
+// nodes, <run_dir>/nodes/*/progress.
 struct Progress {
   int64_t total = 0;        // tasks in all partitions
   int64_t written = 0;      // records present (this run + earlier runs)
@@ -28,9 +29,16 @@ struct Progress {
   int partitions = 0, partitions_finished = 0;
   Json roles_in_flight = Json::object();
 };
-Progress ReadProgress(const std::string& run_dir);
-// Every worker's progress file, as written.
+// With `job`, only files written by that job's workers (their "job" field)
+// count: a run directory reused by a later job keeps the earlier files.
+Progress ReadProgress(const std::string& run_dir, const std::string& job = "");
+// Every worker's progress file, as written (each with "node" added when it
+// comes from a node's directory).
 std::vector<Json> ReadWorkerProgress(const std::string& run_dir);
+// The progress files of a run directory, every node's included.
+std::vector<std::string> ProgressFiles(const std::string& run_dir);
+// Node names under <run_dir>/nodes, sorted.
+std::vector<std::string> RunNodes(const std::string& run_dir);
 
 // One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1% | ETA 0:42".
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s);

@@ -165,15 +165,25 @@ void BrokerCore::Tick() {
   for (const auto& [id, w] : workers_)
     if (now - w.last_seen_ns > limit) dead.push_back(id);
   for (const auto& id : dead) ExpireWorker(id);
-  int64_t capacity = 0, busy = 0;
+  // Per locally served role: (queued + leased to local workers) / capacity.
+  std::unordered_map<std::string, std::pair<int64_t, int64_t>> use;  // role -> (busy, capacity)
   for (const auto& [id, w] : workers_) {
     if (w.peer) continue;
-    for (const auto& [role, cap] : w.capacity) capacity += cap;
-    busy += static_cast<int64_t>(w.leases.size());
+    for (const auto& [role, cap] : w.capacity) {
+      auto& u = use[role];
+      u.second += cap;
+      u.first += cap - w.credit.at(role);
+    }
   }
-  for (const auto& [role, list] : role_workers_)
-    if (!list.empty()) busy += static_cast<int64_t>(QueueDepth(role));
-  load_ = capacity > 0 ? static_cast<float>(busy) / static_cast<float>(capacity) : 0.0f;
+  role_load_.clear();
+  load_ = 0;
+  for (const auto& [role, u] : use) {
+    if (u.second <= 0) continue;
+    const float l = static_cast<float>(u.first + static_cast<int64_t>(QueueDepth(role))) / static_cast<float>(u.second);
+    role_load_[role] = l;
+    load_ = std::max(load_, l);
+    if (QueueDepth(role) > 0) ready_roles_.insert(role);  // may go to a peer now
+  }
 }
 
 void BrokerCore::HandOut(const std::string& wid, Worker& w, const std::string& role, size_t n,
@@ -223,7 +233,7 @@ void BrokerCore::OfferToPeers(const std::string& role, std::unordered_map<std::s
     for (const auto& pid : pit->second) {
       Worker& p = workers_[pid];
       if (p.credit[role] == 0) continue;
-      if (served_here && !(p.load + config_.steal_margin < load_)) continue;
+      if (served_here && !(p.load + config_.steal_margin < role_load_[role])) continue;
       if (!best || p.load < best->load) {
         best = &p;
         best_id = &pid;

@@ -102,8 +102,11 @@ class BrokerCore {
   // Roles served by local workers with the credit window a link offers for
   // each, sorted: what this broker registers at its peers.
   std::vector<std::pair<std::string, uint32_t>> PeerOffer(uint32_t window) const;
-  // (queued tasks of locally served roles + local leases) / local capacity.
-  // Updated by Tick(). 0 with no local workers and no work.
+  // The load of the most loaded locally served role: (queued + leased to
+  // local workers) / the local workers' capacity for it; above 1 work waits.
+  // Updated by Tick(). 0 with no local workers. Peers advertise theirs, and
+  // a role's work goes to a peer only when the peer's load is lower than the
+  // role's by steal_margin.
   float Load() const { return load_; }
   bool IsRegistered(const std::string& worker) const { return workers_.count(worker) > 0; }
   void CountInvalid() { ++counters_.invalid; }
@@ -170,6 +173,7 @@ class BrokerCore {
   BrokerCounters counters_;
   std::vector<std::pair<std::string, uint64_t>> upstream_acks_;
   float load_ = 0;
+  std::unordered_map<std::string, float> role_load_;
 };
 
 }  // namespace matrix::broker

@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
   config.signal_fd = *sigfd;
   config.node = flags->Get("node");
+  // Process ids repeat across nodes: a peer's link identity must not.
+  if (!config.node.empty()) config.core.broker_id = config.node + "/" + config.core.broker_id;
   config.nodes_dir = flags->Get("nodes-dir");
   config.peer_fanout = static_cast<size_t>(flags->GetInt("peer-fanout", 8));
   config.peer_window = static_cast<uint32_t>(flags->GetInt("peer-window", 32));

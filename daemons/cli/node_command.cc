@@ -1,0 +1,247 @@
+#include "daemons/cli/node_command.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "common/base/files.h"
+#include "common/base/json.h"
+#include "common/base/log.h"
+#include "common/base/signals.h"
+#include "common/config/pipeline_loader.h"
+#include "common/transport/job_keys.h"
+#include "daemons/cli/process.h"
+#include "daemons/cli/scrape_targets.h"
+#include "daemons/cli/summary.h"
+
+namespace matrix::cli {
+namespace {
+
+std::string Env(const char* name, const std::string& fallback = "") {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+std::string HostName() {
+  char name[256] = {};
+  return ::gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0' ? name : "localhost";
+}
+
+// The IPv4 address `host` resolves to; a non-loopback one when there is one.
+std::string ResolveHost(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res) return "127.0.0.1";
+  std::string best;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    char buf[INET_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, buf, sizeof(buf));
+    if (best.empty() || (best.rfind("127.", 0) == 0 && std::string(buf).rfind("127.", 0) != 0)) best = buf;
+  }
+  freeaddrinfo(res);
+  return best.empty() ? "127.0.0.1" : best;
+}
+
+// Every partition 0..n-1 is reported finished by this job's workers.
+bool AllPartitionsFinished(const std::string& run_dir, const std::string& job, int partitions) {
+  std::vector<bool> done(partitions, false);
+  for (const auto& path : ProgressFiles(run_dir)) {
+    auto text = ReadFile(path);
+    if (!text.ok()) continue;
+    Json j = Json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || j.value("job", "") != job || !j.contains("partitions")) continue;
+    for (const auto& [name, part] : j["partitions"].items()) {
+      if (name.size() < 2 || name[0] != 'p' || !part.value("finished", false)) continue;
+      int idx = std::atoi(name.c_str() + 1);
+      if (idx >= 0 && idx < partitions) done[idx] = true;
+    }
+  }
+  for (bool d : done)
+    if (!d) return false;
+  return true;
+}
+
+}  // namespace
+
+int KeysCommand(const std::string& run_dir) {
+  if (Status st = MakeDirs(run_dir, 0700); !st.ok()) {
+    std::cerr << "error: " << st.message() << "\n";
+    return 1;
+  }
+  Status st = transport::CreateJobKeys(run_dir);
+  if (!st.ok()) {
+    std::cerr << "error: " << st.message() << "\n";
+    return 1;
+  }
+  std::cout << transport::JobKeyPath(run_dir) << "\n";
+  return 0;
+}
+
+int NodeCommand(const NodeOptions& in) {
+  NodeOptions opt = in;
+  auto loaded = config::LoadPipeline(opt.pipeline_path, opt.overrides);
+  if (!loaded.pipeline) {
+    for (const auto& e : loaded.errors) std::cerr << "error: " << e.ToString() << "\n";
+    return 2;
+  }
+  const config::Pipeline& pipeline = *loaded.pipeline;
+  if (opt.run_dir.empty()) {
+    std::cerr << "error: matrix node needs --run-dir (a directory on the shared filesystem)\n";
+    return 2;
+  }
+  if (opt.node.empty()) opt.node = Env("SLURMD_NODENAME", HostName());
+  if (opt.node_index < 0) opt.node_index = std::atoi(Env("SLURM_NODEID", "0").c_str());
+  if (opt.nodes <= 0) opt.nodes = std::atoi(Env("SLURM_JOB_NUM_NODES", Env("SLURM_NNODES", "1")).c_str());
+  if (opt.nodes <= 0 || opt.node_index >= opt.nodes) {
+    std::cerr << "error: node index " << opt.node_index << " is outside the job's " << opt.nodes << " nodes\n";
+    return 2;
+  }
+  if (opt.bind_host.empty()) opt.bind_host = ResolveHost(HostName());
+  if (opt.job_id.empty()) opt.job_id = Env("SLURM_JOB_ID", "local");
+  auto keys = transport::LoadJobKeys(opt.run_dir);
+  if (!keys.ok()) {
+    std::cerr << "error: " << keys.status().message() << "\n";
+    return 2;
+  }
+  const std::string node_dir = opt.run_dir + "/nodes/" + opt.node;
+  std::error_code ec;
+  for (const char* sub : {"endpoints", "progress", "prometheus"}) std::filesystem::remove_all(node_dir + "/" + sub, ec);
+  const std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
+  for (const std::string& dir : {node_dir + "/logs", output_dir, opt.run_dir + "/models"}) {
+    if (Status st = MakeDirs(dir); !st.ok()) {
+      std::cerr << "error: " << st.message() << "\n";
+      return 1;
+    }
+  }
+  auto sigfd = CreateSignalFd({SIGINT, SIGTERM});
+  if (!sigfd.ok()) return 1;
+
+  const std::string bin = SelfDir();
+  const std::string tcp = "tcp://" + opt.bind_host + ":*";
+  const std::string metrics = opt.bind_host + ":0";
+  Supervisor sup;
+  auto log = [&](const std::string& name) { return node_dir + "/logs/" + name + ".log"; };
+  auto start = [&](ChildSpec spec) {
+    spec.log_path = log(spec.name);
+    Status st = sup.Start(spec);
+    if (!st.ok()) std::cerr << "error: cannot start " << spec.name << ": " << st.message() << "\n";
+    return st.ok();
+  };
+  auto fail = [&](const std::string& what) {
+    std::cerr << "error: " << what << " (logs in " << node_dir << "/logs)\n";
+    sup.StopAll(3000);
+    return 1;
+  };
+  const std::vector<std::string> common = {"--run-dir", node_dir, "--node", opt.node, "--keys-dir", opt.run_dir,
+                                           "--metrics", metrics};
+  auto with = [&](std::vector<std::string> argv) {
+    argv.insert(argv.end(), common.begin(), common.end());
+    return argv;
+  };
+  if (!start({"store", with({bin + "/matrix-store", "--bind", tcp, "--name", "store"})})) return 1;
+  if (!start({"broker", with({bin + "/matrix-broker", "--bind", tcp, "--name", "broker", "--nodes-dir",
+                              opt.run_dir + "/nodes"})}))
+    return 1;
+  auto store_ep = WaitEndpointFile(node_dir, "store", 20000);
+  if (!store_ep.ok()) return fail("the store did not start");
+  auto broker_ep = WaitEndpointFile(node_dir, "broker", 20000);
+  if (!broker_ep.ok()) return fail("the broker did not start");
+
+  const int workers = opt.workers > 0 ? opt.workers : std::max(1, pipeline.run.workers);
+  const int partitions = static_cast<int>(pipeline.dataset.partitions);
+  const int global_workers = opt.nodes * workers;
+  std::vector<std::string> worker_names;
+  std::string my_partitions;
+  for (int w = 0; w < workers; ++w) {
+    const int g = opt.node_index * workers + w;
+    std::string parts;
+    for (int p = 0; p < partitions; ++p)
+      if (p % global_workers == g) parts += (parts.empty() ? "" : ",") + std::to_string(p);
+    const std::string name = "worker-" + std::to_string(w);
+    ChildSpec spec{name, with({bin + "/matrix-worker", "--pipeline", pipeline.source_path, "--broker", *broker_ep,
+                               "--store", *store_ep, "--output-dir", output_dir, "--id", name, "--nodes-dir",
+                               opt.run_dir + "/nodes", "--models-dir", opt.run_dir + "/models", "--job",
+                               opt.job_id, "--grace-s", std::to_string(opt.grace_s)})};
+    if (!parts.empty()) {
+      spec.argv.push_back("--partitions");
+      spec.argv.push_back(parts);
+      my_partitions += (my_partitions.empty() ? "" : ",") + parts;
+    }
+    for (const auto& o : opt.overrides) spec.argv.push_back(o);
+    if (!start(spec)) return fail("cannot start " + name);
+    worker_names.push_back(name);
+  }
+  ScrapeTargets targets(node_dir, opt.node);
+  for (const char* n : {"store", "broker"}) targets.Add(n);
+  for (const auto& n : worker_names) targets.Add(n);
+
+  auto write_state = [&](const std::string& state) {
+    Json pids = Json::object();
+    for (const char* n : {"store", "broker"}) pids[n] = sup.Pid(n);
+    for (const auto& n : worker_names) pids[n] = sup.Pid(n);
+    Json j = {{"node", opt.node},        {"index", opt.node_index}, {"nodes", opt.nodes},
+              {"job", opt.job_id},        {"address", opt.bind_host}, {"state", state},
+              {"pid", ::getpid()},        {"daemons", pids},          {"partitions", my_partitions},
+              {"workers", workers},       {"broker", *broker_ep},     {"store", *store_ep},
+              {"updated_us", std::chrono::duration_cast<std::chrono::microseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count()}};
+    Status st = WriteFileAtomic(node_dir + "/node.json", j.dump(2) + "\n");
+    if (!st.ok()) LOG_WARN << st.message();
+  };
+  write_state("running");
+  std::cerr << "matrix node " << opt.node << " (" << opt.node_index + 1 << "/" << opt.nodes << ", job "
+            << opt.job_id << ") at " << opt.bind_host << ": broker " << *broker_ep << ", store " << *store_ep
+            << ", " << workers << " workers, partitions [" << my_partitions << "] of " << partitions
+            << "; logs " << node_dir << "/logs\n";
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto last_line = t0;
+  bool interrupted = false;
+  int exit_code = 0;
+  while (true) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (int sig = ReadSignal(*sigfd); sig != 0) {
+      interrupted = true;
+      std::cerr << "matrix node " << opt.node << ": signal " << sig << ", draining (grace " << opt.grace_s
+                << " s)\n";
+      break;
+    }
+    for (const auto& name : sup.Reap(/*restart=*/true)) {
+      targets.Forget(name);
+      LOG_WARN << name << " exited; restarted";
+    }
+    if (auto refreshed = targets.Refresh(); !refreshed.ok()) LOG_WARN << refreshed.status().message();
+    if (AllPartitionsFinished(opt.run_dir, opt.job_id, partitions)) break;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_line > std::chrono::seconds(opt.progress_interval_s)) {
+      last_line = now;
+      Progress p = ReadProgress(opt.run_dir, opt.job_id);
+      double t = std::chrono::duration<double>(now - t0).count();
+      std::cerr << "[" << opt.node << "] " << FormatProgress(p, t, t > 0 ? p.tokens / t : 0, 0) << "\n";
+      write_state("running");
+    }
+  }
+  write_state(interrupted ? "draining" : "finishing");
+  // Workers first: they finish or hand back their work within the grace.
+  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000, *sigfd);
+  sup.StopAll(5000);
+  if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
+  Progress p = ReadProgress(opt.run_dir, opt.job_id);
+  std::cerr << "matrix node " << opt.node << (interrupted ? " drained" : " finished") << ": " << p.written << "/"
+            << p.total << " records in " << output_dir << " (" << sup.restarts() << " restarts)\n";
+  write_state(interrupted ? "drained" : "finished");
+  return exit_code;
+}
+
+}  // namespace matrix::cli
