@@ -2,15 +2,20 @@
 
 #include <unistd.h>
 
+#include "common/transport/job_keys.h"
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 
 namespace matrix::cli {
 
-StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms) {
+StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms, const std::string& keys_dir) {
   transport::Context ctx;
   transport::SocketOptions opts;
   opts.identity = "matrix-cli." + std::to_string(::getpid());
+  if (!keys_dir.empty()) {
+    MATRIX_ASSIGN_OR_RETURN(auto keys, transport::LoadJobKeys(keys_dir));
+    opts = transport::CurveClientOptions(keys, opts);
+  }
   MATRIX_ASSIGN_OR_RETURN(auto sock,
                           transport::Socket::Connect(ctx, transport::Socket::Kind::kDealer, endpoint, opts));
   MATRIX_RETURN_IF_ERROR(sock->Send({wire::EncodeControl(wire::Control{opts.identity, wire::StatsRequestMsg{}})}));

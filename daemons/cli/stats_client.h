@@ -8,7 +8,8 @@
 
 namespace matrix::cli {
 
-// kUnavailable when no reply arrives within timeout_ms.
-StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms = 2000);
+// kUnavailable when no reply arrives within timeout_ms. With `keys_dir`
+// (a run directory holding keys/job.key), connects with the job's CURVE keys.
+StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms = 2000, const std::string& keys_dir = "");
 
 }  // namespace matrix::cli
