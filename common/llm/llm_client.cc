@@ -1,18 +1,25 @@
 // LlmClient implementation on libcurl's multi interface.
 //
-// Threads: the caller's threads only touch `submit_mu_`-guarded submissions,
-// `done_mu_`-guarded results, the eventfd and the endpoints' atomic counters.
-// Everything else (the multi handle's transfers, balancers, pool queues, the
-// retry timer heap, live calls) belongs to the client thread, which loops:
-//   accept submissions -> fire due retry timers -> dispatch queued requests
-//   -> curl_multi_perform -> reap finished transfers -> dispatch again
-//   -> curl_multi_poll until a socket, a curl timer, the next retry or a
-//      wake-up (curl_multi_wakeup from Submit/Shutdown).
+// Threads: the caller's threads only touch `submit_mu_`-guarded submissions
+// and endpoint updates, `done_mu_`-guarded results, the eventfd, the
+// endpoint lists (read under `endpoints_mu_`) and the endpoints' atomic
+// counters. Everything else (the multi handle's transfers, balancers, pool
+// queues, the retry timer heap, live calls and probes) belongs to the client
+// thread, which loops:
+//   apply endpoint updates -> accept submissions -> fire due retry timers
+//   -> send due health probes -> expire requests of pools without endpoints
+//   -> dispatch queued requests -> curl_multi_perform -> reap finished
+//   transfers -> dispatch again -> curl_multi_poll until a socket, a curl
+//   timer, the next retry, probe or expiry, or a wake-up (curl_multi_wakeup
+//   from Submit/SetEndpoints/Shutdown).
 // Invariants (client thread):
 //   - every live Call is in exactly one place: a pool's `waiting` queue, the
-//     timer heap, or the multi handle (call->easy != nullptr);
-//   - an endpoint's balancer in_flight equals the number of its calls in the
-//     multi handle, which never exceeds max_concurrency_per_endpoint;
+//     timer heap, or the multi handle (call->easy != nullptr); every probe is
+//     in the multi handle;
+//   - an endpoint's balancer in_flight equals the number of its user calls in
+//     the multi handle, which never exceeds max_concurrency_per_endpoint;
+//   - a pool's endpoints, limiters and balancer entries share indices; the
+//     lists only grow (retired endpoints stay);
 //   - an endpoint's balancer cap is its limiter's cap(); an attempt starts
 //     only while in_flight is below it (a decrease lets the attempts already
 //     in flight finish).
@@ -26,6 +33,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -33,8 +41,10 @@
 #include <optional>
 #include <queue>
 #include <random>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/base/log.h"
 #include "common/llm/chat_response.h"
@@ -71,13 +81,62 @@ std::string Lower(std::string s) {
   return s;
 }
 
+std::string FormatSeconds(double s) {
+  std::ostringstream out;
+  out << s;
+  return out.str();
+}
+
+// A base URL checked for use as an endpoint.
+struct EndpointUrl {
+  std::string url;      // as given, trailing '/' removed; the endpoint's identity
+  std::string display;  // without user-info, secrets redacted
+  std::string host;     // lower-cased
+};
+
+// InvalidArgument naming the pool, the list position and the URL (without
+// user-info) when `url` is not an http(s) URL with a host; Internal when out
+// of memory.
+StatusOr<EndpointUrl> CheckEndpointUrl(std::string url, const PoolConfig& cfg, size_t index) {
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  EndpointUrl out;
+  out.display = RedactSecrets(StripUserInfo(url), cfg.api_key);
+  const std::string where =
+      "llm pool '" + cfg.name + "' endpoint " + std::to_string(index) + " (" + out.display + ")";
+  CURLU* u = curl_url();
+  if (u == nullptr) return Internal("out of memory parsing URLs");
+  CURLUcode uc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
+  char* scheme = nullptr;
+  char* host = nullptr;
+  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+  std::string scheme_s = scheme ? scheme : "", host_s = host ? host : "";
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(u);
+  if (uc != CURLUE_OK) return InvalidArgument(where + " is not a valid URL");
+  scheme_s = Lower(scheme_s);
+  if (scheme_s != "http" && scheme_s != "https")
+    return InvalidArgument(where + ": only http and https URLs are supported");
+  out.url = std::move(url);
+  out.host = Lower(host_s);
+  return out;
+}
+
 struct Endpoint {
+  std::string url;              // identity: the base URL as configured, trailing '/' removed
   std::string display;          // base URL without user-info
+  std::string host;             // lower-cased, for connection limits
   std::string completions_url;  // base URL + "/chat/completions"
   std::atomic<int> in_flight{0};
   std::atomic<int64_t> requests{0};
   std::atomic<int64_t> errors{0};
   std::atomic<int64_t> retries{0};
+  std::atomic<int64_t> probes{0};
+  std::atomic<int64_t> probes_failed{0};
+  // Mirrors of the balancer's state, for Stats().
+  std::atomic<bool> active{true};
+  std::atomic<bool> admitted{true};
   std::atomic<bool> healthy{true};
   std::atomic<double> concurrency_limit{0};
 };
@@ -85,24 +144,33 @@ struct Endpoint {
 struct Call;
 
 struct Pool {
-  PoolConfig cfg;
+  PoolConfig cfg;  // immutable after Init
+  AimdOptions aimd;
+  std::string probe_payload;  // the health probe's body
+  // Grows on the client thread under Impl::endpoints_mu_; read there without
+  // it, elsewhere with it. Entries never move (unique_ptr).
   std::vector<std::unique_ptr<Endpoint>> endpoints;
-  std::unique_ptr<EndpointBalancer> balancer;  // client thread only
-  std::vector<ConcurrencyLimiter> limiters;    // client thread only; one per endpoint
-  std::deque<Call*> waiting;                   // client thread only; FIFO
-  curl_slist* headers = nullptr;               // shared by all of the pool's transfers
+  std::unordered_map<std::string, int> by_url;  // client thread only; Endpoint::url -> index
+  std::unique_ptr<EndpointBalancer> balancer;   // client thread only
+  std::vector<ConcurrencyLimiter> limiters;     // client thread only; one per endpoint
+  std::deque<Call*> waiting;                    // client thread only; FIFO
+  // Client thread only: some endpoint takes requests, and when the last one
+  // stopped doing so (creation time when there never was one).
+  bool serving = false;
+  int64_t unserved_since_ns = 0;
+  curl_slist* headers = nullptr;  // shared by all of the pool's transfers
 };
 
 struct Call {
   uint64_t tag = 0;
   Pool* pool = nullptr;
+  bool health_probe = false;  // a probe, not a user request: produces no result
   std::string sticky_key;
   std::string payload;  // serialized request body
   int64_t submit_ns = 0;
   int attempts = 0;
   int endpoint = -1;  // endpoint of the current or last attempt
   int64_t attempt_start_ns = 0;
-  bool probe = false;
   CURL* easy = nullptr;  // non-null while in the multi handle
   std::string response;
   bool response_too_large = false;
@@ -159,6 +227,11 @@ struct Submission {
   int64_t submit_ns;
 };
 
+struct EndpointUpdate {
+  Pool* pool;
+  std::vector<EndpointUrl> urls;  // checked, without duplicates
+};
+
 std::once_flag g_curl_init_once;
 CURLcode g_curl_init_code = CURLE_OK;
 
@@ -171,6 +244,7 @@ class LlmClient::Impl {
 
   Status Init(std::vector<PoolConfig> pools);
   void Submit(ChatRequest req);
+  Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls);
   size_t Drain(std::vector<ChatResult>* out);
   int notify_fd() const { return event_fd_; }
   void Shutdown();
@@ -179,11 +253,22 @@ class LlmClient::Impl {
  private:
   void Run();
   void Accept(Submission sub);
+  int AddEndpoint(Pool& pool, EndpointUrl url, bool needs_probe, int64_t now_ns);
+  void ApplyEndpoints(EndpointUpdate update, int64_t now_ns);
+  void UpdateConnectionLimits();
+  void Publish(Pool& pool, int i);
+  void RefreshServing(Pool& pool, int64_t now_ns);
   void FireTimers(int64_t now_ns);
+  void SendDueProbes(int64_t now_ns);
+  void StartProbe(Pool& pool, int endpoint, int64_t now_ns);
+  void ExpireUnserved(int64_t now_ns);
+  int64_t UnservedDeadline(const Pool& pool, const Call& call) const;
   void DispatchAll(int64_t now_ns);
   void StartAttempt(Call* call, int endpoint, int64_t now_ns);
+  CURL* PrepareEasy(Call* call, const Pool& pool, const Endpoint& ep);
   void ReapFinished();
   void OnAttemptDone(Call* call, CURLcode code, long http);
+  void OnProbeDone(Call* call, CURLcode code, long http);
   void AdaptLimit(Call* call, bool success, bool overload, int64_t now_ns);
   void CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http);
   void CancelEverything();
@@ -200,20 +285,23 @@ class LlmClient::Impl {
   int event_fd_ = -1;
   std::vector<std::unique_ptr<Pool>> pools_;        // immutable after Init
   std::unordered_map<std::string, Pool*> by_name_;  // immutable after Init
+  mutable std::mutex endpoints_mu_;                 // guards growth of Pool::endpoints
   std::thread thread_;
 
   std::mutex submit_mu_;
   // GUARDED_BY(submit_mu_). Invariant: while non-empty, a curl_multi_wakeup has
   // been made since the client thread last emptied it.
   std::vector<Submission> submitted_;
-  bool stopping_ = false;  // GUARDED_BY(submit_mu_)
-  std::mutex join_mu_;     // serializes Shutdown's join
+  std::vector<EndpointUpdate> updates_;  // GUARDED_BY(submit_mu_); a wake-up follows each
+  bool stopping_ = false;                // GUARDED_BY(submit_mu_)
+  std::mutex join_mu_;                   // serializes Shutdown's join
 
   std::mutex done_mu_;
   std::vector<ChatResult> done_;  // GUARDED_BY(done_mu_)
 
   // Client thread only.
   std::unordered_map<Call*, std::unique_ptr<Call>> live_;
+  std::unordered_map<Call*, std::unique_ptr<Call>> probes_;  // health probes in flight
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   uint64_t timer_seq_ = 0;
   std::vector<CURL*> idle_easy_;
@@ -231,13 +319,13 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
     return Internal(std::string("libcurl initialisation failed: ") +
                     curl_easy_strerror(g_curl_init_code));
 
-  std::map<std::string, long> host_caps;
-  long total_cap = 0;
+  const int64_t now = clock_->NowNanos();
   for (PoolConfig& cfg : pools) {
     const std::string where = "llm pool '" + cfg.name + "'";
     if (cfg.name.empty()) return InvalidArgument("llm pool with an empty name");
     if (by_name_.count(cfg.name)) return InvalidArgument(where + " is defined twice");
-    if (cfg.endpoints.empty()) return InvalidArgument(where + ": endpoints is empty");
+    if (cfg.endpoints.empty() && !cfg.allow_no_endpoints)
+      return InvalidArgument(where + ": endpoints is empty");
     if (cfg.max_concurrency_per_endpoint < 1)
       return InvalidArgument(where + ": max_concurrency_per_endpoint must be >= 1");
     if (!(cfg.timeout_s > 0)) return InvalidArgument(where + ": timeout_s must be > 0");
@@ -257,72 +345,55 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
         return InvalidArgument(where + ": api_key contains control characters");
     }
+    std::vector<EndpointUrl> urls;
+    std::unordered_set<std::string> seen;
+    for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
+      StatusOr<EndpointUrl> u = CheckEndpointUrl(cfg.endpoints[i], cfg, i);
+      if (!u.ok()) return u.status();
+      if (seen.insert(u.value().url).second) urls.push_back(std::move(u).value());
+    }
 
     auto pool = std::make_unique<Pool>();
-    std::vector<std::string> keys;
-    for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
-      std::string url = cfg.endpoints[i];
-      while (!url.empty() && url.back() == '/') url.pop_back();
-      auto ep = std::make_unique<Endpoint>();
-      ep->display = RedactSecrets(StripUserInfo(url), cfg.api_key);
-      const std::string ep_where =
-          where + " endpoint " + std::to_string(i) + " (" + ep->display + ")";
-
-      CURLU* u = curl_url();
-      if (u == nullptr) return Internal("out of memory parsing URLs");
-      CURLUcode uc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
-      char* scheme = nullptr;
-      char* host = nullptr;
-      if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-      if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-      std::string scheme_s = scheme ? scheme : "", host_s = host ? host : "";
-      curl_free(scheme);
-      curl_free(host);
-      curl_url_cleanup(u);
-      if (uc != CURLUE_OK) return InvalidArgument(ep_where + " is not a valid URL");
-      scheme_s = Lower(scheme_s);
-      if (scheme_s != "http" && scheme_s != "https")
-        return InvalidArgument(ep_where + ": only http and https URLs are supported");
-
-      ep->completions_url = url + "/chat/completions";
-      // Keyed by host alone: a safe upper bound whether or not libcurl counts
-      // ports separately.
-      host_caps[Lower(host_s)] += cfg.max_concurrency_per_endpoint;
-      total_cap += cfg.max_concurrency_per_endpoint;
-      keys.push_back(ep->display);
-      pool->endpoints.push_back(std::move(ep));
-    }
     BreakerOptions breaker;
     breaker.failure_threshold = cfg.breaker_failures;
-    breaker.cooldown_ns = static_cast<int64_t>(cfg.breaker_cooldown_s * 1e9);
-    pool->balancer = std::make_unique<EndpointBalancer>(std::move(keys),
-                                                        cfg.max_concurrency_per_endpoint, breaker);
-    AimdOptions aimd;
-    aimd.enabled = cfg.adaptive_concurrency;
-    aimd.ceiling = cfg.max_concurrency_per_endpoint;
-    aimd.decrease = cfg.aimd_decrease;
-    aimd.latency_target_ns = static_cast<int64_t>(cfg.latency_target_s * 1e9);
-    for (auto& ep : pool->endpoints) {
-      pool->limiters.emplace_back(aimd);
-      ep->concurrency_limit.store(pool->limiters.back().limit());
-    }
+    // At most a few decades, so cool-down arithmetic cannot overflow.
+    breaker.cooldown_ns = static_cast<int64_t>(std::min(cfg.breaker_cooldown_s, 1e9) * 1e9);
+    pool->balancer = std::make_unique<EndpointBalancer>(cfg.max_concurrency_per_endpoint, breaker);
+    pool->aimd.enabled = cfg.adaptive_concurrency;
+    pool->aimd.ceiling = cfg.max_concurrency_per_endpoint;
+    pool->aimd.decrease = cfg.aimd_decrease;
+    pool->aimd.latency_target_ns = static_cast<int64_t>(cfg.latency_target_s * 1e9);
+    Json probe = {{"messages", Json::array({{{"role", "user"}, {"content", "ping"}}})},
+                  {"max_tokens", 1}};
+    if (!cfg.model.empty()) probe["model"] = cfg.model;
+    pool->probe_payload = probe.dump(-1, ' ', false, Json::error_handler_t::replace);
     const std::vector<std::string> header_lines = {
         "Content-Type: application/json", "Accept: application/json",
         "Expect:",  // no 100-continue round trip for large prompts
     };
     for (const std::string& h : header_lines) {
       curl_slist* next = curl_slist_append(pool->headers, h.c_str());
-      if (next == nullptr) return Internal("out of memory building headers");
+      if (next == nullptr) {
+        curl_slist_free_all(pool->headers);
+        return Internal("out of memory building headers");
+      }
       pool->headers = next;
     }
     if (!cfg.api_key.empty()) {
       std::string auth = "Authorization: Bearer " + cfg.api_key;
       curl_slist* next = curl_slist_append(pool->headers, auth.c_str());
       std::fill(auth.begin(), auth.end(), '\0');
-      if (next == nullptr) return Internal("out of memory building headers");
+      if (next == nullptr) {
+        curl_slist_free_all(pool->headers);
+        return Internal("out of memory building headers");
+      }
       pool->headers = next;
     }
     pool->cfg = std::move(cfg);
+    // Configured endpoints take traffic at once.
+    for (EndpointUrl& u : urls) AddEndpoint(*pool, std::move(u), /*needs_probe=*/false, now);
+    pool->serving = pool->balancer->HasServing();
+    pool->unserved_since_ns = now;
     by_name_[pool->cfg.name] = pool.get();
     pools_.push_back(std::move(pool));
   }
@@ -331,13 +402,47 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
   if (event_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
   multi_ = curl_multi_init();
   if (multi_ == nullptr) return Internal("curl_multi_init failed");
+  UpdateConnectionLimits();
+
+  thread_ = std::thread([this] { Run(); });
+  return Status::Ok();
+}
+
+int LlmClient::Impl::AddEndpoint(Pool& pool, EndpointUrl url, bool needs_probe, int64_t now_ns) {
+  auto ep = std::make_unique<Endpoint>();
+  ep->completions_url = url.url + "/chat/completions";
+  ep->url = std::move(url.url);
+  ep->display = std::move(url.display);
+  ep->host = std::move(url.host);
+  const int idx = pool.balancer->Add(ep->display, needs_probe, now_ns);
+  pool.limiters.emplace_back(pool.aimd);
+  ep->concurrency_limit.store(pool.limiters.back().limit());
+  pool.by_url[ep->url] = idx;
+  {
+    std::lock_guard<std::mutex> lock(endpoints_mu_);
+    pool.endpoints.push_back(std::move(ep));
+  }
+  Publish(pool, idx);
+  return idx;
+}
+
+void LlmClient::Impl::UpdateConnectionLimits() {
+  // Keyed by host alone: a safe upper bound whether or not libcurl counts
+  // ports separately. Every endpoint ever added counts (a retired one may
+  // still finish attempts), plus one connection each for its probe.
+  std::map<std::string, long> host_caps;
+  long total_cap = 0;
+  for (const auto& pool : pools_) {
+    const long per_endpoint = pool->cfg.max_concurrency_per_endpoint + 1L;
+    for (const auto& ep : pool->endpoints) {
+      host_caps[ep->host] += per_endpoint;
+      total_cap += per_endpoint;
+    }
+  }
   long max_host = 1;
   for (const auto& [host, cap] : host_caps) max_host = std::max(max_host, cap);
   curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, std::max(total_cap, 16L));
-
-  thread_ = std::thread([this] { Run(); });
-  return Status::Ok();
 }
 
 LlmClient::Impl::~Impl() {
@@ -390,6 +495,28 @@ void LlmClient::Impl::Submit(ChatRequest req) {
   PushResult(std::move(r));
 }
 
+Status LlmClient::Impl::SetEndpoints(const std::string& name, std::vector<std::string> base_urls) {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) return InvalidArgument("unknown llm pool '" + name + "'");
+  Pool* pool = it->second;
+  const PoolConfig& cfg = pool->cfg;  // immutable after Init
+  EndpointUpdate update{pool, {}};
+  std::unordered_set<std::string> seen;
+  for (size_t i = 0; i < base_urls.size(); ++i) {
+    StatusOr<EndpointUrl> u = CheckEndpointUrl(std::move(base_urls[i]), cfg, i);
+    if (!u.ok()) return u.status();
+    if (seen.insert(u.value().url).second) update.urls.push_back(std::move(u).value());
+  }
+  if (update.urls.empty() && !cfg.allow_no_endpoints)
+    return InvalidArgument("llm pool '" + name +
+                           "': endpoints is empty (the pool does not allow_no_endpoints)");
+  std::lock_guard<std::mutex> lock(submit_mu_);
+  if (stopping_) return Cancelled("llm client is shut down");
+  updates_.push_back(std::move(update));
+  curl_multi_wakeup(multi_);
+  return Status::Ok();
+}
+
 void LlmClient::Impl::PushResult(ChatResult result) {
   std::lock_guard<std::mutex> lock(done_mu_);
   bool was_empty = done_.empty();
@@ -414,6 +541,7 @@ size_t LlmClient::Impl::Drain(std::vector<ChatResult>* out) {
 
 std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
   std::vector<LlmClient::EndpointStats> out;
+  std::lock_guard<std::mutex> lock(endpoints_mu_);
   for (const auto& pool : pools_) {
     for (const auto& ep : pool->endpoints) {
       LlmClient::EndpointStats s;
@@ -423,7 +551,14 @@ std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
       s.requests = ep->requests.load();
       s.errors = ep->errors.load();
       s.retries = ep->retries.load();
+      s.probes = ep->probes.load();
+      s.probes_failed = ep->probes_failed.load();
+      s.active = ep->active.load();
       s.healthy = ep->healthy.load();
+      s.state = !s.active              ? "retired"
+                : !ep->admitted.load() ? "probing"
+                : s.healthy            ? "healthy"
+                                       : "unhealthy";
       s.concurrency_limit = ep->concurrency_limit.load();
       out.push_back(std::move(s));
     }
@@ -436,18 +571,24 @@ std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
 
 void LlmClient::Impl::Run() {
   std::vector<Submission> batch;
+  std::vector<EndpointUpdate> updates;
   while (true) {
     bool stop;
     {
       std::lock_guard<std::mutex> lock(submit_mu_);
       batch.swap(submitted_);
+      updates.swap(updates_);
       stop = stopping_;
     }
+    for (EndpointUpdate& u : updates) ApplyEndpoints(std::move(u), clock_->NowNanos());
+    updates.clear();
     for (Submission& sub : batch) Accept(std::move(sub));
     batch.clear();
     if (stop) break;
 
     FireTimers(clock_->NowNanos());
+    SendDueProbes(clock_->NowNanos());
+    ExpireUnserved(clock_->NowNanos());
     DispatchAll(clock_->NowNanos());
     int running = 0;
     CURLMcode mc = curl_multi_perform(multi_, &running);
@@ -472,7 +613,10 @@ int LlmClient::Impl::PollTimeoutMs(int64_t now_ns) const {
   int64_t next = INT64_MAX;
   if (!timers_.empty()) next = timers_.top().due_ns;
   for (const auto& pool : pools_) {
-    if (!pool->waiting.empty()) next = std::min(next, pool->balancer->NextCooldownEnd(now_ns));
+    next = std::min(next, pool->balancer->NextProbeDue());
+    if (!pool->serving) {
+      for (const Call* call : pool->waiting) next = std::min(next, UnservedDeadline(*pool, *call));
+    }
   }
   if (next == INT64_MAX) return kMaxPollMs;
   int64_t ms = next <= now_ns ? 0 : (next - now_ns + 999'999) / 1'000'000;
@@ -523,13 +667,146 @@ void LlmClient::Impl::FireTimers(int64_t now_ns) {
   for (auto it = fired.rbegin(); it != fired.rend(); ++it) (*it)->pool->waiting.push_front(*it);
 }
 
+void LlmClient::Impl::Publish(Pool& pool, int i) {
+  Endpoint& ep = *pool.endpoints[i];
+  ep.active.store(pool.balancer->active(i));
+  ep.admitted.store(pool.balancer->admitted(i));
+  ep.healthy.store(pool.balancer->healthy(i));
+}
+
+void LlmClient::Impl::RefreshServing(Pool& pool, int64_t now_ns) {
+  const bool serving = pool.balancer->HasServing();
+  if (pool.serving && !serving) pool.unserved_since_ns = now_ns;
+  pool.serving = serving;
+}
+
+void LlmClient::Impl::ApplyEndpoints(EndpointUpdate update, int64_t now_ns) {
+  Pool& pool = *update.pool;
+  EndpointBalancer& bal = *pool.balancer;
+  const bool probe = pool.cfg.probe_new_endpoints;
+  const std::string where = "llm pool '" + pool.cfg.name + "': endpoint ";
+  std::vector<char> keep(pool.endpoints.size(), 0);
+  bool added = false;
+  for (EndpointUrl& u : update.urls) {
+    int idx;
+    auto it = pool.by_url.find(u.url);
+    if (it != pool.by_url.end()) {
+      idx = it->second;
+      if (!bal.active(idx)) {
+        bal.Reactivate(idx, probe, now_ns);
+        LOG_INFO << where << pool.endpoints[idx]->display << " is back"
+                 << (bal.admitted(idx) ? "" : "; it takes requests after a successful probe");
+      }
+    } else {
+      std::string display = u.display;
+      idx = AddEndpoint(pool, std::move(u), probe, now_ns);
+      added = true;
+      LOG_INFO << where << display << " added"
+               << (probe ? "; it takes requests after a successful probe" : "");
+    }
+    if (keep.size() <= static_cast<size_t>(idx)) keep.resize(idx + 1, 0);
+    keep[idx] = 1;
+  }
+  for (size_t i = 0; i < pool.endpoints.size(); ++i) {
+    const int idx = static_cast<int>(i);
+    if ((i < keep.size() && keep[i]) || !bal.active(idx)) continue;
+    bal.Retire(idx);
+    LOG_INFO << where << pool.endpoints[i]->display << " retired; " << bal.in_flight(idx)
+             << " attempts in flight finish there";
+  }
+  for (size_t i = 0; i < pool.endpoints.size(); ++i) Publish(pool, static_cast<int>(i));
+  if (added) UpdateConnectionLimits();
+  RefreshServing(pool, now_ns);
+}
+
+void LlmClient::Impl::SendDueProbes(int64_t now_ns) {
+  for (auto& pool : pools_) {
+    if (pool->balancer->NextProbeDue() > now_ns) continue;
+    for (size_t i = 0; i < pool->endpoints.size(); ++i) {
+      if (pool->balancer->ProbeDue(static_cast<int>(i), now_ns))
+        StartProbe(*pool, static_cast<int>(i), now_ns);
+    }
+  }
+}
+
+void LlmClient::Impl::StartProbe(Pool& pool, int endpoint, int64_t now_ns) {
+  Endpoint& ep = *pool.endpoints[endpoint];
+  auto owned = std::make_unique<Call>();
+  Call* call = owned.get();
+  call->health_probe = true;
+  call->pool = &pool;
+  call->endpoint = endpoint;
+  call->payload = pool.probe_payload;
+  call->submit_ns = now_ns;
+  call->attempt_start_ns = now_ns;
+  call->attempts = 1;
+  call->errbuf[0] = '\0';
+  probes_.emplace(call, std::move(owned));
+  pool.balancer->OnProbeStart(endpoint);
+  ep.probes.fetch_add(1);
+  LOG_DEBUG << "llm pool '" << pool.cfg.name << "': health probe to " << ep.display;
+
+  CURL* e = PrepareEasy(call, pool, ep);
+  if (e == nullptr) {
+    OnProbeDone(call, CURLE_OUT_OF_MEMORY, 0);
+    return;
+  }
+  call->easy = e;
+  CURLMcode mc = curl_multi_add_handle(multi_, e);
+  if (mc != CURLM_OK) {
+    call->easy = nullptr;
+    ReleaseEasy(e);
+    std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
+                  curl_multi_strerror(mc));
+    OnProbeDone(call, CURLE_FAILED_INIT, 0);
+  }
+}
+
+int64_t LlmClient::Impl::UnservedDeadline(const Pool& pool, const Call& call) const {
+  const int64_t from = std::max(call.submit_ns, pool.unserved_since_ns);
+  const double wait_ns = pool.cfg.timeout_s * 1e9;
+  if (!(wait_ns < static_cast<double>(INT64_MAX - from))) return INT64_MAX;  // saturates
+  return from + static_cast<int64_t>(wait_ns);
+}
+
+void LlmClient::Impl::ExpireUnserved(int64_t now_ns) {
+  for (auto& pool : pools_) {
+    if (pool->serving || pool->waiting.empty()) continue;
+    std::vector<Call*> expired;
+    for (auto it = pool->waiting.begin(); it != pool->waiting.end();) {
+      if (UnservedDeadline(*pool, **it) <= now_ns) {
+        expired.push_back(*it);
+        it = pool->waiting.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (expired.empty()) continue;
+    int registered = 0;
+    for (size_t i = 0; i < pool->endpoints.size(); ++i)
+      registered += pool->balancer->active(static_cast<int>(i));
+    const std::string& name = pool->cfg.name;
+    std::string why = registered == 0
+                          ? "no endpoint registered for model '" + name + "'"
+                          : "no endpoint of model '" + name + "' has passed its health probe (" +
+                                std::to_string(registered) + " registered)";
+    why += " within timeout_s (" + FormatSeconds(pool->cfg.timeout_s) + " s)";
+    LOG_DEBUG << "llm pool '" << name << "': " << expired.size() << " requests expired: " << why;
+    for (Call* call : expired) {
+      std::string msg = "llm pool '" + name + "': " + why;
+      if (!call->last_error.empty()) msg += "; last attempt: " + call->last_error;
+      CompleteCall(call, DeadlineExceeded(msg), nullptr, call->last_http);
+    }
+  }
+}
+
 void LlmClient::Impl::DispatchAll(int64_t now_ns) {
   for (auto& pool : pools_) {
     while (!pool->waiting.empty()) {
       Call* call = pool->waiting.front();
       std::string_view key =
           pool->cfg.sticky ? std::string_view(call->sticky_key) : std::string_view();
-      int idx = pool->balancer->Pick(key, call->endpoint, now_ns);
+      int idx = pool->balancer->Pick(key, call->endpoint);
       if (idx < 0) break;
       pool->waiting.pop_front();
       StartAttempt(call, idx, now_ns);
@@ -560,21 +837,35 @@ void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
   Endpoint& ep = *pool.endpoints[endpoint];
   call->endpoint = endpoint;
   call->attempt_start_ns = now_ns;
-  call->response.clear();
-  call->response_too_large = false;
-  call->retry_after.clear();
-  call->errbuf[0] = '\0';
-  call->probe = pool.balancer->OnStart(endpoint, now_ns);
+  pool.balancer->OnStart(endpoint);
   ep.in_flight.fetch_add(1);
   ep.requests.fetch_add(1);
   if (call->attempts > 0) ep.retries.fetch_add(1);
   call->attempts++;
 
-  CURL* e = TakeEasy();
+  CURL* e = PrepareEasy(call, pool, ep);
   if (e == nullptr) {
     OnAttemptDone(call, CURLE_OUT_OF_MEMORY, 0);
     return;
   }
+  call->easy = e;
+  CURLMcode mc = curl_multi_add_handle(multi_, e);
+  if (mc != CURLM_OK) {
+    call->easy = nullptr;
+    ReleaseEasy(e);
+    std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
+                  curl_multi_strerror(mc));
+    OnAttemptDone(call, CURLE_FAILED_INIT, 0);
+  }
+}
+
+CURL* LlmClient::Impl::PrepareEasy(Call* call, const Pool& pool, const Endpoint& ep) {
+  call->response.clear();
+  call->response_too_large = false;
+  call->retry_after.clear();
+  call->errbuf[0] = '\0';
+  CURL* e = TakeEasy();
+  if (e == nullptr) return nullptr;
   curl_easy_setopt(e, CURLOPT_URL, ep.completions_url.c_str());
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -594,15 +885,7 @@ void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
                    static_cast<long>(std::ceil(pool.cfg.connect_timeout_s * 1000)));
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-  call->easy = e;
-  CURLMcode mc = curl_multi_add_handle(multi_, e);
-  if (mc != CURLM_OK) {
-    call->easy = nullptr;
-    ReleaseEasy(e);
-    std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
-                  curl_multi_strerror(mc));
-    OnAttemptDone(call, CURLE_FAILED_INIT, 0);
-  }
+  return e;
 }
 
 void LlmClient::Impl::ReapFinished() {
@@ -619,7 +902,11 @@ void LlmClient::Impl::ReapFinished() {
     ReleaseEasy(e);
     if (call == nullptr) continue;
     call->easy = nullptr;
-    OnAttemptDone(call, code, http);
+    if (call->health_probe) {
+      OnProbeDone(call, code, http);
+    } else {
+      OnAttemptDone(call, code, http);
+    }
   }
 }
 
@@ -695,15 +982,15 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
   call->response.clear();
   call->response.shrink_to_fit();
 
-  BreakerChange change = pool.balancer->OnFinish(call->endpoint, health, call->probe, now);
-  call->probe = false;
+  BreakerChange change = pool.balancer->OnFinish(call->endpoint, health, now);
   ep.in_flight.fetch_sub(1);
-  ep.healthy.store(pool.balancer->healthy(call->endpoint));
+  Publish(pool, call->endpoint);
   AdaptLimit(call, next == Next::kDone, overload, now);
   if (change == BreakerChange::kOpened) {
     LOG_WARN << "llm pool '" << pool.cfg.name << "': endpoint " << ep.display
              << " marked unhealthy after " << pool.balancer->consecutive_failures(call->endpoint)
-             << " consecutive failures; last: " << Redact(pool, error);
+             << " consecutive failures; last: " << Redact(pool, error) << "; health probe in "
+             << FormatSeconds(pool.cfg.breaker_cooldown_s) << " s";
   } else if (change == BreakerChange::kClosed) {
     LOG_WARN << "llm pool '" << pool.cfg.name << "': endpoint " << ep.display
              << " is healthy again";
@@ -739,6 +1026,54 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
             << call->attempts << " failed (" << call->last_error << "); retrying in " << delay_s
             << " s";
   timers_.push(Timer{now + static_cast<int64_t>(delay_s * 1e9), timer_seq_++, call});
+}
+
+void LlmClient::Impl::OnProbeDone(Call* call, CURLcode code, long http_long) {
+  Pool& pool = *call->pool;
+  const int i = call->endpoint;
+  Endpoint& ep = *pool.endpoints[i];
+  const int64_t now = clock_->NowNanos();
+  const int http = static_cast<int>(http_long);
+  bool ok = false;
+  std::string error;
+  if (code != CURLE_OK) {
+    std::string what = call->errbuf[0] ? call->errbuf : curl_easy_strerror(code);
+    error = (code == CURLE_OPERATION_TIMEDOUT ? "timed out: " : "transport error: ") + what;
+  } else if (ClassifyHttpStatus(http) == HttpOutcome::kSuccess) {
+    StatusOr<ParsedCompletion> p = ParseChatCompletion(call->response);
+    ok = p.ok();
+    if (!ok)
+      error = "HTTP " + std::to_string(http) + " with a malformed body: " + p.status().message();
+  } else {
+    error =
+        "HTTP " + std::to_string(http) + ": " + ErrorMessageFromBody(call->response, kMaxErrorText);
+  }
+  const bool was_admitted = pool.balancer->admitted(i);
+  BreakerChange change = pool.balancer->OnProbeFinish(i, ok, now);
+  if (!ok) ep.probes_failed.fetch_add(1);
+  Publish(pool, i);
+  const std::string where = "llm pool '" + pool.cfg.name + "': endpoint " + ep.display;
+  if (change == BreakerChange::kClosed) {
+    if (was_admitted) {
+      LOG_WARN << where << " is healthy again (health probe succeeded)";
+    } else {
+      LOG_INFO << where << " passed its health probe; it takes requests now";
+    }
+  } else if (!ok) {
+    std::string msg =
+        where + " failed its health probe: " + Redact(pool, error) +
+        (pool.balancer->active(i)
+             ? "; next probe in " + FormatSeconds(std::max(pool.cfg.breaker_cooldown_s, 0.1)) + " s"
+             : "");
+    // The first failure of a new endpoint is worth a warning; the rest repeat it.
+    if (!was_admitted && ep.probes_failed.load() == 1) {
+      LOG_WARN << msg;
+    } else {
+      LOG_DEBUG << msg;
+    }
+  }
+  probes_.erase(call);
+  RefreshServing(pool, now);
 }
 
 void LlmClient::Impl::AdaptLimit(Call* call, bool success, bool overload, int64_t now_ns) {
@@ -790,8 +1125,7 @@ void LlmClient::Impl::CancelEverything() {
       ReleaseEasy(call->easy);
       call->easy = nullptr;
       Pool& pool = *call->pool;
-      pool.balancer->OnFinish(call->endpoint, AttemptHealth::kNeutral, call->probe,
-                              clock_->NowNanos());
+      pool.balancer->OnFinish(call->endpoint, AttemptHealth::kNeutral, clock_->NowNanos());
       pool.endpoints[call->endpoint]->in_flight.fetch_sub(1);
     }
     call->last_error_body.clear();
@@ -800,6 +1134,14 @@ void LlmClient::Impl::CancelEverything() {
   }
   for (auto& pool : pools_) pool->waiting.clear();
   while (!timers_.empty()) timers_.pop();
+  for (auto& [raw, owned] : probes_) {
+    if (raw->easy != nullptr) {
+      curl_multi_remove_handle(multi_, raw->easy);
+      ReleaseEasy(raw->easy);
+      raw->easy = nullptr;
+    }
+  }
+  probes_.clear();
 }
 
 // ---------------------------------------------------------------------------
@@ -817,6 +1159,9 @@ StatusOr<std::unique_ptr<LlmClient>> LlmClient::Create(std::vector<PoolConfig> p
 }
 
 void LlmClient::Submit(ChatRequest req) { impl_->Submit(std::move(req)); }
+Status LlmClient::SetEndpoints(const std::string& pool, std::vector<std::string> base_urls) {
+  return impl_->SetEndpoints(pool, std::move(base_urls));
+}
 size_t LlmClient::Drain(std::vector<ChatResult>* out) { return impl_->Drain(out); }
 int LlmClient::notify_fd() const { return impl_->notify_fd(); }
 void LlmClient::Shutdown() { impl_->Shutdown(); }

@@ -9,31 +9,76 @@
 //
 // Per pool: requests go to the endpoint with the fewest outstanding requests
 // (ties round-robin), or, with `sticky`, to the endpoint a request's
-// sticky_key hashes to while it is healthy. Each endpoint takes at most its
-// current concurrency limit of requests; the rest wait in the pool's FIFO
-// queue. The limit adapts per endpoint (AIMD, `adaptive_concurrency`): it
-// starts at max_concurrency_per_endpoint, which stays its ceiling; an
-// overload answer (429, 503) or a timed-out attempt multiplies it by
-// `aimd_decrease` (never below 1), at most once per window (the endpoint's
-// mean success latency, 1 s before one is measured) and only for attempts
-// started since the previous decrease; each success adds 1 / limit, so it
-// climbs back by about one per round trip. With `latency_target_s`, a mean
-// success latency above the target stops the growth and shrinks the limit by
-// 0.9 per window. Failed attempts (429, 5xx, timeouts, connection errors,
-// malformed 200 bodies) are retried after exponential backoff with full jitter
-// or the server's Retry-After, on another endpoint when the pool has one. Each
-// endpoint has a circuit breaker: after `breaker_failures` consecutive
-// failures it is skipped for `breaker_cooldown_s`, then one probe request is
-// let through. When every endpoint is unhealthy, requests still go to the
-// least-bad one.
+// sticky_key hashes to (rendezvous hashing) while it is healthy. Each endpoint
+// takes at most its current concurrency limit of requests; the rest wait in
+// the pool's FIFO queue. The limit adapts per endpoint (AIMD,
+// `adaptive_concurrency`): it starts at max_concurrency_per_endpoint, which
+// stays its ceiling; an overload answer (429, 503) or a timed-out attempt
+// multiplies it by `aimd_decrease` (never below 1), at most once per window
+// (the endpoint's mean success latency, 1 s before one is measured) and only
+// for attempts started since the previous decrease; each success adds
+// 1 / limit, so it climbs back by about one per round trip. With
+// `latency_target_s`, a mean success latency above the target stops the
+// growth and shrinks the limit by 0.9 per window. Failed attempts (429, 5xx,
+// timeouts, connection errors, malformed 200 bodies) are retried after
+// exponential backoff with full jitter or the server's Retry-After, on another
+// endpoint when the pool has one.
+//
+// Circuit breaker and health probes: after `breaker_failures` consecutive
+// failed attempts (5xx, timeouts, connection errors, malformed answers) an
+// endpoint's breaker opens and it takes no user requests. Once
+// `breaker_cooldown_s` has passed since its last failure, the client thread
+// sends it a probe: POST <base>/chat/completions with the body
+//   {"model": <pool model>, "messages": [{"role": "user", "content": "ping"}],
+//    "max_tokens": 1}
+// ("model" left out when the pool's `model` is empty), the pool's
+// Authorization header and the pool's timeouts. A 2xx answer whose body parses
+// as a chat completion closes the breaker and traffic returns; anything else
+// (another status, a malformed body, a transport error or timeout) keeps it
+// open and the next probe goes out max(breaker_cooldown_s, 0.1 s) later. User
+// requests are never used as probes. At most one probe per endpoint is in
+// flight. When every active endpoint's breaker is open, requests still go to
+// the least-bad one (fewest consecutive failures); a success there closes its
+// breaker too, a failure restarts its cool-down.
+//
+// Changing endpoints: SetEndpoints() replaces a pool's endpoint list while the
+// client runs. An endpoint missing from the new list is retired: no new
+// attempts or probes; attempts in flight finish normally (a failed one is
+// retried elsewhere); its sticky keys move to the remaining endpoints while
+// every other key stays where it was. An endpoint not seen before is added;
+// with `probe_new_endpoints` (default) it takes user requests only after its
+// first probe (sent at once, then every max(breaker_cooldown_s, 0.1 s) until
+// one succeeds). A retired endpoint that reappears comes back with its
+// counters, concurrency limit and breaker state kept, and, with
+// `probe_new_endpoints`, again only after a successful probe. Endpoints given
+// to Create() take traffic at once, without a probe. Endpoints are identified
+// by their URL with trailing '/' removed; duplicates count once.
+//
+// No endpoint: with `allow_no_endpoints`, a pool may have no endpoint that
+// takes requests (none configured, all retired, or all waiting for their
+// first successful probe). Requests then wait in the pool's queue until one
+// is admitted; a request that has waited `timeout_s` (counted from its
+// submission, or from when the pool lost its last endpoint if that is later)
+// completes with kDeadlineExceeded and the message
+//   llm pool '<name>': no endpoint registered for model '<name>' within
+//   timeout_s (<timeout_s> s)
+// or, when endpoints are registered but none has been admitted,
+//   llm pool '<name>': no endpoint of model '<name>' has passed its health
+//   probe (<n> registered) within timeout_s (<timeout_s> s)
+// followed by "; last attempt: <error>" when an earlier attempt failed. A
+// queue behind busy endpoints is not bounded this way.
+//
+// Stats() reports every endpoint the pool ever had, retired ones included,
+// with its state; probes are counted apart from user requests, errors and
+// retries.
 //
 // API keys are sent as "Authorization: Bearer <key>" and never appear in
 // results, status messages, logs or Stats().
 //
 // Lifecycle: Create() starts the thread; Shutdown() (or the destructor) stops
 // it and completes every outstanding request with kCancelled.
-// Thread-safety: Submit, Drain, notify_fd, Stats and Shutdown may be called
-// from any thread. Shutdown must not race the destructor.
+// Thread-safety: Submit, SetEndpoints, Drain, notify_fd, Stats and Shutdown
+// may be called from any thread. Shutdown must not race the destructor.
 #pragma once
 
 #include <cstdint>
@@ -52,9 +97,15 @@ namespace matrix::llm {
 struct PoolConfig {
   // Model key in the pipeline; unique, non-empty.
   std::string name;
-  // Base URLs, e.g. "http://127.0.0.1:8000/v1"; at least one. Requests go to
-  // <base>/chat/completions.
+  // Base URLs, e.g. "http://127.0.0.1:8000/v1"; at least one unless
+  // allow_no_endpoints. Requests go to <base>/chat/completions.
   std::vector<std::string> endpoints;
+  // The pool may have no endpoint (at creation or after SetEndpoints); its
+  // requests wait for one, each at most timeout_s (see the class comment).
+  bool allow_no_endpoints = false;
+  // Endpoints added by SetEndpoints (new or back from retirement) take user
+  // requests only after a successful health probe.
+  bool probe_new_endpoints = true;
   // "model" put in every request body; empty keeps the body's own.
   std::string model;
   // Bearer token; empty sends no Authorization header.
@@ -74,7 +125,9 @@ struct PoolConfig {
   // Route requests that carry a sticky_key to one endpoint while it is healthy.
   bool sticky = false;
   // Consecutive failed attempts (5xx, timeouts, connection errors, malformed
-  // answers) that open an endpoint's circuit breaker, and how long it stays open.
+  // answers) that open an endpoint's circuit breaker, and the time from the
+  // last failure to its first health probe (also the interval between failed
+  // probes, at least 0.1 s).
   int breaker_failures = 5;
   double breaker_cooldown_s = 10;
   // Adaptive concurrency per endpoint (AIMD, see the class comment); false
@@ -99,7 +152,8 @@ struct ChatResult {
   uint64_t tag = 0;
   // OK; kInvalidArgument (non-retryable answer such as 400 context length, a
   // bad body or an unknown pool); kUnavailable (retries exhausted);
-  // kDeadlineExceeded (retries exhausted and the last attempt timed out);
+  // kDeadlineExceeded (retries exhausted and the last attempt timed out, or
+  // no endpoint could take it within timeout_s: see the class comment);
   // kCancelled (client shut down first).
   Status status;
   int http_status = 0;  // of the last attempt; 0 when no HTTP answer came
@@ -130,6 +184,13 @@ class LlmClient {
   // submitted after Shutdown() gives kCancelled.
   void Submit(ChatRequest req);
 
+  // Replaces the endpoints of `pool` with `base_urls` (see the class comment);
+  // applied on the client thread shortly after the call returns (Stats()
+  // shows it then). InvalidArgument for an unknown pool, an invalid or
+  // non-http(s) URL, or an empty list without allow_no_endpoints (nothing is
+  // changed then); kCancelled after Shutdown(). Never blocks on the network.
+  Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls);
+
   // Appends completed results to *out, clears notify_fd, returns how many were
   // appended. Non-blocking.
   size_t Drain(std::vector<ChatResult>* out);
@@ -143,11 +204,19 @@ class LlmClient {
 
   struct EndpointStats {
     std::string pool, url;  // url without user-info
-    int in_flight = 0;
-    int64_t requests = 0;  // attempts started
-    int64_t errors = 0;    // attempts that failed (any non-success answer or transport error)
-    int64_t retries = 0;   // attempts that were retries
-    bool healthy = true;   // circuit breaker closed
+    int in_flight = 0;      // user attempts in flight (probes not included)
+    int64_t requests = 0;   // user attempts started
+    int64_t errors = 0;     // user attempts that failed (any non-success answer or transport error)
+    int64_t retries = 0;    // user attempts that were retries
+    int64_t probes = 0;     // health probes sent
+    int64_t probes_failed = 0;  // health probes that did not succeed
+    bool active = true;         // false once retired by SetEndpoints
+    // Takes user requests under normal routing: admitted (first probe passed
+    // or not needed) and circuit breaker closed.
+    bool healthy = true;
+    // "healthy"; "unhealthy" (breaker open); "probing" (added, waiting for its
+    // first successful probe); "retired".
+    std::string state = "healthy";
     // Current adaptive limit on requests in flight, in
     // [1, max_concurrency_per_endpoint]; the endpoint takes floor() of it.
     double concurrency_limit = 0;

@@ -3,9 +3,12 @@
 // dropped connections) and, when it has been built, matrix-llm-sim.
 #include "common/llm/llm_client.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -91,6 +94,51 @@ HttpReply Ok(const std::string& content = "hi there", int delay_ms = 0) {
 
 int64_t GapMs(const HttpRequest& a, const HttpRequest& b) {
   return (b.received_ns - a.received_ns) / 1'000'000;
+}
+
+// The client's health probe: {"model", "messages": [ping], "max_tokens": 1}.
+bool IsProbe(const HttpRequest& req) {
+  Json body = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  return body.is_object() && body.value("max_tokens", 0) == 1 && body.contains("messages") &&
+         body["messages"].size() == 1 && body["messages"][0].value("content", "") == "ping";
+}
+
+size_t ProbeCount(const TestHttpServer& server) {
+  size_t n = 0;
+  for (const auto& r : server.requests()) n += IsProbe(r);
+  return n;
+}
+
+// Chat completions other than probes.
+size_t UserRequestCount(const TestHttpServer& server) {
+  size_t n = 0;
+  for (const auto& r : server.requests())
+    n += r.method == "POST" && r.path == "/v1/chat/completions" && !IsProbe(r);
+  return n;
+}
+
+// Status code of "GET <path>" on 127.0.0.1:<port>, or -1.
+int HttpGetStatus(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int status = -1;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+      char buf[256];
+      ssize_t n = ::recv(fd, buf, sizeof(buf) - 1, 0);
+      if (n > 12) {
+        buf[n] = '\0';
+        std::sscanf(buf, "HTTP/1.1 %d", &status);
+      }
+    }
+  }
+  ::close(fd);
+  return status;
 }
 
 LlmClient::EndpointStats StatsFor(const LlmClient& client, const std::string& url) {
@@ -761,16 +809,26 @@ TEST(LlmClientTest, CircuitBreakerSkipsFailingEndpointAndProbesAfterCooldown) {
   EXPECT_FALSE(StatsFor(*client, bad.base_url()).healthy);
   EXPECT_TRUE(StatsFor(*client, good.base_url()).healthy);
 
-  // Cool-down over: exactly one probe reaches the bad endpoint, fails, and the
-  // breaker opens again.
+  // Cool-down over: the client sends one health probe (not a user request) to
+  // the bad endpoint; it fails and the breaker stays open, the next probe a
+  // cool-down later.
   clock.AdvanceMillis(61'000);
+  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return bad.request_count() == 3; }, 5000));
+  EXPECT_TRUE(IsProbe(bad.requests()[2]));
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return StatsFor(*client, bad.base_url()).probes_failed == 1; }, 5000));
   for (uint64_t i = 10; i < 20; ++i) {
     client->Submit(MakeRequest(i));
     ChatResult r = WaitOne(*client);
     ASSERT_TRUE(r.status.ok());
+    EXPECT_EQ(r.endpoint, good.base_url());
   }
   EXPECT_EQ(bad.request_count(), 3u);
-  EXPECT_FALSE(StatsFor(*client, bad.base_url()).healthy);
+  auto stats = StatsFor(*client, bad.base_url());
+  EXPECT_FALSE(stats.healthy);
+  EXPECT_EQ(stats.state, "unhealthy");
+  EXPECT_EQ(stats.requests, 2);  // the probe is not a user request
+  EXPECT_EQ(stats.probes, 1);
 }
 
 TEST(LlmClientTest, AllEndpointsUnhealthyStillSendsAndRecovers) {
@@ -932,6 +990,457 @@ TEST(LlmClientTest, ThousandsOfRequestsInFlightOnOneThread) {
   EXPECT_EQ(b.max_active(), 1000);
 }
 
+// --- Endpoints that change while the client runs ------------------------------
+
+void ExpectProbeBody(const HttpRequest& req, const std::string& key) {
+  EXPECT_EQ(req.method, "POST");
+  EXPECT_EQ(req.path, "/v1/chat/completions");
+  EXPECT_EQ(Json::parse(req.body),
+            Json::parse(R"({"model":"test-model","messages":[{"role":"user","content":"ping"}],)"
+                        R"("max_tokens":1})"))
+      << req.body;
+  if (key.empty()) {
+    EXPECT_EQ(req.headers.count("authorization"), 0u);
+  } else {
+    EXPECT_EQ(req.headers.count("authorization") ? req.headers.at("authorization") : "",
+              "Bearer " + key);
+  }
+}
+
+TEST(LlmClientEndpointsTest, ConfiguredEndpointsReportActiveAndAreNotProbed) {
+  TestHttpServer a([](const HttpRequest&) { return Ok(); });
+  auto client = MakeClient({MakePool({a.base_url()})});
+  ASSERT_TRUE(client);
+  client->Submit(MakeRequest(1));
+  ASSERT_TRUE(WaitOne(*client).status.ok());
+  auto s = StatsFor(*client, a.base_url());
+  EXPECT_TRUE(s.active);
+  EXPECT_TRUE(s.healthy);
+  EXPECT_EQ(s.state, "healthy");
+  EXPECT_EQ(s.probes, 0);
+  EXPECT_EQ(ProbeCount(a), 0u);
+}
+
+TEST(LlmClientEndpointsTest, SetEndpointsRejectsBadInput) {
+  PoolConfig pool = MakePool({"http://127.0.0.1:1/v1"});
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  EXPECT_EQ(client->SetEndpoints("nope", {"http://127.0.0.1:2/v1"}).code(),
+            StatusCode::kInvalidArgument);
+  Status bad = client->SetEndpoints("m", {"http://127.0.0.1:2/v1", "ftp://x/v1"});
+  EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("endpoint 1"), std::string::npos) << bad.message();
+  EXPECT_EQ(client->SetEndpoints("m", {"not a url"}).code(), StatusCode::kInvalidArgument);
+  Status empty = client->SetEndpoints("m", {});
+  EXPECT_EQ(empty.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(empty.message().find("allow_no_endpoints"), std::string::npos) << empty.message();
+  Status secret = client->SetEndpoints("m", {"http://u:hunter2@127.0.0.1:2/v1", "bogus"});
+  EXPECT_EQ(secret.message().find("hunter2"), std::string::npos) << secret.message();
+  // Nothing was applied.
+  auto stats = client->Stats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].url, "http://127.0.0.1:1/v1");
+  client->Shutdown();
+  EXPECT_EQ(client->SetEndpoints("m", {"http://127.0.0.1:2/v1"}).code(), StatusCode::kCancelled);
+
+  PoolConfig none = MakePool({});
+  none.allow_no_endpoints = true;
+  auto c2 = MakeClient({none});
+  ASSERT_TRUE(c2);
+  EXPECT_TRUE(c2->Stats().empty());
+  EXPECT_TRUE(c2->SetEndpoints("m", {}).ok());
+}
+
+TEST(LlmClientEndpointsTest, EndpointAddedAtRuntimeGetsTrafficOnlyAfterItsProbeSucceeds) {
+  const std::string key = "sk-probe-key-123";
+  TestHttpServer a([](const HttpRequest&) { return Ok("a"); });
+  std::atomic<int> probes{0};
+  TestHttpServer b([&probes](const HttpRequest& req) {
+    if (IsProbe(req)) {
+      // First probe: still warming up. Second: answered when the test says so.
+      if (probes++ == 0) return HttpReply::Respond(500, R"({"message":"warming up"})");
+      HttpReply r = Ok("pong");
+      r.hold = true;
+      return r;
+    }
+    return Ok("b");
+  });
+  PoolConfig pool = MakePool({a.base_url()});
+  pool.api_key = key;
+  pool.breaker_cooldown_s = 0.2;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(client->SetEndpoints("m", {a.base_url(), b.base_url()}).ok());
+
+  // The new endpoint is probed at once; the failed probe is repeated a
+  // cool-down later, and that one is held open.
+  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return b.active() == 1; }, 5000));
+  auto reqs = b.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  ExpectProbeBody(reqs[0], key);
+  ExpectProbeBody(reqs[1], key);
+  EXPECT_GE(GapMs(reqs[0], reqs[1]), 190);
+  auto sb = StatsFor(*client, b.base_url());
+  EXPECT_EQ(sb.state, "probing");
+  EXPECT_TRUE(sb.active);
+  EXPECT_FALSE(sb.healthy);
+  EXPECT_EQ(sb.probes, 2);
+  EXPECT_EQ(sb.probes_failed, 1);
+  EXPECT_EQ(sb.requests, 0);
+
+  // While its probe is out, every request goes to the old endpoint.
+  for (uint64_t i = 0; i < 20; ++i) client->Submit(MakeRequest(i));
+  auto results = WaitResults(*client, 20);
+  ASSERT_EQ(results.size(), 20u);
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, a.base_url());
+  }
+  EXPECT_EQ(b.request_count(), 2u);
+
+  // The probe succeeds: the endpoint takes its share.
+  b.ReleaseHeld();
+  ASSERT_TRUE(
+      matrix::testing::WaitUntil([&] { return StatsFor(*client, b.base_url()).healthy; }, 5000));
+  for (uint64_t i = 100; i < 140; ++i) client->Submit(MakeRequest(i));
+  results = WaitResults(*client, 40);
+  ASSERT_EQ(results.size(), 40u);
+  size_t on_b = 0;
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    on_b += r.endpoint == b.base_url();
+  }
+  EXPECT_GE(on_b, 10u);
+  EXPECT_EQ(UserRequestCount(b), on_b);
+  sb = StatsFor(*client, b.base_url());
+  EXPECT_EQ(sb.state, "healthy");
+  EXPECT_EQ(sb.requests, static_cast<int64_t>(on_b));  // probes are not user requests
+  EXPECT_EQ(sb.retries, 0);
+  EXPECT_EQ(sb.errors, 0);
+  EXPECT_EQ(sb.probes, 2);  // a healthy endpoint is not probed
+  EXPECT_EQ(ProbeCount(a), 0u);
+}
+
+TEST(LlmClientEndpointsTest, WithoutProbingANewEndpointTakesTrafficAtOnce) {
+  TestHttpServer a([](const HttpRequest&) { return Ok("a", 5); });
+  TestHttpServer b([](const HttpRequest&) { return Ok("b", 5); });
+  PoolConfig pool = MakePool({a.base_url()});
+  pool.probe_new_endpoints = false;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(client->SetEndpoints("m", {a.base_url(), b.base_url()}).ok());
+  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return client->Stats().size() == 2; }, 5000));
+  for (uint64_t i = 0; i < 40; ++i) client->Submit(MakeRequest(i));
+  auto results = WaitResults(*client, 40);
+  ASSERT_EQ(results.size(), 40u);
+  EXPECT_GE(b.request_count(), 10u);
+  EXPECT_EQ(ProbeCount(b), 0u);
+}
+
+TEST(LlmClientEndpointsTest, RetiredEndpointTakesNothingNewWhileItsInFlightRequestsComplete) {
+  TestHttpServer a([](const HttpRequest&) { return Ok("a", 2); });
+  std::atomic<bool> hold_b{true};
+  TestHttpServer b([&hold_b](const HttpRequest& req) {
+    HttpReply r = Ok("b");
+    r.hold = hold_b && !IsProbe(req);
+    return r;
+  });
+  PoolConfig pool = MakePool({a.base_url(), b.base_url()});
+  pool.breaker_cooldown_s = 0.1;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  for (uint64_t i = 0; i < 10; ++i) client->Submit(MakeRequest(i));
+  // Everything not held by b completes on a.
+  std::vector<ChatResult> results;
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] {
+        client->Drain(&results);
+        return results.size() + b.active() == 10;
+      },
+      10000));
+  const int held = b.active();
+  ASSERT_GE(held, 1);
+  for (const auto& r : results) EXPECT_EQ(r.endpoint, a.base_url());
+
+  ASSERT_TRUE(client->SetEndpoints("m", {a.base_url()}).ok());
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return StatsFor(*client, b.base_url()).state == "retired"; }, 5000));
+  auto sb = StatsFor(*client, b.base_url());
+  EXPECT_FALSE(sb.active);
+  EXPECT_EQ(sb.in_flight, held);
+
+  // New requests all go to a.
+  results.clear();
+  for (uint64_t i = 100; i < 130; ++i) client->Submit(MakeRequest(i));
+  results = WaitResults(*client, 30);
+  ASSERT_EQ(results.size(), 30u);
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, a.base_url());
+  }
+  EXPECT_EQ(b.request_count(), static_cast<size_t>(held));
+
+  // The requests in flight on the retired endpoint finish normally there.
+  b.ReleaseHeld();
+  results = WaitResults(*client, held);
+  ASSERT_EQ(results.size(), static_cast<size_t>(held));
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, b.base_url());
+    EXPECT_EQ(r.content, "b");
+    EXPECT_EQ(r.attempts, 1);
+  }
+  sb = StatsFor(*client, b.base_url());
+  EXPECT_EQ(sb.in_flight, 0);
+  EXPECT_EQ(sb.requests, held);
+  EXPECT_EQ(sb.state, "retired");
+  EXPECT_EQ(sb.probes, 0);
+
+  // Back again: probed first, then serving, with its counters kept.
+  hold_b = false;
+  ASSERT_TRUE(client->SetEndpoints("m", {b.base_url(), a.base_url()}).ok());
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return StatsFor(*client, b.base_url()).state == "healthy"; }, 5000));
+  EXPECT_TRUE(IsProbe(b.requests().at(held)));
+  for (uint64_t i = 200; i < 240; ++i) client->Submit(MakeRequest(i));
+  results = WaitResults(*client, 40);
+  ASSERT_EQ(results.size(), 40u);
+  size_t on_b = 0;
+  for (const auto& r : results) on_b += r.endpoint == b.base_url();
+  EXPECT_GE(on_b, 5u);
+  sb = StatsFor(*client, b.base_url());
+  EXPECT_EQ(sb.requests, held + static_cast<int64_t>(on_b));
+  EXPECT_EQ(sb.probes, 1);
+  EXPECT_EQ(client->Stats().size(), 2u);
+}
+
+TEST(LlmClientEndpointsTest, StickyKeysOfARetiredEndpointMoveAndTheOthersStay) {
+  TestHttpServer a([](const HttpRequest&) { return Ok("a"); });
+  TestHttpServer b([](const HttpRequest&) { return Ok("b"); });
+  TestHttpServer c([](const HttpRequest&) { return Ok("c"); });
+  PoolConfig pool = MakePool({a.base_url(), b.base_url(), c.base_url()});
+  pool.sticky = true;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  auto route = [&](uint64_t base) {
+    for (uint64_t k = 0; k < 60; ++k)
+      client->Submit(MakeRequest(base + k, "m", "task-" + std::to_string(k)));
+    std::map<uint64_t, std::string> home;
+    for (auto& r : WaitResults(*client, 60)) {
+      EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+      home[r.tag - base] = r.endpoint;
+    }
+    EXPECT_EQ(home.size(), 60u);
+    return home;
+  };
+  auto before = route(0);
+  ASSERT_TRUE(client->SetEndpoints("m", {a.base_url(), b.base_url()}).ok());
+  ASSERT_TRUE(
+      matrix::testing::WaitUntil([&] { return !StatsFor(*client, c.base_url()).active; }, 5000));
+  auto after = route(1000);
+  int moved = 0;
+  for (const auto& [k, ep] : before) {
+    if (ep == c.base_url()) {
+      ++moved;
+      EXPECT_NE(after[k], c.base_url());
+    } else {
+      EXPECT_EQ(after[k], ep) << "task-" << k;
+    }
+  }
+  EXPECT_GT(moved, 5);
+}
+
+TEST(LlmClientEndpointsTest, PoolWithoutEndpointsQueuesUntilOneIsAdded) {
+  PoolConfig pool = MakePool({});
+  pool.allow_no_endpoints = true;
+  pool.timeout_s = 30;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  EXPECT_TRUE(client->Stats().empty());
+  for (uint64_t i = 0; i < 3; ++i) client->Submit(MakeRequest(i));
+  // Nothing can serve them yet; they wait rather than fail.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::vector<ChatResult> none;
+  EXPECT_EQ(client->Drain(&none), 0u);
+
+  TestHttpServer server([](const HttpRequest&) { return Ok("served"); });
+  ASSERT_TRUE(client->SetEndpoints("m", {server.base_url()}).ok());
+  auto results = WaitResults(*client, 3);
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.content, "served");
+    EXPECT_EQ(r.attempts, 1);
+    EXPECT_GE(r.latency_ns, 200'000'000);
+  }
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 4u);
+  ExpectProbeBody(reqs[0], "");  // the probe went first
+  for (size_t i = 1; i < reqs.size(); ++i) EXPECT_FALSE(IsProbe(reqs[i]));
+}
+
+TEST(LlmClientEndpointsTest, QueuedRequestsFailWithAClearErrorWhenNoEndpointArrives) {
+  PoolConfig pool = MakePool({}, "llama");
+  pool.allow_no_endpoints = true;
+  pool.timeout_s = 0.3;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  auto start = std::chrono::steady_clock::now();
+  for (uint64_t i = 0; i < 2; ++i) client->Submit(MakeRequest(i, "llama"));
+  auto results = WaitResults(*client, 2, 10000);
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& r : results) {
+    EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded) << r.status.ToString();
+    EXPECT_NE(r.status.message().find("no endpoint registered for model 'llama'"),
+              std::string::npos)
+        << r.status.message();
+    EXPECT_EQ(r.attempts, 0);
+    EXPECT_GE(r.latency_ns, 300'000'000);
+  }
+  EXPECT_LT(elapsed, std::chrono::seconds(5));
+
+  // Registered but never passing its probe: the message says so.
+  TestHttpServer broken([](const HttpRequest&) { return HttpReply::Respond(500, "no"); });
+  ASSERT_TRUE(client->SetEndpoints("llama", {broken.base_url()}).ok());
+  client->Submit(MakeRequest(7, "llama"));
+  ChatResult r = WaitOne(*client, 10000);
+  EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(r.status.message().find("no endpoint of model 'llama' has passed its health probe"),
+            std::string::npos)
+      << r.status.message();
+  EXPECT_EQ(UserRequestCount(broken), 0u);
+  EXPECT_GE(ProbeCount(broken), 1u);
+
+  // All endpoints retired: the wait counts from then, not from submission.
+  TestHttpServer slow([](const HttpRequest&) { return Ok("slow", 300); });
+  PoolConfig p2 = MakePool({slow.base_url()});
+  p2.allow_no_endpoints = true;
+  p2.timeout_s = 1;
+  p2.max_concurrency_per_endpoint = 1;
+  p2.adaptive_concurrency = false;
+  auto c2 = MakeClient({p2});
+  ASSERT_TRUE(c2);
+  c2->Submit(MakeRequest(1));  // in flight
+  c2->Submit(MakeRequest(2));  // queued behind it
+  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return slow.active() == 1; }, 5000));
+  ASSERT_TRUE(c2->SetEndpoints("m", {}).ok());
+  auto retired_at = std::chrono::steady_clock::now();
+  auto both = WaitResults(*c2, 2, 10000);
+  ASSERT_EQ(both.size(), 2u);
+  std::map<uint64_t, ChatResult*> by_tag;
+  for (auto& res : both) by_tag[res.tag] = &res;
+  // The attempt in flight on the retired endpoint finishes normally.
+  EXPECT_TRUE(by_tag[1]->status.ok()) << by_tag[1]->status.ToString();
+  EXPECT_EQ(by_tag[1]->endpoint, slow.base_url());
+  EXPECT_EQ(by_tag[2]->status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(by_tag[2]->status.message().find("no endpoint registered for model 'm'"),
+            std::string::npos)
+      << by_tag[2]->status.message();
+  EXPECT_GE(std::chrono::steady_clock::now() - retired_at, std::chrono::milliseconds(950));
+  EXPECT_EQ(slow.request_count(), 1u);
+}
+
+TEST(LlmClientEndpointsTest, QueueBehindBusyEndpointsIsNotBoundedByTheTimeout) {
+  TestHttpServer server([](const HttpRequest&) { return Ok("x", 400); });
+  PoolConfig pool = MakePool({server.base_url()});
+  pool.allow_no_endpoints = true;
+  pool.timeout_s = 1;
+  pool.max_concurrency_per_endpoint = 1;
+  pool.adaptive_concurrency = false;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  for (uint64_t i = 0; i < 4; ++i) client->Submit(MakeRequest(i));
+  auto results = WaitResults(*client, 4, 20000);
+  ASSERT_EQ(results.size(), 4u);
+  int64_t longest = 0;
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.attempts, 1);
+    longest = std::max(longest, r.latency_ns);
+  }
+  EXPECT_GT(longest, 1'200'000'000);  // waited longer than timeout_s, still served
+}
+
+TEST(LlmClientEndpointsTest, EndpointFailingRealRequestsIsTakenOutProbedAndPutBack) {
+  const std::string key = "sk-health-check-key";
+  std::atomic<bool> broken{true};
+  // Accepts connections and answers its health check, but fails completions.
+  TestHttpServer flaky([&broken](const HttpRequest& req) {
+    if (req.method == "GET" && req.path == "/health") return HttpReply::Respond(200, "");
+    if (broken) return HttpReply::Respond(500, R"({"message":"CUDA error: out of memory"})");
+    return Ok("flaky");
+  });
+  TestHttpServer good([](const HttpRequest&) { return Ok("good"); });
+  ASSERT_EQ(HttpGetStatus(flaky.port(), "/health"), 200);
+  PoolConfig pool = MakePool({flaky.base_url(), good.base_url()});
+  pool.api_key = key;
+  pool.breaker_failures = 2;
+  pool.breaker_cooldown_s = 0.3;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+
+  // One request at a time until the breaker opens; retries rescue every one.
+  uint64_t tag = 0;
+  for (; tag < 20 && StatsFor(*client, flaky.base_url()).healthy; ++tag) {
+    client->Submit(MakeRequest(tag));
+    ChatResult r = WaitOne(*client);
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, good.base_url());
+  }
+  auto sf = StatsFor(*client, flaky.base_url());
+  ASSERT_EQ(sf.state, "unhealthy");
+  EXPECT_EQ(sf.requests, 2);
+  EXPECT_EQ(sf.errors, 2);
+  const int64_t good_retries = StatsFor(*client, good.base_url()).retries;
+
+  // Probed with the tiny request, a cool-down apart, while it keeps failing.
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return StatsFor(*client, flaky.base_url()).probes_failed >= 2; }, 5000));
+  std::vector<HttpRequest> probes;
+  for (const auto& r : flaky.requests())
+    if (IsProbe(r)) probes.push_back(r);
+  ASSERT_GE(probes.size(), 2u);
+  for (const auto& p : probes) ExpectProbeBody(p, key);
+  EXPECT_GE(GapMs(probes[0], probes[1]), 280);
+
+  // No user request reaches it meanwhile.
+  for (uint64_t i = 0; i < 20; ++i) client->Submit(MakeRequest(tag++));
+  auto results = WaitResults(*client, 20);
+  ASSERT_EQ(results.size(), 20u);
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, good.base_url());
+  }
+  EXPECT_EQ(UserRequestCount(flaky), 2u);
+
+  // It recovers: the next probe closes the breaker and traffic returns.
+  broken = false;
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return StatsFor(*client, flaky.base_url()).healthy; }, 5000));
+  sf = StatsFor(*client, flaky.base_url());
+  EXPECT_EQ(sf.state, "healthy");
+  EXPECT_EQ(sf.requests, 2);  // probes never count as user requests, errors or retries
+  EXPECT_EQ(sf.errors, 2);
+  EXPECT_EQ(sf.retries, 0);
+  EXPECT_EQ(sf.probes_failed, sf.probes - 1);
+  EXPECT_EQ(static_cast<size_t>(sf.probes), ProbeCount(flaky));
+  EXPECT_EQ(StatsFor(*client, good.base_url()).probes, 0);
+  EXPECT_EQ(StatsFor(*client, good.base_url()).retries, good_retries);
+
+  for (uint64_t i = 0; i < 40; ++i) client->Submit(MakeRequest(tag++));
+  results = WaitResults(*client, 40);
+  ASSERT_EQ(results.size(), 40u);
+  size_t on_flaky = 0;
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    on_flaky += r.endpoint == flaky.base_url();
+  }
+  EXPECT_GE(on_flaky, 10u);
+  const int64_t probes_then = StatsFor(*client, flaky.base_url()).probes;
+  EXPECT_EQ(static_cast<size_t>(probes_then), ProbeCount(flaky));  // no probes while healthy
+}
+
 // --- Against matrix-llm-sim ----------------------------------------------------
 
 // Starts matrix-llm-sim with `extra` flags and returns its base URL, or "" when
@@ -1059,6 +1568,30 @@ TEST(LlmClientSimTest, ContextLengthExceededIsNotRetried) {
   EXPECT_EQ(r.attempts, 1);
   EXPECT_NE(r.status.message().find("maximum context length"), std::string::npos)
       << r.status.message();
+}
+
+TEST(LlmClientSimTest, EndpointRegisteredAtRuntimePassesItsProbeAndServesQueuedRequests) {
+  SimProcess sim({"--slots", "64"});
+  if (!sim.built()) GTEST_SKIP() << "matrix-llm-sim is not built";
+  ASSERT_FALSE(sim.base_url().empty()) << "matrix-llm-sim did not write its port file";
+  PoolConfig pool = MakePool({});
+  pool.allow_no_endpoints = true;
+  pool.timeout_s = 60;
+  auto client = MakeClient({pool});
+  ASSERT_TRUE(client);
+  for (uint64_t i = 0; i < 20; ++i) client->Submit(MakeRequest(i));
+  ASSERT_TRUE(client->SetEndpoints("m", {sim.base_url()}).ok());
+  auto results = WaitResults(*client, 20, 60000);
+  ASSERT_EQ(results.size(), 20u);
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.endpoint, sim.base_url());
+  }
+  auto s = StatsFor(*client, sim.base_url());
+  EXPECT_EQ(s.state, "healthy");
+  EXPECT_EQ(s.probes, 1);
+  EXPECT_EQ(s.probes_failed, 0);
+  EXPECT_EQ(s.requests, 20);
 }
 
 }  // namespace

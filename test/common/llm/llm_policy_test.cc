@@ -1,21 +1,25 @@
 // Unit tests for the LLM client's pure logic: retry classification and
 // backoff, Retry-After parsing, endpoint choice and circuit breaker, adaptive
-// (AIMD) concurrency limits, response decoding, secret redaction and API-key
-// loading.
+// (AIMD) concurrency limits, response decoding, secret redaction, API-key
+// loading and the scan of registered model endpoints.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <map>
 #include <set>
 
 #include "common/base/clock.h"
+#include "common/base/log.h"
 #include "common/llm/api_key.h"
 #include "common/llm/chat_response.h"
 #include "common/llm/concurrency_limiter.h"
 #include "common/llm/endpoint_balancer.h"
+#include "common/llm/endpoint_directory.h"
 #include "common/llm/retry_policy.h"
 #include "test/support/test_util.h"
 
@@ -96,144 +100,173 @@ EndpointBalancer MakeBalancer(int n, int cap, int threshold = 3, int64_t cooldow
   BreakerOptions b;
   b.failure_threshold = threshold;
   b.cooldown_ns = cooldown_ns;
+  b.min_probe_interval_ns = 0;
   return EndpointBalancer(keys, cap, b);
 }
 
 TEST(EndpointBalancerTest, PicksLeastOutstanding) {
   auto b = MakeBalancer(3, 10);
-  b.OnStart(0, 0);
-  b.OnStart(0, 0);
-  b.OnStart(1, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), 2);
-  b.OnStart(2, 0);
-  b.OnStart(2, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), 1);
+  b.OnStart(0);
+  b.OnStart(0);
+  b.OnStart(1);
+  EXPECT_EQ(b.Pick("", -1), 2);
+  b.OnStart(2);
+  b.OnStart(2);
+  EXPECT_EQ(b.Pick("", -1), 1);
 }
 
 TEST(EndpointBalancerTest, BreaksTiesRoundRobin) {
   auto b = MakeBalancer(3, 10);
   std::vector<int> picks;
-  for (int i = 0; i < 6; ++i) picks.push_back(b.Pick("", -1, 0));
+  for (int i = 0; i < 6; ++i) picks.push_back(b.Pick("", -1));
   EXPECT_EQ(picks, (std::vector<int>{0, 1, 2, 0, 1, 2}));
 }
 
 TEST(EndpointBalancerTest, RespectsCapAndQueuesBeyondIt) {
   auto b = MakeBalancer(2, 2);
   for (int i = 0; i < 4; ++i) {
-    int p = b.Pick("", -1, 0);
+    int p = b.Pick("", -1);
     ASSERT_GE(p, 0);
-    b.OnStart(p, 0);
+    b.OnStart(p);
   }
   EXPECT_EQ(b.in_flight(0), 2);
   EXPECT_EQ(b.in_flight(1), 2);
-  EXPECT_EQ(b.Pick("", -1, 0), -1);
-  b.OnFinish(1, AttemptHealth::kSuccess, false, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), 1);
+  EXPECT_EQ(b.Pick("", -1), -1);
+  b.OnFinish(1, AttemptHealth::kSuccess, 0);
+  EXPECT_EQ(b.Pick("", -1), 1);
 }
 
 TEST(EndpointBalancerTest, AvoidsPreviousEndpointWhenAnotherHasRoom) {
   auto b = MakeBalancer(2, 2);
-  b.OnStart(1, 0);  // endpoint 1 is busier, yet 0 is to be avoided
-  EXPECT_EQ(b.Pick("", 0, 0), 1);
-  b.OnStart(1, 0);  // 1 is now full: 0 is the only choice left
-  EXPECT_EQ(b.Pick("", 0, 0), 0);
+  b.OnStart(1);  // endpoint 1 is busier, yet 0 is to be avoided
+  EXPECT_EQ(b.Pick("", 0), 1);
+  b.OnStart(1);  // 1 is now full: 0 is the only choice left
+  EXPECT_EQ(b.Pick("", 0), 0);
 }
 
 TEST(EndpointBalancerTest, StickyKeyKeepsItsEndpointUnderChangingLoad) {
   auto b = MakeBalancer(4, 100);
-  int home = b.Pick("task-42", -1, 0);
+  int home = b.Pick("task-42", -1);
   for (int i = 0; i < 20; ++i) {
-    b.OnStart(home, 0);  // home grows busier than the others
-    EXPECT_EQ(b.Pick("task-42", -1, 0), home);
+    b.OnStart(home);  // home grows busier than the others
+    EXPECT_EQ(b.Pick("task-42", -1), home);
   }
 }
 
 TEST(EndpointBalancerTest, StickyKeysSpreadOverEndpoints) {
   auto b = MakeBalancer(4, 100);
   std::map<int, int> count;
-  for (int k = 0; k < 400; ++k) count[b.Pick("task-" + std::to_string(k), -1, 0)]++;
+  for (int k = 0; k < 400; ++k) count[b.Pick("task-" + std::to_string(k), -1)]++;
   ASSERT_EQ(count.size(), 4u);
   for (auto& [ep, n] : count) EXPECT_GT(n, 50) << "endpoint " << ep;
 }
 
 TEST(EndpointBalancerTest, StickyKeyMovesOnlyWhileHomeIsUnhealthy) {
   auto b = MakeBalancer(3, 100, /*threshold=*/2, /*cooldown_ns=*/1000);
-  int home = b.Pick("conv", -1, 0);
+  int home = b.Pick("conv", -1);
   for (int i = 0; i < 2; ++i) {
-    b.OnStart(home, 0);
-    b.OnFinish(home, AttemptHealth::kFailure, false, 0);
+    b.OnStart(home);
+    b.OnFinish(home, AttemptHealth::kFailure, 0);
   }
   ASSERT_FALSE(b.healthy(home));
-  int moved = b.Pick("conv", -1, 10);
+  int moved = b.Pick("conv", -1);
   EXPECT_NE(moved, home);
-  EXPECT_EQ(b.Pick("conv", -1, 20), moved);  // stable while home is out
+  EXPECT_EQ(b.Pick("conv", -1), moved);  // stable while home is out
   // Cool-down over: the probe succeeds and the key goes home.
-  bool probe = b.OnStart(home, 2000);
-  EXPECT_TRUE(probe);
-  EXPECT_EQ(b.OnFinish(home, AttemptHealth::kSuccess, probe, 2000), BreakerChange::kClosed);
-  EXPECT_EQ(b.Pick("conv", -1, 2001), home);
+  ASSERT_TRUE(b.ProbeDue(home, 1000));
+  b.OnProbeStart(home);
+  EXPECT_EQ(b.OnProbeFinish(home, true, 1000), BreakerChange::kClosed);
+  EXPECT_EQ(b.Pick("conv", -1), home);
 }
 
 TEST(EndpointBalancerTest, BreakerOpensAfterConsecutiveFailures) {
   auto b = MakeBalancer(2, 10, /*threshold=*/3, /*cooldown_ns=*/1000);
-  b.OnStart(0, 0);
-  b.OnFinish(0, AttemptHealth::kFailure, false, 0);
-  b.OnStart(0, 0);
-  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);  // resets the streak
+  b.OnStart(0);
+  b.OnFinish(0, AttemptHealth::kFailure, 0);
+  b.OnStart(0);
+  b.OnFinish(0, AttemptHealth::kSuccess, 0);  // resets the streak
   for (int i = 0; i < 2; ++i) {
-    b.OnStart(0, 0);
-    EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, false, 0), BreakerChange::kNone);
+    b.OnStart(0);
+    EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, 0), BreakerChange::kNone);
   }
   EXPECT_TRUE(b.healthy(0));
-  b.OnStart(0, 100);
-  EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, false, 100), BreakerChange::kOpened);
+  EXPECT_EQ(b.NextProbeDue(), INT64_MAX);
+  b.OnStart(0);
+  EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, 100), BreakerChange::kOpened);
   EXPECT_FALSE(b.healthy(0));
-  EXPECT_EQ(b.NextCooldownEnd(100), 1100);
+  EXPECT_EQ(b.NextProbeDue(), 1100);
   // During the cool-down every pick goes to endpoint 1, however loaded.
   for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(b.Pick("", -1, 500), 1);
-    b.OnStart(1, 500);
+    EXPECT_EQ(b.Pick("", -1), 1);
+    b.OnStart(1);
   }
 }
 
-TEST(EndpointBalancerTest, HalfOpenLetsOneProbeThrough) {
+TEST(EndpointBalancerTest, OpenBreakerTakesNoUserRequestsUntilAProbeSucceeds) {
   auto b = MakeBalancer(2, 10, /*threshold=*/1, /*cooldown_ns=*/1000);
-  b.OnStart(0, 0);
-  b.OnFinish(0, AttemptHealth::kFailure, false, 0);
+  b.OnStart(0);
+  b.OnFinish(0, AttemptHealth::kFailure, 0);
   ASSERT_FALSE(b.healthy(0));
-  b.OnStart(1, 0);  // endpoint 1 busier: the probe target wins least-outstanding
-  b.OnStart(1, 0);
-  EXPECT_EQ(b.Pick("", -1, 1000), 0);
-  EXPECT_TRUE(b.OnStart(0, 1000));
-  EXPECT_EQ(b.Pick("", -1, 1001), 1);  // second request while the probe is out
-  // The probe fails: a fresh cool-down starts.
-  EXPECT_EQ(b.OnFinish(0, AttemptHealth::kFailure, true, 1500), BreakerChange::kNone);
-  EXPECT_EQ(b.NextCooldownEnd(1500), 2500);
-  EXPECT_EQ(b.Pick("", -1, 2000), 1);
-  EXPECT_EQ(b.Pick("", -1, 2500), 0);
+  b.OnStart(1);  // endpoint 1 busier: an eligible 0 would win least-outstanding
+  b.OnStart(1);
+  EXPECT_FALSE(b.ProbeDue(0, 999));
+  EXPECT_FALSE(b.ProbeDue(1, 5000));  // a healthy endpoint is never probed
+  // Cool-down over: still no user request goes to 0; a probe is due instead.
+  EXPECT_EQ(b.Pick("", -1), 1);
+  ASSERT_TRUE(b.ProbeDue(0, 1000));
+  b.OnProbeStart(0);
+  EXPECT_FALSE(b.ProbeDue(0, 1001));  // one probe at a time
+  EXPECT_EQ(b.NextProbeDue(), INT64_MAX);
+  EXPECT_EQ(b.Pick("", -1), 1);
+  EXPECT_EQ(b.in_flight(0), 0);  // probes are not user attempts
+  // The probe fails: the next one is due a cool-down later.
+  EXPECT_EQ(b.OnProbeFinish(0, false, 1500), BreakerChange::kNone);
+  EXPECT_FALSE(b.healthy(0));
+  EXPECT_EQ(b.NextProbeDue(), 2500);
+  EXPECT_FALSE(b.ProbeDue(0, 2499));
+  ASSERT_TRUE(b.ProbeDue(0, 2500));
+  b.OnProbeStart(0);
+  EXPECT_EQ(b.OnProbeFinish(0, true, 2600), BreakerChange::kClosed);
+  EXPECT_TRUE(b.healthy(0));
+  EXPECT_EQ(b.consecutive_failures(0), 0);
+  EXPECT_EQ(b.Pick("", -1), 0);
+}
+
+TEST(EndpointBalancerTest, FailedProbesAreSpacedAtLeastTheMinimumInterval) {
+  BreakerOptions o;
+  o.failure_threshold = 1;
+  o.cooldown_ns = 0;
+  o.min_probe_interval_ns = 100;
+  EndpointBalancer b({"a", "b"}, 4, o);
+  b.OnStart(0);
+  b.OnFinish(0, AttemptHealth::kFailure, 10);
+  ASSERT_TRUE(b.ProbeDue(0, 10));  // zero cool-down: the first probe at once
+  b.OnProbeStart(0);
+  b.OnProbeFinish(0, false, 20);
+  EXPECT_EQ(b.NextProbeDue(), 120);
 }
 
 TEST(EndpointBalancerTest, AllUnhealthyStillPicksLeastBad) {
   auto b = MakeBalancer(3, 10, /*threshold=*/2, /*cooldown_ns=*/1'000'000);
   auto fail = [&](int ep, int times) {
     for (int i = 0; i < times; ++i) {
-      b.OnStart(ep, 0);
-      b.OnFinish(ep, AttemptHealth::kFailure, false, 0);
+      b.OnStart(ep);
+      b.OnFinish(ep, AttemptHealth::kFailure, 0);
     }
   };
   fail(0, 5);
   fail(1, 2);
   fail(2, 4);
   for (int i = 0; i < 3; ++i) ASSERT_FALSE(b.healthy(i));
-  EXPECT_EQ(b.Pick("", -1, 10), 1);
-  EXPECT_EQ(b.Pick("sticky", -1, 10), 1);
+  EXPECT_EQ(b.Pick("", -1), 1);
+  EXPECT_EQ(b.Pick("sticky", -1), 1);
 }
 
 TEST(EndpointBalancerTest, NeutralOutcomesDoNotTrip) {
   auto b = MakeBalancer(1, 10, /*threshold=*/2);
   for (int i = 0; i < 10; ++i) {
-    b.OnStart(0, 0);
-    b.OnFinish(0, AttemptHealth::kNeutral, false, 0);
+    b.OnStart(0);
+    b.OnFinish(0, AttemptHealth::kNeutral, 0);
   }
   EXPECT_TRUE(b.healthy(0));
   EXPECT_EQ(b.in_flight(0), 0);
@@ -242,20 +275,145 @@ TEST(EndpointBalancerTest, NeutralOutcomesDoNotTrip) {
 TEST(EndpointBalancerTest, PerEndpointCapsFollowSetCap) {
   auto b = MakeBalancer(2, 4);
   for (int k = 0; k < 3; ++k) {
-    b.OnStart(0, 0);
-    b.OnStart(1, 0);
+    b.OnStart(0);
+    b.OnStart(1);
   }
   EXPECT_EQ(b.cap(0), 4);
   b.set_cap(0, 2);  // below the 3 in flight: they finish, no new one starts
-  EXPECT_EQ(b.Pick("", -1, 0), 1);
-  b.OnStart(1, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), -1);  // endpoint 1 full, endpoint 0 above its cap
-  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), -1);  // 2 in flight, cap 2
-  b.OnFinish(0, AttemptHealth::kSuccess, false, 0);
-  EXPECT_EQ(b.Pick("", -1, 0), 0);
+  EXPECT_EQ(b.Pick("", -1), 1);
+  b.OnStart(1);
+  EXPECT_EQ(b.Pick("", -1), -1);  // endpoint 1 full, endpoint 0 above its cap
+  b.OnFinish(0, AttemptHealth::kSuccess, 0);
+  EXPECT_EQ(b.Pick("", -1), -1);  // 2 in flight, cap 2
+  b.OnFinish(0, AttemptHealth::kSuccess, 0);
+  EXPECT_EQ(b.Pick("", -1), 0);
   b.set_cap(1, 0);
   EXPECT_EQ(b.cap(1), 1);
+}
+
+TEST(EndpointBalancerTest, StartsEmptyAndServesNothingUntilAnEndpointIsAdmitted) {
+  EndpointBalancer b(4, BreakerOptions{});
+  EXPECT_EQ(b.size(), 0u);
+  EXPECT_FALSE(b.HasServing());
+  EXPECT_EQ(b.Pick("", -1), -1);
+  EXPECT_EQ(b.Pick("key", -1), -1);
+  EXPECT_EQ(b.NextProbeDue(), INT64_MAX);
+  // Added with a probe: due at once, no traffic until it succeeds.
+  EXPECT_EQ(b.Add("http://10.0.0.1:8000/v1", /*needs_probe=*/true, 500), 0);
+  EXPECT_FALSE(b.HasServing());
+  EXPECT_FALSE(b.healthy(0));
+  EXPECT_EQ(b.Pick("", -1), -1);
+  EXPECT_EQ(b.NextProbeDue(), 500);
+  ASSERT_TRUE(b.ProbeDue(0, 500));
+  b.OnProbeStart(0);
+  EXPECT_EQ(b.OnProbeFinish(0, false, 600), BreakerChange::kNone);
+  EXPECT_EQ(b.Pick("", -1), -1);
+  EXPECT_EQ(b.NextProbeDue(), 600 + BreakerOptions{}.cooldown_ns);
+  b.OnProbeStart(0);
+  EXPECT_EQ(b.OnProbeFinish(0, true, 700), BreakerChange::kClosed);
+  EXPECT_TRUE(b.HasServing());
+  EXPECT_TRUE(b.healthy(0));
+  EXPECT_EQ(b.Pick("", -1), 0);
+  // Added without a probe: serves at once.
+  EXPECT_EQ(b.Add("http://10.0.0.2:8000/v1", /*needs_probe=*/false, 800), 1);
+  b.OnStart(0);
+  EXPECT_EQ(b.Pick("", -1), 1);
+}
+
+TEST(EndpointBalancerTest, RetiredEndpointTakesNothingNewAndComesBackWithItsState) {
+  auto b = MakeBalancer(3, 10);
+  b.OnStart(2);
+  b.OnStart(2);
+  b.Retire(2);
+  EXPECT_FALSE(b.active(2));
+  for (int i = 0; i < 20; ++i) {
+    int p = b.Pick("", -1);
+    ASSERT_NE(p, 2);
+    ASSERT_GE(p, 0);
+  }
+  // Attempts in flight there finish normally.
+  EXPECT_EQ(b.in_flight(2), 2);
+  b.OnFinish(2, AttemptHealth::kSuccess, 0);
+  b.OnFinish(2, AttemptHealth::kFailure, 0);
+  EXPECT_EQ(b.in_flight(2), 0);
+  EXPECT_EQ(b.consecutive_failures(2), 1);
+  // Back without a probe: keeps its failure count, serves at once.
+  b.Reactivate(2, /*needs_probe=*/false, 10);
+  EXPECT_TRUE(b.active(2));
+  EXPECT_EQ(b.consecutive_failures(2), 1);
+  std::set<int> seen;
+  for (int i = 0; i < 6; ++i) seen.insert(b.Pick("", -1));
+  EXPECT_EQ(seen.count(2), 1u);
+  // Retired again and back with a probe: no traffic until it succeeds.
+  b.Retire(2);
+  b.Reactivate(2, /*needs_probe=*/true, 20);
+  EXPECT_FALSE(b.healthy(2));
+  for (int i = 0; i < 6; ++i) EXPECT_NE(b.Pick("", -1), 2);
+  ASSERT_TRUE(b.ProbeDue(2, 20));
+  b.OnProbeStart(2);
+  EXPECT_EQ(b.OnProbeFinish(2, true, 30), BreakerChange::kClosed);
+  seen.clear();
+  for (int i = 0; i < 6; ++i) seen.insert(b.Pick("", -1));
+  EXPECT_EQ(seen.count(2), 1u);
+}
+
+TEST(EndpointBalancerTest, RetiredEndpointsAreNotProbed) {
+  auto b = MakeBalancer(2, 10, /*threshold=*/1, /*cooldown_ns=*/100);
+  b.OnStart(0);
+  b.OnFinish(0, AttemptHealth::kFailure, 0);
+  ASSERT_TRUE(b.ProbeDue(0, 100));
+  b.Retire(0);
+  EXPECT_FALSE(b.ProbeDue(0, 100));
+  EXPECT_EQ(b.NextProbeDue(), INT64_MAX);
+}
+
+TEST(EndpointBalancerTest, RetiringMovesOnlyTheRetiredEndpointsStickyKeys) {
+  auto b = MakeBalancer(4, 1000);
+  std::map<std::string, int> home;
+  for (int k = 0; k < 200; ++k) {
+    std::string key = "task-" + std::to_string(k);
+    home[key] = b.Pick(key, -1);
+  }
+  b.Retire(3);
+  int moved = 0;
+  for (const auto& [key, ep] : home) {
+    int now = b.Pick(key, -1);
+    ASSERT_NE(now, 3);
+    if (ep == 3) {
+      ++moved;
+    } else {
+      EXPECT_EQ(now, ep) << key;
+    }
+  }
+  EXPECT_GT(moved, 20);
+  // A new endpoint takes a share of the keys once admitted; the rest stay put.
+  int e = b.Add("http://10.0.0.9:8000/v1", /*needs_probe=*/true, 0);
+  for (const auto& [key, ep] : home) {
+    if (ep != 3) {
+      EXPECT_EQ(b.Pick(key, -1), ep) << key;
+    }
+  }
+  b.OnProbeStart(e);
+  b.OnProbeFinish(e, true, 0);
+  int to_new = 0;
+  for (const auto& [key, ep] : home) {
+    int now = b.Pick(key, -1);
+    if (now == e) {
+      ++to_new;
+    } else if (ep != 3) {
+      EXPECT_EQ(now, ep) << key;
+    }
+  }
+  EXPECT_GT(to_new, 20);
+}
+
+TEST(EndpointBalancerTest, AllRetiredPicksNothing) {
+  auto b = MakeBalancer(2, 10);
+  b.Retire(0);
+  b.Retire(1);
+  EXPECT_FALSE(b.HasServing());
+  EXPECT_EQ(b.Pick("", -1), -1);
+  EXPECT_EQ(b.Pick("k", -1), -1);
 }
 
 // --- Adaptive concurrency (AIMD) ------------------------------------------------
@@ -585,6 +743,75 @@ TEST(ApiKeyTest, NoSourceIsNotFound) {
   ASSERT_FALSE(key.ok());
   EXPECT_EQ(key.status().code(), StatusCode::kNotFound);
   EXPECT_NE(key.status().message().find("MATRIX_LLM_TEST_KEY_UNSET"), std::string::npos);
+}
+
+// --- Registered endpoints ---------------------------------------------------
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+TEST(EndpointDirectoryTest, ReadsEveryRegistrationTrimmedSortedAndUnique) {
+  matrix::testing::TempDir dir;
+  WriteText(dir.File("10.0.0.2_8000"), "http://10.0.0.2:8000/v1\n");
+  WriteText(dir.File("10.0.0.1_8000"), "  \thttp://10.0.0.1:8000/v1  \r\n\n");
+  WriteText(dir.File("gpu3_443"), "https://gpu3:443/v1");
+  WriteText(dir.File("copy_of_gpu3"), "https://gpu3:443/v1\n");  // duplicate
+  std::vector<std::string> got = ScanRegisteredEndpoints(dir.path());
+  EXPECT_EQ(got, (std::vector<std::string>{"http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1",
+                                           "https://gpu3:443/v1"}));
+}
+
+TEST(EndpointDirectoryTest, SkipsHiddenTemporaryAndNonRegularFiles) {
+  matrix::testing::TempDir dir;
+  WriteText(dir.File("10.0.0.1_8000"), "http://10.0.0.1:8000/v1\n");
+  WriteText(dir.File(".10.0.0.2_8000"), "http://10.0.0.2:8000/v1\n");
+  WriteText(dir.File("10.0.0.3_8000.tmp"), "http://10.0.0.3:8000/v1\n");
+  // The temporary name WriteFileAtomic uses while a registration is written.
+  WriteText(dir.File("10.0.0.4_8000.tmp.4242"), "http://10.0.0.4:80");
+  ASSERT_EQ(::mkdir(dir.File("subdir").c_str(), 0755), 0);
+  WriteText(dir.File("subdir/10.0.0.5_8000"), "http://10.0.0.5:8000/v1\n");
+  // A symbolic link to a regular file counts; a dangling one is skipped.
+  WriteText(dir.File("target.txt"), "http://10.0.0.6:8000/v1\n");
+  ASSERT_EQ(::symlink(dir.File("target.txt").c_str(), dir.File("10.0.0.6_8000").c_str()), 0);
+  ASSERT_EQ(::symlink(dir.File("nowhere").c_str(), dir.File("10.0.0.7_8000").c_str()), 0);
+  EXPECT_EQ(ScanRegisteredEndpoints(dir.path()),
+            (std::vector<std::string>{"http://10.0.0.1:8000/v1", "http://10.0.0.6:8000/v1"}));
+}
+
+TEST(EndpointDirectoryTest, InvalidRegistrationsAreSkippedWithAWarningNamingTheFile) {
+  matrix::testing::TempDir dir;
+  WriteText(dir.File("good_8000"), "http://10.0.0.1:8000/v1\n");
+  WriteText(dir.File("empty_1"), "  \n");
+  WriteText(dir.File("garbage_2"), "not a url\n");
+  WriteText(dir.File("ftp_3"), "ftp://10.0.0.3/v1\n");
+  WriteText(dir.File("two_lines_4"), "http://10.0.0.4:8000/v1\nhttp://10.0.0.5:8000/v1\n");
+  WriteText(dir.File("huge_5"), "http://10.0.0.6:8000/v1" + std::string(5000, ' ') + "x");
+  WriteText(dir.File("nohost_6"), "http:///v1\n");
+  LogLevel old_level = GetLogLevel();
+  SetLogLevel(LogLevel::kInfo);
+  ::testing::internal::CaptureStderr();
+  std::vector<std::string> got = ScanRegisteredEndpoints(dir.path());
+  std::string logs = ::testing::internal::GetCapturedStderr();
+  SetLogLevel(old_level);
+  EXPECT_EQ(got, (std::vector<std::string>{"http://10.0.0.1:8000/v1"}));
+  for (const char* name : {"empty_1", "garbage_2", "ftp_3", "two_lines_4", "huge_5", "nohost_6"})
+    EXPECT_NE(logs.find(dir.File(name) + " skipped"), std::string::npos) << name << "\n" << logs;
+  EXPECT_EQ(logs.find("good_8000"), std::string::npos) << logs;
+}
+
+TEST(EndpointDirectoryTest, MissingDirectoryIsAnEmptyList) {
+  matrix::testing::TempDir dir;
+  LogLevel old_level = GetLogLevel();
+  SetLogLevel(LogLevel::kInfo);
+  ::testing::internal::CaptureStderr();
+  EXPECT_TRUE(ScanRegisteredEndpoints(dir.File("models/llama")).empty());
+  std::string logs = ::testing::internal::GetCapturedStderr();
+  SetLogLevel(old_level);
+  EXPECT_EQ(logs, "");
+  EXPECT_TRUE(ScanRegisteredEndpoints(dir.path()).empty());  // exists, empty
 }
 
 }  // namespace
