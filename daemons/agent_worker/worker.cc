@@ -11,6 +11,7 @@
 #include "common/base/log.h"
 #include "common/base/signals.h"
 #include "common/config/pipeline.h"
+#include "common/llm/endpoint_directory.h"
 #include "common/llm/llm_client.h"
 #include "common/metrics/metrics.h"
 #include "common/metrics/worker_metrics.h"
@@ -171,6 +172,10 @@ class Worker::Impl {
   metrics::Counter refused_mismatch_, refused_malformed_;
   store::StoreClient::Stats store_synced_;  // store client counts already in the metrics
   std::unique_ptr<metrics::MetricsServer> metrics_server_;
+  // Models fed by <models_dir>: their fixed endpoints and the list last set.
+  std::map<std::string, std::vector<std::string>> static_endpoints_;
+  std::map<std::string, std::vector<std::string>> current_endpoints_;
+  void RefreshModelEndpoints();
 };
 
 Status Worker::Impl::Init() {
@@ -199,6 +204,14 @@ Status Worker::Impl::Init() {
     llm::PoolConfig p;
     p.name = name;
     p.endpoints = model.endpoints;
+    if (!config_.models_dir.empty()) {
+      // Registered model servers come and go; `sim`/`registered` stand for them.
+      p.endpoints.clear();
+      for (const auto& e : model.endpoints)
+        if (e != "sim" && e != "registered") p.endpoints.push_back(e);
+      static_endpoints_[name] = p.endpoints;
+      p.allow_no_endpoints = true;
+    }
     p.model = model.model;
     if (!model.api_key_env.empty() || !model.api_key_file.empty()) {
       MATRIX_ASSIGN_OR_RETURN(p.api_key, llm::ReadApiKey(model.api_key_env, model.api_key_file));
@@ -211,6 +224,7 @@ Status Worker::Impl::Init() {
   }
   if (!pools.empty()) {
     MATRIX_ASSIGN_OR_RETURN(llm_, llm::LlmClient::Create(std::move(pools), clock_));
+    RefreshModelEndpoints();
   }
 
   if (config_.roles.empty()) {
@@ -960,7 +974,8 @@ void Worker::Impl::WriteProgress(bool final) {
     Json eps = Json::array();
     for (const auto& e : llm_->Stats())
       eps.push_back({{"pool", e.pool}, {"url", e.url}, {"in_flight", e.in_flight}, {"requests", e.requests},
-                     {"errors", e.errors}, {"retries", e.retries}, {"healthy", e.healthy},
+                     {"errors", e.errors}, {"retries", e.retries}, {"healthy", e.healthy}, {"state", e.state},
+                     {"probes", e.probes}, {"probes_failed", e.probes_failed},
                      {"concurrency_limit", e.concurrency_limit}});
     progress["endpoints"] = eps;
   }
@@ -968,6 +983,21 @@ void Worker::Impl::WriteProgress(bool final) {
   if (MakeDirs(dir).ok()) {
     Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", progress.dump());
     if (!s.ok()) LOG_WARN << s.message();
+  }
+}
+
+void Worker::Impl::RefreshModelEndpoints() {
+  if (config_.models_dir.empty() || !llm_) return;
+  for (const auto& [name, fixed] : static_endpoints_) {
+    std::vector<std::string> list = fixed;
+    for (auto& e : llm::ScanRegisteredEndpoints(config_.models_dir + "/" + name))
+      if (std::find(list.begin(), list.end(), e) == list.end()) list.push_back(std::move(e));
+    auto& last = current_endpoints_[name];
+    if (list == last) continue;
+    LOG_INFO << "model " << name << ": " << list.size() << " endpoint(s) registered";
+    Status st = llm_->SetEndpoints(name, list);
+    if (!st.ok()) LOG_WARN << "model " << name << ": " << st.message();
+    last = std::move(list);
   }
 }
 
@@ -1033,6 +1063,7 @@ Status Worker::Impl::Run() {
     }
     if (now - last_progress_ns_ > 500'000'000) {
       last_progress_ns_ = now;
+      RefreshModelEndpoints();
       ReadmitStale();
       WriteProgress(false);
     }

@@ -97,7 +97,7 @@ int StatusCommand(const std::string& run_dir) {
     if (w.contains("endpoints"))
       for (const auto& e : w["endpoints"])
         std::cout << "  endpoint " << e.value("url", "") << " [" << e.value("pool", "") << "]: "
-                  << (e.value("healthy", true) ? "healthy" : "UNHEALTHY") << ", in flight " << e.value("in_flight", 0)
+                  << e.value("state", e.value("healthy", true) ? "healthy" : "UNHEALTHY") << ", in flight " << e.value("in_flight", 0)
                   << ", requests " << e.value("requests", 0) << ", errors " << e.value("errors", 0) << "\n";
   }
   return 0;
