@@ -78,7 +78,11 @@ std::string DescribePipeline(const Pipeline& p) {
   for (const auto& [name, m] : p.models) {
     o << "    " << name << ": " << m.model << " @ ";
     for (size_t i = 0; i < m.endpoints.size(); ++i) o << (i ? ", " : "") << m.endpoints[i];
-    o << " (" << m.max_concurrency_per_endpoint << " per endpoint)\n";
+    o << " (" << m.max_concurrency_per_endpoint << " per endpoint";
+    if (m.price)
+      o << "; " << m.price->input_per_million << " / " << m.price->output_per_million << " " << m.price->currency
+        << " per million prompt / completion tokens";
+    o << ")\n";
   }
   o << "  roles:\n";
   for (const auto& [name, r] : p.roles) {

@@ -47,6 +47,11 @@
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
 //       sampling: {}              # merged into the request body (temperature, max_tokens...)
+//       price:                    # optional; what `matrix run`, `matrix status` and
+//                                 # summary.json report as cost (never sent anywhere)
+//         input_per_million: 0.15   # REQUIRED in a price: per million prompt tokens, >= 0
+//         output_per_million: 0.60  # REQUIRED in a price: per million completion tokens, >= 0
+//         currency: USD             # the same for every priced model of a pipeline
 //   roles:
 //     <role>:
 //       type: llm                 # REQUIRED: llm | extract | compare | filter | tool |
@@ -154,6 +159,13 @@ struct RunConfig {
   uint64_t seed = 0;
 };
 
+// What a model's tokens cost (models.<name>.price).
+struct PriceConfig {
+  double input_per_million = 0;   // per million prompt tokens
+  double output_per_million = 0;  // per million completion tokens
+  std::string currency = "USD";
+};
+
 struct ModelConfig {
   std::string name;  // key under `models`
   std::vector<std::string> endpoints;
@@ -166,6 +178,7 @@ struct ModelConfig {
   double requests_per_s = 0;
   bool sticky = false;
   Json sampling = Json::object();
+  std::optional<PriceConfig> price;  // none: the model's cost is not reported
 
   // endpoints == ["sim"]
   bool simulated() const { return endpoints.size() == 1 && endpoints[0] == "sim"; }
@@ -260,7 +273,7 @@ struct Pipeline {
   std::map<std::string, RoleConfig> roles;
   FlowConfig flow;
   Json merged;        // the whole configuration after composition, overrides and interpolation
-  uint64_t hash = 0;  // Hash64 of the canonical JSON of models, roles and flow
+  uint64_t hash = 0;  // Hash64 of the canonical JSON of models (without prices), roles and flow
   std::string source_path;  // absolute path of the top-level file
 
   // nullptr when there is no such step / role / model.

@@ -230,7 +230,9 @@ const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "trials", "ma
                                            "task_timeout_s", "seed"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",
-                                             "max_retries", "requests_per_s", "sticky", "sampling"};
+                                             "max_retries", "requests_per_s", "sticky", "sampling",
+                                             "price"};
+const std::vector<std::string> kPriceKeys = {"input_per_million", "output_per_million", "currency"};
 const std::vector<std::string> kRoleCommonKeys = {"type", "concurrency"};
 const std::vector<std::pair<RoleType, std::vector<std::string>>> kRoleTypeKeys = {
     {RoleType::kLlm, {"model", "system", "prompt", "conversation", "sampling", "tools"}},
@@ -274,6 +276,7 @@ bool SchemaKnows(const std::vector<std::string>& parts) {
   if (top == "run") return n == 2 && Contains(kRunKeys, parts[1]);
   if (top == "models") {
     if (n == 3) return Contains(kModelKeys, parts[2]);
+    if (n == 4 && parts[2] == "price") return Contains(kPriceKeys, parts[3]);
     return n >= 4 && parts[2] == "sampling";
   }
   if (top == "roles") {
@@ -745,7 +748,8 @@ std::vector<std::string> KeysOf(const CNode& n) {
 std::vector<std::string> SchemaCandidates(const std::vector<std::string>& prefix) {
   std::vector<std::string> out;
   std::vector<std::string> all = kTopKeys;
-  for (const auto* list : {&kDatasetKeys, &kRunKeys, &kModelKeys, &kFlowKeys, &kStepKeys, &kFanoutKeys}) {
+  for (const auto* list :
+       {&kDatasetKeys, &kRunKeys, &kModelKeys, &kPriceKeys, &kFlowKeys, &kStepKeys, &kFanoutKeys}) {
     all.insert(all.end(), list->begin(), list->end());
   }
   for (const auto& k : AllRoleKeys()) all.push_back(k);
@@ -1380,8 +1384,62 @@ class Builder {
       GetDouble(m, path, "requests_per_s", &mc.requests_per_s, true);
       GetBool(m, path, "sticky", &mc.sticky);
       GetMap(m, path, "sampling", &mc.sampling);
+      mc.price = GetPrice(m, path);
       p->models.emplace(e.key, std::move(mc));
     }
+    // One currency per pipeline: costs of different models add up.
+    const ModelConfig* first = nullptr;
+    for (const auto& e : models->entries) {
+      auto it = p->models.find(e.key);
+      if (it == p->models.end() || !it->second.price) continue;
+      if (first == nullptr) {
+        first = &it->second;
+      } else if (it->second.price->currency != first->price->currency) {
+        const CNode* price = e.value.Find("price");
+        const CNode* currency = price != nullptr ? price->Find("currency") : nullptr;
+        const std::string key = "models." + e.key + ".price.currency";
+        const std::string msg = "'" + it->second.price->currency + "' differs from models." + first->name +
+                                "'s '" + first->price->currency + "'; every priced model needs the same currency";
+        if (currency != nullptr) {
+          diag_->At(*currency, key, msg);
+        } else {
+          diag_->AtKey(*price, key, msg);
+        }
+      }
+    }
+  }
+
+  // models.<name>.price: both prices required, non-negative numbers.
+  std::optional<PriceConfig> GetPrice(const CNode& m, const std::string& model_path) {
+    const CNode* n = Get(m, "price");
+    if (n == nullptr) return std::nullopt;
+    const std::string path = model_path + ".price";
+    if (n->kind != CNode::Kind::kMap) {
+      diag_->At(*n, path,
+                "expected a map {input_per_million, output_per_million, currency}, got " + Describe(*n));
+      return std::nullopt;
+    }
+    CheckKeys(*n, path, kPriceKeys, "price");
+    PriceConfig price;
+    bool ok = true;
+    const std::pair<const char*, double*> amounts[] = {{"input_per_million", &price.input_per_million},
+                                                       {"output_per_million", &price.output_per_million}};
+    for (const auto& [key, out] : amounts) {
+      if (Get(*n, key) == nullptr) {
+        Missing(*n, path, key, " (per million tokens; 0 when free)");
+        ok = false;
+        continue;
+      }
+      double v = -1;  // stays negative when GetDouble reports an error
+      GetDouble(*n, path, key, &v, /*allow_zero=*/true);
+      if (v < 0) ok = false;
+      *out = v;
+    }
+    if (Get(*n, "currency") != nullptr) {
+      if (!GetString(*n, path, "currency", &price.currency, /*required=*/true)) ok = false;
+    }
+    if (!ok) return std::nullopt;
+    return price;
   }
 
   void BuildRoles(const CNode& roles, Pipeline* p) {
@@ -1789,6 +1847,10 @@ LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>&
         p.merged = ToJson(root);
         Json def = Json::object();
         for (const char* k : {"models", "roles", "flow"}) def[k] = p.merged.contains(k) ? p.merged[k] : Json();
+        // Prices change what is reported, not what tasks do.
+        if (def["models"].is_object())
+          for (auto& [name, m] : def["models"].items())
+            if (m.is_object()) m.erase("price");
         p.hash = Hash64(DumpJson(def));
         result.pipeline = std::move(p);
       }

@@ -161,6 +161,7 @@ class Worker::Impl {
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0, duplicates_ = 0, lost_ = 0;
   int64_t offloaded_ = 0, hops_ = 0, archived_segments_ = 0;
   std::map<std::string, int64_t> role_in_flight_;
+  std::map<std::string, std::pair<int64_t, int64_t>> model_tokens_;  // model -> (prompt, completion)
 
   // Metrics. The registry precedes every handle into it and the server
   // follows them, so the server stops first and the registry goes last.
@@ -576,6 +577,9 @@ void Worker::Impl::OnLlmResults() {
     }
     prompt_tokens_ += res.prompt_tokens;
     completion_tokens_ += res.completion_tokens;
+    auto& by_model = model_tokens_[run.role->model];
+    by_model.first += res.prompt_tokens;
+    by_model.second += res.completion_tokens;
     wire::Turn turn;
     turn.step = run.step->name;
     turn.role = run.step->role;
@@ -966,6 +970,17 @@ void Worker::Impl::WriteProgress(bool final) {
                    {"lost", lost_},
                    {"admission_pauses", admission_pauses_},
                    {"admission_paused", clock_->NowNanos() < admit_paused_until_ns_}};
+  Json by_model = Json::object();
+  for (const auto& [model, t] : model_tokens_) by_model[model] = {{"prompt", t.first}, {"completion", t.second}};
+  progress["tokens_by_model"] = by_model;
+  // The pipeline's price table, for readers without the pipeline (matrix status).
+  Json prices = Json::object();
+  for (const auto& [name, m] : pipeline_->models)
+    if (m.price)
+      prices[name] = {{"input_per_million", m.price->input_per_million},
+                      {"output_per_million", m.price->output_per_million},
+                      {"currency", m.price->currency}};
+  if (!prices.empty()) progress["prices"] = prices;
   auto st = store_->stats();
   progress["store"] = {{"puts", st.puts}, {"gets", st.gets}, {"cache_hits", st.cache_hits},
                        {"cache_misses", st.cache_misses}, {"frees", st.frees}, {"errors", st.errors},

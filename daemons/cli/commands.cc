@@ -78,6 +78,17 @@ int StatusCommand(const std::string& run_dir) {
   std::cout << "partitions: " << p.partitions_finished << "/" << p.partitions << " finished; in flight "
             << p.in_flight << ", failed " << p.failed << "\n";
   std::cout << "in flight per role: " << p.roles_in_flight.dump() << "\n";
+  if (auto cost = CostSoFar(p)) {
+    std::cout << "cost by model:";
+    for (const auto& [model, c] : cost->by_model) {
+      auto t = p.tokens_by_model.find(model);
+      const ModelTokens tokens = t == p.tokens_by_model.end() ? ModelTokens{} : t->second;
+      std::cout << (model == cost->by_model.begin()->first ? " " : ", ") << model << " "
+                << FormatMoney(c, cost->currency) << " (" << tokens.prompt << " prompt + " << tokens.completion
+                << " completion tokens)";
+    }
+    std::cout << "\n";
+  }
   // Live daemon state, when the run is still going.
   if (auto ep = ReadFile(run_dir + "/endpoints/broker"); ep.ok()) PrintBroker("broker ", ep->substr(0, ep->find('\n')), "");
   for (const auto& n : node_states) {

@@ -76,6 +76,7 @@ int RunPipeline(const RunOptions& opt) {
     return 2;
   }
   const config::Pipeline& pipeline = *loaded.pipeline;
+  const PriceTable prices = PricesOf(pipeline);
   std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
   if (opt.overwrite) {
     std::string cmd = "rm -f '" + output_dir + "'/*.jsonl '" + output_dir + "'/summary.json";
@@ -205,6 +206,7 @@ int RunPipeline(const RunOptions& opt) {
       std::cerr << (tty ? "\r\033[K" : "") << "  /metrics: " << list << "\n";
     }
     p = ReadProgress(run_dir);
+    p.prices = prices;
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     window.push_back({t, {p.tokens, p.written}});
     while (window.size() > 2 && t - window.front().first > 10) window.pop_front();
@@ -233,7 +235,7 @@ int RunPipeline(const RunOptions& opt) {
   sup.StopAll(5000);
   if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
 
-  auto summary = SummarizeOutput(output_dir);
+  auto summary = SummarizeOutput(output_dir, prices);
   if (!summary.ok()) {
     std::cerr << "error: " << summary.status().message() << "\n";
     return 1;
@@ -259,6 +261,12 @@ int RunPipeline(const RunOptions& opt) {
                    {"invalid_messages", c.value("invalid", int64_t{0})}};
   }
   if (store_stats.ok()) s["store"] = *store_stats;
+  if (s.contains("cost")) {
+    // What the workers spent in this run (their final progress files), failed
+    // attempts included; "total" is the cost of the tokens in the records.
+    Progress final_progress = ReadProgress(run_dir);
+    if (auto spent = CostOf(final_progress.tokens_by_model, prices)) s["cost"]["this_run"] = spent->total;
+  }
   Status st = WriteFileAtomic(output_dir + "/summary.json", s.dump(2) + "\n");
   if (!st.ok()) std::cerr << "warning: " << st.message() << "\n";
 
@@ -278,6 +286,25 @@ int RunPipeline(const RunOptions& opt) {
                 static_cast<long long>(s["completion_tokens"].get<int64_t>()), s["tokens_per_s"].get<double>(),
                 FormatDuration(elapsed).c_str());
   std::cerr << buf;
+  if (s.contains("cost")) {
+    const Json& c = s["cost"];
+    const std::string currency = c.value("currency", "USD");
+    const std::string total = FormatMoney(c.value("total", 0.0), currency);
+    std::string by_model;
+    for (const auto& [model, m] : c["by_model"].items())
+      by_model += (by_model.empty() ? "" : ", ") + model + " " + FormatMoney(m.value("cost", 0.0), currency);
+    std::string line = "  cost:         " + total + " (" + by_model + ")";
+    if (c.contains("this_run")) {
+      const std::string this_run = FormatMoney(c.value("this_run", 0.0), currency);
+      if (this_run != total) line += "; spent by this run " + this_run;
+    }
+    if (c.contains("unpriced_models")) {
+      std::string names;
+      for (const auto& m : c["unpriced_models"]) names += (names.empty() ? "" : ", ") + m.get<std::string>();
+      line += "; no price for " + names;
+    }
+    std::cerr << line << "\n";
+  }
   std::cerr << "  output:       " << output_dir << "/p*.jsonl, " << output_dir << "/summary.json\n";
   if (interrupted) {
     exit_code = 130;

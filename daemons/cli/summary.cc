@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +11,7 @@
 #include <set>
 
 #include "common/base/files.h"
+#include "common/config/pipeline.h"
 
 namespace matrix::cli {
 
@@ -28,7 +31,61 @@ std::vector<std::string> ListFiles(const std::string& dir, const std::string& su
 }
 }  // namespace
 
-StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
+PriceTable PricesOf(const config::Pipeline& pipeline) {
+  PriceTable out;
+  for (const auto& [name, m] : pipeline.models)
+    if (m.price) out[name] = ModelPrice{m.price->input_per_million, m.price->output_per_million, m.price->currency};
+  return out;
+}
+
+PriceTable PricesFromJson(const Json& prices) {
+  PriceTable out;
+  if (!prices.is_object()) return out;
+  for (const auto& [name, j] : prices.items()) {
+    if (!j.is_object() || !j.contains("input_per_million") || !j["input_per_million"].is_number() ||
+        !j.contains("output_per_million") || !j["output_per_million"].is_number())
+      continue;
+    ModelPrice price;
+    price.input_per_million = j["input_per_million"].get<double>();
+    price.output_per_million = j["output_per_million"].get<double>();
+    if (j.contains("currency") && j["currency"].is_string()) price.currency = j["currency"].get<std::string>();
+    out[name] = price;
+  }
+  return out;
+}
+
+std::optional<Cost> CostOf(const TokensByModel& tokens, const PriceTable& prices) {
+  if (prices.empty()) return std::nullopt;
+  Cost cost;
+  cost.currency = prices.begin()->second.currency;
+  for (const auto& [model, price] : prices) {
+    auto it = tokens.find(model);
+    const ModelTokens t = it == tokens.end() ? ModelTokens{} : it->second;
+    const double c = (static_cast<double>(t.prompt) * price.input_per_million +
+                      static_cast<double>(t.completion) * price.output_per_million) /
+                     1e6;
+    cost.by_model[model] = c;
+    cost.total += c;
+  }
+  return cost;
+}
+
+std::optional<double> ProjectCost(double so_far, int64_t written_this_run, int64_t to_write_this_run) {
+  if (written_this_run <= 0 || written_this_run * 100 < to_write_this_run) return std::nullopt;
+  const int64_t remaining = std::max<int64_t>(0, to_write_this_run - written_this_run);
+  return so_far + so_far / static_cast<double>(written_this_run) * static_cast<double>(remaining);
+}
+
+std::string FormatMoney(double amount, const std::string& currency) {
+  const double a = std::abs(amount);
+  const int decimals = a == 0 || a >= 1 ? 2 : a >= 0.01 ? 4 : 6;
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, amount);
+  return currency == "USD" ? "$" + std::string(buf) : std::string(buf) + " " + currency;
+}
+
+StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& prices) {
+  TokensByModel model_tokens;  // of the records' turns, when there are prices
   int64_t records = 0, duplicates = 0, bad_lines = 0, prompt = 0, completion = 0, turns = 0;
   std::map<std::string, int64_t> by_status, by_reason;
   std::map<std::string, std::pair<int64_t, int64_t>> bool_vars;  // true, total
@@ -52,6 +109,17 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
         prompt += rec["usage"].value("prompt_tokens", 0);
         completion += rec["usage"].value("completion_tokens", 0);
       }
+      if (!prices.empty() && rec.contains("turns") && rec["turns"].is_array()) {
+        for (const auto& turn : rec["turns"]) {
+          if (!turn.is_object() || !turn.contains("usage") || !turn["usage"].is_object()) continue;
+          if (!turn.contains("model") || !turn["model"].is_string()) continue;
+          const std::string model = turn["model"].get<std::string>();
+          if (model.empty()) continue;
+          ModelTokens& t = model_tokens[model];
+          t.prompt += turn["usage"].value("prompt_tokens", int64_t{0});
+          t.completion += turn["usage"].value("completion_tokens", int64_t{0});
+        }
+      }
       if (rec.contains("counters")) turns += rec["counters"].value("turns", 0);
       duration_sum += rec.value("duration_s", 0.0);
       if (rec.contains("vars") && rec["vars"].is_object()) {
@@ -71,7 +139,7 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
   for (const auto& [k, v] : bool_vars) rates[k] = records ? static_cast<double>(v.first) / records : 0.0;
   Json means = Json::object();
   for (const auto& [k, v] : num_vars) means[k] = v.second ? v.first / v.second : 0.0;
-  return Json{{"records", records},
+  Json out = {{"records", records},
               {"unique_tasks", ids.size()},
               {"duplicates", duplicates},
               {"unparseable_lines", bad_lines},
@@ -84,6 +152,24 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir) {
               {"total_tokens", prompt + completion},
               {"mean_turns", records ? static_cast<double>(turns) / records : 0.0},
               {"mean_task_duration_s", records ? duration_sum / records : 0.0}};
+  if (auto cost = CostOf(model_tokens, prices)) {
+    Json by_model = Json::object();
+    for (const auto& [model, c] : cost->by_model) {
+      const ModelTokens t = model_tokens.count(model) ? model_tokens.at(model) : ModelTokens{};
+      const ModelPrice& price = prices.at(model);
+      by_model[model] = {{"prompt_tokens", t.prompt},
+                         {"completion_tokens", t.completion},
+                         {"input_per_million", price.input_per_million},
+                         {"output_per_million", price.output_per_million},
+                         {"cost", c}};
+    }
+    out["cost"] = {{"currency", cost->currency}, {"total", cost->total}, {"by_model", by_model}};
+    Json unpriced = Json::array();
+    for (const auto& [model, t] : model_tokens)
+      if (prices.count(model) == 0 && t.prompt + t.completion > 0) unpriced.push_back(model);
+    if (!unpriced.empty()) out["cost"]["unpriced_models"] = unpriced;
+  }
+  return out;
 }
 
 std::vector<std::string> RunNodes(const std::string& run_dir) {
@@ -127,6 +213,13 @@ Progress ReadProgress(const std::string& run_dir, const std::string& job) {
     Json j = Json::parse(*text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) continue;
     if (!job.empty() && j.value("job", "") != job) continue;
+    if (j.contains("tokens_by_model") && j["tokens_by_model"].is_object())
+      for (const auto& [model, t] : j["tokens_by_model"].items()) {
+        if (!t.is_object()) continue;
+        p.tokens_by_model[model].prompt += t.value("prompt", int64_t{0});
+        p.tokens_by_model[model].completion += t.value("completion", int64_t{0});
+      }
+    if (p.prices.empty() && j.contains("prices")) p.prices = PricesFromJson(j["prices"]);
     p.tokens += j.value("prompt_tokens", 0) + j.value("completion_tokens", 0);
     p.completion_tokens += j.value("completion_tokens", 0);
     p.llm_calls += j.value("llm_calls", 0);
@@ -161,6 +254,17 @@ std::string FormatDuration(double seconds) {
   return buf;
 }
 
+std::optional<Cost> CostSoFar(const Progress& p) { return CostOf(p.tokens_by_model, p.prices); }
+
+std::string FormatCost(const Progress& p) {
+  auto cost = CostSoFar(p);
+  if (!cost) return "";
+  std::string out = FormatMoney(cost->total, cost->currency) + " so far";
+  if (auto projected = ProjectCost(cost->total, p.written - p.preexisting, p.total - p.preexisting))
+    out += ", ~" + FormatMoney(*projected, cost->currency) + " projected";
+  return out;
+}
+
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s) {
   double pct = p.total ? 100.0 * p.written / p.total : 0.0;
   double err = p.llm_calls ? 100.0 * p.llm_errors / p.llm_calls : 0.0;
@@ -173,7 +277,8 @@ std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_pe
                 static_cast<long long>(p.written), static_cast<long long>(p.total), pct,
                 static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), tokens_per_s, err,
                 FormatDuration(elapsed_s).c_str(), remaining == 0 ? "0:00" : FormatDuration(eta).c_str());
-  return buf;
+  const std::string cost = FormatCost(p);
+  return cost.empty() ? std::string(buf) : std::string(buf) + " | " + cost;
 }
 
 }  // namespace matrix::cli

@@ -2,18 +2,72 @@
 // aggregated from the workers' progress files.
 #pragma once
 
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/base/json.h"
 #include "common/base/status.h"
 
+namespace matrix::config {
+struct Pipeline;
+}
+
 namespace matrix::cli {
+
+// Tokens of one model (the pipeline's model name, the key under `models`).
+struct ModelTokens {
+  int64_t prompt = 0;
+  int64_t completion = 0;
+};
+using TokensByModel = std::map<std::string, ModelTokens>;
+
+// What a model's tokens cost (models.<name>.price); the table holds priced
+// models only and is empty when the pipeline sets no price.
+struct ModelPrice {
+  double input_per_million = 0;
+  double output_per_million = 0;
+  std::string currency = "USD";
+};
+using PriceTable = std::map<std::string, ModelPrice>;
+
+PriceTable PricesOf(const config::Pipeline& pipeline);
+// The "prices" object of a worker's progress file; malformed entries are left out.
+PriceTable PricesFromJson(const Json& prices);
+
+struct Cost {
+  std::string currency;
+  double total = 0;
+  std::map<std::string, double> by_model;  // every priced model, 0 when it has no tokens
+};
+// Sum over the priced models of (prompt * input_per_million + completion *
+// output_per_million) / 1e6; tokens of models without a price are left out.
+// nullopt when the table is empty.
+std::optional<Cost> CostOf(const TokensByModel& tokens, const PriceTable& prices);
+
+// The projected cost of the run: what was spent so far, plus the tasks still
+// to write at the mean cost of the tasks written this run:
+//   projected = so_far + so_far / written_this_run * (to_write_this_run - written_this_run)
+// where to_write_this_run excludes the records of earlier runs. nullopt until
+// at least 1% of this run's tasks (and at least one) are written: before that
+// the mean rests on too few tasks. (so_far also holds the tokens of tasks
+// still in flight, so early on, with many tasks in flight, the projection
+// runs high and comes down as tasks finish.)
+std::optional<double> ProjectCost(double so_far, int64_t written_this_run, int64_t to_write_this_run);
+
+// "$1.23" for USD, "1.23 EUR" otherwise; amounts below 1 keep four decimals
+// (six below 0.01).
+std::string FormatMoney(double amount, const std::string& currency);
 
 // Reads every `*.jsonl` in output_dir and summarises: records, duplicates,
 // counts by status and reason, the rate of every boolean variable
-// (agreement, correct, ...), the mean of numeric ones, tokens, turns.
-StatusOr<Json> SummarizeOutput(const std::string& output_dir);
+// (agreement, correct, ...), the mean of numeric ones, tokens, turns. With
+// prices, also "cost" of the records' tokens (the turns' usage by model):
+// {"currency", "total", "by_model": {model: {"prompt_tokens",
+// "completion_tokens", "input_per_million", "output_per_million", "cost"}}},
+// and "unpriced_models" when some model with tokens has no price.
+StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& prices = {});
 
 // Sums the progress files under <run_dir>/progress and, for a job on many
 // nodes, <run_dir>/nodes/*/progress.
@@ -28,6 +82,8 @@ struct Progress {
   int64_t llm_calls = 0, llm_errors = 0;
   int partitions = 0, partitions_finished = 0;
   Json roles_in_flight = Json::object();
+  TokensByModel tokens_by_model;  // this run
+  PriceTable prices;              // as the workers' progress files give it
 };
 // With `job`, only files written by that job's workers (their "job" field)
 // count: a run directory reused by a later job keeps the earlier files.
@@ -40,7 +96,14 @@ std::vector<std::string> ProgressFiles(const std::string& run_dir);
 // Node names under <run_dir>/nodes, sorted.
 std::vector<std::string> RunNodes(const std::string& run_dir);
 
-// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1% | ETA 0:42".
+// The cost of this run's tokens; nullopt without prices.
+std::optional<Cost> CostSoFar(const Progress& p);
+// "$1.23 so far, ~$45.60 projected" (ProjectCost; "$0.01 so far" until the
+// projection starts); "" without prices.
+std::string FormatCost(const Progress& p);
+
+// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1% | ETA 0:42",
+// then " | " and FormatCost() when there are prices.
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s);
 std::string FormatDuration(double seconds);
 

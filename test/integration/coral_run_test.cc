@@ -58,6 +58,44 @@ TEST(CoralRunTest, EndToEndWritesOneRecordPerTaskWithEveryField) {
   EXPECT_EQ(s["records"], 60);
   EXPECT_GT(s["total_tokens"].get<int64_t>(), 0);
   EXPECT_TRUE(s["rates"].contains("agreement"));
+  EXPECT_FALSE(s.contains("cost")) << "no price, no cost";
+}
+
+TEST(CoralRunTest, PricedModelReportsCostInSummaryAndStatus) {
+  TempDir dir;
+  std::string out;
+  std::string cmd = Matrix() + " run " + Coral() + " dataset.limit=40 run.max_concurrent_tasks=20 " + kFastSim[0] +
+                    " models.llama.price.input_per_million=0.1 models.llama.price.output_per_million=0.2 --output " +
+                    dir.File("out") + " --run-dir " + dir.File("run");
+  ASSERT_EQ(RunCommand(cmd, &out), 0) << out;
+  auto text = ReadFile(dir.File("out/summary.json"));
+  ASSERT_TRUE(text.ok());
+  Json s = Json::parse(*text);
+  ASSERT_EQ(s["records"], 40);
+  ASSERT_TRUE(s.contains("cost")) << s.dump(2);
+  const Json& cost = s["cost"];
+  const int64_t prompt = s["prompt_tokens"].get<int64_t>(), completion = s["completion_tokens"].get<int64_t>();
+  ASSERT_GT(prompt, 0);
+  const double expected = (prompt * 0.1 + completion * 0.2) / 1e6;
+  EXPECT_EQ(cost["currency"], "USD");
+  EXPECT_EQ(cost["by_model"]["llama"]["prompt_tokens"], prompt);
+  EXPECT_EQ(cost["by_model"]["llama"]["completion_tokens"], completion);
+  EXPECT_NEAR(cost["by_model"]["llama"]["cost"].get<double>(), expected, expected * 1e-9);
+  EXPECT_NEAR(cost["total"].get<double>(), expected, expected * 1e-9);
+  // The workers spent at least the records' tokens (more when an attempt was retried).
+  EXPECT_GE(cost["this_run"].get<double>(), expected * (1 - 1e-9)) << cost.dump();
+  EXPECT_NE(out.find("  cost:         $"), std::string::npos) << out;
+
+  // matrix status reads the prices from the workers' progress files.
+  std::string status;
+  RunCommand(Matrix() + " status " + dir.File("run"), &status);
+  EXPECT_NE(status.find("40/40 tasks"), std::string::npos) << status;
+  EXPECT_NE(status.find(" so far, ~$"), std::string::npos) << status;
+  EXPECT_NE(status.find("cost by model: llama $"), std::string::npos) << status;
+  // The workers' tokens by model: here, with no attempt retried, those of the records.
+  const std::string tokens =
+      "(" + std::to_string(prompt) + " prompt + " + std::to_string(completion) + " completion tokens)";
+  EXPECT_NE(status.find(tokens), std::string::npos) << status;
 }
 
 TEST(CoralRunTest, MalformedRowsBecomeFailedRecordsNamingTheLine) {

@@ -572,6 +572,109 @@ TEST_F(LoaderTest, HashCoversTheDefinitionOnly) {
   EXPECT_NE(a.hash, c.hash);
 }
 
+TEST_F(LoaderTest, ModelPriceIsOptionalAndDefaultsToUsd) {
+  Pipeline none = LoadOk(kMinimal);
+  EXPECT_FALSE(none.Model("m")->price.has_value());
+
+  std::string text = kMinimal;
+  text.replace(text.find("    model: tiny\n"), 16,
+               "    model: tiny\n    price: {input_per_million: 0.15, output_per_million: 0.6}\n");
+  Pipeline p = LoadOk(text);
+  ASSERT_TRUE(p.Model("m")->price.has_value());
+  EXPECT_DOUBLE_EQ(p.Model("m")->price->input_per_million, 0.15);
+  EXPECT_DOUBLE_EQ(p.Model("m")->price->output_per_million, 0.6);
+  EXPECT_EQ(p.Model("m")->price->currency, "USD");
+  EXPECT_NE(DescribePipeline(p).find("0.15 / 0.6 USD per million prompt / completion tokens"), std::string::npos)
+      << DescribePipeline(p);
+  // A price changes what is reported, not what tasks do.
+  EXPECT_EQ(p.hash, none.hash);
+
+  // From the command line, onto a model without a price; integers and zero are prices too.
+  Pipeline o = LoadOk(kMinimal, {"models.m.price.input_per_million=1", "models.m.price.output_per_million=0",
+                                 "models.m.price.currency=EUR"});
+  ASSERT_TRUE(o.Model("m")->price.has_value());
+  EXPECT_DOUBLE_EQ(o.Model("m")->price->input_per_million, 1.0);
+  EXPECT_DOUBLE_EQ(o.Model("m")->price->output_per_million, 0.0);
+  EXPECT_EQ(o.Model("m")->price->currency, "EUR");
+  EXPECT_EQ(o.hash, none.hash);
+}
+
+TEST_F(LoaderTest, ModelPriceErrorsNameFileLineAndKey) {
+  const std::string path = Write(dir_, "price.yaml", R"(name: priced
+dataset:
+  path: data.jsonl
+models:
+  a:
+    endpoints: [sim]
+    model: tiny
+    price:
+      input_per_million: -0.5
+      output_per_million: cheap
+      curency: USD
+  b:
+    endpoints: [sim]
+    model: tiny
+    price: {input_per_million: 1}
+  c:
+    endpoints: [sim]
+    model: tiny
+    price: 3
+  d:
+    endpoints: [sim]
+    model: tiny
+    price: {input_per_million: 1, output_per_million: 2, currency: ""}
+roles:
+  ask: {type: llm, model: a, prompt: "{{ input.q }}"}
+  ask_b: {type: llm, model: b, prompt: "{{ input.q }}"}
+  ask_c: {type: llm, model: c, prompt: "{{ input.q }}"}
+  ask_d: {type: llm, model: d, prompt: "{{ input.q }}"}
+flow:
+  start: ask
+  steps:
+    ask: {role: ask, next: b}
+    b: {role: ask_b, next: c}
+    c: {role: ask_c, next: d}
+    d: {role: ask_d, next: done}
+)");
+  LoadResult r = LoadPipeline(path, {});
+  const std::string all = All(r.errors);
+  EXPECT_FALSE(r.pipeline.has_value());
+  EXPECT_TRUE(Has(r.errors, path, 9, "models.a.price.input_per_million", "must be a non-negative number, got -0.5"))
+      << all;
+  EXPECT_TRUE(Has(r.errors, path, 10, "models.a.price.output_per_million", "expected a number, got a string 'cheap'"))
+      << all;
+  EXPECT_TRUE(Has(r.errors, path, 11, "models.a.price.curency", "unknown price key (did you mean 'currency'?)"))
+      << all;
+  EXPECT_TRUE(Has(r.errors, path, 15, "models.b.price.output_per_million", "missing required key")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 19, "models.c.price", "expected a map")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 23, "models.d.price.currency", "must not be empty")) << all;
+
+  // Overrides: a price that is not a number, and a misspelt price key.
+  LoadResult o =
+      Load("p.yaml", kMinimal, {"models.m.price.input_per_million=abc", "models.m.price.output_per_million=1"});
+  EXPECT_TRUE(Has(o.errors, "<command line>", 0, "models.m.price.input_per_million", "expected a number"))
+      << All(o.errors);
+  LoadResult typo = Load("p.yaml", kMinimal, {"models.m.price.input_per_milion=1"});
+  EXPECT_TRUE(Has(typo.errors, "<command line>", 0, "models.m.price.input_per_milion",
+                  "unknown key (did you mean 'input_per_million'?)"))
+      << All(typo.errors);
+}
+
+TEST_F(LoaderTest, PricedModelsShareOneCurrency) {
+  std::string text = kMinimal;
+  text.replace(text.find("roles:"), 6, R"(  n:
+    endpoints: [sim]
+    model: tiny
+    price: {input_per_million: 1, output_per_million: 2, currency: EUR}
+roles:
+  other: {type: llm, model: n, prompt: "{{ input.q }}"})");
+  LoadResult r = Load("p.yaml", text, {"models.m.price.input_per_million=1", "models.m.price.output_per_million=2"});
+  EXPECT_TRUE(Has(r.errors, dir_.File("p.yaml"), 11, "models.n.price.currency",
+                  "'EUR' differs from models.m's 'USD'; every priced model needs the same currency"))
+      << All(r.errors);
+  EXPECT_FALSE(r.pipeline.has_value());
+}
+
 TEST(ConfigErrorTest, ToString) {
   EXPECT_EQ((ConfigError{"a.yaml", 3, "roles.x", "bad", false}).ToString(), "a.yaml:3: roles.x: bad");
   EXPECT_EQ((ConfigError{"a.yaml", 0, "", "bad", false}).ToString(), "a.yaml: bad");
