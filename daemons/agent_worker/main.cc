@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   SetLogComponent("worker");
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
                                          "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
-                                         "log-level", "nodes-dir", "keys-dir", "job", "models-dir"});
+                                         "log-level", "nodes-dir", "keys-dir", "job", "models-dir",
+                                         "progress-ms", "finished-dir"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
   config.nodes_dir = flags->Get("nodes-dir");
   config.job_id = flags->Get("job");
   config.models_dir = flags->Get("models-dir");
+  config.progress_ms = static_cast<int>(flags->GetInt("progress-ms", config.progress_ms));
+  config.finished_dir = flags->Get("finished-dir");
   if (flags->Has("keys-dir")) {
     auto keys = transport::LoadJobKeys(flags->Get("keys-dir"));
     if (!keys.ok()) {

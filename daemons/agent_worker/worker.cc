@@ -43,6 +43,7 @@ class Worker::Impl {
  private:
   struct Partition {
     uint32_t index = 0;
+    bool marked_finished = false;  // marker written to finished_dir
     std::string owner;
     std::unique_ptr<PartitionSource> source;
     std::unique_ptr<PartitionSink> sink;
@@ -930,6 +931,16 @@ void Worker::Impl::Admit() {
 }
 
 void Worker::Impl::WriteProgress(bool final) {
+  // One marker file per finished partition: what `matrix node` counts to
+  // know the whole run is done, without reading every progress file.
+  if (!config_.finished_dir.empty()) {
+    for (auto& p : partitions_) {
+      if (p.marked_finished || !p.source->Finished()) continue;
+      if (MakeDirs(config_.finished_dir).ok() &&
+          WriteFileAtomic(config_.finished_dir + "/" + p.owner, std::to_string(p.sink->written().size()) + "\n").ok())
+        p.marked_finished = true;
+    }
+  }
   if (config_.run_dir.empty()) return;
   Json parts = Json::object();
   for (const auto& p : partitions_) {
@@ -1076,7 +1087,7 @@ Status Worker::Impl::Run() {
       Register(draining_);
       last_recv_ns_ = now;
     }
-    if (now - last_progress_ns_ > 500'000'000) {
+    if (now - last_progress_ns_ > static_cast<int64_t>(config_.progress_ms) * 1'000'000) {
       last_progress_ns_ = now;
       RefreshModelEndpoints();
       ReadmitStale();

@@ -45,6 +45,9 @@ struct WorkerConfig {
   std::string store_endpoint;
   std::string run_dir;                // progress files go to <run_dir>/progress/
   std::string job_id;                 // written into progress files (the SLURM job)
+  int progress_ms = 500;              // progress file, stale-task and model-server scan interval
+  // When set, a file <finished_dir>/<partition> marks each finished partition.
+  std::string finished_dir;
   // "host:port" serving GET /metrics (port 0: any free port), published in
   // <run_dir>/endpoints/<worker_id>.metrics; empty: metrics are not served.
   std::string metrics_bind;

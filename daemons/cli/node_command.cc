@@ -52,19 +52,16 @@ std::string ResolveHost(const std::string& host) {
   return best.empty() ? "127.0.0.1" : best;
 }
 
-// Every partition 0..n-1 is reported finished by this job's workers.
-bool AllPartitionsFinished(const std::string& run_dir, const std::string& job, int partitions) {
+// Every partition 0..n-1 has its marker in `finished_dir` (one directory
+// listing, however many nodes and workers the job has).
+bool AllPartitionsFinished(const std::string& finished_dir, int partitions) {
   std::vector<bool> done(partitions, false);
-  for (const auto& path : ProgressFiles(run_dir)) {
-    auto text = ReadFile(path);
-    if (!text.ok()) continue;
-    Json j = Json::parse(*text, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || j.value("job", "") != job || !j.contains("partitions")) continue;
-    for (const auto& [name, part] : j["partitions"].items()) {
-      if (name.size() < 2 || name[0] != 'p' || !part.value("finished", false)) continue;
-      int idx = std::atoi(name.c_str() + 1);
-      if (idx >= 0 && idx < partitions) done[idx] = true;
-    }
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(finished_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < 2 || name[0] != 'p' || name.find('.') != std::string::npos) continue;
+    const int idx = std::atoi(name.c_str() + 1);
+    if (idx >= 0 && idx < partitions) done[idx] = true;
   }
   for (bool d : done)
     if (!d) return false;
@@ -158,6 +155,7 @@ int NodeCommand(const NodeOptions& in) {
   if (!broker_ep.ok()) return fail("the broker did not start");
 
   const int workers = opt.workers > 0 ? opt.workers : std::max(1, pipeline.run.workers);
+  const std::string finished_dir = opt.run_dir + "/finished/" + opt.job_id;
   const int partitions = static_cast<int>(pipeline.dataset.partitions);
   const int global_workers = opt.nodes * workers;
   std::vector<std::string> worker_names;
@@ -171,7 +169,8 @@ int NodeCommand(const NodeOptions& in) {
     ChildSpec spec{name, with({bin + "/matrix-worker", "--pipeline", pipeline.source_path, "--broker", *broker_ep,
                                "--store", *store_ep, "--output-dir", output_dir, "--id", name, "--nodes-dir",
                                opt.run_dir + "/nodes", "--models-dir", opt.run_dir + "/models", "--job",
-                               opt.job_id, "--grace-s", std::to_string(opt.grace_s)})};
+                               opt.job_id, "--grace-s", std::to_string(opt.grace_s), "--finished-dir",
+                               finished_dir, "--progress-ms", "2000"})};
     if (!parts.empty()) {
       spec.argv.push_back("--partitions");
       spec.argv.push_back(parts);
@@ -222,11 +221,12 @@ int NodeCommand(const NodeOptions& in) {
       LOG_WARN << name << " exited; restarted";
     }
     if (auto refreshed = targets.Refresh(); !refreshed.ok()) LOG_WARN << refreshed.status().message();
-    if (AllPartitionsFinished(opt.run_dir, opt.job_id, partitions)) break;
+    if (AllPartitionsFinished(finished_dir, partitions)) break;
     auto now = std::chrono::steady_clock::now();
     if (now - last_line > std::chrono::seconds(opt.progress_interval_s)) {
       last_line = now;
-      Progress p = ReadProgress(opt.run_dir, opt.job_id);
+      // The first node reports the whole run, the others their own workers.
+      Progress p = opt.node_index == 0 ? ReadProgress(opt.run_dir, opt.job_id) : ReadProgress(node_dir, opt.job_id);
       double t = std::chrono::duration<double>(now - t0).count();
       std::cerr << "[" << opt.node << "] " << FormatProgress(p, t, t > 0 ? p.tokens / t : 0, 0) << "\n";
       write_state("running");
@@ -237,9 +237,10 @@ int NodeCommand(const NodeOptions& in) {
   sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000, *sigfd);
   sup.StopAll(5000);
   if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
-  Progress p = ReadProgress(opt.run_dir, opt.job_id);
-  std::cerr << "matrix node " << opt.node << (interrupted ? " drained" : " finished") << ": " << p.written << "/"
-            << p.total << " records in " << output_dir << " (" << sup.restarts() << " restarts)\n";
+  Progress p = ReadProgress(node_dir, opt.job_id);
+  std::cerr << "matrix node " << opt.node << (interrupted ? " drained" : " finished") << ": its partitions hold "
+            << p.written << "/" << p.total << " records in " << output_dir << " (" << sup.restarts()
+            << " restarts)\n";
   write_state(interrupted ? "drained" : "finished");
   return exit_code;
 }
