@@ -112,7 +112,7 @@ int NodeCommand(const NodeOptions& in) {
   }
   const std::string node_dir = opt.run_dir + "/nodes/" + opt.node;
   std::error_code ec;
-  for (const char* sub : {"endpoints", "progress", "prometheus"}) std::filesystem::remove_all(node_dir + "/" + sub, ec);
+  for (const char* sub : {"endpoints", "progress"}) std::filesystem::remove_all(node_dir + "/" + sub, ec);
   const std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
   for (const std::string& dir : {node_dir + "/logs", output_dir, opt.run_dir + "/models"}) {
     if (Status st = MakeDirs(dir); !st.ok()) {
@@ -180,7 +180,8 @@ int NodeCommand(const NodeOptions& in) {
     if (!start(spec)) return fail("cannot start " + name);
     worker_names.push_back(name);
   }
-  ScrapeTargets targets(node_dir, opt.node);
+  // Every node's list sits next to the others: one file_sd glob covers the job.
+  ScrapeTargets targets(node_dir, opt.node, opt.run_dir + "/prometheus/node-" + opt.node + ".json");
   for (const char* n : {"store", "broker"}) targets.Add(n);
   for (const auto& n : worker_names) targets.Add(n);
 

@@ -8,7 +8,7 @@
 //   <run_dir>/nodes/<node>/progress/        one file per worker
 //   <run_dir>/nodes/<node>/logs/            one log per daemon
 //   <run_dir>/nodes/<node>/node.json        state, pids, partitions
-//   <run_dir>/nodes/<node>/prometheus/targets.json   file-SD scrape targets
+//   <run_dir>/prometheus/node-<node>.json   file-SD scrape targets of the node
 //   <run_dir>/models/<model>/<host>_<port>  model servers (slurm/model_server.sbatch)
 //
 // Brokers find each other through the endpoint files; each links to its

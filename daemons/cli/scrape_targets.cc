@@ -24,7 +24,9 @@ std::string DaemonKind(const std::string& process_name) {
 }
 
 ScrapeTargets::ScrapeTargets(std::string run_dir, std::string node)
-    : run_dir_(std::move(run_dir)), node_(std::move(node)) {}
+    : run_dir_(std::move(run_dir)),
+      node_(std::move(node)),
+      path_(targets_path.empty() ? run_dir_ + "/prometheus/targets.json" : std::move(targets_path)) {}
 
 void ScrapeTargets::Add(const std::string& process_name) {
   for (const auto& p : processes_)
@@ -59,7 +61,7 @@ StatusOr<bool> ScrapeTargets::Refresh() {
   }
   std::string content = groups.dump(2) + "\n";
   if (content != written_) {
-    MATRIX_RETURN_IF_ERROR(MakeDirs(run_dir_ + "/prometheus"));
+    MATRIX_RETURN_IF_ERROR(MakeDirs(path_.substr(0, path_.rfind('/'))));
     MATRIX_RETURN_IF_ERROR(WriteFileAtomic(path(), content));
     written_ = content;
   }

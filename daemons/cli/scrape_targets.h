@@ -33,8 +33,10 @@ std::string DaemonKind(const std::string& process_name);
 
 class ScrapeTargets {
  public:
-  // `node` is the value of the `node` label of every target.
-  ScrapeTargets(std::string run_dir, std::string node);
+  // `node` is the value of the `node` label of every target. Endpoint files
+  // are read from <run_dir>/endpoints; the list goes to `targets_path`
+  // (default <run_dir>/prometheus/targets.json).
+  ScrapeTargets(std::string run_dir, std::string node, std::string targets_path = "");
 
   void Add(const std::string& process_name);
   // Drops the published address of a process that exited, so Prometheus stops
@@ -50,11 +52,12 @@ class ScrapeTargets {
 
   // "name=host:port" of every process whose address is known.
   std::vector<std::string> Addresses() const;
-  std::string path() const { return run_dir_ + "/prometheus/targets.json"; }
+  const std::string& path() const { return path_; }
 
  private:
   std::string run_dir_;
   std::string node_;
+  std::string path_;
   std::vector<ScrapeProcess> processes_;
   std::vector<std::string> addresses_;  // per process; "" until published
   std::string written_;                 // content last written
