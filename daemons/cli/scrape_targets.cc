@@ -23,7 +23,7 @@ std::string DaemonKind(const std::string& process_name) {
   return process_name;
 }
 
-ScrapeTargets::ScrapeTargets(std::string run_dir, std::string node)
+ScrapeTargets::ScrapeTargets(std::string run_dir, std::string node, std::string targets_path)
     : run_dir_(std::move(run_dir)),
       node_(std::move(node)),
       path_(targets_path.empty() ? run_dir_ + "/prometheus/targets.json" : std::move(targets_path)) {}
