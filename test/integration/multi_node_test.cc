@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <regex>
+#include <set>
 
 #include "common/base/files.h"
 #include "common/base/strings.h"
@@ -87,6 +87,26 @@ TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
       },
       90000))
       << "crossed " << crossed << ", remote fetches " << remote_fetches;
+  // Prometheus file-SD lists every daemon of every node.
+  for (int i = 1; i <= 3; ++i) {
+    const std::string node = "n" + std::to_string(i);
+    Json groups;
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          auto text = ReadFile(run + "/prometheus/node-" + node + ".json");
+          groups = text.ok() ? Json::parse(*text, nullptr, false) : Json();
+          return groups.is_array() && groups.size() == 3;
+        },
+        10000))
+        << node << ": " << groups.dump();
+    std::set<std::string> daemons;
+    for (const auto& g : groups) {
+      EXPECT_EQ(g["labels"]["node"], node);
+      EXPECT_EQ(g["targets"].size(), 1u);
+      daemons.insert(g["labels"]["daemon"].get<std::string>());
+    }
+    EXPECT_EQ(daemons, (std::set<std::string>{"broker", "store", "worker"}));
+  }
   // A model server dies mid-run and comes back on the same address.
   const size_t before = ReadRecords(out).size();
   ASSERT_LT(before, static_cast<size_t>(kTasks) * 3 / 4) << "the run ended too soon to kill a model server";
