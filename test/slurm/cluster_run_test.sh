@@ -114,9 +114,13 @@ wait_job() {
 }
 wait_running() {
   local deadline=$(($(date +%s) + $2)) state
-  until [[ $(job_field "$1" JobState) == RUNNING ]]; do
+  while :; do
     state=$(job_field "$1" JobState)
-    case $state in PENDING | CONFIGURING | "") ;; *) fail "job $1 is $state, expected RUNNING" ;; esac
+    case $state in
+      RUNNING) return 0 ;;
+      PENDING | CONFIGURING | "") ;;
+      *) fail "job $1 is $state, expected RUNNING" ;;
+    esac
     (($(date +%s) < deadline)) || fail "job $1 not running after $2 s"
     sleep 0.2
   done
@@ -361,11 +365,20 @@ source "$DIR/env.sh"
 SHARED=$MATRIX_SLURM_SHARED
 ip_of() { local v=MATRIX_SLURM_IP_$1; echo "${!v}"; }
 
+# targets_file RUN NODE: the node's Prometheus file-SD list, RUN/prometheus/node-<node>.json
+# (read by a Prometheus job over prometheus/*.json), or RUN/nodes/<node>/prometheus/targets.json.
+targets_file() {
+  if [[ -e $1/prometheus/node-$2.json ]]; then
+    echo "$1/prometheus/node-$2.json"
+  else
+    echo "$1/nodes/$2/prometheus/targets.json"
+  fi
+}
 # scrape_all RUN STATE: every node's targets.json, scraped from inside the node.
 scrape_all() {
   local run=$1 state=$2 node tf targets
   for node in $MATRIX_SLURM_NODES; do
-    tf=$run/nodes/$node/prometheus/targets.json
+    tf=$(targets_file "$run" "$node")
     [[ -s $tf ]] || continue
     targets=$(python3 "$TOOLS/targets.py" "$tf" "$node" 2>/dev/null | awk '{ print $1 "=" $2 }') || continue
     # shellcheck disable=SC2016,SC2086  # expanded inside the node; one target per word
@@ -406,7 +419,7 @@ all_targets_ready() {
   local node
   for node in $MATRIX_SLURM_NODES; do
     [[ -s $RUN1/nodes/$node/endpoints/broker ]] || return 1
-    python3 "$TOOLS/targets.py" "$RUN1/nodes/$node/prometheus/targets.json" "$node" >/dev/null || return 1
+    python3 "$TOOLS/targets.py" "$(targets_file "$RUN1" "$node")" "$node" >/dev/null || return 1
   done
 }
 wait_for 90 "endpoints and Prometheus targets of all 3 nodes" all_targets_ready
@@ -416,7 +429,12 @@ for node in $MATRIX_SLURM_NODES; do
   echo "$node endpoints: $(names "$RUN1/nodes/$node/endpoints")"
   has_file "$RUN1/nodes/$node/endpoints" store || fail "no store endpoint on $node"
   has_file "$RUN1/nodes/$node/endpoints" worker || fail "no worker endpoint on $node"
-  python3 "$TOOLS/targets.py" "$RUN1/nodes/$node/prometheus/targets.json" "$node" | sed "s/^/$node target: /"
+  echo "$node targets: $(targets_file "$RUN1" "$node")"
+  python3 "$TOOLS/targets.py" "$(targets_file "$RUN1" "$node")" "$node" | sed "s/^/$node target: /"
+  n_workers=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["workers"])' "$RUN1/nodes/$node/node.json") ||
+    fail "$RUN1/nodes/$node/node.json: no JSON with the node's workers"
+  n_targets=$(python3 "$TOOLS/targets.py" "$(targets_file "$RUN1" "$node")" "$node" | awk '$2 == "worker"' | wc -l)
+  ((n_targets == n_workers)) || fail "$node runs $n_workers workers, its targets list $n_targets"
 done
 scrape_all "$RUN1" "$STATE1"
 
