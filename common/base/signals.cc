@@ -19,6 +19,14 @@ StatusOr<int> CreateSignalFd(std::initializer_list<int> signals) {
   return fd;
 }
 
+StatusOr<int> CreateStopSignalFd(const std::string& stop_signal) {
+  if (stop_signal.empty() || stop_signal == "term") return CreateSignalFd({SIGTERM, SIGINT});
+  if (stop_signal != "usr1") return InvalidArgument("unknown stop signal '" + stop_signal + "' (term or usr1)");
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  return CreateSignalFd({SIGUSR1});
+}
+
 int ReadSignal(int fd) {
   signalfd_siginfo info;
   ssize_t n = read(fd, &info, sizeof(info));

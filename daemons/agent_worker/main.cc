@@ -36,13 +36,13 @@ int main(int argc, char** argv) {
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
                                          "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
                                          "log-level", "nodes-dir", "keys-dir", "job", "models-dir",
-                                         "progress-ms", "finished-dir"});
+                                         "progress-ms", "finished-dir", "stop-signal"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
   }
   if (flags->Get("log-level") == "debug") SetLogLevel(LogLevel::kDebug);
-  auto sigfd = CreateSignalFd({SIGTERM, SIGINT});
+  auto sigfd = CreateStopSignalFd(flags->Get("stop-signal"));
   if (!sigfd.ok()) return 1;
   signal(SIGPIPE, SIG_IGN);
   RaiseOpenFileLimit();

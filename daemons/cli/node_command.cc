@@ -130,6 +130,8 @@ int NodeCommand(const NodeOptions& in) {
   auto log = [&](const std::string& name) { return node_dir + "/logs/" + name + ".log"; };
   auto start = [&](ChildSpec spec) {
     spec.log_path = log(spec.name);
+    spec.stop_signal = SIGUSR1;
+    spec.die_with_parent = true;
     Status st = sup.Start(spec);
     if (!st.ok()) std::cerr << "error: cannot start " << spec.name << ": " << st.message() << "\n";
     return st.ok();
@@ -139,8 +141,10 @@ int NodeCommand(const NodeOptions& in) {
     sup.StopAll(3000);
     return 1;
   };
-  const std::vector<std::string> common = {"--run-dir", node_dir, "--node", opt.node, "--keys-dir", opt.run_dir,
-                                           "--metrics", metrics};
+  // SLURM signals every process of the step: the daemons leave SIGTERM to
+  // this process and stop on SIGUSR1, in order (workers drain first).
+  const std::vector<std::string> common = {"--run-dir", node_dir,  "--node",    opt.node,   "--keys-dir",
+                                           opt.run_dir, "--metrics", metrics, "--stop-signal", "usr1"};
   auto with = [&](std::vector<std::string> argv) {
     argv.insert(argv.end(), common.begin(), common.end());
     return argv;
@@ -235,7 +239,8 @@ int NodeCommand(const NodeOptions& in) {
   }
   write_state(interrupted ? "draining" : "finishing");
   // Workers first: they finish or hand back their work within the grace.
-  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000, *sigfd);
+  // Not interruptible: SLURM may deliver its SIGTERM more than once.
+  sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000);
   sup.StopAll(5000);
   if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
   Progress p = ReadProgress(node_dir, opt.job_id);

@@ -1,5 +1,7 @@
 #include "daemons/cli/process.h"
 
+#include <sys/prctl.h>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -25,6 +27,7 @@ std::string SelfDir() {
 Supervisor::~Supervisor() { StopAll(2000); }
 
 Status Supervisor::Spawn(Child& child) {
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return Internal(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
@@ -33,6 +36,10 @@ Status Supervisor::Spawn(Child& child) {
     sigfillset(&all);
     sigprocmask(SIG_UNBLOCK, &all, nullptr);
     setpgid(0, 0);  // Ctrl-C on the terminal reaches only `matrix`, which stops children in order
+    if (child.spec.die_with_parent) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);  // the parent died before prctl
+    }
     int fd = open(child.spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -92,7 +99,7 @@ void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms, int i
     return false;
   };
   for (auto& c : children_)
-    if (selected(c)) kill(c.pid, SIGTERM);
+    if (selected(c)) kill(c.pid, c.spec.stop_signal);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
   while (std::chrono::steady_clock::now() < deadline) {
     bool any = false;

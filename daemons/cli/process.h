@@ -18,6 +18,8 @@ struct ChildSpec {
   std::vector<std::string> argv;  // argv[0] is the executable path
   std::string log_path;
   bool restart = true;            // restart when it exits while the run goes on
+  int stop_signal = 15;           // what Stop() sends first (SIGTERM; SIGUSR1 for `--stop-signal usr1`)
+  bool die_with_parent = false;   // SIGKILL when the supervisor dies (PR_SET_PDEATHSIG)
 };
 
 class Supervisor {
@@ -30,7 +32,7 @@ class Supervisor {
   pid_t Pid(const std::string& name) const;
   bool Running(const std::string& name) const;
   int restarts() const { return restarts_; }
-  // SIGTERM to the named children (all when empty), wait up to grace_ms, then
+  // Each child's stop signal to the named children (all when empty), wait up to grace_ms, then
   // SIGKILL. A signal arriving on `interrupt_fd` (a signalfd) while waiting
   // ends the wait at once: a second Ctrl-C means now.
   void Stop(const std::vector<std::string>& names, int grace_ms, int interrupt_fd = -1);

@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   SetLogComponent("store");
   auto flags = Flags::Parse(argc, argv, {"bind", "run-dir", "name", "node", "memory-budget-mb",
                                          "spill-dir", "ttl-s", "max-object-mb", "metrics", "log-level",
-                                         "keys-dir"});
+                                         "keys-dir", "stop-signal"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
               : level == "warning" ? LogLevel::kWarning
               : level == "error" ? LogLevel::kError : LogLevel::kInfo);
   // Blocked before any thread (ZeroMQ's I/O threads) starts.
-  auto sigfd = CreateSignalFd({SIGTERM, SIGINT});
+  auto sigfd = CreateStopSignalFd(flags->Get("stop-signal"));
   if (!sigfd.ok()) {
     LOG_ERROR << sigfd.status().ToString();
     return 1;

@@ -18,13 +18,13 @@ int main(int argc, char** argv) {
   SetLogComponent("broker");
   auto flags = Flags::Parse(argc, argv, {"bind", "run-dir", "name", "heartbeat-ms", "worker-timeout-ms",
                                          "max-batch", "metrics", "log-level", "node", "nodes-dir", "keys-dir",
-                                         "peer-fanout", "peer-window"});
+                                         "peer-fanout", "peer-window", "stop-signal"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
   }
   if (flags->Get("log-level") == "debug") SetLogLevel(LogLevel::kDebug);
-  auto sigfd = CreateSignalFd({SIGTERM, SIGINT});
+  auto sigfd = CreateStopSignalFd(flags->Get("stop-signal"));
   if (!sigfd.ok()) return 1;
 
   broker::BrokerServerConfig config;

@@ -9,6 +9,7 @@
 // (The same on a real SLURM cluster with network namespaces:
 // test/slurm/cluster_run_test.sh.)
 #include <signal.h>
+#include <sys/types.h>
 
 #include <gtest/gtest.h>
 
@@ -143,6 +144,71 @@ TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
         probed_back = true;
   }
   EXPECT_TRUE(probed_back) << "no worker put the restarted model server back";
+}
+
+// What `scancel` does to a job step: SIGTERM to every process of it at once,
+// `matrix node` and its daemons alike. The daemons leave it to their node,
+// which drains the workers first; every node exits 0, the output is whole
+// lines, and the same command again (a new job) completes the rest.
+TEST(MultiNodeTest, StepWideSigtermDrainsInOrderAndTheNextJobResumes) {
+  TempDir dir;
+  const std::string run = dir.File("run"), out = dir.File("out");
+  ASSERT_EQ(RunCommand(BinPath("matrix") + " keys " + run), 0);
+  ChildProcess sim({BinPath("matrix-llm-sim"), "--listen", "127.0.0.1:0", "--run-dir", dir.File("sim"), "--name",
+                    "sim", "--speed", "2"},
+                   dir.File("sim.log"));
+  auto url = WaitEndpointFile(dir.File("sim"), "sim", 10000);
+  ASSERT_TRUE(url.ok());
+  ASSERT_TRUE(MakeDirs(run + "/models/llama").ok());
+  ASSERT_TRUE(WriteFileAtomic(run + "/models/llama/sim", Trim(*url) + "\n").ok());
+  const int kTasks = 200;
+  auto start_nodes = [&](const std::string& job) {
+    std::vector<std::unique_ptr<ChildProcess>> nodes;
+    for (int i = 0; i < 2; ++i) {
+      const std::string node = "n" + std::to_string(i + 1);
+      nodes.push_back(std::make_unique<ChildProcess>(
+          std::vector<std::string>{BinPath("matrix"), "node", "--run-dir", run, "--output", out, "--node", node,
+                                   "--node-index", std::to_string(i), "--nodes", "2", "--bind-host", "127.0.0.1",
+                                   "--job", job, "--grace-s", "4", SourcePath("configs/coral.yaml"),
+                                   "dataset.limit=" + std::to_string(kTasks), "dataset.partitions=2",
+                                   "run.max_concurrent_tasks=40"},
+          dir.File(node + "-" + job + ".log")));
+    }
+    return nodes;
+  };
+  {
+    auto nodes = start_nodes("j1");
+    ASSERT_TRUE(WaitUntil([&] { return ReadRecords(out).size() >= 30; }, 90000));
+    // Every process of the "step" (the char class keeps the shell out).
+    std::string pids;
+    ASSERT_EQ(RunCommand("pgrep -f -- '" + run.substr(0, run.size() - 1) + "[n]'", &pids), 0);
+    std::istringstream list(pids);
+    int killed = 0;
+    for (std::string pid; std::getline(list, pid);) killed += ::kill(std::stoi(pid), SIGTERM) == 0;
+    EXPECT_GE(killed, 2 * 4);  // two nodes, each with a broker, a store and a worker
+    for (auto& n : nodes) EXPECT_EQ(n->Wait(20000), 0);
+  }
+  const size_t first = ReadRecords(out).size();  // throws on a torn line
+  EXPECT_LT(first, static_cast<size_t>(kTasks));
+  for (const char* node : {"n1", "n2"}) {
+    const std::string logs = run + "/nodes/" + node + "/logs/";
+    auto worker = ReadFile(logs + "worker-0.log");
+    ASSERT_TRUE(worker.ok());
+    EXPECT_NE(worker->find("draining"), std::string::npos) << node;
+    EXPECT_EQ(worker->find("second signal"), std::string::npos) << node << ": the drain was cut short";
+    auto state = ReadFile(run + "/nodes/" + node + "/node.json");
+    ASSERT_TRUE(state.ok());
+    EXPECT_EQ(Json::parse(*state).value("state", ""), "drained");
+  }
+  {
+    auto nodes = start_nodes("j2");
+    for (auto& n : nodes) EXPECT_EQ(n->Wait(180000), 0);
+  }
+  std::vector<std::string> dups;
+  auto records = ReadRecords(out);
+  auto ids = TaskIds(records, &dups);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kTasks));
+  EXPECT_TRUE(dups.empty()) << dups.size() << " duplicates";
 }
 
 }  // namespace
