@@ -68,6 +68,25 @@ bool AllPartitionsFinished(const std::string& finished_dir, int partitions) {
   return true;
 }
 
+// "job J (node N)" when a node of another job wrote its state within the last
+// 90 s and has not finished; "" otherwise.
+std::string LiveNodeOfAnotherJob(const std::string& run_dir, const std::string& job) {
+  const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  for (const auto& node : RunNodes(run_dir)) {
+    auto text = ReadFile(run_dir + "/nodes/" + node + "/node.json");
+    if (!text.ok()) continue;
+    Json j = Json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || j.value("job", "") == job) continue;
+    const std::string state = j.value("state", "");
+    if (state != "running" && state != "draining" && state != "finishing") continue;
+    if (now_us - j.value("updated_us", int64_t{0}) < 90'000'000)
+      return "job " + j.value("job", "?") + " (node " + node + ")";
+  }
+  return "";
+}
+
 }  // namespace
 
 int KeysCommand(const std::string& run_dir) {
@@ -111,6 +130,13 @@ int NodeCommand(const NodeOptions& in) {
     return 2;
   }
   const std::string node_dir = opt.run_dir + "/nodes/" + opt.node;
+  // Partitions are assigned per job: another job's live nodes on this run
+  // directory would own the same partitions and write the same records.
+  if (std::string other = LiveNodeOfAnotherJob(opt.run_dir, opt.job_id); !other.empty()) {
+    std::cerr << "error: " << opt.run_dir << " is in use by " << other
+              << "; wait for that job to end (or cancel it), or use another run directory\n";
+    return 2;
+  }
   std::error_code ec;
   for (const char* sub : {"endpoints", "progress"}) std::filesystem::remove_all(node_dir + "/" + sub, ec);
   const std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
@@ -211,6 +237,7 @@ int NodeCommand(const NodeOptions& in) {
 
   auto t0 = std::chrono::steady_clock::now();
   auto last_line = t0;
+  auto last_state = t0;
   bool interrupted = false;
   int exit_code = 0;
   while (true) {
@@ -228,13 +255,16 @@ int NodeCommand(const NodeOptions& in) {
     if (auto refreshed = targets.Refresh(); !refreshed.ok()) LOG_WARN << refreshed.status().message();
     if (AllPartitionsFinished(finished_dir, partitions)) break;
     auto now = std::chrono::steady_clock::now();
+    if (now - last_state > std::chrono::seconds(10)) {
+      last_state = now;
+      write_state("running");  // fresh: other jobs see this run directory is in use
+    }
     if (now - last_line > std::chrono::seconds(opt.progress_interval_s)) {
       last_line = now;
       // The first node reports the whole run, the others their own workers.
       Progress p = opt.node_index == 0 ? ReadProgress(opt.run_dir, opt.job_id) : ReadProgress(node_dir, opt.job_id);
       double t = std::chrono::duration<double>(now - t0).count();
       std::cerr << "[" << opt.node << "] " << FormatProgress(p, t, t > 0 ? p.tokens / t : 0, 0) << "\n";
-      write_state("running");
     }
   }
   write_state(interrupted ? "draining" : "finishing");

@@ -179,6 +179,13 @@ TEST(MultiNodeTest, StepWideSigtermDrainsInOrderAndTheNextJobResumes) {
   {
     auto nodes = start_nodes("j1");
     ASSERT_TRUE(WaitUntil([&] { return ReadRecords(out).size() >= 30; }, 90000));
+    // Another job on the same run directory would own the same partitions.
+    std::string refused;
+    EXPECT_EQ(RunCommand(BinPath("matrix") + " node --run-dir " + run + " --node n9 --node-index 0 --nodes 1 --job other " +
+                             SourcePath("configs/coral.yaml") + " 2>&1",
+                         &refused),
+              2);
+    EXPECT_NE(refused.find("in use by job j1"), std::string::npos) << refused;
     // Every process of the "step" (the char class keeps the shell out).
     std::string pids;
     ASSERT_EQ(RunCommand("pgrep -f -- '" + run.substr(0, run.size() - 1) + "[n]'", &pids), 0);
