@@ -70,8 +70,28 @@ const char* TaskStatusName(TaskStatus s) {
   return "unknown";
 }
 
+namespace {
+// One builder per thread, reused: its buffer stays allocated between calls.
+FlatBufferBuilder& BuildTask(const Task& t);
+}  // namespace
+
 std::string EncodeTask(const Task& t) {
-  // One builder per thread, reused: its buffer stays allocated between calls.
+  FlatBufferBuilder& b = BuildTask(t);
+  return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+}
+
+size_t AppendPackedTask(const Task& t, std::string* bundle) {
+  FlatBufferBuilder& b = BuildTask(t);
+  const uint32_t n = static_cast<uint32_t>(b.GetSize());
+  const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                       static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+  bundle->append(len, 4);
+  bundle->append(reinterpret_cast<const char*>(b.GetBufferPointer()), n);
+  return n;
+}
+
+namespace {
+FlatBufferBuilder& BuildTask(const Task& t) {
   static thread_local FlatBufferBuilder b(8192);
   b.Clear();
   std::vector<Offset<fbs::Counter>> counters;
@@ -121,8 +141,9 @@ std::string EncodeTask(const Task& t) {
       spans.empty() ? 0 : b.CreateVector(spans), branch, t.created_us, t.enqueue_us, t.hops,
       archive.empty() ? 0 : b.CreateVector(archive));
   b.Finish(root);
-  return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+  return b;
 }
+}  // namespace
 
 Status VerifyTask(std::string_view bytes, size_t max_bytes) {
   MATRIX_RETURN_IF_ERROR(CheckSize(bytes, max_bytes, "task message"));
@@ -389,6 +410,55 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
     default: return InvalidArgument("control message has no known body");
   }
   return c;
+}
+
+std::string PackPayloads(const std::vector<std::string>& payloads) {
+  size_t total = 0;
+  for (const auto& p : payloads) total += 4 + p.size();
+  std::string out;
+  out.reserve(total);
+  for (const auto& p : payloads) {
+    const uint32_t n = static_cast<uint32_t>(p.size());
+    const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                         static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+    out.append(len, 4);
+    out.append(p);
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::string>> UnpackPayloads(const std::vector<std::string>& frames, size_t first,
+                                                  size_t expected, size_t max_item_bytes) {
+  MATRIX_ASSIGN_OR_RETURN(auto views, UnpackPayloadViews(frames, first, expected, max_item_bytes));
+  return std::vector<std::string>(views.begin(), views.end());
+}
+
+StatusOr<std::vector<std::string_view>> UnpackPayloadViews(const std::vector<std::string>& frames, size_t first,
+                                                           size_t expected, size_t max_item_bytes) {
+  std::vector<std::string_view> out;
+  if (frames.size() == first) {
+    if (expected != 0) return InvalidArgument("missing payload frame for " + std::to_string(expected) + " items");
+    return out;
+  }
+  if (frames.size() != first + 1) return InvalidArgument("more than one payload frame");
+  const std::string& bundle = frames[first];
+  out.reserve(expected);
+  size_t pos = 0;
+  while (pos < bundle.size()) {
+    if (bundle.size() - pos < 4) return InvalidArgument("truncated payload length");
+    const auto* b = reinterpret_cast<const unsigned char*>(bundle.data() + pos);
+    const size_t n = static_cast<size_t>(b[0]) | static_cast<size_t>(b[1]) << 8 | static_cast<size_t>(b[2]) << 16 |
+                     static_cast<size_t>(b[3]) << 24;
+    pos += 4;
+    if (n > max_item_bytes) return InvalidArgument("payload of " + std::to_string(n) + " bytes is above the limit");
+    if (bundle.size() - pos < n) return InvalidArgument("truncated payload");
+    if (out.size() == expected) return InvalidArgument("more payloads than items");
+    out.emplace_back(bundle.data() + pos, n);
+    pos += n;
+  }
+  if (out.size() != expected)
+    return InvalidArgument(std::to_string(out.size()) + " payloads for " + std::to_string(expected) + " items");
+  return out;
 }
 
 }  // namespace matrix::wire

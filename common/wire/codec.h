@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/base/status.h"
 #include "common/wire/control.h"
@@ -18,6 +19,9 @@ namespace matrix::wire {
 constexpr size_t kDefaultMaxMessageBytes = 64 << 20;
 
 std::string EncodeTask(const Task& task);
+// Encodes `task` straight into a payload bundle (see PackPayloads); returns
+// the task's encoded size.
+size_t AppendPackedTask(const Task& task, std::string* bundle);
 StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes = kDefaultMaxMessageBytes);
 // Verification alone (brokers forward tasks without decoding them).
 Status VerifyTask(std::string_view bytes, size_t max_bytes = kDefaultMaxMessageBytes);
@@ -32,5 +36,19 @@ StatusOr<TaskHeader> PeekTask(std::string_view bytes, size_t max_bytes = kDefaul
 
 std::string EncodeControl(const Control& control);
 StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes = 1 << 20);
+
+// Task payloads of one control message travel packed in a single frame after
+// the envelope, each as [uint32 little-endian length][bytes]: ZeroMQ's cost
+// is per frame, so a batch of 256 tasks costs one frame, not 256. No frame
+// when there are no payloads.
+std::string PackPayloads(const std::vector<std::string>& payloads);
+// Unpacks frames[first..] into exactly `expected` payloads (each at most
+// max_item_bytes); kInvalidArgument on any mismatch or truncation.
+StatusOr<std::vector<std::string>> UnpackPayloads(const std::vector<std::string>& frames, size_t first,
+                                                  size_t expected, size_t max_item_bytes = kDefaultMaxMessageBytes);
+// The same without copies: views into frames[first], valid while it lives.
+StatusOr<std::vector<std::string_view>> UnpackPayloadViews(const std::vector<std::string>& frames, size_t first,
+                                                           size_t expected,
+                                                           size_t max_item_bytes = kDefaultMaxMessageBytes);
 
 }  // namespace matrix::wire

@@ -67,7 +67,7 @@ class Worker::Impl {
 
   // Event handlers.
   void OnBrokerMessage(std::vector<std::string>& frames);
-  void OnDelivery(const wire::DeliverItem& item, std::string& payload);
+  void OnDelivery(const wire::DeliverItem& item, std::string_view payload);
   void OnLlmResults();
   // Task pipeline.
   void Fetch(uint64_t id, std::function<void(uint64_t)> then);
@@ -93,7 +93,8 @@ class Worker::Impl {
   Partition* FindPartition(const std::string& owner);
   // Broker session.
   void Register(bool draining);
-  void Send(const wire::Control& control, std::vector<std::string> payloads = {});
+  // `bundle`: the control message's task payloads, packed (wire::PackPayloads).
+  void Send(const wire::Control& control, std::string bundle = "");
   void FlushSubmits();
   void WriteProgress(bool final);
   // Metrics: labelled series resolved on first use and kept.
@@ -147,7 +148,7 @@ class Worker::Impl {
   std::unordered_map<const config::StepConfig*, StepParts> parts_;
   uint64_t next_run_ = 1;
   wire::SubmitMsg submit_batch_;
-  std::vector<std::string> submit_payloads_;
+  std::string submit_bundle_;  // payloads of submit_batch_, packed
 
   std::atomic<bool> stop_requested_{false};
   bool draining_ = false;
@@ -333,11 +334,11 @@ void Worker::Impl::SyncStoreMetrics() {
   store_synced_ = now;
 }
 
-void Worker::Impl::Send(const wire::Control& control, std::vector<std::string> payloads) {
+void Worker::Impl::Send(const wire::Control& control, std::string bundle) {
   transport::Frames frames;
-  frames.reserve(1 + payloads.size());
+  frames.reserve(2);
   frames.push_back(wire::EncodeControl(control));
-  for (auto& p : payloads) frames.push_back(std::move(p));
+  if (!bundle.empty()) frames.push_back(std::move(bundle));
   Status st = broker_->Send(frames);
   if (!st.ok()) LOG_WARN << "send to broker failed: " << st.message();
   last_send_ns_ = clock_->NowNanos();
@@ -358,9 +359,9 @@ void Worker::Impl::Register(bool draining) {
 
 void Worker::Impl::FlushSubmits() {
   if (submit_batch_.items.empty()) return;
-  Send(wire::Control{identity_, std::move(submit_batch_)}, std::move(submit_payloads_));
+  Send(wire::Control{identity_, std::move(submit_batch_)}, std::move(submit_bundle_));
   submit_batch_.items.clear();
-  submit_payloads_.clear();
+  submit_bundle_.clear();
 }
 
 void Worker::Impl::Ack(uint64_t lease, bool requeue) {
@@ -384,14 +385,15 @@ void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
     return;
   }
   if (auto* deliver = std::get_if<wire::DeliverMsg>(&control->body)) {
-    if (frames.size() != 1 + deliver->items.size()) {
+    auto payloads = wire::UnpackPayloadViews(frames, 1, deliver->items.size(), config_.max_message_bytes);
+    if (!payloads.ok()) {
       ++invalid_;
       refused_malformed_.Inc();
-      LOG_WARN << "delivery with " << frames.size() - 1 << " payloads for " << deliver->items.size() << " items";
+      LOG_WARN << "delivery of " << deliver->items.size() << " items refused: " << payloads.status().message();
       for (const auto& item : deliver->items) Ack(item.lease, /*requeue=*/true);
       return;
     }
-    for (size_t i = 0; i < deliver->items.size(); ++i) OnDelivery(deliver->items[i], frames[1 + i]);
+    for (size_t i = 0; i < deliver->items.size(); ++i) OnDelivery(deliver->items[i], (*payloads)[i]);
   }
   if (auto* ack = std::get_if<wire::RegisterAckMsg>(&control->body)) {
     // A broker with a new identity lost whatever its predecessor queued:
@@ -402,7 +404,7 @@ void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
   // Heartbeats only refresh last_recv_ns_.
 }
 
-void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string& payload) {
+void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view payload) {
   if (draining_ && item.role.rfind("sink:", 0) != 0) {
     Ack(item.lease, /*requeue=*/true);
     return;
@@ -750,8 +752,8 @@ void Worker::Impl::SubmitRun(uint64_t id) {
   run.task.enqueue_us = clock_->WallMicros();
   run.task.hops++;
   submit_batch_.items.push_back({run.lease, run.next_role, run.task.task_id, false, true});
-  submit_payloads_.push_back(wire::EncodeTask(run.task));
-  metrics_.hop_bytes.Observe(static_cast<double>(submit_payloads_.back().size()));
+  const size_t bytes = wire::AppendPackedTask(run.task, &submit_bundle_);
+  metrics_.hop_bytes.Observe(static_cast<double>(bytes));
   runs_.erase(it);
   if (submit_batch_.items.size() >= 256) FlushSubmits();
 }

@@ -152,13 +152,12 @@ void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
   } else if (auto* sub = std::get_if<wire::SubmitMsg>(&control->body)) {
     size_t expected = 0;
     for (const auto& item : sub->items) expected += item.has_payload ? 1 : 0;
-    if (frames.size() != 2 + expected) return invalid("payload frame count does not match items");
-    std::vector<std::string> payloads;
-    payloads.reserve(expected);
-    for (size_t i = 2; i < frames.size(); ++i) {
-      Status st = wire::VerifyTask(frames[i], config_.max_message_bytes);
+    auto unpacked = wire::UnpackPayloads(frames, 2, expected, config_.max_message_bytes);
+    if (!unpacked.ok()) return invalid(unpacked.status().message());
+    std::vector<std::string> payloads = std::move(*unpacked);
+    for (const auto& p : payloads) {
+      Status st = wire::VerifyTask(p, config_.max_message_bytes);
       if (!st.ok()) return invalid("task payload: " + st.message());
-      payloads.push_back(std::move(frames[i]));
     }
     if (!core_.IsRegistered(peer) && !sub->items.empty()) {
       // Sources and clients may submit without serving a role.
@@ -177,10 +176,10 @@ void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
 void BrokerServer::SendAll(std::vector<Outgoing>& out) {
   for (auto& o : out) {
     transport::Frames frames;
-    frames.reserve(2 + o.payloads.size());
+    frames.reserve(3);
     frames.push_back(o.worker);
     frames.push_back(wire::EncodeControl(o.control));
-    for (auto& p : o.payloads) frames.push_back(std::move(p));
+    if (!o.payloads.empty()) frames.push_back(wire::PackPayloads(o.payloads));
     Status st = socket_->Send(frames);
     if (st.ok()) {
       metrics_->ByType(metrics_->set.messages_sent, metrics_->sent, o.control.body.index()).Inc();
@@ -400,14 +399,15 @@ void BrokerServer::HandleLinkMessage(Link& link, std::vector<std::string>& frame
     if (!link.registered) LOG_INFO << "linked to peer " << link.node;
     link.registered = true;
   } else if (auto* d = std::get_if<wire::DeliverMsg>(&control->body)) {
-    if (frames.size() != 1 + d->items.size()) return invalid("payload frame count does not match items");
+    auto payloads = wire::UnpackPayloads(frames, 1, d->items.size(), config_.max_message_bytes);
+    if (!payloads.ok()) return invalid(payloads.status().message());
     for (size_t i = 0; i < d->items.size(); ++i) {
-      Status st = wire::VerifyTask(frames[1 + i], config_.max_message_bytes);
+      Status st = wire::VerifyTask((*payloads)[i], config_.max_message_bytes);
       if (!st.ok()) {
         invalid("task payload: " + st.message());
         continue;  // not acked: the peer keeps it under lease
       }
-      core_.OnPeerDeliver(link.name, d->items[i], std::move(frames[1 + i]));
+      core_.OnPeerDeliver(link.name, d->items[i], std::move((*payloads)[i]));
     }
   } else if (!std::holds_alternative<wire::HeartbeatMsg>(control->body)) {
     invalid("unexpected message type on a peer link");

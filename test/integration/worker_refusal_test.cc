@@ -45,7 +45,7 @@ TEST(WorkerRefusalTest, UnknownPipelineHashIsRefusedNotRun) {
   task.input.text = "{}";
   wire::SubmitMsg submit{{{0, "ping", task.task_id, false, true}}};
   ASSERT_TRUE((*peer)
-                  ->Send({wire::EncodeControl(wire::Control{"intruder", submit}), wire::EncodeTask(task)})
+                  ->Send({wire::EncodeControl(wire::Control{"intruder", submit}), wire::PackPayloads({wire::EncodeTask(task)})})
                   .ok());
   Json refused;
   ASSERT_TRUE(WaitUntil(

@@ -78,6 +78,23 @@ TEST(TaskCodecTest, RejectsCorruptAndOversizedBuffers) {
   }
 }
 
+TEST(ControlCodecTest, PayloadsPackIntoOneFrameAndRefuseMismatches) {
+  std::vector<std::string> payloads = {"a", std::string(3000, 'x'), ""};
+  std::vector<std::string> frames = {"envelope", PackPayloads(payloads)};
+  auto back = UnpackPayloads(frames, 1, 3);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, payloads);
+  EXPECT_FALSE(UnpackPayloads(frames, 1, 2).ok());  // more payloads than items
+  EXPECT_FALSE(UnpackPayloads(frames, 1, 4).ok());  // fewer
+  EXPECT_FALSE(UnpackPayloads(frames, 1, 3, 100).ok());  // one above the size limit
+  frames[1].pop_back();
+  frames[1].pop_back();
+  EXPECT_FALSE(UnpackPayloads(frames, 1, 3).ok());  // truncated
+  EXPECT_TRUE(UnpackPayloads({"envelope"}, 1, 0).ok());
+  EXPECT_FALSE(UnpackPayloads({"envelope"}, 1, 1).ok());
+  EXPECT_FALSE(UnpackPayloads({"envelope", "x", "y"}, 1, 1).ok());
+}
+
 TEST(ControlCodecTest, RoundTripsEachBody) {
   Control reg{"w1", RegisterMsg{"w1", {{"teacher", 100}, {"sink:p0", 64}}, 7, false, "", 0}};
   auto r = DecodeControl(EncodeControl(reg));

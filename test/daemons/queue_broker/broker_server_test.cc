@@ -50,7 +50,7 @@ class BrokerServerTest : public ::testing::Test {
   }
   void SendControl(Socket* s, wire::ControlBody body, std::vector<std::string> payloads = {}) {
     Frames f{wire::EncodeControl(wire::Control{"test", std::move(body)})};
-    for (auto& p : payloads) f.push_back(std::move(p));
+    if (!payloads.empty()) f.push_back(wire::PackPayloads(payloads));
     ASSERT_TRUE(s->Send(f).ok());
   }
   // Receives until a message of type T arrives (skipping heartbeats).
@@ -92,8 +92,10 @@ TEST_F(BrokerServerTest, DeliversWithinCreditAndRedeliversAfterWorkerDies) {
   wire::DeliverMsg deliver;
   ASSERT_TRUE(RecvBody(w1.get(), &deliver, &frames));
   ASSERT_EQ(deliver.items.size(), 2u);
-  ASSERT_EQ(frames.size(), 3u);
-  EXPECT_TRUE(wire::VerifyTask(frames[1]).ok());
+  ASSERT_EQ(frames.size(), 2u);  // envelope + one frame packing both tasks
+  auto delivered = wire::UnpackPayloads(frames, 1, 2);
+  ASSERT_TRUE(delivered.ok()) << delivered.status().ToString();
+  EXPECT_TRUE(wire::VerifyTask((*delivered)[0]).ok());
   // w1 goes silent; w2 registers and gets the two leases back, redelivered.
   auto w2 = Dealer("w2");
   SendControl(w2.get(), wire::RegisterMsg{"w2", {{"teacher", 10}}, 0, false, "", 0});
@@ -207,7 +209,10 @@ TEST_F(BrokerPeersTest, ForwardsARoleServedOnlyByThePeerAndAcksWhenHandedOn) {
         Frames f;
         if (RecvBody(owner.get(), &d, &f, 100)) {
           got += d.items.size();
-          for (size_t i = 1; i < f.size(); ++i) EXPECT_TRUE(wire::VerifyTask(f[i]).ok());
+          auto payloads = wire::UnpackPayloads(f, 1, d.items.size());
+          EXPECT_TRUE(payloads.ok());
+          if (payloads.ok())
+            for (const auto& p : *payloads) EXPECT_TRUE(wire::VerifyTask(p).ok());
         }
         return got == 3;
       },
