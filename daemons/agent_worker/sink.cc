@@ -62,9 +62,12 @@ PartitionSink::~PartitionSink() {
 }
 
 StatusOr<bool> PartitionSink::Write(const Json& record) {
-  const std::string& id = record["task_id"].get_ref<const std::string&>();
+  return WriteLine(record["task_id"].get<std::string>(), record["status"].get<std::string>(),
+                   record.dump(-1, ' ', false, Json::error_handler_t::replace));
+}
+
+StatusOr<bool> PartitionSink::WriteLine(const std::string& id, const std::string& status, std::string line) {
   if (written_.count(id)) return false;
-  std::string line = record.dump(-1, ' ', false, Json::error_handler_t::replace);
   line.push_back('\n');
   size_t off = 0;
   while (off < line.size()) {
@@ -76,7 +79,7 @@ StatusOr<bool> PartitionSink::Write(const Json& record) {
     off += static_cast<size_t>(n);
   }
   written_.insert(id);
-  counts_[record["status"].get<std::string>()]++;
+  counts_[status]++;
   return true;
 }
 

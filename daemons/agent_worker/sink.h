@@ -29,6 +29,8 @@ class PartitionSink {
   // Appends the record unless its task id is already written (then returns
   // false). REQUIRES: record["task_id"] and record["status"] are strings.
   StatusOr<bool> Write(const Json& record);
+  // The same for a record already serialized as one JSON line (no newline).
+  StatusOr<bool> WriteLine(const std::string& task_id, const std::string& status, std::string line);
 
   const std::unordered_set<std::string>& written() const { return written_; }
   // Records written by this process, by status.

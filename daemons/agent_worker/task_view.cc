@@ -1,5 +1,7 @@
 #include "daemons/agent_worker/task_view.h"
 
+#include <cstdio>
+
 namespace matrix::worker {
 
 std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing) {
@@ -144,28 +146,35 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
   return ctx;
 }
 
-Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
+namespace {
+
+// Appends `s` as a JSON string: fast path for text that needs no escaping.
+void AppendJsonString(std::string* out, const std::string& s) {
+  bool plain = true;
+  for (unsigned char c : s) plain &= c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+  if (plain) {
+    out->push_back('"');
+    out->append(s);
+    out->push_back('"');
+  } else {
+    out->append(Json(s).dump(-1, ' ', false, Json::error_handler_t::replace));
+  }
+}
+
+void AppendSeconds(std::string* out, int64_t us) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6f", static_cast<double>(us) / 1e6);
+  out->append(buf);
+}
+
+// Record fields other than spans and input.
+Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
   Json turns = Json::array();
   int64_t prompt = 0, completion = 0;
   for (const auto& t : task.history) {
     turns.push_back(TurnJson(t, resolved, true));
     prompt += t.prompt_tokens;
     completion += t.completion_tokens;
-  }
-  Json spans = Json::array();
-  for (const auto& s : task.spans) {
-    spans.push_back({{"step", s.step},
-                     {"role", s.role},
-                     {"worker", s.worker},
-                     {"enqueue_us", s.enqueue_us},
-                     {"start_us", s.start_us},
-                     {"end_us", s.end_us},
-                     {"queue_wait_s", (s.start_us - s.enqueue_us) / 1e6},
-                     {"handling_s", (s.end_us - s.start_us) / 1e6},
-                     {"prompt_tokens", s.prompt_tokens},
-                     {"completion_tokens", s.completion_tokens},
-                     {"endpoint", s.endpoint},
-                     {"attempt", s.attempt}});
   }
   Json counters = Json::object();
   for (const auto& [k, v] : task.counters) counters[k] = v;
@@ -178,17 +187,63 @@ Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finis
               {"attempt", task.attempt},
               {"status", wire::TaskStatusName(task.status)},
               {"reason", task.reason},
-              {"input", InputJson(task, resolved)},
               {"vars", VarsJson(task)},
               {"counters", counters},
               {"turns", turns},
-              {"spans", spans},
               {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
               {"created_us", task.created_us},
               {"finished_us", finished_us},
               {"duration_s", (finished_us - task.created_us) / 1e6}};
   if (!task.error.empty()) rec["error"] = task.error;
   return rec;
+}
+
+}  // namespace
+
+Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
+  return Json::parse(RecordLine(task, resolved, finished_us));
+}
+
+std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
+  std::string line =
+      RecordWithoutSpansAndInput(task, resolved, finished_us).dump(-1, ' ', false, Json::error_handler_t::replace);
+  line.pop_back();  // the closing brace
+  line.append(",\"input\":");
+  bool missing = false;
+  const std::string text = ContentText(task.input, resolved, &missing);
+  if (missing) {
+    line.append("null");
+  } else if (text.find_first_of("\n\r") == std::string::npos && Json::accept(text)) {
+    line.append(text);  // valid JSON on one line: as it is
+  } else {
+    line.append(InputJson(task, resolved).dump(-1, ' ', false, Json::error_handler_t::replace));
+  }
+  line.append(",\"spans\":[");
+  bool first = true;
+  for (const auto& s : task.spans) {
+    line.append(first ? "{\"step\":" : ",{\"step\":");
+    first = false;
+    AppendJsonString(&line, s.step);
+    line.append(",\"role\":");
+    AppendJsonString(&line, s.role);
+    line.append(",\"worker\":");
+    AppendJsonString(&line, s.worker);
+    line.append(",\"enqueue_us\":").append(std::to_string(s.enqueue_us));
+    line.append(",\"start_us\":").append(std::to_string(s.start_us));
+    line.append(",\"end_us\":").append(std::to_string(s.end_us));
+    line.append(",\"queue_wait_s\":");
+    AppendSeconds(&line, s.start_us - s.enqueue_us);
+    line.append(",\"handling_s\":");
+    AppendSeconds(&line, s.end_us - s.start_us);
+    line.append(",\"prompt_tokens\":").append(std::to_string(s.prompt_tokens));
+    line.append(",\"completion_tokens\":").append(std::to_string(s.completion_tokens));
+    line.append(",\"endpoint\":");
+    AppendJsonString(&line, s.endpoint);
+    line.append(",\"attempt\":").append(std::to_string(s.attempt));
+    line.push_back('}');
+  }
+  line.append("]}");
+  return line;
 }
 
 }  // namespace matrix::worker

@@ -53,6 +53,11 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
 // The output record: identity, status and reason, input, vars, counters, every
 // turn with usage and timing, spans, and totals.
 Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us);
+// The same record as one JSON line (no trailing newline), written without
+// building a document for the parts that dominate its cost: the spans (one
+// per step) and an input that is already one line of valid JSON (embedded
+// as it is). Parses to the same value as BuildRecord.
+std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t finished_us);
 
 // Reads vars as JSON values (stored as JSON text).
 Json VarValue(const wire::Task& task, const std::string& name);

@@ -849,8 +849,8 @@ void Worker::Impl::ReadmitStale() {
 void Worker::Impl::WriteRecord(TaskRun& run) {
   Partition* part = FindPartition(run.task.owner);
   wire::Task full = Expanded(run);
-  Json record = BuildRecord(full, run.resolved, clock_->WallMicros());
-  auto written = part->sink->Write(record);
+  auto written = part->sink->WriteLine(full.task_id, wire::TaskStatusName(full.status),
+                                       RecordLine(full, run.resolved, clock_->WallMicros()));
   if (!written.ok()) {
     // The lease goes back so another attempt can write it; nothing is lost.
     LOG_ERROR << written.status().ToString();

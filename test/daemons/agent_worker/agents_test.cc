@@ -1,5 +1,6 @@
 // Unit tests of the built-in agents and flow routing on the Coral pipeline.
 #include "daemons/agent_worker/agents.h"
+#include "daemons/agent_worker/task_view.h"
 
 #include <gtest/gtest.h>
 
@@ -96,6 +97,55 @@ TEST(ContextPartsTest, ReadsOnlyWhatAnExpressionNames) {
   EXPECT_EQ(ContextPartsFor("vars.a == input.answer"), static_cast<unsigned>(kCtxVars | kCtxInput));
   EXPECT_EQ(ContextPartsFor("last.content =~ 'x'"), static_cast<unsigned>(kCtxHistory));
   EXPECT_EQ(ContextPartsFor("vars.last_answer"), static_cast<unsigned>(kCtxVars));
+}
+
+// The record line embeds a one-line JSON input as it is, writes the spans by
+// hand, and parses to the expected values; anything else goes through the
+// JSON library.
+TEST(RecordLineTest, ParsesToTheRecordWithSpansAndInput) {
+  wire::Task t;
+  t.task_id = "q1.t0";
+  t.status = wire::TaskStatus::kDone;
+  t.reason = "agreement";
+  t.input.text = R"({"question":"2+2?","options":["3","4"]})";
+  t.counters["steps"] = 2;
+  wire::Span a;
+  a.step = "ping";
+  a.role = "ping";
+  a.worker = "w\"0\u00e9";  // a quote and a non-ASCII character need escaping
+  a.enqueue_us = 1'000'000;
+  a.start_us = 1'000'250;
+  a.end_us = 1'001'250;
+  a.endpoint = "http://h:1/v1";
+  a.attempt = 1;
+  t.spans = {a, a};
+  const std::string line = RecordLine(t, {}, 2'000'000);
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  EXPECT_NE(line.find(t.input.text), std::string::npos) << "input embedded as it is";
+  Json r = Json::parse(line);
+  EXPECT_EQ(r["task_id"], "q1.t0");
+  EXPECT_EQ(r["status"], "done");
+  EXPECT_EQ(r["input"]["options"][1], "4");
+  EXPECT_EQ(r["counters"]["steps"], 2);
+  ASSERT_EQ(r["spans"].size(), 2u);
+  EXPECT_EQ(r["spans"][0]["worker"], "w\"0\u00e9");
+  EXPECT_EQ(r["spans"][0]["enqueue_us"], 1'000'000);
+  EXPECT_DOUBLE_EQ(r["spans"][0]["queue_wait_s"].get<double>(), 0.00025);
+  EXPECT_DOUBLE_EQ(r["spans"][0]["handling_s"].get<double>(), 0.001);
+  EXPECT_EQ(r["spans"][1]["endpoint"], "http://h:1/v1");
+  EXPECT_EQ(r["spans"][1]["attempt"], 1);
+  EXPECT_DOUBLE_EQ(r["duration_s"].get<double>(), 2.0);
+
+  // Input that is not JSON, or spans lines: re-encoded, still one line.
+  t.input.text = "plain text\nwith a newline";
+  Json plain = Json::parse(RecordLine(t, {}, 2'000'000));
+  EXPECT_EQ(plain["input"], "plain text\nwith a newline");
+  t.input.text = "{\"a\":\n1}";
+  const std::string multi = RecordLine(t, {}, 2'000'000);
+  EXPECT_EQ(multi.find('\n'), std::string::npos);
+  EXPECT_EQ(Json::parse(multi)["input"]["a"], 1);
+  t.spans.clear();
+  EXPECT_TRUE(Json::parse(RecordLine(t, {}, 2'000'000))["spans"].empty());
 }
 
 }  // namespace
