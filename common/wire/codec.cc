@@ -82,12 +82,8 @@ std::string EncodeTask(const Task& t) {
 
 size_t AppendPackedTask(const Task& t, std::string* bundle) {
   FlatBufferBuilder& b = BuildTask(t);
-  const uint32_t n = static_cast<uint32_t>(b.GetSize());
-  const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
-                       static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
-  bundle->append(len, 4);
-  bundle->append(reinterpret_cast<const char*>(b.GetBufferPointer()), n);
-  return n;
+  AppendPacked(std::string_view(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize()), bundle);
+  return b.GetSize();
 }
 
 namespace {
@@ -412,18 +408,20 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
   return c;
 }
 
+void AppendPacked(std::string_view payload, std::string* bundle) {
+  const uint32_t n = static_cast<uint32_t>(payload.size());
+  const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                       static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+  bundle->append(len, 4);
+  bundle->append(payload);
+}
+
 std::string PackPayloads(const std::vector<std::string>& payloads) {
   size_t total = 0;
   for (const auto& p : payloads) total += 4 + p.size();
   std::string out;
   out.reserve(total);
-  for (const auto& p : payloads) {
-    const uint32_t n = static_cast<uint32_t>(p.size());
-    const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
-                         static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
-    out.append(len, 4);
-    out.append(p);
-  }
+  for (const auto& p : payloads) AppendPacked(p, &out);
   return out;
 }
 

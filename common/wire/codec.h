@@ -42,6 +42,8 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes = 1 << 
 // is per frame, so a batch of 256 tasks costs one frame, not 256. No frame
 // when there are no payloads.
 std::string PackPayloads(const std::vector<std::string>& payloads);
+// Appends one payload to a bundle.
+void AppendPacked(std::string_view payload, std::string* bundle);
 // Unpacks frames[first..] into exactly `expected` payloads (each at most
 // max_item_bytes); kInvalidArgument on any mismatch or truncation.
 StatusOr<std::vector<std::string>> UnpackPayloads(const std::vector<std::string>& frames, size_t first,

@@ -149,6 +149,7 @@ class Worker::Impl {
   uint64_t next_run_ = 1;
   wire::SubmitMsg submit_batch_;
   std::string submit_bundle_;  // payloads of submit_batch_, packed
+  size_t bundle_capacity_ = 0;
 
   std::atomic<bool> stop_requested_{false};
   bool draining_ = false;
@@ -752,7 +753,10 @@ void Worker::Impl::SubmitRun(uint64_t id) {
   run.task.enqueue_us = clock_->WallMicros();
   run.task.hops++;
   submit_batch_.items.push_back({run.lease, run.next_role, run.task.task_id, false, true});
+  // Sized like the largest batch so far: appending never reallocates (copies).
+  if (submit_bundle_.empty()) submit_bundle_.reserve(bundle_capacity_);
   const size_t bytes = wire::AppendPackedTask(run.task, &submit_bundle_);
+  bundle_capacity_ = std::max(bundle_capacity_, submit_bundle_.size());
   metrics_.hop_bytes.Observe(static_cast<double>(bytes));
   runs_.erase(it);
   if (submit_batch_.items.size() >= 256) FlushSubmits();

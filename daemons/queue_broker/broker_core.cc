@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/base/log.h"
+#include "common/wire/codec.h"
 
 namespace matrix::broker {
 
@@ -203,7 +204,7 @@ void BrokerCore::HandOut(const std::string& wid, Worker& w, const std::string& r
     uint64_t lease_id = next_lease_++;
     deliver.items.push_back({lease_id, role, item.deliveries, item.enqueue_us});
     counters_.bytes_out += static_cast<int64_t>(item.payload.size());
-    o.payloads.push_back(item.payload);
+    wire::AppendPacked(item.payload, &o.payloads);
     w.leases.insert(lease_id);
     leases_.emplace(lease_id, Lease{wid, role, std::move(item)});
     ++counters_.delivered;

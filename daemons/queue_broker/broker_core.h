@@ -51,7 +51,7 @@ struct BrokerConfig {
 struct Outgoing {
   std::string worker;
   wire::Control control;
-  std::vector<std::string> payloads;
+  std::string payloads;  // the Deliver's task payloads, packed (wire::PackPayloads)
 };
 
 struct BrokerCounters {

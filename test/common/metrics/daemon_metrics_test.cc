@@ -68,7 +68,7 @@ TEST(DaemonMetricsTest, BrokerServesQueueMetrics) {
       transport::Socket::Connect(ctx, transport::Socket::Kind::kDealer, *endpoint, options);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   wire::SubmitMsg submit;
-  transport::Frames frames{""};
+  std::vector<std::string> payloads;
   for (int i = 0; i < 3; ++i) {
     const std::string id = "t" + std::to_string(i);
     submit.items.push_back({0, "judge", id, false, true});
@@ -76,9 +76,9 @@ TEST(DaemonMetricsTest, BrokerServesQueueMetrics) {
     task.task_id = id;
     task.owner = "p0";
     task.input.text = "question " + id;
-    frames.push_back(wire::EncodeTask(task));
+    payloads.push_back(wire::EncodeTask(task));
   }
-  frames[0] = wire::EncodeControl(wire::Control{"source", submit});
+  transport::Frames frames{wire::EncodeControl(wire::Control{"source", submit}), wire::PackPayloads(payloads)};
   ASSERT_TRUE((*source)->Send(frames).ok());
 
   const std::string text =
