@@ -1,15 +1,18 @@
 // Fuzz target for the wire decoders (common/wire/codec.h): every input is fed
-// to DecodeTask, VerifyTask, PeekTask and DecodeControl. Properties checked
-// besides "no crash, no sanitizer report":
+// to DecodeTask, VerifyTask, PeekTask, DecodeControl and the payload bundle
+// unpacker. Properties checked besides "no crash, no sanitizer report":
 //   - the three task entry points agree: a decodable task verifies, and its
 //     peeked header equals the decoded fields;
 //   - round trip: a decoded task (control message) encodes to bytes that
 //     decode to an equal value, and encoding that value again gives the same
-//     bytes.
+//     bytes;
+//   - a payload bundle unpacks for at most one item count, and packs back to
+//     the same bytes.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/wire/codec.h"
 #include "test/fuzz/fuzz_check.h"
@@ -101,11 +104,29 @@ void FuzzControl(std::string_view bytes) {
   FUZZ_CHECK(EncodeControl(*again) == encoded);
 }
 
+// A payload bundle: unpacking never reads past the frame, at most one item
+// count fits it, and what unpacks packs back to the same bytes.
+void FuzzPayloads(std::string_view bytes) {
+  const std::vector<std::string> frames = {"envelope", std::string(bytes)};
+  int fits = 0;
+  for (size_t expected = 0; expected <= 8; ++expected) {
+    auto views = UnpackPayloadViews(frames, 1, expected, 1 << 20);
+    auto copies = UnpackPayloads(frames, 1, expected, 1 << 20);
+    FUZZ_CHECK(views.ok() == copies.ok());
+    if (!views.ok()) continue;
+    ++fits;
+    FUZZ_CHECK(views->size() == expected);
+    FUZZ_CHECK(PackPayloads(*copies) == frames[1]);
+  }
+  FUZZ_CHECK(fits <= 1);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
   FuzzTask(bytes);
   FuzzControl(bytes);
+  FuzzPayloads(bytes);
   return 0;
 }
