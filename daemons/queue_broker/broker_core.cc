@@ -112,7 +112,7 @@ void BrokerCore::OnSubmit(const std::string& worker, const wire::SubmitMsg& msg,
       if (item.role.empty()) continue;
       counters_.bytes_in += static_cast<int64_t>(payload.size());
       ++counters_.submitted;
-      Enqueue(item.role, Item{std::move(payload), item.task_id, 1, now_us}, false);
+      Enqueue(item.role, Item{std::move(payload), item.task_id, 1, now_us, "", 0}, false);
     }
   }
 }
@@ -221,14 +221,6 @@ void BrokerCore::OfferToPeers(const std::string& role, std::unordered_map<std::s
   auto lit = role_workers_.find(role);
   const bool served_here = lit != role_workers_.end() && !lit->second.empty();
   while (!q.empty()) {
-    // A role served here moves only tasks that have not moved yet.
-    size_t movable = 0;
-    if (served_here) {
-      while (movable < q.size() && q[movable].upstream.empty()) ++movable;
-    } else {
-      movable = q.size();
-    }
-    if (movable == 0) return;
     const std::string* best_id = nullptr;
     Worker* best = nullptr;
     for (const auto& pid : pit->second) {
@@ -241,7 +233,15 @@ void BrokerCore::OfferToPeers(const std::string& role, std::unordered_map<std::s
       }
     }
     if (!best) return;
-    size_t n = std::min<size_t>({best->credit[role], movable, config_.max_batch});
+    // A role served here moves only tasks that have not moved yet; counted
+    // from the head, at most one batch, so a long queue is not scanned.
+    const size_t limit = std::min<size_t>({best->credit[role], q.size(), config_.max_batch});
+    size_t n = limit;
+    if (served_here) {
+      n = 0;
+      while (n < limit && q[n].upstream.empty()) ++n;
+    }
+    if (n == 0) return;
     HandOut(*best_id, *best, role, n, slot, out);
     (served_here ? counters_.stolen : counters_.forwarded) += static_cast<int64_t>(n);
     // Count what was handed over until its next heartbeat says otherwise.

@@ -241,10 +241,11 @@ Status BrokerServer::Run() {
       last_discovery = now;
       if (DiscoverPeers()) build_poller();
     }
-    if (!links_.empty()) TendLinks();
+    if (!links_.empty()) SendUpstreamAcks();
     if (now - last_tick > 100'000'000) {
       last_tick = now;
       core_.Tick();
+      if (!links_.empty()) TendLinks();
       if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
         if (auth_failures_ < 20) {
           LOG_WARN << "refused " << refused << " connection(s) to " << socket_->endpoint()
@@ -376,6 +377,9 @@ void BrokerServer::TendLinks() {
       SendOnLink(*link, wire::Control{config_.core.broker_id, wire::HeartbeatMsg{core_.Load()}});
     }
   }
+}
+
+void BrokerServer::SendUpstreamAcks() {
   auto acks = core_.TakeUpstreamAcks();
   if (acks.empty()) return;
   std::map<std::string, wire::SubmitMsg> by_link;

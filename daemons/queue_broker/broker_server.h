@@ -72,8 +72,10 @@ class BrokerServer {
   void SendAll(std::vector<Outgoing>& out);
   // Re-reads the peers in nodes_dir; true when the set of links changed.
   bool DiscoverPeers();
-  // Registers, heartbeats, reconnects and sends upstream acks on links.
+  // Registers, heartbeats and reconnects links (every loop tick, ~100 ms).
   void TendLinks();
+  // Acknowledges to peers the tasks handed on since the last call.
+  void SendUpstreamAcks();
   void SendOnLink(Link& link, const wire::Control& control);
   // Brings the metrics up to date with core_'s counters and state.
   void UpdateMetrics();

@@ -211,8 +211,9 @@ TEST_F(BrokerPeersTest, ForwardsARoleServedOnlyByThePeerAndAcksWhenHandedOn) {
           got += d.items.size();
           auto payloads = wire::UnpackPayloads(f, 1, d.items.size());
           EXPECT_TRUE(payloads.ok());
-          if (payloads.ok())
+          if (payloads.ok()) {
             for (const auto& p : *payloads) EXPECT_TRUE(wire::VerifyTask(p).ok());
+          }
         }
         return got == 3;
       },
