@@ -76,24 +76,32 @@ std::string UrlProblem(const std::string& text) {
   if (scheme_end == std::string::npos || scheme_end + 3 >= text.size() ||
       text[scheme_end + 3] == '/')
     return "it is not a URL with a host";
-  CURLU* u = curl_url();
-  if (u == nullptr) return "out of memory parsing it";
-  CURLUcode uc = curl_url_set(u, CURLUPART_URL, text.c_str(), 0);
-  char* scheme = nullptr;
-  char* host = nullptr;
-  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-  std::string scheme_s = scheme ? scheme : "", host_s = host ? host : "";
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  if (uc != CURLUE_OK || host_s.empty()) return "it is not a URL with a host";
-  for (char& c : scheme_s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (scheme_s != "http" && scheme_s != "https") return "it is not an http or https URL";
+  auto parts = ParseUrl(text);
+  if (!parts.ok() && parts.status().code() == StatusCode::kInternal) return "out of memory parsing it";
+  if (!parts.ok() || parts->host.empty()) return "it is not a URL with a host";
+  if (parts->scheme != "http" && parts->scheme != "https") return "it is not an http or https URL";
   return "";
 }
 
 }  // namespace
+
+StatusOr<UrlParts> ParseUrl(const std::string& url) {
+  CURLU* u = curl_url();
+  if (u == nullptr) return Internal("out of memory parsing a URL");
+  CURLUcode uc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
+  char* scheme = nullptr;
+  char* host = nullptr;
+  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+  UrlParts parts{scheme ? scheme : "", host ? host : ""};
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(u);
+  if (uc != CURLUE_OK) return InvalidArgument("not a valid URL");
+  for (std::string* s : {&parts.scheme, &parts.host})
+    for (char& c : *s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return parts;
+}
 
 std::vector<std::string> ScanRegisteredEndpoints(const std::string& dir) {
   std::vector<std::string> out;

@@ -9,7 +9,18 @@
 #include <string>
 #include <vector>
 
+#include "common/base/status.h"
+
 namespace matrix::llm {
+
+// libcurl's reading of a URL: its scheme and host, lower-cased (the host may
+// be empty). kInvalidArgument when it does not parse, kInternal when out of
+// memory.
+struct UrlParts {
+  std::string scheme;
+  std::string host;
+};
+StatusOr<UrlParts> ParseUrl(const std::string& url);
 
 // The base URLs registered in `dir`, sorted and without duplicates. Reads
 // every regular file (symbolic links followed) whose name starts with no '.'

@@ -50,6 +50,7 @@
 #include "common/llm/chat_response.h"
 #include "common/llm/concurrency_limiter.h"
 #include "common/llm/endpoint_balancer.h"
+#include "common/llm/endpoint_directory.h"
 #include "common/llm/retry_policy.h"
 
 namespace matrix::llm {
@@ -103,23 +104,13 @@ StatusOr<EndpointUrl> CheckEndpointUrl(std::string url, const PoolConfig& cfg, s
   out.display = RedactSecrets(StripUserInfo(url), cfg.api_key);
   const std::string where =
       "llm pool '" + cfg.name + "' endpoint " + std::to_string(index) + " (" + out.display + ")";
-  CURLU* u = curl_url();
-  if (u == nullptr) return Internal("out of memory parsing URLs");
-  CURLUcode uc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
-  char* scheme = nullptr;
-  char* host = nullptr;
-  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-  std::string scheme_s = scheme ? scheme : "", host_s = host ? host : "";
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  if (uc != CURLUE_OK) return InvalidArgument(where + " is not a valid URL");
-  scheme_s = Lower(scheme_s);
-  if (scheme_s != "http" && scheme_s != "https")
+  auto parts = ParseUrl(url);
+  if (!parts.ok() && parts.status().code() == StatusCode::kInternal) return Internal("out of memory parsing URLs");
+  if (!parts.ok()) return InvalidArgument(where + " is not a valid URL");
+  if (parts->scheme != "http" && parts->scheme != "https")
     return InvalidArgument(where + ": only http and https URLs are supported");
   out.url = std::move(url);
-  out.host = Lower(host_s);
+  out.host = parts->host;
   return out;
 }
 
@@ -266,6 +257,9 @@ class LlmClient::Impl {
   void DispatchAll(int64_t now_ns);
   void StartAttempt(Call* call, int endpoint, int64_t now_ns);
   CURL* PrepareEasy(Call* call, const Pool& pool, const Endpoint& ep);
+  // Adds the call's transfer to the multi handle; a transfer that cannot
+  // start completes at once through `done` (OnAttemptDone or OnProbeDone).
+  void StartTransfer(Call* call, const Pool& pool, const Endpoint& ep, void (Impl::*done)(Call*, CURLcode, long));
   void ReapFinished();
   void OnAttemptDone(Call* call, CURLcode code, long http);
   void OnProbeDone(Call* call, CURLcode code, long http);
@@ -746,20 +740,7 @@ void LlmClient::Impl::StartProbe(Pool& pool, int endpoint, int64_t now_ns) {
   ep.probes.fetch_add(1);
   LOG_DEBUG << "llm pool '" << pool.cfg.name << "': health probe to " << ep.display;
 
-  CURL* e = PrepareEasy(call, pool, ep);
-  if (e == nullptr) {
-    OnProbeDone(call, CURLE_OUT_OF_MEMORY, 0);
-    return;
-  }
-  call->easy = e;
-  CURLMcode mc = curl_multi_add_handle(multi_, e);
-  if (mc != CURLM_OK) {
-    call->easy = nullptr;
-    ReleaseEasy(e);
-    std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
-                  curl_multi_strerror(mc));
-    OnProbeDone(call, CURLE_FAILED_INIT, 0);
-  }
+  StartTransfer(call, pool, ep, &Impl::OnProbeDone);
 }
 
 int64_t LlmClient::Impl::UnservedDeadline(const Pool& pool, const Call& call) const {
@@ -843,9 +824,14 @@ void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
   if (call->attempts > 0) ep.retries.fetch_add(1);
   call->attempts++;
 
+  StartTransfer(call, pool, ep, &Impl::OnAttemptDone);
+}
+
+void LlmClient::Impl::StartTransfer(Call* call, const Pool& pool, const Endpoint& ep,
+                                    void (Impl::*done)(Call*, CURLcode, long)) {
   CURL* e = PrepareEasy(call, pool, ep);
   if (e == nullptr) {
-    OnAttemptDone(call, CURLE_OUT_OF_MEMORY, 0);
+    (this->*done)(call, CURLE_OUT_OF_MEMORY, 0);
     return;
   }
   call->easy = e;
@@ -855,7 +841,7 @@ void LlmClient::Impl::StartAttempt(Call* call, int endpoint, int64_t now_ns) {
     ReleaseEasy(e);
     std::snprintf(call->errbuf, sizeof(call->errbuf), "cannot start transfer: %s",
                   curl_multi_strerror(mc));
-    OnAttemptDone(call, CURLE_FAILED_INIT, 0);
+    (this->*done)(call, CURLE_FAILED_INIT, 0);
   }
 }
 
