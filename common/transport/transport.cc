@@ -42,6 +42,25 @@ Status ApplyOptions(void* sock, Socket::Kind kind, const SocketOptions& o) {
   return Status::Ok();
 }
 
+// Receives one whole multipart message into `frames`. False when none is
+// waiting (with ZMQ_DONTWAIT) or the socket's context is shutting down.
+bool RecvMessage(void* sock, int flags, Frames* frames) {
+  frames->clear();
+  while (true) {
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, sock, flags) < 0) {
+      zmq_msg_close(&msg);
+      if (zmq_errno() == EINTR) continue;
+      return false;  // EAGAIN (first frame only) or ETERM
+    }
+    frames->emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+    const bool more = zmq_msg_more(&msg);
+    zmq_msg_close(&msg);
+    if (!more) return true;
+  }
+}
+
 int ZmqType(Socket::Kind kind) {
   switch (kind) {
     case Socket::Kind::kRouter: return ZMQ_ROUTER;
@@ -62,22 +81,11 @@ struct Context::Zap {
   std::thread thread;
 
   void Serve() {
-    std::vector<std::string> req;
+    Frames req;
     while (true) {
-      req.clear();
-      bool more = true;
-      while (more) {
-        zmq_msg_t msg;
-        zmq_msg_init(&msg);
-        if (zmq_msg_recv(&msg, sock, 0) < 0) {
-          zmq_msg_close(&msg);
-          if (zmq_errno() == EINTR) continue;
-          zmq_close(sock);  // ETERM: the context is shutting down
-          return;
-        }
-        req.emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
-        more = zmq_msg_more(&msg);
-        zmq_msg_close(&msg);
+      if (!RecvMessage(sock, 0, &req)) {
+        zmq_close(sock);  // ETERM: the context is shutting down
+        return;
       }
       // version, request id, domain, address, routing id, mechanism, credentials...
       bool ok = false;
@@ -190,23 +198,9 @@ int64_t Socket::TakeHandshakeFailures() {
   int64_t failures = 0;
   Frames frames;
   // Each event is two frames: [uint16 event, uint32 value] and the endpoint.
-  while (true) {
-    frames.clear();
-    bool more = true;
-    while (more) {
-      zmq_msg_t msg;
-      zmq_msg_init(&msg);
-      if (zmq_msg_recv(&msg, monitor_, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&msg);
-        if (frames.empty()) return failures;
-        break;
-      }
-      frames.emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
-      more = zmq_msg_more(&msg);
-      zmq_msg_close(&msg);
-    }
+  while (RecvMessage(monitor_, ZMQ_DONTWAIT, &frames))
     if (!frames.empty() && frames[0].size() >= 2) ++failures;
-  }
+  return failures;
 }
 
 Status Socket::Send(const Frames& frames) {
@@ -220,23 +214,7 @@ Status Socket::Send(const Frames& frames) {
   return Status::Ok();
 }
 
-bool Socket::TryRecv(Frames* frames) {
-  frames->clear();
-  while (true) {
-    zmq_msg_t msg;
-    zmq_msg_init(&msg);
-    int rc = zmq_msg_recv(&msg, sock_, ZMQ_DONTWAIT);
-    if (rc < 0) {
-      zmq_msg_close(&msg);
-      if (zmq_errno() == EINTR) continue;
-      return false;  // EAGAIN (first frame) cannot happen mid-message
-    }
-    frames->emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
-    bool more = zmq_msg_more(&msg);
-    zmq_msg_close(&msg);
-    if (!more) return true;
-  }
-}
+bool Socket::TryRecv(Frames* frames) { return RecvMessage(sock_, ZMQ_DONTWAIT, frames); }
 
 int Poller::AddSocket(Socket* socket) {
   items_.push_back({socket->raw(), -1});
