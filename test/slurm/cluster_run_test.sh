@@ -29,11 +29,8 @@ CLUSTER=$HERE/cluster.sh
 BIN=$(realpath -m "${MATRIX_BIN:-$ROOT/build/release/bin}")
 PIPELINE=$ROOT/configs/coral.yaml
 
-skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-step() { echo "-- [$(date +%T)] $*"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# shellcheck source-path=SCRIPTDIR source=test_lib.sh
+source "$HERE/test_lib.sh"
 
 [[ $(id -u) -eq 0 ]] || skip "needs root (network namespaces, bridge, slurmd as root)"
 for tool in slurmctld slurmd munged mungekey sbatch srun scancel squeue scontrol ip nsenter unshare curl python3; do
@@ -63,55 +60,14 @@ export MATRIX_BIN=$BIN MATRIX_GRACE_S=$GRACE_S
 export MATRIX_MODEL_RESTART_DELAY_S=8 MATRIX_MODEL_GRACE_S=5
 export MATRIX_SLURM_KILL_WAIT=30
 
-DIR=$(mktemp -d /tmp/mxrun.XXXXXX)
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if ((rc != 0)) && [[ -d $DIR/log ]]; then
-    echo "== last lines of the job outputs and node logs" >&2
-    tail -n 25 "$DIR"/shared/*.out >&2 2>/dev/null || true
-    tail -n 8 "$DIR"/shared/run*/nodes/*/logs/* >&2 2>/dev/null || true
-    tail -n 5 "$DIR"/shared/run*/model_servers/*/*/*.log >&2 2>/dev/null || true
-    SLURM_CONF=$DIR/etc/slurm.conf timeout 5 squeue >&2 2>/dev/null || true
-  fi
-  "$CLUSTER" down "$DIR" || rc=1
-  if ((rc != 0)) && [[ ${KEEP_SLURM_DIR:-0} == 1 ]]; then
-    echo "kept $DIR" >&2
-  else
-    rm -rf "$DIR"
-  fi
-  exit "$rc"
+failure_logs() {
+  echo "== last lines of the job outputs and node logs" >&2
+  tail -n 25 "$DIR"/shared/*.out >&2 2>/dev/null || true
+  tail -n 8 "$DIR"/shared/run*/nodes/*/logs/* >&2 2>/dev/null || true
+  tail -n 5 "$DIR"/shared/run*/model_servers/*/*/*.log >&2 2>/dev/null || true
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_cluster_dir mxrun
 
-job_field() {
-  scontrol show job -o "$1" 2>/dev/null | grep -o " $2=[^ ]*" | head -n 1 | cut -d= -f2 || true
-}
-# wait_job ID TIMEOUT [EVERY CMD...]: polls until the job has left squeue with a
-# final state; runs CMD every EVERY seconds meanwhile.
-wait_job() {
-  local id=$1 deadline state every=${3:-0} next=0
-  deadline=$(($(date +%s) + $2))
-  shift 3 2>/dev/null || shift $#
-  while :; do
-    state=$(job_field "$id" JobState)
-    case $state in
-      COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | PREEMPTED | BOOT_FAIL | DEADLINE)
-        if [[ -z $(squeue -h -j "$id" 2>/dev/null) ]]; then
-          echo "$state"
-          return 0
-        fi
-        ;;
-    esac
-    (($(date +%s) < deadline)) || fail "job $id still '$state' after $2 s"
-    if ((every > 0 && $(date +%s) >= next)); then
-      "$@" >&2 || true
-      next=$(($(date +%s) + every))
-    fi
-    sleep 0.5
-  done
-}
 wait_running() {
   local deadline=$(($(date +%s) + $2)) state
   while :; do

@@ -14,70 +14,19 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER=$HERE/cluster.sh
 
-skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-step() { echo "-- $*"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# shellcheck source-path=SCRIPTDIR source=test_lib.sh
+source "$HERE/test_lib.sh"
 
 [[ $(id -u) -eq 0 ]] || skip "needs root (network namespaces, bridge, slurmd as root)"
 for tool in slurmctld slurmd munged mungekey sbatch srun scancel ip nsenter unshare curl python3; do
   command -v "$tool" >/dev/null || skip "'$tool' not installed (apt-get install -y slurm-wlm munge iproute2 curl)"
 done
 
-DIR=$(mktemp -d /tmp/mxslurm.XXXXXX)
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if ((rc != 0)) && [[ -d $DIR/log ]]; then
-    echo "== logs from $DIR/log (last lines)" >&2
-    tail -n 15 "$DIR"/log/*.log >&2 2>/dev/null || true
-    SLURM_CONF=$DIR/etc/slurm.conf timeout 5 squeue >&2 2>/dev/null || true
-  fi
-  "$CLUSTER" down "$DIR" || rc=1
-  if ((rc != 0)) && [[ ${KEEP_SLURM_DIR:-0} == 1 ]]; then
-    echo "kept $DIR" >&2
-  else
-    rm -rf "$DIR"
-  fi
-  exit "$rc"
+failure_logs() {
+  echo "== logs from $DIR/log (last lines)" >&2
+  tail -n 15 "$DIR"/log/*.log >&2 2>/dev/null || true
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# job_state ID: JobState from `scontrol show job` ("" when the job is unknown).
-job_state() {
-  scontrol show job -o "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 || true
-}
-job_exit() {
-  scontrol show job -o "$1" 2>/dev/null | grep -o ' ExitCode=[0-9:]*' | cut -d= -f2 || true
-}
-# wait_job ID TIMEOUT: polls until the job leaves squeue and has a final state.
-wait_job() {
-  local id=$1 deadline state
-  deadline=$(($(date +%s) + $2))
-  while :; do
-    state=$(job_state "$id")
-    case $state in
-      COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | PREEMPTED | BOOT_FAIL | DEADLINE)
-        if [[ -z $(squeue -h -j "$id" 2>/dev/null) ]]; then
-          echo "$state"
-          return 0
-        fi
-        ;;
-    esac
-    (($(date +%s) < deadline)) || fail "job $id still '$state' after $2 s"
-    sleep 0.1
-  done
-}
-# wait_file PATH TIMEOUT
-wait_file() {
-  local deadline=$(($(date +%s) + $2))
-  until [[ -s $1 ]]; do
-    (($(date +%s) < deadline)) || fail "no $1 after $2 s"
-    sleep 0.1
-  done
-}
+make_cluster_dir mxslurm
 
 # ------------------------------------------------------------------ 1. up
 step "up: 3 nodes in $DIR"
