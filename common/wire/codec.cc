@@ -3,6 +3,9 @@
 #include <flatbuffers/flatbuffers.h>
 
 #include <cstring>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "schemas/control_generated.h"
 #include "schemas/orchestrator_generated.h"
@@ -23,11 +26,53 @@ Offset<flatbuffers::String> OptStr(FlatBufferBuilder& b, const std::string& s) {
   return s.empty() ? 0 : b.CreateString(s);
 }
 
-// Names that repeat across turns and spans (step, role, worker, endpoint) are
-// stored once per message.
-Offset<flatbuffers::String> SharedStr(FlatBufferBuilder& b, const std::string& s) {
-  return s.empty() ? 0 : b.CreateSharedString(s);
-}
+// Names that repeat across turns (step, role, kind, endpoint, model) are
+// stored once per message. A linear scan over a handful of names is cheaper
+// than FlatBuffers' CreateSharedString (a std::set over the buffer); past
+// kMaxShared distinct names the rest are simply stored again.
+class SharedStrings {
+ public:
+  explicit SharedStrings(FlatBufferBuilder& b) : b_(b) {}
+  Offset<flatbuffers::String> operator()(const std::string& s) {
+    if (s.empty()) return 0;
+    for (const auto& [name, offset] : seen_)
+      if (name == s) return offset;
+    auto offset = b_.CreateString(s);
+    if (seen_.size() < kMaxShared) seen_.emplace_back(s, offset);
+    return offset;
+  }
+
+ private:
+  static constexpr size_t kMaxShared = 32;
+  FlatBufferBuilder& b_;
+  std::vector<std::pair<std::string_view, Offset<flatbuffers::String>>> seen_;
+};
+
+// The distinct names of a message's spans, in order of first use; a span
+// refers to them by index.
+class NameTable {
+ public:
+  uint32_t Index(const std::string& s) {
+    if (names_.size() <= kLinear) {
+      for (uint32_t i = 0; i < names_.size(); ++i)
+        if (names_[i] == s) return i;
+      if (names_.size() == kLinear)
+        for (uint32_t i = 0; i < names_.size(); ++i) index_.emplace(names_[i], i);
+    } else if (auto it = index_.find(s); it != index_.end()) {
+      return it->second;
+    }
+    const auto i = static_cast<uint32_t>(names_.size());
+    names_.push_back(s);
+    if (!index_.empty() || names_.size() > kLinear) index_.emplace(s, i);
+    return i;
+  }
+  const std::vector<std::string_view>& names() const { return names_; }
+
+ private:
+  static constexpr size_t kLinear = 16;
+  std::vector<std::string_view> names_;
+  std::unordered_map<std::string_view, uint32_t> index_;
+};
 
 Offset<fbs::Content> EncodeContent(FlatBufferBuilder& b, const Content& c) {
   Offset<fbs::ObjectRef> ref = 0;
@@ -90,6 +135,7 @@ namespace {
 FlatBufferBuilder& BuildTask(const Task& t) {
   static thread_local FlatBufferBuilder b(8192);
   b.Clear();
+  SharedStrings shared(b);
   std::vector<Offset<fbs::Counter>> counters;
   for (const auto& [k, v] : t.counters) counters.push_back(fbs::CreateCounter(b, b.CreateString(k), v));
   std::vector<Offset<fbs::Variable>> vars;
@@ -105,21 +151,31 @@ FlatBufferBuilder& BuildTask(const Task& t) {
     auto content = EncodeContent(b, turn.content);
     auto calls_vec = calls.empty() ? 0 : b.CreateVector(calls);
     history.push_back(fbs::CreateTurn(
-        b, SharedStr(b, turn.step), SharedStr(b, turn.role), SharedStr(b, turn.kind), turn.conversation, content,
-        calls_vec, OptStr(b, turn.tool_call_id), turn.prompt_tokens, turn.completion_tokens,
-        SharedStr(b, turn.finish_reason), SharedStr(b, turn.endpoint), SharedStr(b, turn.model), turn.start_us,
+        b, shared(turn.step), shared(turn.role), shared(turn.kind), turn.conversation, content, calls_vec,
+        OptStr(b, turn.tool_call_id), turn.prompt_tokens, turn.completion_tokens, shared(turn.finish_reason),
+        shared(turn.endpoint), shared(turn.model), turn.start_us,
         turn.end_us, turn.attempts, OptStr(b, turn.extra)));
   }
   std::vector<Offset<fbs::ResourceLease>> leases;
   for (const ResourceLease& l : t.leases)
     leases.push_back(fbs::CreateResourceLease(b, OptStr(b, l.kind), OptStr(b, l.id), OptStr(b, l.holder),
                                               l.expires_us));
-  std::vector<Offset<fbs::Span>> spans;
-  spans.reserve(t.spans.size());
-  for (const Span& s : t.spans)
-    spans.push_back(fbs::CreateSpan(b, SharedStr(b, s.step), SharedStr(b, s.role), SharedStr(b, s.worker),
-                                    s.enqueue_us, s.start_us, s.end_us, s.prompt_tokens,
-                                    s.completion_tokens, SharedStr(b, s.endpoint), s.attempt));
+  Offset<flatbuffers::Vector<Offset<flatbuffers::String>>> span_names = 0;
+  Offset<flatbuffers::Vector<const fbs::SpanRecord*>> span_records = 0;
+  if (!t.spans.empty()) {
+    NameTable names;
+    std::vector<fbs::SpanRecord> records;
+    records.reserve(t.spans.size());
+    for (const Span& s : t.spans)
+      records.emplace_back(s.enqueue_us, s.start_us, s.end_us, s.prompt_tokens, s.completion_tokens, s.attempt,
+                           names.Index(s.step), names.Index(s.role), names.Index(s.worker),
+                           names.Index(s.endpoint));
+    std::vector<Offset<flatbuffers::String>> name_offsets;
+    name_offsets.reserve(names.names().size());
+    for (std::string_view n : names.names()) name_offsets.push_back(b.CreateString(n));
+    span_names = b.CreateVector(name_offsets);
+    span_records = b.CreateVectorOfStructs(records);
+  }
   Offset<fbs::Branch> branch = 0;
   if (t.branch)
     branch = fbs::CreateBranch(b, OptStr(b, t.branch->parent_task_id), t.branch->index,
@@ -134,8 +190,8 @@ FlatBufferBuilder& BuildTask(const Task& t) {
       counters.empty() ? 0 : b.CreateVectorOfSortedTables(&counters),
       vars.empty() ? 0 : b.CreateVectorOfSortedTables(&vars), input,
       history.empty() ? 0 : b.CreateVector(history), leases.empty() ? 0 : b.CreateVector(leases),
-      spans.empty() ? 0 : b.CreateVector(spans), branch, t.created_us, t.enqueue_us, t.hops,
-      archive.empty() ? 0 : b.CreateVector(archive));
+      branch, t.created_us, t.enqueue_us, t.hops, archive.empty() ? 0 : b.CreateVector(archive), span_names,
+      span_records);
   b.Finish(root);
   return b;
 }
@@ -211,12 +267,40 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
   if (f->leases())
     for (auto* l : *f->leases())
       t.leases.push_back({Str(l->kind()), Str(l->id()), Str(l->holder()), l->expires_us()});
-  if (f->spans()) {
-    t.spans.reserve(f->spans()->size());
-    for (auto* s : *f->spans())
-      t.spans.push_back({Str(s->step()), Str(s->role()), Str(s->worker()), s->enqueue_us(), s->start_us(),
-                         s->end_us(), s->prompt_tokens(), s->completion_tokens(), Str(s->endpoint()),
-                         s->attempt()});
+  if (f->span_records()) {
+    std::vector<std::string> names;
+    if (f->span_names()) {
+      names.reserve(f->span_names()->size());
+      for (auto* n : *f->span_names()) names.push_back(Str(n));
+    }
+    auto name = [&names](uint32_t i) -> StatusOr<std::string> {
+      if (i >= names.size())
+        return InvalidArgument("task message has a span name index " + std::to_string(i) + " beyond its " +
+                               std::to_string(names.size()) + " span names");
+      return names[i];
+    };
+    // Copied out bytewise: the Verifier checks the vector's alignment only to
+    // 4 bytes, and the records hold 8-byte fields (see DecodeUlongs).
+    const size_t count = f->span_records()->size();
+    const uint8_t* data = f->span_records()->Data();
+    t.spans.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      fbs::SpanRecord record;
+      std::memcpy(&record, data + i * sizeof(record), sizeof(record));
+      const fbs::SpanRecord* s = &record;
+      Span span;
+      MATRIX_ASSIGN_OR_RETURN(span.step, name(s->step()));
+      MATRIX_ASSIGN_OR_RETURN(span.role, name(s->role()));
+      MATRIX_ASSIGN_OR_RETURN(span.worker, name(s->worker()));
+      MATRIX_ASSIGN_OR_RETURN(span.endpoint, name(s->endpoint()));
+      span.enqueue_us = s->enqueue_us();
+      span.start_us = s->start_us();
+      span.end_us = s->end_us();
+      span.prompt_tokens = s->prompt_tokens();
+      span.completion_tokens = s->completion_tokens();
+      span.attempt = s->attempt();
+      t.spans.push_back(std::move(span));
+    }
   }
   if (f->branch())
     t.branch = BranchInfo{Str(f->branch()->parent_task_id()), f->branch()->index(), f->branch()->count(),

@@ -81,7 +81,7 @@ struct BranchInfo {
 };
 
 struct Task {
-  uint16_t version = 1;
+  uint16_t version = 2;  // 2: spans as span_names + span_records
   std::string run_id;
   std::string task_id;
   uint32_t partition = 0;

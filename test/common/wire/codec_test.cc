@@ -1,6 +1,9 @@
 #include "common/wire/codec.h"
 
+#include <flatbuffers/flatbuffers.h>
 #include <gtest/gtest.h>
+
+#include "schemas/orchestrator_generated.h"
 
 namespace matrix::wire {
 namespace {
@@ -62,6 +65,49 @@ TEST(TaskCodecTest, RoundTripKeepsEveryField) {
   auto header = PeekTask(bytes);
   ASSERT_TRUE(header.ok());
   EXPECT_EQ(header->owner, "p0");
+}
+
+TEST(TaskCodecTest, SpansKeepOrderAndNamesAcrossManyDistinctNames) {
+  Task t = SampleTask();
+  t.spans.clear();
+  // 40 spans over 24 distinct workers: past the encoder's linear name scan.
+  for (int i = 0; i < 40; ++i) {
+    t.spans.push_back({i % 2 ? "pong" : "ping", i % 2 ? "pong" : "ping", "worker-" + std::to_string(i % 24), i,
+                       i + 1, i + 2, 10 * i, 3 * i, i % 3 ? "" : "http://h:8000/v1", i % 4});
+  }
+  auto back = DecodeTask(EncodeTask(t));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ASSERT_EQ(back->spans.size(), t.spans.size());
+  for (size_t i = 0; i < t.spans.size(); ++i) {
+    const Span& a = t.spans[i];
+    const Span& b = back->spans[i];
+    EXPECT_EQ(b.step, a.step);
+    EXPECT_EQ(b.role, a.role);
+    EXPECT_EQ(b.worker, a.worker);
+    EXPECT_EQ(b.endpoint, a.endpoint);
+    EXPECT_EQ(b.enqueue_us, a.enqueue_us);
+    EXPECT_EQ(b.start_us, a.start_us);
+    EXPECT_EQ(b.end_us, a.end_us);
+    EXPECT_EQ(b.prompt_tokens, a.prompt_tokens);
+    EXPECT_EQ(b.completion_tokens, a.completion_tokens);
+    EXPECT_EQ(b.attempt, a.attempt);
+  }
+}
+
+TEST(TaskCodecTest, RefusesASpanNamingAMissingName) {
+  flatbuffers::FlatBufferBuilder b;
+  auto names = b.CreateVector(std::vector<flatbuffers::Offset<flatbuffers::String>>{b.CreateString("ping")});
+  std::vector<fb::SpanRecord> records{fb::SpanRecord(1, 2, 3, 0, 0, 0, 0, 0, /*worker=*/5, 0)};
+  auto spans = b.CreateVectorOfStructs(records);
+  auto id = b.CreateString("t1");
+  fb::TaskBuilder task(b);
+  task.add_task_id(id);
+  task.add_span_names(names);
+  task.add_span_records(spans);
+  b.Finish(task.Finish());
+  auto back = DecodeTask(std::string_view(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize()));
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("span name index 5"), std::string::npos) << back.status().message();
 }
 
 TEST(TaskCodecTest, RejectsCorruptAndOversizedBuffers) {
