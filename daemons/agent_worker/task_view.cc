@@ -1,6 +1,6 @@
 #include "daemons/agent_worker/task_view.h"
 
-#include <cstdio>
+#include <charconv>
 
 namespace matrix::worker {
 
@@ -161,10 +161,22 @@ void AppendJsonString(std::string* out, const std::string& s) {
   }
 }
 
+void AppendInt(std::string* out, int64_t v) {
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  out->append(buf, end);
+}
+
+// Microseconds as seconds with six decimals ("%.6f"), in integer arithmetic.
 void AppendSeconds(std::string* out, int64_t us) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.6f", static_cast<double>(us) / 1e6);
-  out->append(buf);
+  uint64_t mag = us < 0 ? 0 - static_cast<uint64_t>(us) : static_cast<uint64_t>(us);
+  if (us < 0) out->push_back('-');
+  char buf[24];
+  out->append(buf, std::to_chars(buf, buf + sizeof(buf), mag / 1'000'000).ptr);
+  char frac[7] = {'.', '0', '0', '0', '0', '0', '0'};
+  uint64_t rest = mag % 1'000'000;
+  for (int i = 6; i >= 1; --i, rest /= 10) frac[i] = static_cast<char>('0' + rest % 10);
+  out->append(frac, sizeof(frac));
 }
 
 // Record fields other than spans and input.
@@ -228,18 +240,24 @@ std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t
     AppendJsonString(&line, s.role);
     line.append(",\"worker\":");
     AppendJsonString(&line, s.worker);
-    line.append(",\"enqueue_us\":").append(std::to_string(s.enqueue_us));
-    line.append(",\"start_us\":").append(std::to_string(s.start_us));
-    line.append(",\"end_us\":").append(std::to_string(s.end_us));
+    line.append(",\"enqueue_us\":");
+    AppendInt(&line, s.enqueue_us);
+    line.append(",\"start_us\":");
+    AppendInt(&line, s.start_us);
+    line.append(",\"end_us\":");
+    AppendInt(&line, s.end_us);
     line.append(",\"queue_wait_s\":");
     AppendSeconds(&line, s.start_us - s.enqueue_us);
     line.append(",\"handling_s\":");
     AppendSeconds(&line, s.end_us - s.start_us);
-    line.append(",\"prompt_tokens\":").append(std::to_string(s.prompt_tokens));
-    line.append(",\"completion_tokens\":").append(std::to_string(s.completion_tokens));
+    line.append(",\"prompt_tokens\":");
+    AppendInt(&line, s.prompt_tokens);
+    line.append(",\"completion_tokens\":");
+    AppendInt(&line, s.completion_tokens);
     line.append(",\"endpoint\":");
     AppendJsonString(&line, s.endpoint);
-    line.append(",\"attempt\":").append(std::to_string(s.attempt));
+    line.append(",\"attempt\":");
+    AppendInt(&line, s.attempt);
     line.push_back('}');
   }
   line.append("]}");

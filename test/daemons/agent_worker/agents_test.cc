@@ -118,8 +118,13 @@ TEST(RecordLineTest, ParsesToTheRecordWithSpansAndInput) {
   a.end_us = 1'001'250;
   a.endpoint = "http://h:1/v1";
   a.attempt = 1;
-  t.spans = {a, a};
+  wire::Span b = a;
+  b.start_us = a.enqueue_us - 1'500'007;  // clocks of two nodes disagree
+  b.end_us = b.start_us + 12'345'678'901;
+  t.spans = {a, b};
   const std::string line = RecordLine(t, {}, 2'000'000);
+  EXPECT_NE(line.find("\"queue_wait_s\":0.000250,\"handling_s\":0.001000"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"queue_wait_s\":-1.500007,\"handling_s\":12345.678901"), std::string::npos) << line;
   EXPECT_EQ(line.find('\n'), std::string::npos);
   EXPECT_NE(line.find(t.input.text), std::string::npos) << "input embedded as it is";
   Json r = Json::parse(line);
