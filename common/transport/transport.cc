@@ -214,6 +214,39 @@ Status Socket::Send(const Frames& frames) {
   return Status::Ok();
 }
 
+namespace {
+// Below this size a copy costs less than the allocation that ownership takes.
+constexpr size_t kZeroCopyBytes = 16 * 1024;
+void DeleteOwnedFrame(void* /*data*/, void* owner) { delete static_cast<std::string*>(owner); }
+}  // namespace
+
+Status Socket::Send(Frames&& frames) {
+  for (size_t i = 0; i < frames.size(); ++i) {
+    int flags = ZMQ_DONTWAIT | (i + 1 < frames.size() ? ZMQ_SNDMORE : 0);
+    if (frames[i].size() < kZeroCopyBytes) {
+      while (zmq_send(sock_, frames[i].data(), frames[i].size(), flags) < 0) {
+        if (zmq_errno() == EINTR) continue;
+        return ZmqError("send");
+      }
+      continue;
+    }
+    // ZeroMQ frees the frame (possibly on its I/O thread) once it is written.
+    auto* owned = new std::string(std::move(frames[i]));
+    zmq_msg_t msg;
+    if (zmq_msg_init_data(&msg, owned->data(), owned->size(), DeleteOwnedFrame, owned) != 0) {
+      delete owned;
+      return ZmqError("send");
+    }
+    while (zmq_msg_send(&msg, sock_, flags) < 0) {
+      if (zmq_errno() == EINTR) continue;
+      Status st = ZmqError("send");
+      zmq_msg_close(&msg);
+      return st;
+    }
+  }
+  return Status::Ok();
+}
+
 bool Socket::TryRecv(Frames* frames) { return RecvMessage(sock_, ZMQ_DONTWAIT, frames); }
 
 int Poller::AddSocket(Socket* socket) {

@@ -75,6 +75,9 @@ class Socket {
   // Sends all frames as one multipart message. kUnavailable when the peer is
   // unknown (Router) or the queue is full (non-blocking).
   Status Send(const Frames& frames);
+  // The same, taking the frames over: a large frame (a batch of tasks or
+  // objects) is handed to ZeroMQ as it is instead of being copied.
+  Status Send(Frames&& frames);
   // Receives one whole multipart message without blocking; false when none.
   bool TryRecv(Frames* frames);
   const std::string& endpoint() const { return endpoint_; }

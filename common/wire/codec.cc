@@ -52,7 +52,16 @@ class SharedStrings {
 // refers to them by index.
 class NameTable {
  public:
-  uint32_t Index(const std::string& s) {
+  // `hint` is the index this field had in the previous span: consecutive
+  // spans mostly repeat their worker, endpoint and alternating steps.
+  uint32_t Index(const std::string& s, uint32_t* hint) {
+    if (*hint < names_.size() && names_[*hint] == s) return *hint;
+    return *hint = Lookup(s);
+  }
+  const std::vector<std::string_view>& names() const { return names_; }
+
+ private:
+  uint32_t Lookup(const std::string& s) {
     if (names_.size() <= kLinear) {
       for (uint32_t i = 0; i < names_.size(); ++i)
         if (names_[i] == s) return i;
@@ -66,9 +75,7 @@ class NameTable {
     if (!index_.empty() || names_.size() > kLinear) index_.emplace(s, i);
     return i;
   }
-  const std::vector<std::string_view>& names() const { return names_; }
 
- private:
   static constexpr size_t kLinear = 16;
   std::vector<std::string_view> names_;
   std::unordered_map<std::string_view, uint32_t> index_;
@@ -164,12 +171,13 @@ FlatBufferBuilder& BuildTask(const Task& t) {
   Offset<flatbuffers::Vector<const fbs::SpanRecord*>> span_records = 0;
   if (!t.spans.empty()) {
     NameTable names;
+    uint32_t step = 0, role = 0, worker = 0, endpoint = 0;
     std::vector<fbs::SpanRecord> records;
     records.reserve(t.spans.size());
     for (const Span& s : t.spans)
       records.emplace_back(s.enqueue_us, s.start_us, s.end_us, s.prompt_tokens, s.completion_tokens, s.attempt,
-                           names.Index(s.step), names.Index(s.role), names.Index(s.worker),
-                           names.Index(s.endpoint));
+                           names.Index(s.step, &step), names.Index(s.role, &role),
+                           names.Index(s.worker, &worker), names.Index(s.endpoint, &endpoint));
     std::vector<Offset<flatbuffers::String>> name_offsets;
     name_offsets.reserve(names.names().size());
     for (std::string_view n : names.names()) name_offsets.push_back(b.CreateString(n));
@@ -273,33 +281,30 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
       names.reserve(f->span_names()->size());
       for (auto* n : *f->span_names()) names.push_back(Str(n));
     }
-    auto name = [&names](uint32_t i) -> StatusOr<std::string> {
-      if (i >= names.size())
-        return InvalidArgument("task message has a span name index " + std::to_string(i) + " beyond its " +
-                               std::to_string(names.size()) + " span names");
-      return names[i];
-    };
     // Copied out bytewise: the Verifier checks the vector's alignment only to
     // 4 bytes, and the records hold 8-byte fields (see DecodeUlongs).
     const size_t count = f->span_records()->size();
     const uint8_t* data = f->span_records()->Data();
-    t.spans.reserve(count);
+    t.spans.reserve(count + 1);  // room for the span the receiving step appends
     for (size_t i = 0; i < count; ++i) {
-      fbs::SpanRecord record;
-      std::memcpy(&record, data + i * sizeof(record), sizeof(record));
-      const fbs::SpanRecord* s = &record;
-      Span span;
-      MATRIX_ASSIGN_OR_RETURN(span.step, name(s->step()));
-      MATRIX_ASSIGN_OR_RETURN(span.role, name(s->role()));
-      MATRIX_ASSIGN_OR_RETURN(span.worker, name(s->worker()));
-      MATRIX_ASSIGN_OR_RETURN(span.endpoint, name(s->endpoint()));
-      span.enqueue_us = s->enqueue_us();
-      span.start_us = s->start_us();
-      span.end_us = s->end_us();
-      span.prompt_tokens = s->prompt_tokens();
-      span.completion_tokens = s->completion_tokens();
-      span.attempt = s->attempt();
-      t.spans.push_back(std::move(span));
+      fbs::SpanRecord s;
+      std::memcpy(&s, data + i * sizeof(s), sizeof(s));
+      for (uint32_t index : {s.step(), s.role(), s.worker(), s.endpoint()}) {
+        if (index >= names.size())
+          return InvalidArgument("task message has a span name index " + std::to_string(index) +
+                                 " beyond its " + std::to_string(names.size()) + " span names");
+      }
+      Span& span = t.spans.emplace_back();
+      span.step = names[s.step()];
+      span.role = names[s.role()];
+      span.worker = names[s.worker()];
+      span.endpoint = names[s.endpoint()];
+      span.enqueue_us = s.enqueue_us();
+      span.start_us = s.start_us();
+      span.end_us = s.end_us();
+      span.prompt_tokens = s.prompt_tokens();
+      span.completion_tokens = s.completion_tokens();
+      span.attempt = s.attempt();
     }
   }
   if (f->branch())
@@ -308,8 +313,10 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
   t.created_us = f->created_us();
   t.enqueue_us = f->enqueue_us();
   t.hops = f->hops();
-  if (f->archive())
+  if (f->archive()) {
+    t.archive.reserve(f->archive()->size() + 1);
     for (auto* r : *f->archive()) t.archive.push_back({Str(r->node()), r->id(), r->size(), r->checksum()});
+  }
   return t;
 }
 

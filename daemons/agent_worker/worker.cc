@@ -340,7 +340,7 @@ void Worker::Impl::Send(const wire::Control& control, std::string bundle) {
   frames.reserve(2);
   frames.push_back(wire::EncodeControl(control));
   if (!bundle.empty()) frames.push_back(std::move(bundle));
-  Status st = broker_->Send(frames);
+  Status st = broker_->Send(std::move(frames));
   if (!st.ok()) LOG_WARN << "send to broker failed: " << st.message();
   last_send_ns_ = clock_->NowNanos();
 }

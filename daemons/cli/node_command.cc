@@ -175,9 +175,10 @@ int NodeCommand(const NodeOptions& in) {
     argv.insert(argv.end(), common.begin(), common.end());
     return argv;
   };
-  if (!start({"store", with({bin + "/matrix-store", "--bind", tcp, "--name", "store"})})) return 1;
+  if (!start({"store", with({bin + "/matrix-store", "--bind", tcp, "--name", "store"}), /*log_path=*/{}})) return 1;
   if (!start({"broker", with({bin + "/matrix-broker", "--bind", tcp, "--name", "broker", "--nodes-dir",
-                              opt.run_dir + "/nodes"})}))
+                              opt.run_dir + "/nodes"}),
+              /*log_path=*/{}}))
     return 1;
   auto store_ep = WaitEndpointFile(node_dir, "store", 20000);
   if (!store_ep.ok()) return fail("the store did not start");
@@ -200,7 +201,8 @@ int NodeCommand(const NodeOptions& in) {
                                "--store", *store_ep, "--output-dir", output_dir, "--id", name, "--nodes-dir",
                                opt.run_dir + "/nodes", "--models-dir", opt.run_dir + "/models", "--job",
                                opt.job_id, "--grace-s", std::to_string(opt.grace_s), "--finished-dir",
-                               finished_dir, "--progress-ms", "2000"})};
+                               finished_dir, "--progress-ms", "2000"}),
+                   /*log_path=*/{}};
     if (!parts.empty()) {
       spec.argv.push_back("--partitions");
       spec.argv.push_back(parts);

@@ -180,7 +180,7 @@ void BrokerServer::SendAll(std::vector<Outgoing>& out) {
     frames.push_back(o.worker);
     frames.push_back(wire::EncodeControl(o.control));
     if (!o.payloads.empty()) frames.push_back(std::move(o.payloads));
-    Status st = socket_->Send(frames);
+    Status st = socket_->Send(std::move(frames));
     if (st.ok()) {
       metrics_->ByType(metrics_->set.messages_sent, metrics_->sent, o.control.body.index()).Inc();
     } else {
