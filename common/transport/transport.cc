@@ -44,20 +44,32 @@ Status ApplyOptions(void* sock, Socket::Kind kind, const SocketOptions& o) {
 
 // Receives one whole multipart message into `frames`. False when none is
 // waiting (with ZMQ_DONTWAIT) or the socket's context is shutting down.
+// The frames' strings are reused: a loop receiving batch after batch copies
+// into memory it already holds instead of allocating every frame anew.
 bool RecvMessage(void* sock, int flags, Frames* frames) {
-  frames->clear();
+  size_t n = 0;
   while (true) {
     zmq_msg_t msg;
     zmq_msg_init(&msg);
     if (zmq_msg_recv(&msg, sock, flags) < 0) {
       zmq_msg_close(&msg);
       if (zmq_errno() == EINTR) continue;
+      frames->clear();
       return false;  // EAGAIN (first frame only) or ETERM
     }
-    frames->emplace_back(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+    const auto* data = static_cast<const char*>(zmq_msg_data(&msg));
+    if (n < frames->size()) {
+      (*frames)[n].assign(data, zmq_msg_size(&msg));
+    } else {
+      frames->emplace_back(data, zmq_msg_size(&msg));
+    }
+    ++n;
     const bool more = zmq_msg_more(&msg);
     zmq_msg_close(&msg);
-    if (!more) return true;
+    if (!more) {
+      frames->resize(n);
+      return true;
+    }
   }
 }
 

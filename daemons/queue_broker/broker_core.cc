@@ -194,6 +194,11 @@ void BrokerCore::HandOut(const std::string& wid, Worker& w, const std::string& r
   if (inserted) out->push_back({wid, wire::Control{config_.broker_id, wire::DeliverMsg{}}, {}});
   Outgoing& o = (*out)[sit->second];
   auto& deliver = std::get<wire::DeliverMsg>(o.control.body);
+  // The bundle grows once, not by doubling through a batch of ~2 KB payloads.
+  size_t bytes = o.payloads.size();
+  for (size_t i = 0; i < n; ++i) bytes += 4 + q[i].payload.size();
+  o.payloads.reserve(bytes);
+  deliver.items.reserve(deliver.items.size() + n);
   for (size_t i = 0; i < n; ++i) {
     Item item = std::move(q.front());
     q.pop_front();
