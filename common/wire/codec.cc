@@ -143,9 +143,13 @@ FlatBufferBuilder& BuildTask(const Task& t) {
   static thread_local FlatBufferBuilder b(8192);
   b.Clear();
   SharedStrings shared(b);
+  // std::map iterates in the byte order FlatBuffers requires of a keyed
+  // vector, so counters and vars need no sort.
   std::vector<Offset<fbs::Counter>> counters;
+  counters.reserve(t.counters.size());
   for (const auto& [k, v] : t.counters) counters.push_back(fbs::CreateCounter(b, b.CreateString(k), v));
   std::vector<Offset<fbs::Variable>> vars;
+  vars.reserve(t.vars.size());
   for (const auto& [k, v] : t.vars)
     vars.push_back(fbs::CreateVariable(b, b.CreateString(k), b.CreateString(v)));
   auto input = EncodeContent(b, t.input);
@@ -195,8 +199,7 @@ FlatBufferBuilder& BuildTask(const Task& t) {
       b, t.version, OptStr(b, t.run_id), b.CreateString(t.task_id), t.partition, t.row, t.trial, t.seed,
       t.attempt, OptStr(b, t.owner), OptStr(b, t.pipeline), t.pipeline_hash, OptStr(b, t.step),
       static_cast<fbs::TaskStatus>(t.status), OptStr(b, t.reason), OptStr(b, t.error),
-      counters.empty() ? 0 : b.CreateVectorOfSortedTables(&counters),
-      vars.empty() ? 0 : b.CreateVectorOfSortedTables(&vars), input,
+      counters.empty() ? 0 : b.CreateVector(counters), vars.empty() ? 0 : b.CreateVector(vars), input,
       history.empty() ? 0 : b.CreateVector(history), leases.empty() ? 0 : b.CreateVector(leases),
       branch, t.created_us, t.enqueue_us, t.hops, archive.empty() ? 0 : b.CreateVector(archive), span_names,
       span_records);

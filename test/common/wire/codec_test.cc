@@ -94,6 +94,26 @@ TEST(TaskCodecTest, SpansKeepOrderAndNamesAcrossManyDistinctNames) {
   }
 }
 
+TEST(TaskCodecTest, CountersAndVarsAreKeyedVectorsInByteOrder) {
+  Task t = SampleTask();
+  for (const char* k : {"b", "B", "ab", "a", "\xff", "steps", "a\x01"}) {
+    t.counters[k] = static_cast<int64_t>(std::string(k).size());
+    t.vars[k] = "1";
+  }
+  std::string bytes = EncodeTask(t);
+  auto* f = fb::GetTask(bytes.data());
+  for (const auto& [k, v] : t.counters) {
+    const fb::Counter* c = f->counters()->LookupByKey(k.c_str());
+    ASSERT_NE(c, nullptr) << k;
+    EXPECT_EQ(c->value(), v);
+  }
+  for (const auto& [k, v] : t.vars) {
+    const fb::Variable* var = f->vars()->LookupByKey(k.c_str());
+    ASSERT_NE(var, nullptr) << k;
+    EXPECT_EQ(var->json()->str(), v);
+  }
+}
+
 TEST(TaskCodecTest, RefusesASpanNamingAMissingName) {
   flatbuffers::FlatBufferBuilder b;
   auto names = b.CreateVector(std::vector<flatbuffers::Offset<flatbuffers::String>>{b.CreateString("ping")});
