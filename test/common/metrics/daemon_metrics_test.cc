@@ -17,6 +17,7 @@
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "test/common/metrics/scrape_util.h"
+#include "test/support/store_driver.h"
 #include "test/support/test_util.h"
 
 namespace matrix {
@@ -110,19 +111,6 @@ TEST(DaemonMetricsTest, BrokerWithoutMetricsPublishesNoAddress) {
   EXPECT_EQ(broker.Wait(15'000), 0);
 }
 
-// Runs the client's loop until `done` or the timeout.
-bool Drive(store::StoreClient* client, const std::function<bool()>& done, int timeout_ms = 10'000) {
-  transport::Poller poller;
-  int idx = poller.AddSocket(client->socket());
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    client->Tick();
-    poller.Poll(client->PollTimeoutMs(20));
-    if (poller.Readable(idx)) client->OnReadable();
-  }
-  return done();
-}
-
 TEST(DaemonMetricsTest, StoreServesObjectMetrics) {
   testing::TempDir dir;
   testing::ChildProcess store(
@@ -145,7 +133,7 @@ TEST(DaemonMetricsTest, StoreServesObjectMetrics) {
       ++stored;
     });
   }
-  ASSERT_TRUE(Drive(client->get(), [&] { return stored == 2; }));
+  ASSERT_TRUE(testing::DriveStoreClient(client->get(), [&] { return stored == 2; }));
 
   const std::string text = ScrapeUntil(*metrics_address, {"matrix_store_puts_total 2\n"});
   EXPECT_THAT(text, HasSubstr("matrix_store_puts_total 2\n"));

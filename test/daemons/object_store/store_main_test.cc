@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <optional>
 
 #include <gtest/gtest.h>
@@ -13,23 +12,11 @@
 #include "common/base/hash.h"
 #include "common/store/store_client.h"
 #include "common/transport/transport.h"
+#include "test/support/store_driver.h"
 #include "test/support/test_util.h"
 
 namespace matrix::store {
 namespace {
-
-// Runs the client's loop until `done` or the wall-clock timeout.
-bool Drive(StoreClient* client, const std::function<bool()>& done, int timeout_ms = 10'000) {
-  transport::Poller poller;
-  int idx = poller.AddSocket(client->socket());
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    client->Tick();
-    poller.Poll(client->PollTimeoutMs(20));
-    if (poller.Readable(idx)) client->OnReadable();
-  }
-  return done();
-}
 
 TEST(StoreMainTest, ServesPutGetAndExitsZeroOnSigterm) {
   testing::TempDir dir;
@@ -57,7 +44,7 @@ TEST(StoreMainTest, ServesPutGetAndExitsZeroOnSigterm) {
       ++stored;
     });
   }
-  ASSERT_TRUE(Drive(client->get(), [&] { return stored == blobs.size(); }));
+  ASSERT_TRUE(testing::DriveStoreClient(client->get(), [&] { return stored == blobs.size(); }));
 
   StoreClient::Options no_cache;
   no_cache.cache_bytes = 0;
@@ -65,13 +52,13 @@ TEST(StoreMainTest, ServesPutGetAndExitsZeroOnSigterm) {
   ASSERT_TRUE(reader.ok());
   std::optional<StatusOr<std::vector<std::string>>> got;
   (*reader)->Get(refs, [&](StatusOr<std::vector<std::string>> r) { got = std::move(r); });
-  ASSERT_TRUE(Drive(reader->get(), [&] { return got.has_value(); }));
+  ASSERT_TRUE(testing::DriveStoreClient(reader->get(), [&] { return got.has_value(); }));
   ASSERT_TRUE(got->ok()) << got->status().ToString();
   EXPECT_EQ(**got, blobs);
 
   std::optional<StatusOr<std::string>> stats;
   (*reader)->FetchStoreStats([&](StatusOr<std::string> s) { stats = std::move(s); });
-  ASSERT_TRUE(Drive(reader->get(), [&] { return stats.has_value(); }));
+  ASSERT_TRUE(testing::DriveStoreClient(reader->get(), [&] { return stats.has_value(); }));
   ASSERT_TRUE(stats->ok());
   EXPECT_NE((*stats)->find("\"node\":\"n7\""), std::string::npos) << **stats;
   EXPECT_EQ((*stats)->find("\"spills\":0"), std::string::npos) << **stats;

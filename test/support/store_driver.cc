@@ -1,0 +1,21 @@
+#include "test/support/store_driver.h"
+
+#include <chrono>
+
+#include "common/transport/transport.h"
+
+namespace matrix::testing {
+
+bool DriveStoreClient(store::StoreClient* client, const std::function<bool()>& done, int timeout_ms) {
+  transport::Poller poller;
+  const int idx = poller.AddSocket(client->socket());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    client->Tick();
+    poller.Poll(client->PollTimeoutMs(20));
+    if (poller.Readable(idx)) client->OnReadable();
+  }
+  return done();
+}
+
+}  // namespace matrix::testing
