@@ -215,46 +215,51 @@ int64_t Socket::TakeHandshakeFailures() {
   return failures;
 }
 
-Status Socket::Send(const Frames& frames) {
-  for (size_t i = 0; i < frames.size(); ++i) {
-    int flags = ZMQ_DONTWAIT | (i + 1 < frames.size() ? ZMQ_SNDMORE : 0);
-    while (zmq_send(sock_, frames[i].data(), frames[i].size(), flags) < 0) {
-      if (zmq_errno() == EINTR) continue;
-      return ZmqError("send");
-    }
+namespace {
+// Below this size a copy costs less than the allocation that ownership takes.
+constexpr size_t kZeroCopyBytes = 16 * 1024;
+
+int FrameFlags(size_t i, size_t count) { return ZMQ_DONTWAIT | (i + 1 < count ? ZMQ_SNDMORE : 0); }
+
+Status SendCopy(void* sock, const std::string& frame, int flags) {
+  while (zmq_send(sock, frame.data(), frame.size(), flags) < 0) {
+    if (zmq_errno() == EINTR) continue;
+    return ZmqError("send");
   }
   return Status::Ok();
 }
 
-namespace {
-// Below this size a copy costs less than the allocation that ownership takes.
-constexpr size_t kZeroCopyBytes = 16 * 1024;
 void DeleteOwnedFrame(void* /*data*/, void* owner) { delete static_cast<std::string*>(owner); }
+
+// ZeroMQ frees the frame (possibly on its I/O thread) once it is written.
+Status SendOwned(void* sock, std::string&& frame, int flags) {
+  auto* owned = new std::string(std::move(frame));
+  zmq_msg_t msg;
+  if (zmq_msg_init_data(&msg, owned->data(), owned->size(), DeleteOwnedFrame, owned) != 0) {
+    delete owned;
+    return ZmqError("send");
+  }
+  while (zmq_msg_send(&msg, sock, flags) < 0) {
+    if (zmq_errno() == EINTR) continue;
+    Status st = ZmqError("send");
+    zmq_msg_close(&msg);
+    return st;
+  }
+  return Status::Ok();
+}
 }  // namespace
+
+Status Socket::Send(const Frames& frames) {
+  for (size_t i = 0; i < frames.size(); ++i)
+    MATRIX_RETURN_IF_ERROR(SendCopy(sock_, frames[i], FrameFlags(i, frames.size())));
+  return Status::Ok();
+}
 
 Status Socket::Send(Frames&& frames) {
   for (size_t i = 0; i < frames.size(); ++i) {
-    int flags = ZMQ_DONTWAIT | (i + 1 < frames.size() ? ZMQ_SNDMORE : 0);
-    if (frames[i].size() < kZeroCopyBytes) {
-      while (zmq_send(sock_, frames[i].data(), frames[i].size(), flags) < 0) {
-        if (zmq_errno() == EINTR) continue;
-        return ZmqError("send");
-      }
-      continue;
-    }
-    // ZeroMQ frees the frame (possibly on its I/O thread) once it is written.
-    auto* owned = new std::string(std::move(frames[i]));
-    zmq_msg_t msg;
-    if (zmq_msg_init_data(&msg, owned->data(), owned->size(), DeleteOwnedFrame, owned) != 0) {
-      delete owned;
-      return ZmqError("send");
-    }
-    while (zmq_msg_send(&msg, sock_, flags) < 0) {
-      if (zmq_errno() == EINTR) continue;
-      Status st = ZmqError("send");
-      zmq_msg_close(&msg);
-      return st;
-    }
+    const int flags = FrameFlags(i, frames.size());
+    MATRIX_RETURN_IF_ERROR(frames[i].size() < kZeroCopyBytes ? SendCopy(sock_, frames[i], flags)
+                                                             : SendOwned(sock_, std::move(frames[i]), flags));
   }
   return Status::Ok();
 }
