@@ -26,34 +26,13 @@ Offset<flatbuffers::String> OptStr(FlatBufferBuilder& b, const std::string& s) {
   return s.empty() ? 0 : b.CreateString(s);
 }
 
-// Names that repeat across turns (step, role, kind, endpoint, model) are
-// stored once per message. A linear scan over a handful of names is cheaper
-// than FlatBuffers' CreateSharedString (a std::set over the buffer); past
-// kMaxShared distinct names the rest are simply stored again.
-class SharedStrings {
- public:
-  explicit SharedStrings(FlatBufferBuilder& b) : b_(b) {}
-  Offset<flatbuffers::String> operator()(const std::string& s) {
-    if (s.empty()) return 0;
-    for (const auto& [name, offset] : seen_)
-      if (name == s) return offset;
-    auto offset = b_.CreateString(s);
-    if (seen_.size() < kMaxShared) seen_.emplace_back(s, offset);
-    return offset;
-  }
-
- private:
-  static constexpr size_t kMaxShared = 32;
-  FlatBufferBuilder& b_;
-  std::vector<std::pair<std::string_view, Offset<flatbuffers::String>>> seen_;
-};
-
-// The distinct names of a message's spans, in order of first use; a span
-// refers to them by index.
+// The distinct names of one message being encoded (views into the Task), in
+// order of first use, each with its index: spans refer to names by index,
+// turns share one string per name (SharedStrings).
 class NameTable {
  public:
-  // `hint` is the index this field had in the previous span: consecutive
-  // spans mostly repeat their worker, endpoint and alternating steps.
+  // `hint` is the index the same field had last time: consecutive spans and
+  // turns mostly repeat their worker, endpoint and alternating steps.
   uint32_t Index(const std::string& s, uint32_t* hint) {
     if (*hint < names_.size() && names_[*hint] == s) return *hint;
     return *hint = Lookup(s);
@@ -79,6 +58,26 @@ class NameTable {
   static constexpr size_t kLinear = 16;
   std::vector<std::string_view> names_;
   std::unordered_map<std::string_view, uint32_t> index_;
+};
+
+// Names that repeat across turns (step, role, kind, endpoint, model) are
+// stored once per message: a string per distinct name of the NameTable.
+// (Cheaper than FlatBuffers' CreateSharedString, a std::set over the buffer.)
+class SharedStrings {
+ public:
+  explicit SharedStrings(FlatBufferBuilder& b) : b_(b) {}
+  Offset<flatbuffers::String> operator()(const std::string& s) {
+    if (s.empty()) return 0;
+    const uint32_t i = names_.Index(s, &hint_);
+    if (i == offsets_.size()) offsets_.push_back(b_.CreateString(s));
+    return offsets_[i];
+  }
+
+ private:
+  FlatBufferBuilder& b_;
+  NameTable names_;
+  uint32_t hint_ = 0;
+  std::vector<Offset<flatbuffers::String>> offsets_;
 };
 
 Offset<fbs::Content> EncodeContent(FlatBufferBuilder& b, const Content& c) {
