@@ -231,33 +231,26 @@ std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t
     line.append(InputJson(task, resolved).dump(-1, ' ', false, Json::error_handler_t::replace));
   }
   line.append(",\"spans\":[");
-  bool first = true;
-  for (const auto& s : task.spans) {
-    line.append(first ? "{\"step\":" : ",{\"step\":");
-    first = false;
-    AppendJsonString(&line, s.step);
-    line.append(",\"role\":");
-    AppendJsonString(&line, s.role);
-    line.append(",\"worker\":");
-    AppendJsonString(&line, s.worker);
-    line.append(",\"enqueue_us\":");
-    AppendInt(&line, s.enqueue_us);
-    line.append(",\"start_us\":");
-    AppendInt(&line, s.start_us);
-    line.append(",\"end_us\":");
-    AppendInt(&line, s.end_us);
-    line.append(",\"queue_wait_s\":");
-    AppendSeconds(&line, s.start_us - s.enqueue_us);
-    line.append(",\"handling_s\":");
-    AppendSeconds(&line, s.end_us - s.start_us);
-    line.append(",\"prompt_tokens\":");
-    AppendInt(&line, s.prompt_tokens);
-    line.append(",\"completion_tokens\":");
-    AppendInt(&line, s.completion_tokens);
-    line.append(",\"endpoint\":");
-    AppendJsonString(&line, s.endpoint);
-    line.append(",\"attempt\":");
-    AppendInt(&line, s.attempt);
+  const char* sep = "{";
+  auto key = [&](const char* name) { line.append(sep).append("\"").append(name).append("\":"); sep = ","; };
+  auto str = [&](const char* name, const std::string& v) { key(name); AppendJsonString(&line, v); };
+  auto number = [&](const char* name, int64_t v) { key(name); AppendInt(&line, v); };
+  auto seconds = [&](const char* name, int64_t us) { key(name); AppendSeconds(&line, us); };
+  for (size_t i = 0; i < task.spans.size(); ++i) {
+    const wire::Span& s = task.spans[i];
+    sep = i == 0 ? "{" : ",{";
+    str("step", s.step);
+    str("role", s.role);
+    str("worker", s.worker);
+    number("enqueue_us", s.enqueue_us);
+    number("start_us", s.start_us);
+    number("end_us", s.end_us);
+    seconds("queue_wait_s", s.start_us - s.enqueue_us);
+    seconds("handling_s", s.end_us - s.start_us);
+    number("prompt_tokens", s.prompt_tokens);
+    number("completion_tokens", s.completion_tokens);
+    str("endpoint", s.endpoint);
+    number("attempt", s.attempt);
     line.push_back('}');
   }
   line.append("]}");
