@@ -45,6 +45,26 @@ double SumMetric(const std::string& run_dir, const std::string& name) {
   return sum;
 }
 
+// One `matrix node` of a loopback job on configs/coral.yaml with 2 partitions.
+std::unique_ptr<ChildProcess> StartNode(const std::string& run, const std::string& out, int index, int nodes,
+                                        const std::string& job, int grace_s, int tasks,
+                                        const std::vector<std::string>& overrides, const std::string& log) {
+  std::vector<std::string> argv{BinPath("matrix"), "node", "--run-dir", run, "--output", out, "--node",
+                                "n" + std::to_string(index + 1), "--node-index", std::to_string(index), "--nodes",
+                                std::to_string(nodes), "--bind-host", "127.0.0.1", "--job", job, "--grace-s",
+                                std::to_string(grace_s), SourcePath("configs/coral.yaml"),
+                                "dataset.limit=" + std::to_string(tasks), "dataset.partitions=2"};
+  argv.insert(argv.end(), overrides.begin(), overrides.end());
+  return std::make_unique<ChildProcess>(argv, log);
+}
+
+// Registers a model server for "llama" in the run directory, as
+// slurm/model_server.sbatch does.
+void RegisterModelServer(const std::string& run, const std::string& name, const std::string& url) {
+  ASSERT_TRUE(MakeDirs(run + "/models/llama").ok());
+  ASSERT_TRUE(WriteFileAtomic(run + "/models/llama/" + name, url + "\n").ok());
+}
+
 TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
   TempDir dir;
   const std::string run = dir.File("run"), out = dir.File("out");
@@ -62,21 +82,15 @@ TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
     auto url = WaitEndpointFile(dir.File("sim-" + name), "sim", 10000);
     ASSERT_TRUE(url.ok());
     urls[name] = Trim(*url);
-    ASSERT_TRUE(MakeDirs(run + "/models/llama").ok());
-    ASSERT_TRUE(WriteFileAtomic(run + "/models/llama/" + name, urls[name] + "\n").ok());
+    RegisterModelServer(run, name, urls[name]);
   }
   const int kTasks = 240;
   std::vector<std::unique_ptr<ChildProcess>> nodes;
   for (int i = 0; i < 3; ++i) {
-    const std::string node = "n" + std::to_string(i + 1);
-    nodes.push_back(std::make_unique<ChildProcess>(
-        std::vector<std::string>{BinPath("matrix"), "node", "--run-dir", run, "--output", out, "--node", node,
-                                 "--node-index", std::to_string(i), "--nodes", "3", "--bind-host", "127.0.0.1",
-                                 "--job", "t1", "--grace-s", "5", SourcePath("configs/coral.yaml"),
-                                 "dataset.limit=" + std::to_string(kTasks), "dataset.partitions=2",
-                                 "run.max_concurrent_tasks=80", "roles.teacher.concurrency=6",
-                                 "roles.student.concurrency=6"},
-        dir.File(node + ".log")));
+    nodes.push_back(StartNode(run, out, i, 3, "t1", 5, kTasks,
+                              {"run.max_concurrent_tasks=80", "roles.teacher.concurrency=6",
+                               "roles.student.concurrency=6"},
+                              dir.File("n" + std::to_string(i + 1) + ".log")));
   }
   // Work and objects cross nodes.
   double crossed = 0, remote_fetches = 0;
@@ -159,21 +173,13 @@ TEST(MultiNodeTest, StepWideSigtermDrainsInOrderAndTheNextJobResumes) {
                    dir.File("sim.log"));
   auto url = WaitEndpointFile(dir.File("sim"), "sim", 10000);
   ASSERT_TRUE(url.ok());
-  ASSERT_TRUE(MakeDirs(run + "/models/llama").ok());
-  ASSERT_TRUE(WriteFileAtomic(run + "/models/llama/sim", Trim(*url) + "\n").ok());
+  RegisterModelServer(run, "sim", Trim(*url));
   const int kTasks = 200;
   auto start_nodes = [&](const std::string& job) {
     std::vector<std::unique_ptr<ChildProcess>> nodes;
-    for (int i = 0; i < 2; ++i) {
-      const std::string node = "n" + std::to_string(i + 1);
-      nodes.push_back(std::make_unique<ChildProcess>(
-          std::vector<std::string>{BinPath("matrix"), "node", "--run-dir", run, "--output", out, "--node", node,
-                                   "--node-index", std::to_string(i), "--nodes", "2", "--bind-host", "127.0.0.1",
-                                   "--job", job, "--grace-s", "4", SourcePath("configs/coral.yaml"),
-                                   "dataset.limit=" + std::to_string(kTasks), "dataset.partitions=2",
-                                   "run.max_concurrent_tasks=40"},
-          dir.File(node + "-" + job + ".log")));
-    }
+    for (int i = 0; i < 2; ++i)
+      nodes.push_back(StartNode(run, out, i, 2, job, 4, kTasks, {"run.max_concurrent_tasks=40"},
+                                dir.File("n" + std::to_string(i + 1) + "-" + job + ".log")));
     return nodes;
   };
   {
