@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <regex>
+#include <unordered_set>
 
 #include "common/config/pipeline.h"
 
@@ -11,18 +12,6 @@ using config::RoleType;
 
 bool IsTerminal(const std::string& target) {
   return target == "done" || target == "failed" || target == "filtered";
-}
-
-unsigned RoleContextParts(const config::RoleConfig& role) {
-  auto of = [](const std::optional<config::Expr>& e) { return e ? ContextPartsFor(e->text()) : 0u; };
-  switch (role.type) {
-    case RoleType::kNoop: return 0;
-    case RoleType::kExtract: return role.from ? of(role.from) : static_cast<unsigned>(kCtxHistory);
-    case RoleType::kCompare: return of(role.left) | of(role.right);
-    case RoleType::kFilter: return of(role.condition);
-    case RoleType::kReward: return of(role.expr);
-    default: return kCtxAll;
-  }
 }
 
 unsigned RouteContextParts(const config::StepConfig& step) {
@@ -46,24 +35,33 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
     messages.push_back({{"role", "user"}, {"content", prompt}});
   }
   if (role.conversation) {
+    // Tool calls and their results are seen only by the role that made them.
+    std::unordered_set<std::string> own_calls;
     for (const auto& turn : task.history) {
       if (!turn.conversation) continue;
       bool missing = false;
       std::string text = ContentText(turn.content, resolved, &missing);
       if (missing) return Unavailable("content of an earlier turn is unavailable");
       bool own = turn.role == role_name;
-      if (own && !turn.tool_calls.empty()) {
+      if (!turn.tool_call_id.empty()) {
+        if (own_calls.count(turn.tool_call_id))
+          messages.push_back({{"role", "tool"}, {"tool_call_id", turn.tool_call_id}, {"content", text}});
+        continue;
+      }
+      if (!turn.tool_calls.empty()) {
+        if (!own) continue;
         Json calls = Json::array();
-        for (const auto& c : turn.tool_calls)
+        for (const auto& c : turn.tool_calls) {
+          own_calls.insert(c.id);
           calls.push_back({{"id", c.id},
                            {"type", "function"},
                            {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
-        messages.push_back({{"role", "assistant"}, {"content", text}, {"tool_calls", calls}});
-      } else if (!turn.tool_call_id.empty()) {
-        messages.push_back({{"role", "tool"}, {"tool_call_id", turn.tool_call_id}, {"content", text}});
-      } else {
-        messages.push_back({{"role", own ? "assistant" : "user"}, {"content", text}});
+        }
+        messages.push_back({{"role", "assistant"}, {"content", text.empty() ? Json(nullptr) : Json(text)},
+                            {"tool_calls", calls}});
+        continue;
       }
+      messages.push_back({{"role", own ? "assistant" : "user"}, {"content", text}});
     }
   }
   if (messages.empty()) return InvalidArgument("role " + role_name + " produced no messages");
@@ -73,6 +71,14 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
   }
   if (role.sampling.is_object()) body.update(role.sampling);
   body["messages"] = std::move(messages);
+  if (role.tools.is_array() && !role.tools.empty()) body["tools"] = role.tools;
+  if (!role.tool_choice.is_null()) {
+    const Json& tc = role.tool_choice;
+    bool keyword = tc.is_string() && (tc == "auto" || tc == "none" || tc == "required");
+    body["tool_choice"] = tc.is_string() && !keyword
+                              ? Json{{"type", "function"}, {"function", {{"name", tc.get<std::string>()}}}}
+                              : tc;
+  }
   if (!body.contains("seed")) body["seed"] = (task.seed + task.hops) & 0x7fffffff;
   return body;
 }
@@ -112,89 +118,182 @@ Json JsonPath(const Json& obj, const std::string& path) {
 
 }  // namespace
 
-LocalOutcome RunLocalRole(const config::RoleConfig& role, wire::Task& task, const Json& ctx) {
-  LocalOutcome out;
-  switch (role.type) {
-    case RoleType::kNoop:
-      return out;
-    case RoleType::kExtract: {
-      Json source = ctx.contains("last") ? ctx["last"]["content"] : Json(nullptr);
-      if (role.from) {
-        auto v = role.from->Eval(ctx);
-        if (!v.ok()) return {v.status()};
-        source = *v;
-      }
-      std::string text = AsText(source);
-      if (role.json) {
-        // The first JSON object in the text (models often wrap it in prose).
-        size_t open = text.find('{'), close = text.rfind('}');
-        Json parsed = open != std::string::npos && close > open
-                          ? Json::parse(text.substr(open, close - open + 1), nullptr, false)
-                          : Json(nullptr);
-        if (parsed.is_discarded() || !parsed.is_object()) {
-          for (const auto& [var, path] : role.fields) SetVar(task, var, nullptr);
-          if (!role.var.empty()) SetVar(task, role.var, nullptr);
-          return out;
-        }
-        for (const auto& [var, path] : role.fields) SetVar(task, var, JsonPath(parsed, path));
-        if (!role.var.empty()) SetVar(task, role.var, parsed);
-        return out;
-      }
-      Json value = nullptr;
-      if (role.regex) {
-        std::smatch m;
-        std::string capped = text.size() > 1'000'000 ? text.substr(text.size() - 1'000'000) : text;
-        // The last match wins: models restate the answer at the end.
-        for (auto it = std::sregex_iterator(capped.begin(), capped.end(), *role.regex);
-             it != std::sregex_iterator(); ++it) {
-          const std::smatch& match = *it;
-          value = match.size() > 1 && match[1].matched ? match[1].str() : match[0].str();
-        }
-      } else {
-        value = text;
-      }
-      SetVar(task, role.var, value);
-      return out;
-    }
-    case RoleType::kCompare: {
-      if (!role.left || !role.right) return {InvalidArgument("compare role needs left and right")};
-      auto l = role.left->Eval(ctx);
-      if (!l.ok()) return {l.status()};
-      auto r = role.right->Eval(ctx);
-      if (!r.ok()) return {r.status()};
-      bool equal;
-      if (l->is_null() || r->is_null()) {
-        equal = false;
-      } else if (l->is_string() || r->is_string()) {
-        std::string a = AsText(*l), b = AsText(*r);
-        if (role.ignore_case) {
-          a = Lower(a);
-          b = Lower(b);
-        }
-        equal = a == b;
-      } else {
-        equal = *l == *r;
-      }
-      SetVar(task, role.var, equal);
-      return out;
-    }
-    case RoleType::kFilter: {
-      if (!role.condition) return out;
-      auto keep = role.condition->EvalBool(ctx);
-      if (!keep.ok()) return {keep.status()};
-      out.filtered = !*keep;
-      return out;
-    }
-    case RoleType::kReward: {
-      if (!role.expr) return {InvalidArgument("reward role needs expr")};
-      auto v = role.expr->Eval(ctx);
-      if (!v.ok()) return {v.status()};
-      SetVar(task, role.var.empty() ? "reward" : role.var, *v);
-      return out;
-    }
-    default:
-      return {FailedPrecondition("agent type of this role is not run by this worker")};
+namespace {
+
+unsigned ExprParts(const std::optional<config::Expr>& e) { return e ? ContextPartsFor(e->text()) : 0u; }
+
+class NoopAgent final : public Agent {
+ public:
+  unsigned ContextParts(const config::RoleConfig&) const override { return 0; }
+  void Run(const StepContext& s, AgentHost& host) const override { host.Complete(s.run_id, StepOutcome::Continue()); }
+};
+
+class ExtractAgent final : public Agent {
+ public:
+  unsigned ContextParts(const config::RoleConfig& role) const override {
+    return role.from ? ExprParts(role.from) : static_cast<unsigned>(kCtxHistory);
   }
+  void Run(const StepContext& s, AgentHost& host) const override {
+    const config::RoleConfig& role = s.role;
+    wire::Task& task = s.task;
+    Json source = s.ctx.contains("last") ? s.ctx["last"]["content"] : Json(nullptr);
+    if (role.from) {
+      auto v = role.from->Eval(s.ctx);
+      if (!v.ok()) return host.Complete(s.run_id, RoleError(s, v.status()));
+      source = *v;
+    }
+    std::string text = AsText(source);
+    if (role.json) {
+      // The first JSON object in the text (models often wrap it in prose).
+      size_t open = text.find('{'), close = text.rfind('}');
+      Json parsed = open != std::string::npos && close > open
+                        ? Json::parse(text.substr(open, close - open + 1), nullptr, false)
+                        : Json(nullptr);
+      if (parsed.is_discarded() || !parsed.is_object()) {
+        for (const auto& [var, path] : role.fields) SetVar(task, var, nullptr);
+        if (!role.var.empty()) SetVar(task, role.var, nullptr);
+        return host.Complete(s.run_id, StepOutcome::Continue());
+      }
+      for (const auto& [var, path] : role.fields) SetVar(task, var, JsonPath(parsed, path));
+      if (!role.var.empty()) SetVar(task, role.var, parsed);
+      return host.Complete(s.run_id, StepOutcome::Continue());
+    }
+    Json value = nullptr;
+    if (role.regex) {
+      std::smatch m;
+      std::string capped = text.size() > 1'000'000 ? text.substr(text.size() - 1'000'000) : text;
+      // The last match wins: models restate the answer at the end.
+      for (auto it = std::sregex_iterator(capped.begin(), capped.end(), *role.regex); it != std::sregex_iterator();
+           ++it) {
+        const std::smatch& match = *it;
+        value = match.size() > 1 && match[1].matched ? match[1].str() : match[0].str();
+      }
+    } else {
+      value = text;
+    }
+    SetVar(task, role.var, value);
+    host.Complete(s.run_id, StepOutcome::Continue());
+  }
+};
+
+class CompareAgent final : public Agent {
+ public:
+  unsigned ContextParts(const config::RoleConfig& role) const override {
+    return ExprParts(role.left) | ExprParts(role.right);
+  }
+  void Run(const StepContext& s, AgentHost& host) const override {
+    const config::RoleConfig& role = s.role;
+    if (!role.left || !role.right)
+      return host.Complete(s.run_id, RoleError(s, InvalidArgument("compare role needs left and right")));
+    auto l = role.left->Eval(s.ctx);
+    if (!l.ok()) return host.Complete(s.run_id, RoleError(s, l.status()));
+    auto r = role.right->Eval(s.ctx);
+    if (!r.ok()) return host.Complete(s.run_id, RoleError(s, r.status()));
+    bool equal;
+    if (l->is_null() || r->is_null()) {
+      equal = false;
+    } else if (l->is_string() || r->is_string()) {
+      std::string a = AsText(*l), b = AsText(*r);
+      if (role.ignore_case) {
+        a = Lower(a);
+        b = Lower(b);
+      }
+      equal = a == b;
+    } else {
+      equal = *l == *r;
+    }
+    SetVar(s.task, role.var, equal);
+    host.Complete(s.run_id, StepOutcome::Continue());
+  }
+};
+
+class FilterAgent final : public Agent {
+ public:
+  unsigned ContextParts(const config::RoleConfig& role) const override { return ExprParts(role.condition); }
+  void Run(const StepContext& s, AgentHost& host) const override {
+    if (!s.role.condition) return host.Complete(s.run_id, StepOutcome::Continue());
+    auto keep = s.role.condition->EvalBool(s.ctx);
+    if (!keep.ok()) return host.Complete(s.run_id, RoleError(s, keep.status()));
+    host.Complete(s.run_id, *keep ? StepOutcome::Continue() : StepOutcome::Filtered());
+  }
+};
+
+// A fixed turn, spoken as `as` (a greeting the conversation starts with).
+class MessageAgent final : public Agent {
+ public:
+  unsigned ContextParts(const config::RoleConfig& role) const override {
+    return role.content && role.content->source().find("{{") == std::string::npos ? 0u
+                                                                                   : static_cast<unsigned>(kCtxAll);
+  }
+  void Run(const StepContext& s, AgentHost& host) const override {
+    auto text = s.role.content->Render(s.ctx);
+    if (!text.ok()) return host.Complete(s.run_id, StepOutcome::Failed("prompt_error", text.status().message()));
+    wire::Turn turn;
+    turn.step = s.step.name;
+    turn.role = s.role.as;
+    turn.kind = "message";
+    turn.content.text = std::move(*text);
+    turn.start_us = turn.end_us = host.clock().WallMicros();
+    s.task.history.push_back(std::move(turn));
+    s.task.counters["turns"]++;
+    host.Complete(s.run_id, StepOutcome::Continue());
+  }
+};
+
+}  // namespace
+
+StepOutcome RoleError(const StepContext& s, const Status& status) {
+  return StepOutcome::Failed("role_error", "step '" + s.step.name + "': " + status.message());
+}
+
+// reward: an expression here; the environment's reward in env_agents.cc.
+void RunRewardExpr(const StepContext& s, AgentHost& host) {
+  if (!s.role.expr) return host.Complete(s.run_id, RoleError(s, InvalidArgument("reward role needs expr")));
+  auto v = s.role.expr->Eval(s.ctx);
+  if (!v.ok()) return host.Complete(s.run_id, RoleError(s, v.status()));
+  SetVar(s.task, s.role.var.empty() ? "reward" : s.role.var, *v);
+  host.Complete(s.run_id, StepOutcome::Continue());
+}
+
+void RegisterLocalAgents(AgentRegistry* registry) {
+  registry->Register("noop", std::make_unique<NoopAgent>());
+  registry->Register("extract", std::make_unique<ExtractAgent>());
+  registry->Register("compare", std::make_unique<CompareAgent>());
+  registry->Register("filter", std::make_unique<FilterAgent>());
+  registry->Register("message", std::make_unique<MessageAgent>());
+}
+
+const AgentRegistry& AgentRegistry::Builtin() {
+  static const AgentRegistry* registry = [] {
+    auto* r = new AgentRegistry();
+    RegisterLocalAgents(r);
+    RegisterLlmAgent(r);
+    RegisterEnvAgents(r);
+    return r;
+  }();
+  return *registry;
+}
+
+void AgentRegistry::Register(std::string type, std::unique_ptr<Agent> agent) {
+  agents_[std::move(type)] = std::move(agent);
+}
+
+const Agent* AgentRegistry::Find(const std::string& type) const {
+  auto it = agents_.find(type);
+  return it == agents_.end() ? nullptr : it->second.get();
+}
+
+std::vector<std::string> AgentRegistry::Types() const {
+  std::vector<std::string> out;
+  for (const auto& [name, a] : agents_) out.push_back(name);
+  return out;
+}
+
+const wire::ResourceLease* FindEnvLease(const wire::Task& task, const std::string& env_role) {
+  const std::string kind = kEnvLeasePrefix + env_role;
+  for (const auto& l : task.leases)
+    if (l.kind == kind) return &l;
+  return nullptr;
 }
 
 RouteDecision Route(const config::StepConfig& step, wire::Task& task, const Json& ctx_in) {

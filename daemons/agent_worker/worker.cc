@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <unordered_map>
 
 #include "common/base/files.h"
@@ -19,6 +21,7 @@
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "daemons/agent_worker/agents.h"
+#include "daemons/agent_worker/env_pool.h"
 #include "daemons/agent_worker/sink.h"
 #include "daemons/agent_worker/source.h"
 #include "daemons/agent_worker/task_view.h"
@@ -27,7 +30,7 @@ namespace matrix::worker {
 
 using config::RoleType;
 
-class Worker::Impl {
+class Worker::Impl final : public AgentHost {
  public:
   Impl(WorkerConfig config, std::shared_ptr<const config::Pipeline> pipeline, transport::Context* ctx,
        const Clock* clock)
@@ -39,6 +42,15 @@ class Worker::Impl {
   Status Init();
   Status Run();
   void Stop() { stop_requested_ = true; }
+
+  // AgentHost
+  const Clock& clock() const override { return *clock_; }
+  const std::string& identity() const override { return identity_; }
+  const config::Pipeline& pipeline() const override { return *pipeline_; }
+  void Complete(uint64_t run_id, StepOutcome outcome, const TaskEdit& edit) override;
+  void CallLlm(uint64_t run_id, const std::string& model, Json body,
+               std::function<void(llm::ChatResult&)> done) override;
+  EnvPool* envs() override { return envs_.get(); }
 
  private:
   struct Partition {
@@ -55,6 +67,8 @@ class Worker::Impl {
     Resolved resolved;
     const config::StepConfig* step = nullptr;
     const config::RoleConfig* role = nullptr;
+    const Agent* agent = nullptr;
+    std::function<void(llm::ChatResult&)> on_llm;
     bool sink = false;
     // The archived segments of history and spans, once fetched (Fetch()).
     bool archive_loaded = false;
@@ -74,6 +88,16 @@ class Worker::Impl {
   void StartRole(uint64_t id);
   void FinishStep(uint64_t id);
   void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
+  // Ends the task's environment sessions held here; returns the worker
+  // holding another one ("" when none), where the task goes next.
+  std::string ReleaseEnvs(wire::Task& task);
+  void OnReleaseDelivery(uint64_t id, bool holder_gone);
+  // The queue of `step` for this task: bound to the worker holding the
+  // task's environment session when the step's agent needs it.
+  std::string QueueFor(const config::StepConfig& step, const wire::Task& task) const;
+  const Agent* AgentOf(const config::RoleConfig& role) const {
+    return AgentRegistry::Builtin().Find(config::RoleTypeName(role.type));
+  }
   void OffloadAndSubmit(uint64_t id);
   void ArchiveAndSubmit(uint64_t id);
   // The task with its archived history and spans put back in front.
@@ -115,7 +139,8 @@ class Worker::Impl {
     auto it = parts_.find(step);
     if (it != parts_.end()) return it->second;
     StepParts p;
-    if (const config::RoleConfig* role = pipeline_->Role(step->role)) p.role = RoleContextParts(*role);
+    if (const config::RoleConfig* role = pipeline_->Role(step->role))
+      if (const Agent* agent = AgentOf(*role)) p.role = agent->ContextParts(*role);
     p.route = RouteContextParts(*step);
     return parts_.emplace(step, p).first->second;
   }
@@ -141,6 +166,8 @@ class Worker::Impl {
   std::unique_ptr<transport::Socket> broker_;
   std::unique_ptr<store::StoreClient> store_;
   std::unique_ptr<llm::LlmClient> llm_;
+  std::unique_ptr<EnvPool> envs_;
+  std::string env_root_;
   std::vector<Partition> partitions_;
   std::vector<std::string> served_roles_;
 
@@ -229,6 +256,33 @@ Status Worker::Impl::Init() {
   if (!pools.empty()) {
     MATRIX_ASSIGN_OR_RETURN(llm_, llm::LlmClient::Create(std::move(pools), clock_));
     RefreshModelEndpoints();
+  }
+
+  // Tool environments and exec programs: one pool, its sessions in a
+  // node-local folder, its size divided among the node's workers.
+  int max_sessions = 0;
+  double idle_s = 3600;
+  bool runs_programs = false;
+  for (const auto& [name, role] : pipeline_->roles) {
+    if (role.type != RoleType::kTool && role.type != RoleType::kExec) continue;
+    runs_programs = true;
+    if (role.type == RoleType::kTool) {
+      max_sessions = std::max(max_sessions, role.max_sessions);
+      idle_s = std::min(idle_s, role.idle_timeout_s);
+    }
+  }
+  if (runs_programs) {
+    EnvPool::Options eo;
+    const char* tmp = std::getenv("TMPDIR");
+    env_root_ = std::string(tmp && *tmp ? tmp : "/tmp") + "/matrix-env-" + identity_;
+    eo.work_root = env_root_;
+    eo.holder = identity_;
+    const int workers = std::max(1, pipeline_->run.workers);
+    eo.max_sessions = static_cast<size_t>(std::max(1, (std::max(max_sessions, 1) + workers - 1) / workers));
+    eo.idle_timeout_s = idle_s;
+    if (!config_.run_dir.empty() && FileExists(config_.run_dir + "/keys")) eo.hide.push_back(config_.run_dir + "/keys");
+    envs_ = std::make_unique<EnvPool>(std::move(eo), clock_);
+    if (envs_->fd() < 0) return Internal("cannot create the environment pool's epoll instance");
   }
 
   if (config_.roles.empty()) {
@@ -353,6 +407,14 @@ void Worker::Impl::Register(bool draining) {
     const config::RoleConfig* role = pipeline_->Role(name);
     uint32_t cap = draining ? 0 : static_cast<uint32_t>(role ? role->concurrency : 0);
     reg.roles.emplace_back(name, cap);
+    // Steps that must run next to this worker's environment sessions.
+    const Agent* agent = role ? AgentOf(*role) : nullptr;
+    if (agent && !agent->EnvRole(*role).empty()) reg.roles.emplace_back(StickyRole(name, identity_), cap);
+  }
+  if (envs_) {
+    // Sessions of finished tasks, held here or by a worker that is gone.
+    reg.roles.emplace_back(StickyRole(kReleaseRole, identity_), config_.sink_capacity);
+    reg.roles.emplace_back(kReleaseRole, config_.sink_capacity);
   }
   for (const auto& p : partitions_) reg.roles.emplace_back("sink:" + p.owner, config_.sink_capacity);
   Send(wire::Control{identity_, std::move(reg)});
@@ -406,7 +468,8 @@ void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
 }
 
 void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view payload) {
-  if (draining_ && item.role.rfind("sink:", 0) != 0) {
+  const bool release = item.role.rfind(kReleaseRole, 0) == 0;
+  if (draining_ && item.role.rfind("sink:", 0) != 0 && !release) {
     Ack(item.lease, /*requeue=*/true);
     return;
   }
@@ -430,6 +493,7 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
     HandleSink(id);
     return;
   }
+  if (release) return OnReleaseDelivery(id, item.role == kReleaseRole);
   if (r.task.pipeline_hash != pipeline_->hash) {
     ++refused_;
     refused_mismatch_.Inc();
@@ -452,7 +516,8 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
   }
   r.step = pipeline_->Step(r.task.step);
   r.role = r.step ? pipeline_->Role(r.step->role) : nullptr;
-  if (!r.step || !r.role) {
+  r.agent = r.role ? AgentOf(*r.role) : nullptr;
+  if (!r.step || !r.role || !r.agent) {
     r.step = nullptr;
     FailTask(id, wire::TaskStatus::kFailed, "unknown_step", "step '" + r.task.step + "' is not in the pipeline");
     return;
@@ -536,29 +601,37 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
 
 void Worker::Impl::StartRole(uint64_t id) {
   TaskRun& run = runs_[id];
-  const config::RoleConfig& role = *run.role;
-  if (role.type == RoleType::kNoop) return FinishStep(id);
   unsigned parts = PartsOf(run.step).role;
   wire::Task full = (parts & kCtxHistory) ? Expanded(run) : wire::Task();
   const wire::Task& view = (parts & kCtxHistory) ? full : run.task;
-  Json ctx = BuildContext(view, run.resolved, parts);
-  if (role.type == RoleType::kLlm) {
-    auto body = BuildChatBody(*pipeline_, run.step->role, role, view, run.resolved, ctx);
-    if (!body.ok()) {
-      return FailTask(id, wire::TaskStatus::kFailed, "prompt_error",
-                      "step '" + run.step->name + "': " + body.status().message());
-    }
-    if (!llm_) return FailTask(id, wire::TaskStatus::kFailed, "no_model", "pipeline has no models");
-    llm_->Submit(llm::ChatRequest{id, role.model, std::move(*body), run.task.task_id});
-    return;
+  Json ctx = parts ? BuildContext(view, run.resolved, parts) : Json::object();
+  StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
+  // The agent ends the step (Complete), now or from a callback; `run` may be
+  // gone once Run() returns.
+  run.agent->Run(step, *this);
+}
+
+void Worker::Impl::Complete(uint64_t id, StepOutcome outcome, const TaskEdit& edit) {
+  auto it = runs_.find(id);
+  if (it == runs_.end()) return;
+  if (edit) edit(it->second.task);
+  switch (outcome.kind) {
+    case StepOutcome::Kind::kContinue: return FinishStep(id);
+    case StepOutcome::Kind::kFiltered:
+      return FailTask(id, wire::TaskStatus::kFiltered, outcome.reason.empty() ? "filtered" : outcome.reason,
+                      outcome.error);
+    case StepOutcome::Kind::kFailed: return FailTask(id, wire::TaskStatus::kFailed, outcome.reason, outcome.error);
+    case StepOutcome::Kind::kLost: return FailTask(id, wire::TaskStatus::kLost, outcome.reason, outcome.error);
   }
-  LocalOutcome outcome = RunLocalRole(role, run.task, ctx);
-  if (!outcome.status.ok()) {
-    return FailTask(id, wire::TaskStatus::kFailed, "role_error",
-                    "step '" + run.step->name + "': " + outcome.status.message());
-  }
-  if (outcome.filtered) return FailTask(id, wire::TaskStatus::kFiltered, "filtered", "");
-  FinishStep(id);
+}
+
+void Worker::Impl::CallLlm(uint64_t id, const std::string& model, Json body,
+                           std::function<void(llm::ChatResult&)> done) {
+  auto it = runs_.find(id);
+  if (it == runs_.end()) return;
+  if (!llm_) return Complete(id, StepOutcome::Failed("no_model", "pipeline has no models"), nullptr);
+  it->second.on_llm = std::move(done);
+  llm_->Submit(llm::ChatRequest{id, model, std::move(body), it->second.task.task_id});
 }
 
 void Worker::Impl::OnLlmResults() {
@@ -566,7 +639,7 @@ void Worker::Impl::OnLlmResults() {
   llm_->Drain(&results);
   for (auto& res : results) {
     auto it = runs_.find(res.tag);
-    if (it == runs_.end()) continue;
+    if (it == runs_.end() || !it->second.on_llm) continue;
     TaskRun& run = it->second;
     ++llm_calls_;
     RecordLlmResult(res, run.role->model);
@@ -574,46 +647,16 @@ void Worker::Impl::OnLlmResults() {
     if (res.status.code() != StatusCode::kCancelled) NoteLlmOutcome(res.status.ok());
     if (!res.status.ok()) {
       ++llm_errors_;
-      FailTask(res.tag, wire::TaskStatus::kFailed, "llm_error",
-               "step '" + run.step->name + "' model '" + run.role->model + "': " + res.status.ToString() +
-                   (res.error_body.empty() ? "" : " (" + res.error_body + ")"));
-      continue;
+    } else {
+      prompt_tokens_ += res.prompt_tokens;
+      completion_tokens_ += res.completion_tokens;
+      auto& by_model = model_tokens_[run.role->model];
+      by_model.first += res.prompt_tokens;
+      by_model.second += res.completion_tokens;
     }
-    prompt_tokens_ += res.prompt_tokens;
-    completion_tokens_ += res.completion_tokens;
-    auto& by_model = model_tokens_[run.role->model];
-    by_model.first += res.prompt_tokens;
-    by_model.second += res.completion_tokens;
-    wire::Turn turn;
-    turn.step = run.step->name;
-    turn.role = run.step->role;
-    turn.kind = "llm";
-    turn.conversation = run.role->conversation;
-    turn.content.text = std::move(res.content);
-    if (res.tool_calls.is_array()) {
-      for (const auto& c : res.tool_calls) {
-        wire::ToolCall call;
-        call.id = c.value("id", "");
-        if (c.contains("function") && c["function"].is_object()) {
-          call.name = c["function"].value("name", "");
-          const Json& args = c["function"].contains("arguments") ? c["function"]["arguments"] : Json();
-          call.arguments = args.is_string() ? args.get<std::string>() : args.dump();
-        }
-        turn.tool_calls.push_back(std::move(call));
-      }
-    }
-    turn.prompt_tokens = res.prompt_tokens;
-    turn.completion_tokens = res.completion_tokens;
-    turn.finish_reason = res.finish_reason;
-    turn.endpoint = res.endpoint;
-    turn.model = run.role->model;
-    turn.start_us = run.start_us;
-    turn.end_us = clock_->WallMicros();
-    turn.attempts = res.attempts;
-    run.task.history.push_back(std::move(turn));
-    if (run.role->conversation) run.task.counters["turns"]++;
-    run.task.counters["llm_calls"]++;
-    FinishStep(res.tag);
+    auto done = std::move(run.on_llm);
+    run.on_llm = nullptr;
+    done(res);
   }
 }
 
@@ -663,7 +706,7 @@ void Worker::Impl::FinishStep(uint64_t id) {
   }
   const config::StepConfig* step = pipeline_->Step(next.target);
   task.step = next.target;
-  run.next_role = step ? step->role : next.target;
+  run.next_role = step ? QueueFor(*step, task) : next.target;
   OffloadAndSubmit(id);
 }
 
@@ -674,7 +717,53 @@ void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::str
   run.task.reason = reason;
   run.task.error = error;
   run.next_role = "sink:" + run.task.owner;
+  std::string holder = ReleaseEnvs(run.task);
+  if (!holder.empty()) run.next_role = StickyRole(kReleaseRole, holder);
   OffloadAndSubmit(id);
+}
+
+std::string Worker::Impl::ReleaseEnvs(wire::Task& task) {
+  std::string elsewhere;
+  auto& leases = task.leases;
+  for (auto it = leases.begin(); it != leases.end();) {
+    if (it->kind.rfind(kEnvLeasePrefix, 0) != 0) {
+      ++it;
+      continue;
+    }
+    if (it->holder == identity_) {
+      if (envs_) envs_->Release(it->id);
+      it = leases.erase(it);
+      continue;
+    }
+    if (elsewhere.empty()) elsewhere = it->holder;
+    ++it;
+  }
+  return elsewhere;
+}
+
+void Worker::Impl::OnReleaseDelivery(uint64_t id, bool holder_gone) {
+  TaskRun& run = runs_[id];
+  std::string holder = ReleaseEnvs(run.task);
+  if (holder_gone && !holder.empty()) {
+    // Its sessions went with their worker: nothing is left to close.
+    auto& leases = run.task.leases;
+    leases.erase(std::remove_if(leases.begin(), leases.end(),
+                                [&](const wire::ResourceLease& l) { return l.holder == holder; }),
+                 leases.end());
+    holder = ReleaseEnvs(run.task);
+  }
+  run.next_role = holder.empty() ? "sink:" + run.task.owner : StickyRole(kReleaseRole, holder);
+  OffloadAndSubmit(id);
+}
+
+std::string Worker::Impl::QueueFor(const config::StepConfig& step, const wire::Task& task) const {
+  const config::RoleConfig* role = pipeline_->Role(step.role);
+  const Agent* agent = role ? AgentOf(*role) : nullptr;
+  if (!agent) return step.role;
+  const std::string env = agent->EnvRole(*role);
+  if (env.empty()) return step.role;
+  const wire::ResourceLease* lease = FindEnvLease(task, env);
+  return lease ? StickyRole(step.role, lease->holder) : step.role;
 }
 
 void Worker::Impl::OffloadAndSubmit(uint64_t id) {
@@ -790,10 +879,12 @@ void Worker::Impl::HandleSink(uint64_t id) {
     });
     return;
   }
-  if (run.task.status == wire::TaskStatus::kLost && run.task.reason == "object_unavailable" &&
+  if (run.task.status == wire::TaskStatus::kLost &&
+      (run.task.reason == "object_unavailable" || run.task.reason == "env_lost") &&
       part->source->Readmit(run.task.task_id, static_cast<uint32_t>(pipeline_->run.max_attempts))) {
     // Its stored content is gone (a store restarted): run it again from its row.
-    LOG_INFO << "task " << run.task.task_id << " lost its stored objects; admitting it again (attempt "
+    LOG_INFO << "task " << run.task.task_id << " lost " << (run.task.reason == "env_lost" ? "its environment" : "its stored objects")
+             << "; admitting it again (attempt "
              << run.task.attempt + 1 << ")";
     FreeRefs(run.task);
     Ack(run.lease);
@@ -901,6 +992,8 @@ void Worker::Impl::NoteLlmOutcome(bool ok) {
 
 void Worker::Impl::Admit() {
   if (draining_) return;
+  // Sessions are all in use: tasks already admitted wait for one; no more now.
+  if (envs_ && envs_->waiting() > 0) return;
   if (clock_->NowNanos() < admit_paused_until_ns_) return;
   for (auto& part : partitions_) {
     PartitionSource::Admission adm;
@@ -990,6 +1083,12 @@ void Worker::Impl::WriteProgress(bool final) {
   Json by_model = Json::object();
   for (const auto& [model, t] : model_tokens_) by_model[model] = {{"prompt", t.first}, {"completion", t.second}};
   progress["tokens_by_model"] = by_model;
+  if (envs_) {
+    const EnvPool::Stats& es = envs_->stats();
+    progress["envs"] = {{"live", es.live}, {"waiting", envs_->waiting()}, {"peak_live", es.peak_live},
+                        {"started", es.started}, {"failed_starts", es.failed_starts}, {"calls", es.calls},
+                        {"timeouts", es.timeouts}, {"deaths", es.deaths}, {"one_shots", es.one_shots}};
+  }
   // The pipeline's price table, for readers without the pipeline (matrix status).
   Json prices = Json::object();
   for (const auto& [name, m] : pipeline_->models)
@@ -1035,7 +1134,7 @@ void Worker::Impl::RefreshModelEndpoints() {
 
 Status Worker::Impl::Run() {
   transport::Poller poller;
-  int broker_idx = 0, llm_idx = -1, sig_idx = -1;
+  int broker_idx = 0, llm_idx = -1, sig_idx = -1, env_idx = -1;
   std::vector<int> store_idx;
   uint64_t store_generation = 0;
   // Rebuilt when the store client opens a connection to another node's store.
@@ -1045,6 +1144,7 @@ Status Worker::Impl::Run() {
     store_idx.clear();
     for (transport::Socket* s : store_->sockets()) store_idx.push_back(poller.AddSocket(s));
     llm_idx = llm_ ? poller.AddFd(llm_->notify_fd()) : -1;
+    env_idx = envs_ ? poller.AddFd(envs_->fd()) : -1;
     sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
     store_generation = store_->sockets_generation();
   };
@@ -1087,6 +1187,10 @@ Status Worker::Impl::Run() {
     for (int idx : store_idx) store_readable |= poller.Readable(idx);
     if (store_readable) store_->OnReadable();
     if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();
+    if (envs_) {
+      if (env_idx >= 0 && poller.Readable(env_idx)) envs_->OnReadable();
+      envs_->Tick();
+    }
     if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
     if (now - last_recv_ns_ > 3 * hb_ns) {
       LOG_WARN << "no word from the broker for " << (now - last_recv_ns_) / 1'000'000 << " ms; registering again";
@@ -1105,6 +1209,13 @@ Status Worker::Impl::Run() {
   for (auto& [id, run] : runs_) Ack(run.lease, /*requeue=*/true);
   runs_.clear();
   FlushSubmits();
+  if (envs_) {
+    // No environment process outlives its worker.
+    LOG_INFO << "closing " << envs_->live() << " environment sessions";
+    envs_->ReleaseAll();
+    std::error_code ignored;
+    std::filesystem::remove_all(env_root_, ignored);
+  }
   WriteProgress(true);
   if (llm_) llm_->Shutdown();
   LOG_INFO << "worker stopped";

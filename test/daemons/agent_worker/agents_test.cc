@@ -1,6 +1,7 @@
 // Unit tests of the built-in agents and flow routing on the Coral pipeline.
 #include "daemons/agent_worker/agents.h"
 #include "daemons/agent_worker/task_view.h"
+#include "test/daemons/agent_worker/fake_agent_host.h"
 
 #include <gtest/gtest.h>
 
@@ -28,6 +29,13 @@ class CoralAgentsTest : public ::testing::Test {
     task_.history.push_back(t);
   }
   Json Ctx() { return BuildContext(task_, {}); }
+  // Runs the role of `step` through the agent registry; the outcome.
+  StepOutcome RunRole(const std::string& step) {
+    FakeAgentHost host(pipeline_, &task_);
+    host.RunStep(step);
+    EXPECT_EQ(host.outcomes.size(), 1u);
+    return host.outcomes.empty() ? StepOutcome::Failed("none", "no outcome") : host.last();
+  }
 
   config::Pipeline pipeline_;
   wire::Task task_;
@@ -36,15 +44,15 @@ class CoralAgentsTest : public ::testing::Test {
 TEST_F(CoralAgentsTest, ExtractTakesTheLastAnswerLetter) {
   AddTurn("teacher", "First (A) seemed right. The answer is (A). On reflection the answer is (B).");
   AddTurn("extractor", "The answer is (B).", false);
-  LocalOutcome out = RunLocalRole(*pipeline_.Role("parse_teacher"), task_, Ctx());
-  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  StepOutcome out = RunRole("parse_teacher");
+  ASSERT_EQ(out.kind, StepOutcome::Kind::kContinue) << out.error;
   EXPECT_EQ(VarValue(task_, "teacher_answer"), "B");
 }
 
 TEST_F(CoralAgentsTest, CompareAndRouteStopAtAgreement) {
   SetVar(task_, "teacher_answer", "B");
   SetVar(task_, "student_answer", "B");
-  ASSERT_TRUE(RunLocalRole(*pipeline_.Role("agree"), task_, Ctx()).status.ok());
+  ASSERT_EQ(RunRole("agree").kind, StepOutcome::Kind::kContinue);
   EXPECT_EQ(VarValue(task_, "agreement"), true);
   RouteDecision d = Route(*pipeline_.Step("agree"), task_, Ctx());
   EXPECT_EQ(d.target, "graded");
@@ -57,7 +65,7 @@ TEST_F(CoralAgentsTest, CompareAndRouteStopAtAgreement) {
 TEST_F(CoralAgentsTest, DisagreementLoopsUntilTwentyTurns) {
   SetVar(task_, "teacher_answer", "A");
   SetVar(task_, "student_answer", "C");
-  ASSERT_TRUE(RunLocalRole(*pipeline_.Role("agree"), task_, Ctx()).status.ok());
+  ASSERT_EQ(RunRole("agree").kind, StepOutcome::Kind::kContinue);
   EXPECT_EQ(Route(*pipeline_.Step("agree"), task_, Ctx()).target, "teacher");
   task_.counters["turns"] = 20;
   RouteDecision d = Route(*pipeline_.Step("agree"), task_, Ctx());
