@@ -23,6 +23,7 @@ const char* RoleTypeName(RoleType type) {
     case RoleType::kExec: return "exec";
     case RoleType::kReward: return "reward";
     case RoleType::kNoop: return "noop";
+    case RoleType::kMessage: return "message";
   }
   return "unknown";
 }

@@ -80,13 +80,38 @@
 //       # filter
 //       condition: ""             # REQUIRED expression: keep the task when true,
 //                                 # otherwise it ends as filtered
-//       # tool / exec (program gets JSON on stdin, answers JSON on stdout)
-//       command: []               # REQUIRED argv
-//       timeout_s: 30
+//       tools_from: ""            # a tool role: its environment's tools (MCP tools/list)
+//                                 # are offered too, in OpenAI function format
+//       tool_choice: auto         # auto | none | required | a tool name (sent as given)
+//       # tool: runs every tool call of the last turn in the task's environment
+//       #   (an MCP server over stdio, one sandboxed session per task; README)
+//       # exec: a one-shot program; JSON in on stdin ({input, vars, counters, task}
+//       #   or `input`), a JSON object out on stdout, merged into vars (or into `var`)
+//       command: []               # REQUIRED argv (tool, exec)
+//       sandbox: bwrap            # bwrap | apptainer | none (none: a plain process, warned)
+//       image: ""                 # apptainer image (REQUIRED with sandbox: apptainer)
 //       network: false            # the sandbox has no network unless true
-//       memory_mb: 1024
-//       # reward
-//       expr: ""                  # REQUIRED expression, stored in vars.<var>
+//       memory_mb: 1024           # address-space limit
+//       cpu_s: 0                  # CPU-seconds limit of the process; 0 = none
+//       max_processes: 64         # processes and threads inside the sandbox
+//       max_file_mb: 256          # largest file the program may write
+//       timeout_s: 30             # wall clock per call (tool) or run (exec); then killed
+//       max_sessions: 1000        # tool: live sessions per node; admission waits beyond
+//       max_tool_calls: 200       # tool: per task; more ends the task (max_tool_calls)
+//       idle_timeout_s: 3600      # tool: a session unused this long is closed
+//       input: ""                 # exec: expression giving the JSON sent on stdin
+//       var: ""                   # exec: store the whole output here instead of merging
+//       # message: appends a fixed turn without calling a model (a greeting)
+//       content: ""               # REQUIRED template of the text
+//       as: <role>                # whose turn it is (default: this role); an llm
+//                                 # role sees it as its own, the others as user
+//       # reward (exactly one of expr / env)
+//       expr: ""                  # expression, stored in vars.<var>
+//       env: ""                   # or a tool role: its environment's matrix/reward
+//                                 # (README) scores the episode; vars.<var> and
+//                                 # vars.<var>_info (the breakdown)
+//       agent: ""                 # env: the llm role sent as "assistant" (others "user")
+//       termination: ""           # env: expression giving the termination reason
 //       var: reward
 //   flow:
 //     start: <step>               # REQUIRED
@@ -184,7 +209,7 @@ struct ModelConfig {
   bool simulated() const { return endpoints.size() == 1 && endpoints[0] == "sim"; }
 };
 
-enum class RoleType { kLlm, kExtract, kCompare, kFilter, kTool, kExec, kReward, kNoop };
+enum class RoleType { kLlm, kExtract, kCompare, kFilter, kTool, kExec, kReward, kNoop, kMessage };
 const char* RoleTypeName(RoleType type);
 
 // Invariants (after loading): the optionals that a type REQUIRES are set;
@@ -201,6 +226,8 @@ struct RoleConfig {
   bool conversation = true;
   Json sampling = Json::object();
   Json tools = Json::array();
+  std::string tools_from;     // a tool role whose environment lists more tools
+  Json tool_choice;           // null: not sent
 
   // extract
   std::optional<Expr> from;  // defaults to last.content
@@ -220,12 +247,28 @@ struct RoleConfig {
 
   // tool / exec
   std::vector<std::string> command;
+  std::string sandbox = "bwrap";
+  std::string image;
   double timeout_s = 30;
   bool network = false;
   int64_t memory_mb = 1024;
+  int64_t cpu_s = 0;
+  int64_t max_processes = 64;
+  int64_t max_file_mb = 256;
+  int max_sessions = 1000;
+  int max_tool_calls = 200;
+  double idle_timeout_s = 3600;
+  std::optional<Expr> input;  // exec
+
+  // message
+  std::optional<Template> content;
+  std::string as;
 
   // reward
   std::optional<Expr> expr;
+  std::string env;                  // a tool role (the environment's own reward)
+  std::string agent;                // llm role sent as "assistant"
+  std::optional<Expr> termination;  // reason handed to the environment
 };
 
 struct Transition {

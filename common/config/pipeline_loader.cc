@@ -235,14 +235,17 @@ const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env"
 const std::vector<std::string> kPriceKeys = {"input_per_million", "output_per_million", "currency"};
 const std::vector<std::string> kRoleCommonKeys = {"type", "concurrency"};
 const std::vector<std::pair<RoleType, std::vector<std::string>>> kRoleTypeKeys = {
-    {RoleType::kLlm, {"model", "system", "prompt", "conversation", "sampling", "tools"}},
+    {RoleType::kLlm, {"model", "system", "prompt", "conversation", "sampling", "tools", "tools_from", "tool_choice"}},
     {RoleType::kExtract, {"from", "regex", "json", "fields", "var", "ignore_case"}},
     {RoleType::kCompare, {"left", "right", "var", "ignore_case"}},
     {RoleType::kFilter, {"condition"}},
-    {RoleType::kTool, {"command", "timeout_s", "network", "memory_mb"}},
-    {RoleType::kExec, {"command", "timeout_s", "network", "memory_mb"}},
-    {RoleType::kReward, {"expr", "var"}},
+    {RoleType::kTool, {"command", "sandbox", "image", "timeout_s", "network", "memory_mb", "cpu_s", "max_processes",
+                       "max_file_mb", "max_sessions", "max_tool_calls", "idle_timeout_s"}},
+    {RoleType::kExec, {"command", "sandbox", "image", "timeout_s", "network", "memory_mb", "cpu_s", "max_processes",
+                       "max_file_mb", "input", "var"}},
+    {RoleType::kReward, {"expr", "var", "env", "agent", "termination"}},
     {RoleType::kNoop, {}},
+    {RoleType::kMessage, {"content", "as"}},
 };
 const std::vector<std::string> kFlowKeys = {"start", "max_steps", "steps"};
 const std::vector<std::string> kStepKeys = {"role", "next", "fanout", "set"};
@@ -1073,7 +1076,8 @@ class Interpolator {
 
 class Builder {
  public:
-  Builder(const std::string& top_file, Diag* diag) : top_file_(top_file), diag_(diag) {}
+  Builder(const std::string& top_file, Diag* diag, const LoadOptions& options)
+      : top_file_(top_file), diag_(diag), options_(options) {}
 
   void Build(CNode* root, Pipeline* p) {
     CheckKeys(*root, "", kTopKeys, "top-level");
@@ -1466,13 +1470,13 @@ class Builder {
   void BuildRole(const CNode& r, const std::string& path, RoleConfig* rc) {
     std::string type;
     if (!GetString(r, path, "type", &type, true)) return;
-    static const std::vector<std::string> kTypeNames = {"llm", "extract", "compare", "filter",
-                                                        "tool", "exec", "reward", "noop"};
+    static const std::vector<std::string> kTypeNames = {"llm",  "extract", "compare", "filter", "tool",
+                                                        "exec", "reward",  "noop",    "message"};
     auto it = std::find(kTypeNames.begin(), kTypeNames.end(), type);
     if (it == kTypeNames.end()) {
       diag_->At(*r.Find("type"), path + ".type",
                 "unknown role type '" + type + "'" + Suggest(type, kTypeNames) +
-                    " (llm, extract, compare, filter, tool, exec, reward, noop)");
+                    " (llm, extract, compare, filter, tool, exec, reward, noop, message)");
       return;
     }
     rc->type = static_cast<RoleType>(it - kTypeNames.begin());
@@ -1505,6 +1509,11 @@ class Builder {
           } else {
             rc->tools = ToJson(*t);
           }
+        }
+        GetString(r, path, "tools_from", &rc->tools_from);
+        if (const CNode* tc = Get(r, "tool_choice")) {
+          if (tc->IsString() || tc->kind == CNode::Kind::kMap) rc->tool_choice = ToJson(*tc);
+          else diag_->At(*tc, path + ".tool_choice", "expected auto, none, required, a tool name or a map, got " + Describe(*tc));
         }
         break;
       case RoleType::kExtract: {
@@ -1556,20 +1565,69 @@ class Builder {
         rc->condition = GetExpr(r, path, "condition", true);
         break;
       case RoleType::kTool:
-      case RoleType::kExec:
+      case RoleType::kExec: {
         if (!GetStringList(r, path, "command", &rc->command)) {
           if (Get(r, "command") == nullptr) Missing(r, path, "command", " (the program and its arguments)");
         } else if (rc->command.empty() || rc->command[0].empty()) {
           diag_->At(*r.Find("command"), path + ".command", "must name a program");
+        } else {
+          // ./x and ../x are relative to the file that sets them (programs run
+          // in a private folder of their own).
+          const CNode* cn = r.Find("command");
+          for (size_t i = 0; i < rc->command.size(); ++i) {
+            std::string& arg = rc->command[i];
+            if (arg.rfind("./", 0) != 0 && arg.rfind("../", 0) != 0) continue;
+            const CNode* item = cn->kind == CNode::Kind::kList && i < cn->items.size() ? &cn->items[i] : cn;
+            arg = ResolvePath(arg, item->file);
+            if (!FileExists(arg)) diag_->At(*item, path + ".command", "no such file: " + arg);
+          }
         }
+        if (GetString(r, path, "sandbox", &rc->sandbox)) {
+          static const std::vector<std::string> kSandboxes = {"bwrap", "apptainer", "none"};
+          if (!Contains(kSandboxes, rc->sandbox)) {
+            diag_->At(*r.Find("sandbox"), path + ".sandbox",
+                      "unknown sandbox '" + rc->sandbox + "'" + Suggest(rc->sandbox, kSandboxes) + " (bwrap, apptainer, none)");
+          } else if (rc->sandbox == "none") {
+            diag_->WarnAtKey(*r.Find("sandbox"), path + ".sandbox",
+                             "runs the program as a plain process: no file, network or process isolation");
+          }
+        }
+        GetString(r, path, "image", &rc->image);
+        if (rc->sandbox == "apptainer" && rc->image.empty()) Missing(r, path, "image", " (the Apptainer image)");
         GetDouble(r, path, "timeout_s", &rc->timeout_s, false);
         GetBool(r, path, "network", &rc->network);
         GetInt(r, path, "memory_mb", &rc->memory_mb, 1, std::numeric_limits<int64_t>::max());
+        GetInt(r, path, "cpu_s", &rc->cpu_s, 0, std::numeric_limits<int64_t>::max());
+        GetInt(r, path, "max_processes", &rc->max_processes, 1, 1000000);
+        GetInt(r, path, "max_file_mb", &rc->max_file_mb, 1, std::numeric_limits<int64_t>::max());
+        GetInt(r, path, "max_sessions", &rc->max_sessions, 1, 10000000);
+        GetInt(r, path, "max_tool_calls", &rc->max_tool_calls, 1, 10000000);
+        GetDouble(r, path, "idle_timeout_s", &rc->idle_timeout_s, false);
+        if (rc->type == RoleType::kExec) {
+          rc->input = GetExpr(r, path, "input", false);
+          GetString(r, path, "var", &rc->var);
+        }
         break;
+      }
       case RoleType::kReward:
-        rc->expr = GetExpr(r, path, "expr", true);
+        GetString(r, path, "env", &rc->env);
+        GetString(r, path, "agent", &rc->agent);
+        rc->termination = GetExpr(r, path, "termination", false);
+        if (rc->env.empty()) {
+          rc->expr = GetExpr(r, path, "expr", true);
+          for (const char* k : {"agent", "termination"})
+            if (Get(r, k)) diag_->AtKey(*r.Find(k), Join(path, k), "applies only with env: (an environment's reward)");
+        } else if (Get(r, "expr")) {
+          diag_->AtKey(*r.Find("expr"), path + ".expr", "set either expr or env, not both");
+        }
         rc->var = "reward";
         GetString(r, path, "var", &rc->var);
+        break;
+      case RoleType::kMessage:
+        rc->content = GetTemplate(r, path, "content");
+        if (!rc->content && Get(r, "content") == nullptr) Missing(r, path, "content", " (the text of the turn)");
+        GetString(r, path, "as", &rc->as);
+        if (rc->as.empty()) rc->as = rc->name.empty() ? path.substr(path.rfind('.') + 1) : rc->name;
         break;
       case RoleType::kNoop:
         break;
@@ -1711,6 +1769,11 @@ class Builder {
       if (s.fanout) {
         const std::string fp = "flow.steps." + name + ".fanout";
         const CNode* fn = sn.Find("fanout");
+        if (!options_.parse_only) {
+          diag_->AtKey(*fn, fp,
+                       "fan-out steps are not executed by this version of matrix-worker: tasks would wait "
+                       "forever at this step; use a loop of steps instead");
+        }
         auto check = [&](const std::string& target, const char* key) {
           if (!target.empty() && p->flow.steps.count(target) == 0) {
             const CNode* kn = fn->Find(key);
@@ -1738,6 +1801,7 @@ class Builder {
       const CNode* sn = root.Find("flow")->Find("start");
       diag_->At(sn ? *sn : root, "flow.start", "unknown step '" + p->flow.start + "'" + Suggest(p->flow.start, step_names));
     }
+    CheckRoleReferences(root, p);
     CheckReachability(p);
     for (const auto& [name, r] : p->roles) {
       if (used_roles.count(name) == 0 && roles != nullptr) {
@@ -1750,6 +1814,31 @@ class Builder {
           diag_->WarnAtKey(*models->Find(name), "models." + name, "model is not used by any role");
         }
       }
+    }
+  }
+
+  // tools_from / env name tool roles; agent names an llm role.
+  void CheckRoleReferences(const CNode& root, Pipeline* p) {
+    const CNode* roles = root.Find("roles");
+    if (roles == nullptr) return;
+    std::vector<std::string> tool_roles, llm_roles;
+    for (const auto& [name, r] : p->roles) {
+      if (r.type == RoleType::kTool) tool_roles.push_back(name);
+      if (r.type == RoleType::kLlm) llm_roles.push_back(name);
+    }
+    auto check = [&](const std::string& role, const char* key, const std::string& target,
+                     const std::vector<std::string>& allowed, const char* what) {
+      if (target.empty() || Contains(allowed, target)) return;
+      const CNode* rn = roles->Find(role);
+      const CNode* kn = rn ? rn->Find(key) : nullptr;
+      diag_->At(kn ? *kn : *roles, "roles." + role + "." + key,
+                "'" + target + "' is not " + what + Suggest(target, allowed) +
+                    (allowed.empty() ? " (the pipeline has none)" : ""));
+    };
+    for (const auto& [name, r] : p->roles) {
+      check(name, "tools_from", r.tools_from, tool_roles, "a role of type tool");
+      check(name, "env", r.env, tool_roles, "a role of type tool");
+      check(name, "agent", r.agent, llm_roles, "a role of type llm");
     }
   }
 
@@ -1813,13 +1902,15 @@ class Builder {
 
   const std::string& top_file_;
   Diag* diag_;
+  LoadOptions options_;
   std::vector<TargetRef> targets_;
   std::map<std::string, const CNode*> step_nodes_;
 };
 
 }  // namespace
 
-LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>& overrides) {
+LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>& overrides,
+                        const LoadOptions& options) {
   LoadResult result;
   Diag diag;
   CNode root;
@@ -1842,7 +1933,7 @@ LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>&
     try {
       Pipeline p;
       p.source_path = ResolvePath(path, "");
-      Builder(path, &diag).Build(&root, &p);
+      Builder(path, &diag, options).Build(&root, &p);
       if (!diag.has_errors()) {
         p.merged = ToJson(root);
         Json def = Json::object();

@@ -45,7 +45,15 @@ struct LoadResult {
   std::vector<ConfigError> warnings;  // e.g. unreachable steps, unused roles
 };
 
-LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>& overrides = {});
+struct LoadOptions {
+  // Accept what the format describes but matrix-worker does not execute yet
+  // (fan-out steps). Off for everything that runs or validates a pipeline:
+  // a pipeline that loads must run.
+  bool parse_only = false;
+};
+
+LoadResult LoadPipeline(const std::string& path, const std::vector<std::string>& overrides = {},
+                        const LoadOptions& options = {});
 
 // As LoadPipeline; on errors returns FailedPrecondition with every error on
 // its own line. Warnings are logged.

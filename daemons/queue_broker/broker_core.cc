@@ -137,6 +137,47 @@ void BrokerCore::ExpireWorker(const std::string& id) {
     list.erase(std::remove(list.begin(), list.end(), id), list.end());
   }
   workers_.erase(it);
+  // Queues bound to this worker ("<role>@<worker>": steps that had to run
+  // next to its tool-environment sessions) go to their role's shared queue,
+  // whose workers end those tasks as lost with their sessions.
+  const std::string suffix = "@" + id;
+  std::vector<std::string> bound;
+  for (const auto& [role, q] : queues_)
+    if (role.size() > suffix.size() && role.compare(role.size() - suffix.size(), suffix.size(), suffix) == 0)
+      bound.push_back(role);
+  for (const auto& role : bound) MoveQueue(role, role.substr(0, role.size() - suffix.size()));
+}
+
+void BrokerCore::MoveQueue(const std::string& from, const std::string& to) {
+  auto it = queues_.find(from);
+  if (it == queues_.end()) return;
+  std::deque<Item> items = std::move(it->second);
+  queues_.erase(it);
+  ready_roles_.erase(from);
+  orphaned_since_.erase(from);
+  if (!items.empty()) LOG_WARN << items.size() << " tasks queued for " << from << " go to " << to;
+  for (auto& item : items) Enqueue(to, std::move(item), false);
+}
+
+void BrokerCore::MoveOrphanedQueues(int64_t now) {
+  // A bound queue that no local worker and no peer serves (its worker died
+  // before this broker knew it) is moved after two worker timeouts.
+  const int64_t grace = 2 * static_cast<int64_t>(config_.worker_timeout_ms) * 1'000'000;
+  std::vector<std::string> move;
+  for (const auto& [role, q] : queues_) {
+    size_t at = role.rfind('@');
+    if (at == std::string::npos || at == 0 || q.empty()) continue;
+    auto lw = role_workers_.find(role);
+    auto lp = role_peers_.find(role);
+    bool served = (lw != role_workers_.end() && !lw->second.empty()) || (lp != role_peers_.end() && !lp->second.empty());
+    if (served) {
+      orphaned_since_.erase(role);
+      continue;
+    }
+    auto [it, fresh] = orphaned_since_.emplace(role, now);
+    if (!fresh && now - it->second > grace) move.push_back(role);
+  }
+  for (const auto& role : move) MoveQueue(role, role.substr(0, role.rfind('@')));
 }
 
 void BrokerCore::OnPeerDeliver(const std::string& link, const wire::DeliverItem& item, std::string payload) {
@@ -166,6 +207,7 @@ void BrokerCore::Tick() {
   for (const auto& [id, w] : workers_)
     if (now - w.last_seen_ns > limit) dead.push_back(id);
   for (const auto& id : dead) ExpireWorker(id);
+  MoveOrphanedQueues(now);
   // Per locally served role: (queued + leased to local workers) / capacity.
   std::unordered_map<std::string, std::pair<int64_t, int64_t>> use;  // role -> (busy, capacity)
   for (const auto& [id, w] : workers_) {

@@ -17,6 +17,11 @@
 // received from a peer (OnPeerDeliver) is acknowledged upstream once it is
 // handed on, so the peer keeps it under lease until then.
 //
+// Bound queues: a role named "<role>@<worker>" is served by that worker only
+// (steps that must run next to the task's tool-environment session). When
+// the worker expires, or such a queue stays unserved for two worker timeouts,
+// its tasks move to the queue "<role>".
+//
 // Invariants:
 //   - credit[w][r] + leases held by w for role r == capacity declared by w for r
 //     (until w re-registers or dies).
@@ -154,6 +159,8 @@ class BrokerCore {
 
   void Enqueue(const std::string& role, Item item, bool front);
   void ExpireWorker(const std::string& id);
+  void MoveQueue(const std::string& from, const std::string& to);
+  void MoveOrphanedQueues(int64_t now);
   // Leases up to n items from the head of role's queue to `wid`.
   void HandOut(const std::string& wid, Worker& w, const std::string& role, size_t n,
                std::unordered_map<std::string, size_t>& slot, std::vector<Outgoing>* out);
@@ -174,6 +181,7 @@ class BrokerCore {
   std::vector<std::pair<std::string, uint64_t>> upstream_acks_;
   float load_ = 0;
   std::unordered_map<std::string, float> role_load_;
+  std::unordered_map<std::string, int64_t> orphaned_since_;  // bound queue -> first seen unserved
 };
 
 }  // namespace matrix::broker
