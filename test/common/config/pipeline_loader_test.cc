@@ -117,8 +117,18 @@ TEST_F(LoaderTest, LoadsMinimalPipelineWithDefaults) {
   EXPECT_TRUE(fs::path(p.source_path).is_absolute());
 }
 
-TEST_F(LoaderTest, FixturePipelineWithFanOutLoads) {
-  LoadResult r = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"));
+TEST_F(LoaderTest, FanOutIsRefusedWhereItWouldRun) {
+  // A pipeline that validates must run: fan-out steps are not executed yet.
+  const std::string path = SourcePath("test/data/pipelines/best_of_n.yaml");
+  LoadResult r = LoadPipeline(path);
+  EXPECT_FALSE(r.pipeline);
+  EXPECT_TRUE(Has(r.errors, path, 54, "flow.steps.samples.fanout", "not executed by this version")) << All(r.errors);
+}
+
+TEST_F(LoaderTest, FixturePipelineWithFanOutParses) {
+  LoadOptions parse_only;
+  parse_only.parse_only = true;
+  LoadResult r = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"), {}, parse_only);
   ASSERT_TRUE(r.pipeline) << All(r.errors);
   EXPECT_TRUE(r.warnings.empty()) << All(r.warnings);
   const Pipeline& p = *r.pipeline;
@@ -148,7 +158,7 @@ TEST_F(LoaderTest, FixturePipelineWithFanOutLoads) {
   std::string d = DescribePipeline(p);
   EXPECT_NE(d.find("samples fan-out 4 x solve, join judge -> parse_judge"), std::string::npos) << d;
   EXPECT_NE(d.find("parse_judge [parse_judge] -> if vars.confidence is number"), std::string::npos) << d;
-  auto eight = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"), {"params.samples=8"});
+  auto eight = LoadPipeline(SourcePath("test/data/pipelines/best_of_n.yaml"), {"params.samples=8"}, parse_only);
   ASSERT_TRUE(eight.pipeline) << All(eight.errors);
   EXPECT_EQ(eight.pipeline->Step("samples")->fanout->count, 8);
   EXPECT_NE(eight.pipeline->hash, p.hash);
@@ -509,6 +519,64 @@ flow:
   EXPECT_TRUE(Has(r.errors, path, 27, "flow.steps.ask.next", "expected a step name or a list of rules")) << all;
   EXPECT_TRUE(Has(r.errors, path, 29, "flow.steps.fan.fanout", "count and branch go together")) << all;
   EXPECT_TRUE(Has(r.errors, path, 30, "flow.steps.fan.role", "a fan-out step runs no role")) << all;
+}
+
+TEST_F(LoaderTest, ToolExecMessageAndEnvironmentRewardRoles) {
+  Write(dir_, "env.py", "print()\n");
+  std::string text = kMinimal;
+  text.replace(text.find("    prompt: \"{{ input.q }}\"\n"), 0, "");
+  text.insert(text.find("flow:"), R"(    tools_from: env
+    tool_choice: lookup
+  env:
+    type: tool
+    command: [/usr/bin/python3, ./env.py]
+    memory_mb: 256
+    max_sessions: 10
+  hello:
+    type: message
+    as: ask
+    content: "Hi {{ input.q }}"
+  score:
+    type: reward
+    env: env
+    agent: ask
+    termination: "'user_stop'"
+  run_it:
+    type: exec
+    command: [/bin/cat]
+    sandbox: none
+    var: out
+)");
+  text.replace(text.find("      next: done\n"), std::string("      next: done\n").size(),
+               "      next: tools\n    tools:\n      role: env\n      next: hi\n    hi:\n      role: hello\n"
+               "      next: score\n    score:\n      role: score\n      next: run\n    run:\n      role: run_it\n");
+  LoadResult r = Load("p.yaml", text);
+  ASSERT_TRUE(r.pipeline) << All(r.errors);
+  const Pipeline& p = *r.pipeline;
+  EXPECT_EQ(p.Role("ask")->tools_from, "env");
+  EXPECT_EQ(p.Role("ask")->tool_choice, "lookup");
+  const RoleConfig& env = *p.Role("env");
+  EXPECT_EQ(env.type, RoleType::kTool);
+  EXPECT_EQ(env.command[1], dir_.File("env.py"));  // relative to the file
+  EXPECT_EQ(env.sandbox, "bwrap");
+  EXPECT_EQ(env.memory_mb, 256);
+  EXPECT_EQ(env.max_sessions, 10);
+  EXPECT_EQ(p.Role("hello")->as, "ask");
+  EXPECT_EQ(p.Role("score")->env, "env");
+  EXPECT_FALSE(p.Role("score")->expr);
+  EXPECT_EQ(p.Role("run_it")->var, "out");
+  EXPECT_TRUE(Has(r.warnings, dir_.File("p.yaml"), 32, "roles.run_it.sandbox", "plain process")) << All(r.warnings);
+
+  // References must name roles of the right type.
+  std::string bad = text;
+  bad.replace(bad.find("tools_from: env"), std::string("tools_from: env").size(), "tools_from: hello");
+  bad.replace(bad.find("    agent: ask"), std::string("    agent: ask").size(), "    agent: env");
+  bad.replace(bad.find("sandbox: none"), std::string("sandbox: none").size(), "sandbox: docker");
+  LoadResult e = Load("bad.yaml", bad);
+  const std::string path = dir_.File("bad.yaml");
+  EXPECT_TRUE(Has(e.errors, path, 13, "roles.ask.tools_from", "'hello' is not a role of type tool")) << All(e.errors);
+  EXPECT_TRUE(Has(e.errors, path, 27, "roles.score.agent", "'env' is not a role of type llm")) << All(e.errors);
+  EXPECT_TRUE(Has(e.errors, path, 32, "roles.run_it.sandbox", "unknown sandbox 'docker'")) << All(e.errors);
 }
 
 TEST_F(LoaderTest, WarningsForUnreachableAndUnused) {
