@@ -37,6 +37,10 @@ const FlagDoc kFlagDocs[] = {
     {"answer-mode", "mc|none: end texts with 'The answer is (X).' [mc]"},
     {"agree-prob", "probability of repeating the conversation's last answer [0.6]"},
     {"tool-call-prob", "probability of a tool call when tools are offered [0.3]"},
+    {"text-after-tool-prob", "probability of a text answer right after a tool result [0.8]"},
+    {"parallel-tool-prob", "probability of 2-3 parallel tool calls when allowed [0.1]"},
+    {"user-stop-prob", "playing a user (system has ###STOP###): probability of ending with ###STOP### [0.2]"},
+    {"user-max-turns", "playing a user: always end with ###STOP### after this many own turns [12]"},
     {"fault-429", "probability of 429 + Retry-After [0]"},
     {"fault-500", "probability of 500 [0]"},
     {"fault-503", "probability of 503 [0]"},
@@ -112,6 +116,10 @@ StatusOr<SimConfig> ParseSimConfig(int argc, char** argv, bool* help) {
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "speed", &c.speed));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "agree-prob", &c.agree_prob));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "tool-call-prob", &c.tool_call_prob));
+  MATRIX_RETURN_IF_ERROR(GetDouble(flags, "text-after-tool-prob", &c.text_after_tool_prob));
+  MATRIX_RETURN_IF_ERROR(GetDouble(flags, "parallel-tool-prob", &c.parallel_tool_prob));
+  MATRIX_RETURN_IF_ERROR(GetDouble(flags, "user-stop-prob", &c.user_stop_prob));
+  MATRIX_RETURN_IF_ERROR(GetInteger(flags, "user-max-turns", &c.user_max_turns));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-429", &c.fault_429));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-500", &c.fault_500));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-503", &c.fault_503));
@@ -151,6 +159,10 @@ Status ValidateSimConfig(const SimConfig& c) {
     return InvalidArgument("--answer-mode must be mc or none");
   MATRIX_RETURN_IF_ERROR(CheckProbability("agree-prob", c.agree_prob));
   MATRIX_RETURN_IF_ERROR(CheckProbability("tool-call-prob", c.tool_call_prob));
+  MATRIX_RETURN_IF_ERROR(CheckProbability("text-after-tool-prob", c.text_after_tool_prob));
+  MATRIX_RETURN_IF_ERROR(CheckProbability("parallel-tool-prob", c.parallel_tool_prob));
+  MATRIX_RETURN_IF_ERROR(CheckProbability("user-stop-prob", c.user_stop_prob));
+  if (c.user_max_turns < 0) return InvalidArgument("--user-max-turns must be >= 0");
   MATRIX_RETURN_IF_ERROR(CheckProbability("fault-429", c.fault_429));
   MATRIX_RETURN_IF_ERROR(CheckProbability("fault-500", c.fault_500));
   MATRIX_RETURN_IF_ERROR(CheckProbability("fault-503", c.fault_503));

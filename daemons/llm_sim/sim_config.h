@@ -54,8 +54,29 @@ struct SimConfig {
   // Probability of repeating the latest "answer is (Y)" found in the conversation
   // (temperature 0 always repeats it).
   double agree_prob = 0.6;
-  // Probability of answering with a tool call when the request offers tools.
+  // Probability of answering with a tool call when the request offers tools
+  // (tool_choice "auto" or absent) and the last message is not a tool result;
+  // "required" and a named function always call. The arguments satisfy the
+  // function's `parameters` schema, with identifiers (order_id, user_id,
+  // item_ids, email, payment_method_id, zip, ...) taken from earlier user and
+  // tool messages.
   double tool_call_prob = 0.3;
+  // When the last message is a tool result: probability of answering with text
+  // rather than with another tool call (tool_choice "auto").
+  double text_after_tool_prob = 0.8;
+  // Probability that a tool-call answer carries 2 or 3 calls instead of one,
+  // when the request allows parallel tool calls (parallel_tool_calls not false)
+  // and names no single function in tool_choice.
+  double parallel_tool_prob = 0.1;
+  // Playing a Tau2-bench-style user: requests whose system message contains
+  // "###STOP###" and that offer no tools. Such replies mention the identifiers
+  // of the system prompt's scenario (name, zip, email, user id, order ids), carry
+  // no multiple-choice answer sentence, and end with " ###STOP###" with
+  // probability user_stop_prob from the second reply on, and always once the
+  // conversation holds user_max_turns or more earlier replies of the user
+  // (messages with role "assistant").
+  double user_stop_prob = 0.2;
+  int user_max_turns = 12;
 
   // --- Fault injection: independent per-request probabilities in [0, 1] ---
   double fault_429 = 0.0;        // 429 with Retry-After

@@ -5,9 +5,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <cstdio>
+#include <set>
 
 #include "common/base/hash.h"
+#include "daemons/llm_sim/sim_tools.h"
 
 namespace matrix::llm_sim {
 namespace {
@@ -17,6 +18,11 @@ constexpr uint64_t kLengthStream = 1;
 constexpr uint64_t kTextStream = 2;
 constexpr uint64_t kAnswerStream = 3;
 constexpr uint64_t kToolStream = 4;
+constexpr uint64_t kUserStream = 5;
+
+// " ###STOP###" as completion tokens.
+const std::string_view kStopPieces[] = {" ###", "STOP", "###"};
+constexpr int64_t kStopTokens = 3;
 
 constexpr int64_t kAnswerTokens = 6;  // " The" " answer" " is" " (" "X" ")."
 
@@ -57,8 +63,6 @@ const char* const kWords[] = {
 constexpr int64_t kWordCount = sizeof(kWords) / sizeof(kWords[0]);
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
-
-std::string Word(SimRng* rng) { return kWords[rng->Below(kWordCount)]; }
 
 bool IsIntegerJson(const Json& j) { return j.is_number_integer() || j.is_number_unsigned(); }
 
@@ -192,8 +196,15 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
         MATRIX_ASSIGN_OR_RETURN(msg.content, ContentText(*content, i));
       }
       chars += msg.content.size();
-      if (auto calls = m.find("tool_calls"); calls != m.end() && calls->is_array())
+      if (auto calls = m.find("tool_calls"); calls != m.end() && calls->is_array()) {
         chars += Dump(*calls).size();
+        for (const Json& call : *calls)
+          if (call.is_object())
+            if (auto id = call.find("id"); id != call.end() && id->is_string())
+              r.prior_tool_call_ids.push_back(id->get<std::string>());
+      }
+      if (auto id = m.find("tool_call_id"); id != m.end() && id->is_string())
+        r.prior_tool_call_ids.push_back(id->get<std::string>());
       r.messages.push_back(std::move(msg));
     }
     canonical = Dump(*messages);
@@ -244,6 +255,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
   }
   MATRIX_RETURN_IF_ERROR(OptBool(j, "stream", &r.stream));
   MATRIX_RETURN_IF_ERROR(OptBool(j, "ignore_eos", &r.ignore_eos));
+  MATRIX_RETURN_IF_ERROR(OptBool(j, "parallel_tool_calls", &r.parallel_tool_calls));
   if (auto so = j.find("stream_options"); so != j.end() && !so->is_null()) {
     if (!so->is_object()) return InvalidArgument("'stream_options' must be an object");
     MATRIX_RETURN_IF_ERROR(OptBool(*so, "include_usage", &r.include_usage));
@@ -270,78 +282,6 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
   }
   r.seed = seed ? Hash64(canonical, static_cast<uint64_t>(*seed)) : Hash64(canonical);
   return r;
-}
-
-Json ValueForSchema(const Json& schema, SimRng* rng, int depth) {
-  if (depth > 6 || !schema.is_object()) return Word(rng);
-  if (auto e = schema.find("enum"); e != schema.end() && e->is_array() && !e->empty())
-    return (*e)[static_cast<size_t>(rng->Below(static_cast<int64_t>(e->size())))];
-  if (auto c = schema.find("const"); c != schema.end()) return *c;
-  std::string type;
-  if (auto t = schema.find("type"); t != schema.end()) {
-    if (t->is_string()) {
-      type = t->get<std::string>();
-    } else if (t->is_array()) {
-      for (const Json& x : *t)
-        if (x.is_string() && x != "null") {
-          type = x.get<std::string>();
-          break;
-        }
-    }
-  }
-  if (type.empty()) {
-    if (schema.contains("properties")) type = "object";
-    else if (schema.contains("items")) type = "array";
-    else if (auto any = schema.find("anyOf"); any != schema.end() && any->is_array() && !any->empty())
-      return ValueForSchema((*any)[0], rng, depth + 1);
-    else type = "string";
-  }
-  auto number_or = [&](const char* key, double def) {
-    auto it = schema.find(key);
-    return it != schema.end() && it->is_number() ? it->get<double>() : def;
-  };
-  if (type == "object") {
-    Json obj = Json::object();
-    if (auto props = schema.find("properties"); props != schema.end() && props->is_object())
-      for (auto it = props->begin(); it != props->end(); ++it)
-        obj[it.key()] = ValueForSchema(it.value(), rng, depth + 1);
-    return obj;
-  }
-  if (type == "array") {
-    Json arr = Json::array();
-    Json items = schema.contains("items") ? schema["items"] : Json::object();
-    int64_t lo = static_cast<int64_t>(number_or("minItems", 1));
-    int64_t hi = std::max(lo, static_cast<int64_t>(number_or("maxItems", lo + 1)));
-    int64_t count = std::min<int64_t>(rng->Range(lo, std::min(hi, lo + 2)), 16);
-    for (int64_t i = 0; i < count; ++i) arr.push_back(ValueForSchema(items, rng, depth + 1));
-    return arr;
-  }
-  if (type == "integer") {
-    int64_t lo = static_cast<int64_t>(std::ceil(number_or("minimum", 1)));
-    int64_t hi = static_cast<int64_t>(std::floor(number_or("maximum", static_cast<double>(lo + 99))));
-    return hi < lo ? lo : rng->Range(lo, hi);
-  }
-  if (type == "number") {
-    double lo = number_or("minimum", 0), hi = number_or("maximum", lo + 100);
-    return std::round((lo + rng->Uniform() * std::max(0.0, hi - lo)) * 100.0) / 100.0;
-  }
-  if (type == "boolean") return rng->Below(2) == 1;
-  if (type == "null") return nullptr;
-  // string
-  std::string format = schema.value("format", std::string());
-  char buf[64];
-  if (format == "date" || format == "date-time") {
-    std::snprintf(buf, sizeof(buf), "2025-%02d-%02d", static_cast<int>(rng->Range(1, 12)),
-                  static_cast<int>(rng->Range(1, 28)));
-    return format == "date" ? std::string(buf) : std::string(buf) + "T12:00:00Z";
-  }
-  if (format == "email") return Word(rng) + "@example.com";
-  if (format == "uri") return "https://example.com/" + Word(rng);
-  std::string s = Word(rng);
-  for (int64_t i = rng->Below(3); i > 0; --i) s += " " + Word(rng);
-  if (auto max_len = schema.find("maxLength"); max_len != schema.end() && IsIntegerJson(*max_len))
-    if (s.size() > max_len->get<size_t>()) s.resize(max_len->get<size_t>());
-  return s;
 }
 
 // Splits `text` into pieces of about 4 bytes without cutting a UTF-8 sequence.
@@ -506,42 +446,97 @@ void AppendFiller(SimRng* rng, int64_t count, CompletionPlan* plan) {
   }
 }
 
+namespace {
+
+// Plans the tool calls of a reply, when the request offers tools and the
+// reply is to be a call; false (and `plan` untouched) for a text reply.
+bool PlanToolCalls(const CompletionRequest& r, const SimConfig& config, int64_t limit,
+                   CompletionPlan* plan) {
+  if (r.kind != ApiKind::kChat || r.tools.empty() || r.tool_choice == ToolChoice::kNone) return false;
+  const bool last_is_tool = !r.messages.empty() && r.messages.back().role == "tool";
+  SimRng rng(SubSeed(r.seed, kToolStream));
+  const double u = rng.Uniform();
+  bool call = false;
+  if (r.tool_choice == ToolChoice::kRequired) {
+    call = true;
+  } else if (last_is_tool) {
+    call = u >= config.text_after_tool_prob;
+  } else {
+    call = u < config.tool_call_prob;
+  }
+  if (!call) return false;
+  int64_t count = 1;
+  if (rng.Uniform() < config.parallel_tool_prob && r.parallel_tool_calls && r.forced_tool.empty())
+    count = rng.Range(2, 3);
+
+  FoundIds ids;
+  for (const ChatMessage& m : r.messages)
+    if (m.role == "user" || m.role == "tool") ScanIds(m.content, &ids);
+  std::set<std::string> used(r.prior_tool_call_ids.begin(), r.prior_tool_call_ids.end());
+  const int64_t cap = r.max_tokens ? std::min(*r.max_tokens, limit) : limit;
+  std::set<std::string> planned_calls;  // name + arguments: parallel calls never repeat one
+  for (int64_t attempt = 0; static_cast<int64_t>(plan->calls.size()) < count && attempt < count + 3;
+       ++attempt) {
+    const ToolSpec* tool =
+        &r.tools[static_cast<size_t>(rng.Below(static_cast<int64_t>(r.tools.size())))];
+    if (!r.forced_tool.empty())
+      for (const ToolSpec& t : r.tools)
+        if (t.name == r.forced_tool) tool = &t;
+    const std::string arguments = Dump(ArgumentsForSchema(tool->parameters, ids, &rng));
+    if (!planned_calls.insert(tool->name + "\n" + arguments).second) continue;
+    const std::vector<std::string> fragments = SplitPieces(arguments);
+    const int64_t needed = 1 + static_cast<int64_t>(fragments.size());
+    if (plan->completion_tokens() + needed > cap) break;
+    PlannedToolCall planned;
+    do {
+      planned.id = "call_" + Hex64(rng.Next()) + Hex64(rng.Next()).substr(0, 8);
+    } while (!used.insert(planned.id).second);
+    planned.name = tool->name;
+    planned.first = plan->completion_tokens();
+    plan->AddPiece("");
+    for (const std::string& f : fragments) plan->AddPiece(f);
+    planned.end = plan->completion_tokens();
+    plan->calls.push_back(std::move(planned));
+  }
+  if (plan->calls.empty()) return false;
+  plan->tool_call = true;
+  plan->finish_reason = "tool_calls";
+  return true;
+}
+
+}  // namespace
+
+bool PlaysUser(const CompletionRequest& r) {
+  if (r.kind != ApiKind::kChat || !r.tools.empty()) return false;
+  return std::any_of(r.messages.begin(), r.messages.end(), [](const ChatMessage& m) {
+    return (m.role == "system" || m.role == "developer") &&
+           m.content.find(kUserStopToken) != std::string::npos;
+  });
+}
+
 CompletionPlan PlanCompletion(const CompletionRequest& r, const SimConfig& config) {
   CompletionPlan plan;
   const int64_t limit = std::max<int64_t>(1, config.max_model_len - r.prompt_tokens);
-  const bool last_is_tool = !r.messages.empty() && r.messages.back().role == "tool";
-
-  if (r.kind == ApiKind::kChat && !r.tools.empty() && r.tool_choice != ToolChoice::kNone &&
-      !last_is_tool) {
-    SimRng rng(SubSeed(r.seed, kToolStream));
-    const bool call =
-        r.tool_choice == ToolChoice::kRequired || rng.Uniform() < config.tool_call_prob;
-    if (call) {
-      const ToolSpec* tool = &r.tools[static_cast<size_t>(rng.Below(static_cast<int64_t>(r.tools.size())))];
-      if (!r.forced_tool.empty())
-        for (const ToolSpec& t : r.tools)
-          if (t.name == r.forced_tool) tool = &t;
-      Json args = ValueForSchema(tool->parameters.is_null() ? Json::object() : tool->parameters,
-                                 &rng, 0);
-      if (!args.is_object()) args = Json::object();
-      const std::string arguments = Dump(args);
-      std::vector<std::string> fragments = SplitPieces(arguments);
-      const int64_t needed = 1 + static_cast<int64_t>(fragments.size());
-      if ((!r.max_tokens || needed <= *r.max_tokens) && needed <= limit) {
-        plan.tool_call = true;
-        plan.tool_name = tool->name;
-        plan.tool_call_id = "call_" + Hex64(rng.Next()) + Hex64(rng.Next()).substr(0, 8);
-        plan.AddPiece("");
-        for (const std::string& f : fragments) plan.AddPiece(f);
-        plan.finish_reason = "tool_calls";
-        return plan;
-      }
-    }
-  }
+  if (PlanToolCalls(r, config, limit, &plan)) return plan;
 
   SimRng length_rng(SubSeed(r.seed, kLengthStream));
   int64_t length = SampleOutputTokens(&length_rng, config.mean_output_tokens, config.tail_alpha);
-  const bool mc = config.answer_mode == "mc";
+  const bool user = PlaysUser(r);
+  const bool mc = config.answer_mode == "mc" && !user;
+  std::vector<std::string> mention;
+  bool stop = false;
+  if (user) {
+    SimRng user_rng(SubSeed(r.seed, kUserStream));
+    const int64_t turns = std::count_if(r.messages.begin(), r.messages.end(),
+                                        [](const ChatMessage& m) { return m.role == "assistant"; });
+    const double u = user_rng.Uniform();
+    stop = turns >= config.user_max_turns || (turns >= 1 && u < config.user_stop_prob);
+    FoundIds scenario;
+    for (const ChatMessage& m : r.messages)
+      if (m.role == "system" || m.role == "developer") ScanIds(m.content, &scenario);
+    mention = ScenarioMention(scenario, turns == 0, &user_rng);
+    length = std::max(length, static_cast<int64_t>(mention.size()) + (stop ? kStopTokens : 0));
+  }
   if (mc) length = std::max(length, kAnswerTokens);
   length = std::max(length, r.min_tokens);
   std::string finish = "stop";
@@ -560,6 +555,17 @@ CompletionPlan PlanCompletion(const CompletionRequest& r, const SimConfig& confi
   plan.finish_reason = finish;
 
   SimRng text_rng(SubSeed(r.seed, kTextStream));
+  if (user) {
+    // The scenario's identifiers, filler, then the stop marker when the user is done.
+    const int64_t stop_n = stop ? std::min(kStopTokens, length) : 0;
+    const int64_t mention_n = std::min(static_cast<int64_t>(mention.size()), length - stop_n);
+    for (int64_t i = 0; i < mention_n; ++i)
+      plan.AddPiece((plan.text.empty() ? "" : " ") + mention[static_cast<size_t>(i)]);
+    AppendFiller(&text_rng, length - stop_n - mention_n, &plan);
+    for (int64_t i = 0; i < stop_n; ++i)
+      plan.AddPiece(plan.text.empty() ? kStopPieces[i].substr(1) : kStopPieces[i]);
+    return plan;
+  }
   if (!mc) {
     AppendFiller(&text_rng, length, &plan);
     return plan;
@@ -587,11 +593,16 @@ std::string RenderCompletion(const CompletionRequest& r, const CompletionPlan& p
     message["role"] = "assistant";
     if (plan.tool_call) {
       message["content"] = nullptr;
-      Json call;
-      call["id"] = plan.tool_call_id;
-      call["type"] = "function";
-      call["function"] = {{"name", plan.tool_name}, {"arguments", plan.text}};
-      message["tool_calls"] = Json::array({call});
+      Json calls = Json::array();
+      for (size_t i = 0; i < plan.calls.size(); ++i) {
+        Json call;
+        call["id"] = plan.calls[i].id;
+        call["type"] = "function";
+        call["function"] = {{"name", plan.calls[i].name},
+                            {"arguments", std::string(plan.Arguments(i))}};
+        calls.push_back(std::move(call));
+      }
+      message["tool_calls"] = std::move(calls);
     } else {
       message["content"] = plan.Text();
       message["tool_calls"] = Json::array();
@@ -629,18 +640,25 @@ std::string StreamRenderer::Tokens(int64_t from, int64_t to) {
   }
   if (from >= to) return out;
   if (plan_->tool_call) {
-    Json call;
-    call["index"] = 0;
-    if (from == 0) {
-      call["id"] = plan_->tool_call_id;
-      call["type"] = "function";
-      call["function"] = {{"name", plan_->tool_name},
-                          {"arguments", std::string(plan_->Pieces(1, to))}};
-    } else {
-      call["function"] = {{"arguments", std::string(plan_->Pieces(from, to))}};
+    // One entry per call the token range touches; a call's first chunk names it.
+    Json calls = Json::array();
+    for (size_t i = 0; i < plan_->calls.size(); ++i) {
+      const PlannedToolCall& c = plan_->calls[i];
+      if (to <= c.first || from >= c.end) continue;
+      const std::string args(plan_->Pieces(std::max(from, c.first + 1), std::min(to, c.end)));
+      Json call;
+      call["index"] = i;
+      if (from <= c.first) {
+        call["id"] = c.id;
+        call["type"] = "function";
+        call["function"] = {{"name", c.name}, {"arguments", args}};
+      } else {
+        call["function"] = {{"arguments", args}};
+      }
+      calls.push_back(std::move(call));
     }
     Json delta;
-    delta["tool_calls"] = Json::array({std::move(call)});
+    delta["tool_calls"] = std::move(calls);
     out += head_ + "\"delta\":" + Dump(delta) + ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
     return out;
   }

@@ -2,6 +2,14 @@
 // decides each response (length, text, multiple-choice answer, tool call) from
 // a per-request seed, and renders vLLM-shaped JSON and SSE bodies.
 //
+// Tool calls: when a request offers tools, the reply may be one call (or, when
+// parallel calls are allowed, two or three) whose arguments satisfy the
+// function's parameters schema, with identifiers taken from the conversation
+// (sim_tools.h). Playing a user: a request whose system message contains
+// "###STOP###" and that offers no tools is answered as a Tau2-bench user would:
+// the reply mentions the scenario's identifiers and sometimes (always after
+// SimConfig::user_max_turns turns) ends with " ###STOP###".
+//
 // Determinism: the request seed is Hash64 of the canonical messages JSON (or
 // of the prompt); when the request carries "seed", that value seeds the hash,
 // so the same seed and messages give the same response while different
@@ -44,6 +52,10 @@ struct CompletionRequest {
   std::vector<ToolSpec> tools;
   ToolChoice tool_choice = ToolChoice::kAuto;
   std::string forced_tool;  // tool_choice naming one function
+  bool parallel_tool_calls = true;  // "parallel_tool_calls"; false allows one call per reply
+  // Ids of the tool calls already in the conversation (assistant tool_calls and
+  // tool messages' tool_call_id); new calls never reuse one.
+  std::vector<std::string> prior_tool_call_ids;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   std::optional<int64_t> max_tokens;  // max_completion_tokens, else max_tokens
@@ -54,17 +66,24 @@ struct CompletionRequest {
   int64_t prompt_tokens = 0;
 };
 
+// One tool call of a plan: pieces [first, end) of the plan; piece `first` is
+// the call's header (empty), the rest are fragments of its arguments.
+struct PlannedToolCall {
+  std::string id;  // "call_" + 24 hex digits, unique in the conversation
+  std::string name;
+  int64_t first = 0;
+  int64_t end = 0;
+};
+
 // What one response will say, one piece per completion token, stored as one
 // string plus the end offset of each piece (a queued request costs a few bytes
 // per token). Text plans: the pieces concatenate to the content. Tool plans:
-// piece 0 is the call's header (empty) and the rest are fragments of the
-// arguments.
+// the calls' pieces one after another (see PlannedToolCall).
 struct CompletionPlan {
-  std::string text;             // content, or the arguments of a tool call
+  std::string text;             // content, or the arguments of the tool calls one after another
   std::vector<uint32_t> ends;   // ends[i]: end offset of piece i in `text`
-  bool tool_call = false;
-  std::string tool_call_id;
-  std::string tool_name;
+  bool tool_call = false;       // true when `calls` is not empty
+  std::vector<PlannedToolCall> calls;
   std::string finish_reason;  // "stop" | "length" | "tool_calls"
   char answer = 0;            // letter in "The answer is (X).", 0 when none
 
@@ -73,6 +92,8 @@ struct CompletionPlan {
   // Concatenation of pieces [from, to), clamped to the plan.
   std::string_view Pieces(int64_t from, int64_t to) const;
   void AddPiece(std::string_view piece);
+  // The arguments JSON of calls[i].
+  std::string_view Arguments(size_t i) const { return Pieces(calls[i].first + 1, calls[i].end); }
 };
 
 struct ResponseMeta {
@@ -91,6 +112,13 @@ StatusOr<CompletionRequest> ParseCompletionRequest(ApiKind kind, std::string_vie
 
 // Decides the response. Deterministic in (request, config).
 CompletionPlan PlanCompletion(const CompletionRequest& request, const SimConfig& config);
+
+// The marker a Tau2-bench user writes to end the conversation.
+inline constexpr std::string_view kUserStopToken = "###STOP###";
+
+// True when the simulator answers as a user simulator: a chat request without
+// tools whose system (or developer) message contains kUserStopToken.
+bool PlaysUser(const CompletionRequest& request);
 
 // Lomax (Pareto II) draw, rounded, >= 1, with the given mean and shape (> 1).
 int64_t SampleOutputTokens(SimRng* rng, double mean, double alpha);

@@ -33,6 +33,10 @@ TEST(SimConfigTest, DefaultsMatchTheDocumentation) {
   EXPECT_EQ(c->answer_mode, "mc");
   EXPECT_DOUBLE_EQ(c->agree_prob, 0.6);
   EXPECT_DOUBLE_EQ(c->tool_call_prob, 0.3);
+  EXPECT_DOUBLE_EQ(c->text_after_tool_prob, 0.8);
+  EXPECT_DOUBLE_EQ(c->parallel_tool_prob, 0.1);
+  EXPECT_DOUBLE_EQ(c->user_stop_prob, 0.2);
+  EXPECT_EQ(c->user_max_turns, 12);
   EXPECT_DOUBLE_EQ(c->retry_after_s, 1.0);
   EXPECT_EQ(c->threads, 1);
 }
@@ -52,12 +56,25 @@ TEST(SimConfigTest, ParsesEveryKind) {
   EXPECT_DOUBLE_EQ(c->step_ms_per_seq, 0.5);
 }
 
+TEST(SimConfigTest, ToolAndUserSimulationKnobs) {
+  auto c = Parse({"--text-after-tool-prob", "0.5", "--parallel-tool-prob=0.25", "--user-stop-prob", "0.05",
+                  "--user-max-turns", "30"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_DOUBLE_EQ(c->text_after_tool_prob, 0.5);
+  EXPECT_DOUBLE_EQ(c->parallel_tool_prob, 0.25);
+  EXPECT_DOUBLE_EQ(c->user_stop_prob, 0.05);
+  EXPECT_EQ(c->user_max_turns, 30);
+  EXPECT_NE(SimUsage().find("--user-stop-prob"), std::string::npos);
+}
+
 TEST(SimConfigTest, RejectsBadValuesNamingTheFlag) {
   const std::vector<std::vector<std::string>> bad = {
       {"--slots", "0"},           {"--slots", "many"},      {"--speed", "0"},
       {"--tail-alpha", "1"},      {"--fault-429", "1.5"},   {"--agree-prob", "-0.1"},
       {"--answer-mode", "maybe"}, {"--listen", "nocolon"},  {"--no-such-flag", "1"},
       {"--log-level", "loud"},    {"--max-model-len", "1"}, {"extra-positional"},
+      {"--text-after-tool-prob", "2"}, {"--parallel-tool-prob", "-1"}, {"--user-stop-prob", "1.1"},
+      {"--user-max-turns", "-1"},      {"--user-max-turns", "many"},
   };
   for (const auto& args : bad) {
     auto c = Parse(args);
