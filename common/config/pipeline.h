@@ -96,6 +96,8 @@
 //       max_processes: 64         # processes and threads inside the sandbox
 //       max_file_mb: 256          # largest file the program may write
 //       timeout_s: 30             # wall clock per call (tool) or run (exec); then killed
+//       environment: {}           # extra environment variables of the program; "{workdir}"
+//                                 # in a value is its private writable folder
 //       max_sessions: 1000        # tool: live sessions per node; admission waits beyond
 //       max_tool_calls: 200       # tool: per task; more ends the task (max_tool_calls)
 //       idle_timeout_s: 3600      # tool: a session unused this long is closed
@@ -259,6 +261,7 @@ struct RoleConfig {
   int max_tool_calls = 200;
   double idle_timeout_s = 3600;
   std::optional<Expr> input;  // exec
+  std::map<std::string, std::string> environment;
 
   // message
   std::optional<Template> content;

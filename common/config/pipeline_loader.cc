@@ -240,9 +240,9 @@ const std::vector<std::pair<RoleType, std::vector<std::string>>> kRoleTypeKeys =
     {RoleType::kCompare, {"left", "right", "var", "ignore_case"}},
     {RoleType::kFilter, {"condition"}},
     {RoleType::kTool, {"command", "sandbox", "image", "timeout_s", "network", "memory_mb", "cpu_s", "max_processes",
-                       "max_file_mb", "max_sessions", "max_tool_calls", "idle_timeout_s"}},
+                       "max_file_mb", "max_sessions", "max_tool_calls", "idle_timeout_s", "environment"}},
     {RoleType::kExec, {"command", "sandbox", "image", "timeout_s", "network", "memory_mb", "cpu_s", "max_processes",
-                       "max_file_mb", "input", "var"}},
+                       "max_file_mb", "input", "var", "environment"}},
     {RoleType::kReward, {"expr", "var", "env", "agent", "termination"}},
     {RoleType::kNoop, {}},
     {RoleType::kMessage, {"content", "as"}},
@@ -284,7 +284,7 @@ bool SchemaKnows(const std::vector<std::string>& parts) {
   }
   if (top == "roles") {
     if (n == 3) return Contains(AllRoleKeys(), parts[2]);
-    return n >= 4 && (parts[2] == "sampling" || parts[2] == "fields");
+    return n >= 4 && (parts[2] == "sampling" || parts[2] == "fields" || parts[2] == "environment");
   }
   if (top == "flow") {
     if (n == 2) return Contains(kFlowKeys, parts[1]);
@@ -1603,6 +1603,19 @@ class Builder {
         GetInt(r, path, "max_sessions", &rc->max_sessions, 1, 10000000);
         GetInt(r, path, "max_tool_calls", &rc->max_tool_calls, 1, 10000000);
         GetDouble(r, path, "idle_timeout_s", &rc->idle_timeout_s, false);
+        if (const CNode* en = Get(r, "environment")) {
+          if (en->kind != CNode::Kind::kMap) {
+            diag_->At(*en, path + ".environment", "expected a map of variable -> value, got " + Describe(*en));
+          } else {
+            for (const auto& ee : en->entries) {
+              if (ee.value.kind != CNode::Kind::kScalar || ee.value.scalar.is_null()) {
+                diag_->At(ee.value, path + ".environment." + ee.key, "expected a string, got " + Describe(ee.value));
+                continue;
+              }
+              rc->environment[ee.key] = ee.value.IsString() ? ee.value.str() : DumpJson(ee.value.scalar);
+            }
+          }
+        }
         if (rc->type == RoleType::kExec) {
           rc->input = GetExpr(r, path, "input", false);
           GetString(r, path, "var", &rc->var);

@@ -21,6 +21,7 @@ EnvSpec EnvSpecFor(const config::RoleConfig& role) {
   e.sandbox.limits.cpu_s = role.cpu_s;
   e.sandbox.limits.max_processes = role.max_processes;
   e.sandbox.limits.max_file_mb = role.max_file_mb;
+  for (const auto& [k, v] : role.environment) e.sandbox.env.emplace_back(k, v);
   e.call_timeout_s = role.timeout_s;
   e.start_timeout_s = std::max(60.0, role.timeout_s);
   return e;

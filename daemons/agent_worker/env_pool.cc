@@ -98,6 +98,9 @@ StatusOr<EnvPool::Proc*> EnvPool::SpawnProc(const EnvSpec& spec, const std::stri
   sandbox::Spec sb = spec.sandbox;
   sb.workdir = proc->workdir;
   sb.hide.insert(sb.hide.end(), options_.hide.begin(), options_.hide.end());
+  for (auto& [k, v] : sb.env) {
+    for (size_t at; (at = v.find("{workdir}")) != std::string::npos;) v.replace(at, 9, proc->workdir);
+  }
   MATRIX_ASSIGN_OR_RETURN(proc->process, sandbox::Spawn(sb));
   proc->last_used_ns = clock_->NowNanos();
   Proc* raw = proc.get();

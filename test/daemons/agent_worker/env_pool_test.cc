@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <set>
 
 #include "common/base/files.h"
 #include "common/config/pipeline_loader.h"
@@ -88,9 +89,11 @@ class EnvPoolTest : public ::testing::Test {
   }
 
   static std::string Text(const StatusOr<Json>& r) {
-    return r.ok() ? (*r)["content"][0]["text"].get<std::string>() : r.status().ToString();
+    if (!r.ok()) return r.status().ToString();
+    const Json& c = r->is_object() && r->contains("content") ? (*r)["content"] : Json();
+    return c.is_array() && !c.empty() && c[0].contains("text") ? c[0]["text"].get<std::string>() : r->dump();
   }
-  static bool IsError(const StatusOr<Json>& r) { return r.ok() && (*r)["isError"] == true; }
+  static bool IsError(const StatusOr<Json>& r) { return r.ok() && r->is_object() && r->value("isError", false) == true; }
 
   TempDir dir_;
   std::unique_ptr<EnvPool> pool_;
@@ -237,6 +240,66 @@ TEST_F(EnvPoolTest, OneShotProgramsGetJsonAndTheirFailuresAreNamed) {
   ASSERT_TRUE(Pump(*pool_, [&] { return out.has_value(); }));
   ASSERT_FALSE(out->ok());
   EXPECT_NE(out->status().message().find("MemoryError"), std::string::npos) << out->status().ToString();
+}
+
+// Published MCP servers, unchanged (installed by scripts/setup into build/npm).
+class StockServerTest : public EnvPoolTest {
+ protected:
+  EnvSpec Server(const std::string& package) {
+    std::string script = SourcePath("build/npm/node_modules/@modelcontextprotocol/" + package + "/dist/index.js");
+    if (!FileExists(script)) ADD_FAILURE() << script << " is missing: scripts/setup debug installs it (npm)";
+    EnvSpec e;
+    e.name = package;
+    e.sandbox.command = {"node", script};
+    if (package == "server-everything") e.sandbox.command.push_back("stdio");
+    e.sandbox.env = {{"MEMORY_FILE_PATH", "{workdir}/memory.json"}};
+    e.sandbox.limits.memory_mb = 4096;
+    e.sandbox.limits.max_processes = 64;
+    e.call_timeout_s = 20;
+    e.start_timeout_s = 30;
+    return e;
+  }
+};
+
+TEST_F(StockServerTest, MemoryServerKeepsEachTasksGraphApart) {
+  EnvSpec memory = Server("server-memory");
+  std::string a = Session(*pool_, memory, "task-a");
+  std::string b = Session(*pool_, memory, "task-b");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  EXPECT_FALSE(pool_->HasEpisode(a));  // a stock server: no episode extension
+  Json alice = {{"entities", {{{"name", "alice"}, {"entityType", "person"}, {"observations", {"likes tea"}}}}}};
+  auto created = CallTool(*pool_, a, "create_entities", alice);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_FALSE(IsError(created)) << Text(created);
+  Json bob = {{"entities", {{{"name", "bob"}, {"entityType", "person"}, {"observations", {"likes coffee"}}}}}};
+  ASSERT_FALSE(IsError(CallTool(*pool_, b, "create_entities", bob)));
+  std::string graph_a = Text(CallTool(*pool_, a, "read_graph", Json::object()));
+  std::string graph_b = Text(CallTool(*pool_, b, "read_graph", Json::object()));
+  EXPECT_NE(graph_a.find("alice"), std::string::npos) << graph_a;
+  EXPECT_EQ(graph_a.find("bob"), std::string::npos) << graph_a;
+  EXPECT_NE(graph_b.find("bob"), std::string::npos) << graph_b;
+  EXPECT_EQ(graph_b.find("alice"), std::string::npos) << graph_b;
+}
+
+TEST_F(StockServerTest, EverythingServerListsAndRunsItsTools) {
+  EnvSpec everything = Server("server-everything");
+  std::optional<StatusOr<Json>> tools;
+  pool_->ListTools(everything, [&](StatusOr<Json> t) { tools = std::move(t); });
+  ASSERT_TRUE(Pump(*pool_, [&] { return tools.has_value(); }));
+  ASSERT_TRUE(tools->ok()) << tools->status().ToString();
+  std::set<std::string> names;
+  for (const auto& t : **tools) names.insert(t["name"].get<std::string>());
+  ASSERT_TRUE(names.count("echo")) << (*tools)->dump();
+  std::string s = Session(*pool_, everything);
+  auto echoed = CallTool(*pool_, s, "echo", {{"message", "hello tools"}});
+  ASSERT_TRUE(echoed.ok()) << echoed.status().ToString();
+  EXPECT_NE(Text(echoed).find("hello tools"), std::string::npos) << Text(echoed);
+  // A wrong call is an answer the model sees, not a dead session.
+  auto wrong = CallTool(*pool_, s, "no-such-tool", Json::object());
+  EXPECT_TRUE(!wrong.ok() ? wrong.status().code() == StatusCode::kInvalidArgument : IsError(wrong))
+      << (wrong.ok() ? wrong->dump() : wrong.status().ToString());
+  EXPECT_TRUE(pool_->Has(s));
 }
 
 // The tool and reward agents on a pipeline with the probe environment.
