@@ -210,7 +210,16 @@ void KillTree(Process* p) {
 }
 
 std::string DescribeExit(int status) {
-  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFEXITED(status)) {
+    int code = WEXITSTATUS(status);
+    // A launcher (bwrap, apptainer) reports its program's death by signal N as 128+N.
+    if (code > 128 && code <= 128 + 64) {
+      int sig = code - 128;
+      return "exit code " + std::to_string(code) + ": killed by signal " + std::to_string(sig) +
+             (sig == 9 ? " (SIGKILL)" : sig == SIGXCPU ? " (SIGXCPU: CPU limit)" : sig == SIGXFSZ ? " (SIGXFSZ: file size limit)" : "");
+    }
+    return "exit code " + std::to_string(code);
+  }
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     const char* name = sig == SIGKILL ? " (SIGKILL)" : sig == SIGXCPU ? " (SIGXCPU: CPU limit)"

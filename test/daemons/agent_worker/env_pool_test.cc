@@ -253,7 +253,7 @@ class StockServerTest : public EnvPoolTest {
     e.sandbox.command = {"node", script};
     if (package == "server-everything") e.sandbox.command.push_back("stdio");
     e.sandbox.env = {{"MEMORY_FILE_PATH", "{workdir}/memory.json"}};
-    e.sandbox.limits.memory_mb = 4096;
+    e.sandbox.limits.memory_mb = 65536;  // V8 reserves address space for WebAssembly
     e.sandbox.limits.max_processes = 64;
     e.call_timeout_s = 20;
     e.start_timeout_s = 30;
