@@ -68,6 +68,15 @@ struct WorkerMetrics {
   Counter records_written;      // matrix_worker_records_written_total
   Counter duplicates_absorbed;  // matrix_worker_duplicates_absorbed_total
 
+  // Tool environments (MCP sessions) and exec programs.
+  Gauge env_sessions;             // matrix_worker_env_sessions: live sessions
+  Gauge env_sessions_waiting;     // matrix_worker_env_sessions_waiting: tasks waiting for one
+  Counter env_sessions_started;   // matrix_worker_env_sessions_started_total
+  Counter env_tool_calls;         // matrix_worker_env_calls_total
+  Counter env_timeouts;           // matrix_worker_env_timeouts_total: killed past their time limit
+  Counter env_deaths;             // matrix_worker_env_deaths_total: processes that ended on their own
+  Counter env_programs;           // matrix_worker_exec_programs_total: one-shot exec runs
+
   // Families behind the accessors above.
   CounterFamily tasks;
   GaugeFamily in_flight;

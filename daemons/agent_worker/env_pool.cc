@@ -5,9 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "common/base/files.h"
 #include "common/base/log.h"
@@ -31,6 +33,8 @@ EnvPool::EnvPool(Options options, const Clock* clock) : options_(std::move(optio
   if (epoll_fd_ < 0) LOG_ERROR << "epoll_create1: " << strerror(errno);
   // Sandboxes run as another user when started by root: they must be able to
   // pass through to their own folder (and nothing else in it).
+  if (options_.max_starting == 0)
+    options_.max_starting = std::max<size_t>(4, 2 * std::thread::hardware_concurrency());
   Status st = MakeDirs(options_.work_root, 0711);
   if (!st.ok()) LOG_ERROR << "environment folder: " << st.message();
   ::chmod(options_.work_root.c_str(), 0711);
@@ -112,11 +116,19 @@ StatusOr<EnvPool::Proc*> EnvPool::SpawnProc(const EnvSpec& spec, const std::stri
 void EnvPool::Acquire(const EnvSpec& spec, const std::string& task_id, const Json& input, uint64_t seed,
                       Ready ready) {
   Waiter w{spec, task_id, input, seed, std::move(ready)};
-  if (stats_.live >= options_.max_sessions) {
+  if (stats_.live >= options_.max_sessions || starting_ >= options_.max_starting || !waiters_.empty()) {
     waiters_.push_back(std::move(w));
     return;
   }
   Start(std::move(w));
+}
+
+void EnvPool::StartWaiters() {
+  while (!waiters_.empty() && stats_.live < options_.max_sessions && starting_ < options_.max_starting) {
+    Waiter w = std::move(waiters_.front());
+    waiters_.pop_front();
+    Start(std::move(w));
+  }
 }
 
 void EnvPool::Start(Waiter w) {
@@ -130,6 +142,7 @@ void EnvPool::Start(Waiter w) {
   p.task_id = w.task_id;
   ++stats_.started;
   ++stats_.live;
+  ++starting_;
   stats_.peak_live = std::max(stats_.peak_live, stats_.live);
   p.on_ready.push_back(std::move(w.ready));
   Json init = {{"protocolVersion", kProtocolVersion},
@@ -153,9 +166,11 @@ void EnvPool::Start(Waiter w) {
            if (!started.ok())
              return Kill(*p, Unavailable("matrix/start_episode failed: " + started.status().message()));
            p->initialized = true;
+           if (starting_ > 0) --starting_;
            auto waiting = std::move(p->on_ready);
            p->on_ready.clear();
            for (auto& r : waiting) r(id);
+           StartWaiters();
          };
          if (!p->episode) return ready(Json::object());
          Send(*p, "matrix/start_episode", {{"input", std::move(input)}, {"seed", seed}}, std::move(ready),
@@ -344,13 +359,11 @@ void EnvPool::Finish(const std::string& id) {
   bool counted = !p.one_shot && p.task_id != "";
   std::error_code ignored;
   std::filesystem::remove_all(p.workdir, ignored);
+  const bool was_starting = counted && !p.initialized;
   procs_.erase(it);
   if (counted && stats_.live > 0) --stats_.live;
-  while (!waiters_.empty() && stats_.live < options_.max_sessions) {
-    Waiter w = std::move(waiters_.front());
-    waiters_.pop_front();
-    Start(std::move(w));
-  }
+  if (was_starting && starting_ > 0) --starting_;
+  StartWaiters();
 }
 
 void EnvPool::Release(const std::string& session) {

@@ -12,8 +12,8 @@
 // start. The same pool runs one-shot `exec` programs (JSON on stdin, JSON on
 // stdout).
 //
-// Limits: at most `max_sessions` live sessions; further Acquire() calls wait
-// in order until one is released. Every call has a wall-clock deadline; past
+// Limits: at most `max_sessions` live sessions and `max_starting` starting
+// ones; further Acquire() calls wait in order until one is released. Every call has a wall-clock deadline; past
 // it the whole sandbox is killed and the session's pending calls fail with
 // DeadlineExceeded. A process that exits fails its pending calls with
 // Unavailable naming how it ended and the tail of its stderr. Sessions idle
@@ -61,6 +61,10 @@ class EnvPool {
     std::string work_root;      // per-session folders <work_root>/<session>
     std::string holder;         // this worker's identity, written into leases
     size_t max_sessions = 1000;
+    // Sessions starting at once (spawned, not yet initialized): starting a
+    // program is its costly part, and a burst of them would take the CPU
+    // from the daemons. 0: twice the number of cores, at least 4.
+    size_t max_starting = 0;
     double idle_timeout_s = 3600;
     size_t max_line_bytes = 16 << 20;
     std::vector<std::string> hide;  // host paths no sandbox sees (the job's keys)
@@ -148,6 +152,8 @@ class EnvPool {
 
   StatusOr<Proc*> SpawnProc(const EnvSpec& spec, const std::string& id, bool one_shot);
   void Start(Waiter w);
+  // Starts waiting acquisitions while the limits allow.
+  void StartWaiters();
   void Send(Proc& p, const std::string& method, Json params, Reply reply, double timeout_s);
   void Notify(Proc& p, const std::string& method, Json params);
   void Flush(Proc& p);
@@ -163,6 +169,7 @@ class EnvPool {
   const Clock* clock_;
   int epoll_fd_ = -1;
   uint64_t next_session_ = 1;
+  size_t starting_ = 0;  // counted sessions not yet initialized
   std::unordered_map<std::string, std::unique_ptr<Proc>> procs_;
   std::unordered_map<int, std::string> by_fd_;
   std::deque<Waiter> waiters_;

@@ -129,6 +129,9 @@ class Worker::Impl final : public AgentHost {
   void RecordWritten(wire::TaskStatus status);
   // Adds what the store client counted since the last call.
   void SyncStoreMetrics();
+  // Adds what the environment pool counted since the last call.
+  void SyncEnvMetrics();
+  EnvPool::Stats env_synced_;
 
   struct StepParts {
     unsigned role = 0;
@@ -387,6 +390,22 @@ void Worker::Impl::SyncStoreMetrics() {
   if (now.remote_fetches > store_synced_.remote_fetches)
     metrics_.store_remote_fetches.Inc(static_cast<double>(now.remote_fetches - store_synced_.remote_fetches));
   store_synced_ = now;
+}
+
+void Worker::Impl::SyncEnvMetrics() {
+  if (!envs_) return;
+  const EnvPool::Stats& now = envs_->stats();
+  metrics_.env_sessions.Set(static_cast<double>(now.live));
+  metrics_.env_sessions_waiting.Set(static_cast<double>(envs_->waiting()));
+  auto add = [](const metrics::Counter& c, int64_t now_v, int64_t before) {
+    if (now_v > before) c.Inc(static_cast<double>(now_v - before));
+  };
+  add(metrics_.env_sessions_started, now.started, env_synced_.started);
+  add(metrics_.env_tool_calls, now.calls, env_synced_.calls);
+  add(metrics_.env_timeouts, now.timeouts, env_synced_.timeouts);
+  add(metrics_.env_deaths, now.deaths, env_synced_.deaths);
+  add(metrics_.env_programs, now.one_shots, env_synced_.one_shots);
+  env_synced_ = now;
 }
 
 void Worker::Impl::Send(const wire::Control& control, std::string bundle) {
@@ -1190,6 +1209,7 @@ Status Worker::Impl::Run() {
     if (envs_) {
       if (env_idx >= 0 && poller.Readable(env_idx)) envs_->OnReadable();
       envs_->Tick();
+      SyncEnvMetrics();
     }
     if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
     if (now - last_recv_ns_ > 3 * hb_ns) {
