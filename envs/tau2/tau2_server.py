@@ -1,6 +1,6 @@
-#!/usr/bin/python3
 """Tau2-bench retail and mock tool environments as one MCP server (stdio).
 
+This module is the server; `tau2_env.py` is its command-line entry point.
 Usage: tau2_env.py --domain retail|mock [--data DIR] [--strict-user-db] [-v]
 
 Transport: JSON-RPC 2.0, one JSON message per line on stdin/stdout (UTF-8).
@@ -15,17 +15,16 @@ Methods:
   matrix/db_hash        {} -> {"db_hash": str, "user_db_hash": str|null}
 
 Standard library only. Data: tau2-bench (MIT), see data/LICENSE.
+
+One process serves one session, and many run at once, so startup imports only
+what the protocol needs (no argparse, re, hashlib or ast until used) and the
+DB file is not parsed up front: entities are read and parsed on first use
+(see LazyTable).
 """
 
-import argparse
-import ast
-import hashlib
-import json
-import math
 import os
 import sys
 import time
-from collections import Counter, OrderedDict
 
 DEFAULT_PROTOCOL = "2025-06-18"
 MAX_TOOL_ERRORS = 10
@@ -41,6 +40,7 @@ ORDER_OPTIONAL_FIELDS = (
 )
 
 VERBOSE = False
+_MISSING = object()
 
 
 def log(msg):
@@ -49,6 +49,98 @@ def log(msg):
         sys.stderr.flush()
     except Exception:
         pass
+
+
+# ---------------------------------------------------------------------------
+# JSON: json.loads / json.dumps through the C accelerator the json package
+# itself uses (importing the package pulls in re and enum: ~1.5 MB and a few
+# ms per process). Falls back to the json package if _json is missing or does
+# not round-trip the self-check below.
+# ---------------------------------------------------------------------------
+
+
+def _json_default(o):
+    raise TypeError("Object of type %s is not JSON serializable" % o.__class__.__name__)
+
+
+class _DecodeContext:
+    """The attributes _json.make_scanner reads from a json.JSONDecoder()."""
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+    memo = None
+
+
+_WS = " \t\n\r"
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def _json_module():
+    import json
+    return json
+
+
+def _bytes_to_text(b):
+    """What json.loads does to bytes (UTF-8 without BOM here; anything else is left to json)."""
+    if b.startswith(_BOMS) or b"\x00" in b[:4]:
+        return None
+    return b.decode("utf-8", "surrogatepass")
+
+
+try:
+    import _json as _cjson
+
+    _scan_once = _cjson.make_scanner(_DecodeContext())
+    _enc_ascii = _cjson.encode_basestring_ascii
+    _enc_utf = _cjson.encode_basestring
+    _make_encoder = _cjson.make_encoder
+
+    def loads(s):
+        """loads(s) (default decoder)."""
+        if not isinstance(s, str):
+            t = _bytes_to_text(s)
+            if t is None:
+                return _json_module().loads(s)
+            s = t
+        elif s.startswith("\ufeff"):
+            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+        i = 0
+        if s and s[0] in _WS:
+            i = len(s) - len(s.lstrip(_WS))
+        try:
+            obj, end = _scan_once(s, i)
+        except StopIteration as e:
+            raise ValueError("Expecting value: char %d" % e.value) from None
+        if end != len(s) and s[end:].strip(_WS):
+            raise ValueError("Extra data: char %d" % end)
+        return obj
+
+    def dumps(obj, sort_keys=False, ensure_ascii=True):
+        """dumps(obj, sort_keys=..., ensure_ascii=...) with the default separators."""
+        enc = _enc_ascii if ensure_ascii else _enc_utf
+        if isinstance(obj, str):
+            return enc(obj)
+        return "".join(_make_encoder({}, _json_default, enc, None, ": ", ", ", sort_keys, False, True)(obj, 0))
+
+    _probe = loads(' {"b": [1, 2.5, -0.0, 1e+16, null, true, false, "\\u00e9\\ud83d\\ude00", [], {}],'
+                   ' "a": {"y": -Infinity, "x": "q\\"\\\\\\n"}} \n')
+    if (dumps(_probe, sort_keys=True) != '{"a": {"x": "q\\"\\\\\\n", "y": -Infinity}, "b": [1, 2.5, -0.0, '
+            '1e+16, null, true, false, "\\u00e9\\ud83d\\ude00", [], {}]}'
+            or dumps(_probe["b"][7], ensure_ascii=False) != '"\u00e9\U0001f600"'
+            or loads(b'[1]') != [1]):
+        raise ImportError("_json self-check failed")
+    del _probe
+except Exception:  # no usable accelerator: the json package it is
+    _json = _json_module()
+
+    def loads(s):
+        return _json.loads(s)
+
+    def dumps(obj, sort_keys=False, ensure_ascii=True):
+        return _json.dumps(obj, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
 
 
 class ToolError(Exception):
@@ -78,98 +170,425 @@ def deep_merge(dst, src):
 
 
 # ---------------------------------------------------------------------------
-# Copy-on-write database
+# The pristine DB, read lazily
 # ---------------------------------------------------------------------------
 
 
-class BaseDB:
-    """The pristine DB as loaded from disk: {table: {key: entity}}. Never mutated."""
+def index_json_layout(buf):
+    """Byte spans of the entities of a DB file written by json.dump(db, indent=N).
 
-    def __init__(self, obj):
+    `buf` holds `{"table": {"key": {...}, ...}, ...}` with one member per
+    line and each nesting level indented by the same N spaces. JSON strings
+    cannot hold a raw newline, so a line of exactly 2N spaces and `}` is the
+    closing line of an entity: one search per entity finds its end, and the
+    file is scanned once. Returns {table: {key: (start, end)}} in file order
+    (a repeated key keeps its first place and its last value, as json.loads
+    does), or None when the file does not have this layout in every detail
+    checked (the caller then parses it whole). An entity span that does not
+    parse would show up as an error when that entity is read.
+    """
+    n = len(buf)
+    if n < 4 or buf[0:2] != b"{\n":
+        return None
+    unit = 0
+    while 2 + unit < n and buf[2 + unit] == 0x20:
+        unit += 1
+    if unit == 0:
+        return None
+    tkey = b"\n" + b" " * unit + b'"'
+    tclose = b"\n" + b" " * unit + b"}"
+    ekey = b"\n" + b" " * (2 * unit) + b'"'
+    eclose = b"\n" + b" " * (2 * unit) + b"}"
+    top_end = buf.rfind(b"\n}")
+    if top_end < 0 or buf[top_end + 2:].strip(b" \t\r\n"):
+        return None
+
+    def key_at(p, pre):
+        """The key of the line at p (which starts with `pre`) and where its value starts."""
+        if buf[p:p + len(pre)] != pre:
+            return None, -1
+        k0 = p + len(pre)
+        k1 = buf.find(b'"', k0)
+        if k1 < 0 or buf[k1:k1 + 3] != b'": ':
+            return None, -1
+        raw = buf[k0:k1]
+        if b"\\" in raw or b"\n" in raw:
+            return None, -1
+        return raw.decode("utf-8", "surrogatepass"), k1 + 3
+
+    tables = {}
+    p = 1
+    while True:
+        name, v = key_at(p, tkey)
+        if name is None or buf[v:v + 1] != b"{":
+            return None
+        spans = {}
+        if buf[v + 1:v + 2] == b"}":
+            tend = v + 2
+        else:
+            q = v + 1
+            while True:
+                key, s = key_at(q, ekey)
+                if key is None:
+                    return None
+                head = buf[s:s + 2]
+                if head == b"{}":
+                    e = s + 2
+                elif head == b"{\n":
+                    c = buf.find(eclose, s)
+                    if c < 0:
+                        return None
+                    e = c + len(eclose)
+                else:
+                    return None
+                spans[key] = (s, e)
+                if buf[e:e + 1] == b",":
+                    q = e + 1
+                elif buf[e:e + len(tclose)] == tclose:
+                    tend = e + len(tclose)
+                    break
+                else:
+                    return None
+        tables[name] = spans
+        if buf[tend:tend + 2] == b",\n":
+            p = tend + 1
+        elif tend == top_end:
+            return tables
+        else:
+            return None
+
+
+class LazyTable:
+    """One table of the pristine DB (never mutated).
+
+    Keys are kept in file order with the byte span of each entity; an entity
+    is parsed on first use and kept (`get`). Scans read entities without
+    keeping them and memoise only what they compare (`field`). A table built
+    from objects in memory (`spans` None) simply holds them all.
+    """
+
+    __slots__ = ("src", "spans", "cache", "fix", "memos")
+
+    def __init__(self, src=None, spans=None, entities=None, fix=None):
+        self.src = src
+        self.spans = spans
+        self.cache = {} if entities is None else entities
+        self.fix = fix
+        self.memos = {}
+
+    def keys(self):
+        return self.spans.keys() if self.spans is not None else self.cache.keys()
+
+    def __contains__(self, key):
+        return key in (self.spans if self.spans is not None else self.cache)
+
+    def __len__(self):
+        return len(self.spans if self.spans is not None else self.cache)
+
+    def _parse(self, key):
+        s, e = self.spans[key]
+        obj = loads(self.src.read(s, e))
+        if self.fix is not None:
+            self.fix(obj)
+        return obj
+
+    def get(self, key, default=None):
+        """The entity, parsed once and kept; `default` if absent."""
+        v = self.cache.get(key, _MISSING)
+        if v is _MISSING:
+            if self.spans is None or key not in self.spans:
+                return default
+            v = self.cache[key] = self._parse(key)
+        return v
+
+    def peek(self, key):
+        """The entity (KeyError if absent), without keeping it if not kept already."""
+        v = self.cache.get(key, _MISSING)
+        if v is _MISSING:
+            if self.spans is None:
+                raise KeyError(key)
+            v = self._parse(key)
+        return v
+
+    def field(self, name, fn, key):
+        """fn(entity), memoised per key under `name` (fn must not keep the entity)."""
+        memo = self.memos.get(name)
+        if memo is None:
+            memo = self.memos[name] = {}
+        v = memo.get(key, _MISSING)
+        if v is _MISSING:
+            v = memo[key] = fn(self.peek(key))
+        return v
+
+
+class DBFile:
+    """An open DB file; entities are read with pread (no copy of the file is kept)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def read(self, start, end):
+        b = os.pread(self.fd, end - start, start)
+        if len(b) != end - start:
+            raise IOError("%s changed while in use" % self.path)
+        return b
+
+    def whole(self):
+        size = os.fstat(self.fd).st_size
+        return self.read(0, size) if size else b""
+
+
+class BaseDB:
+    """The pristine DB: {table: LazyTable}. Never mutated.
+
+    From a file, the tables are indexed on first use (index_json_layout over
+    a transient read of the file); a file of another layout is parsed whole.
+    `fixes` maps a table name to a function applied to each entity once
+    parsed. `frag` keeps dumps(entity, sort_keys=True) of entities for
+    hashing, filled from the second hash pass of the process on (a session
+    that hashes once, at its reward, keeps no copy).
+    """
+
+    def __init__(self, obj=None, path=None, fixes=None):
+        self.fixes = fixes or {}
+        self.frag = {}
+        self.hash_passes = 0
+        self.pristine_hash = None
+        if path is not None:
+            self.src = DBFile(path)
+            self._tables = None
+        else:
+            self.src = None
+            self._tables = self._from_obj(obj)
+
+    def _from_obj(self, obj):
         if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
             raise ValueError("DB must be an object of tables (objects)")
-        self.tables = obj
-        self.frag = {name: {} for name in obj}  # cached json.dumps(entity, sort_keys=True)
+        for name, tab in obj.items():
+            fix = self.fixes.get(name)
+            if fix is not None:
+                for ent in tab.values():
+                    fix(ent)
+        return {name: LazyTable(entities=tab) for name, tab in obj.items()}
+
+    @property
+    def tables(self):
+        t = self._tables
+        if t is None:
+            buf = self.src.whole()
+            spans = index_json_layout(buf)
+            if spans is None:
+                t = self._from_obj(loads(buf))
+            else:
+                t = {name: LazyTable(self.src, sp, fix=self.fixes.get(name)) for name, sp in spans.items()}
+            del buf
+            self._tables = t
+        return t
 
 
 class Store:
-    """Per-episode view of a BaseDB.
+    """Per-episode view of a BaseDB, copy-on-write.
 
-    Tables are shallow copies; an entity is deep-copied the first time it is
-    written (`w`). Entities still identical (`is`) to the base object reuse a
-    cached serialisation for hashing, so an episode costs three dict copies and
-    a hash costs one join plus sha256.
+    `over` holds, per base table, the entities this episode wrote or added
+    (an entity is deep-copied the first time it is written, `w`); `new` holds
+    whole tables the base DB does not have. Iteration order is the base
+    table's (file order) with added keys after it, as for a dict copy.
     """
 
     def __init__(self, base):
         self.base = base
-        self.t = {name: dict(tab) for name, tab in base.tables.items()}
+        self.over = {}
+        self.new = {}
 
-    def table(self, name):
-        return self.t[name]
+    def _base_table(self, table):
+        return self.base.tables[table]  # KeyError for an unknown table, as a dict would
+
+    def lookup(self, table, key):
+        """The live entity, or _MISSING."""
+        nt = self.new.get(table)
+        if nt is not None:
+            return nt.get(key, _MISSING)
+        o = self.over.get(table)
+        if o is not None:
+            v = o.get(key, _MISSING)
+            if v is not _MISSING:
+                return v
+        return self._base_table(table).get(key, _MISSING)
 
     def get(self, table, key):
-        return self.t[table].get(key)
+        v = self.lookup(table, key)
+        return None if v is _MISSING else v
+
+    def peek(self, table, key):
+        """Like get, but a base entity read here is not kept in memory."""
+        nt = self.new.get(table)
+        if nt is not None:
+            return nt[key]
+        o = self.over.get(table)
+        if o is not None and key in o:
+            return o[key]
+        return self._base_table(table).peek(key)
 
     def w(self, table, key):
-        tab = self.t[table]
-        ent = tab[key]
-        if ent is self.base.tables.get(table, {}).get(key):
-            ent = ecopy(ent)
-            tab[key] = ent
+        nt = self.new.get(table)
+        if nt is not None:
+            return nt[key]
+        o = self.over.get(table)
+        if o is not None and key in o:
+            return o[key]
+        ent = self._base_table(table).get(key, _MISSING)
+        if ent is _MISSING:
+            raise KeyError(key)
+        ent = ecopy(ent)
+        self.over.setdefault(table, {})[key] = ent
         return ent
 
     def put(self, table, key, value):
-        self.t.setdefault(table, {})[key] = value
+        if table in self.new or table not in self.base.tables:
+            self.new.setdefault(table, {})[key] = value
+        else:
+            self.over.setdefault(table, {})[key] = value
+
+    def has_table(self, table):
+        return table in self.new or table in self.base.tables
+
+    def keys(self, table):
+        nt = self.new.get(table)
+        if nt is not None:
+            return list(nt)
+        bt = self._base_table(table)
+        ks = list(bt.keys())
+        o = self.over.get(table)
+        if o:
+            ks.extend(k for k in o if k not in bt)
+        return ks
+
+    def size(self, table):
+        nt = self.new.get(table)
+        if nt is not None:
+            return len(nt)
+        bt = self._base_table(table)
+        o = self.over.get(table)
+        return len(bt) + (sum(1 for k in o if k not in bt) if o else 0)
+
+    def items(self, table):
+        """(key, entity) in table order; base entities are parsed and kept."""
+        for k in self.keys(table):
+            yield k, self.get(table, k)
+
+    def values(self, table):
+        return [v for _k, v in self.items(table)]
+
+    def scan(self, table, name, fn):
+        """(key, fn(entity)) in table order, memoising fn on untouched base entities."""
+        nt = self.new.get(table)
+        if nt is not None:
+            for k, v in nt.items():
+                yield k, fn(v)
+            return
+        bt = self._base_table(table)
+        o = self.over.get(table) or {}
+        for k in bt.keys():
+            v = o.get(k, _MISSING)
+            yield k, (bt.field(name, fn, k) if v is _MISSING else fn(v))
+        for k, v in o.items():
+            if k not in bt:
+                yield k, fn(v)
 
     def merge(self, data):
         """Recursive dict merge (lists and scalars replaced)."""
         for tname, tval in data.items():
-            if tname in self.t and isinstance(tval, dict):
-                tab = self.t[tname]
+            if self.has_table(tname) and isinstance(tval, dict):
                 for key, val in tval.items():
-                    if key in tab and isinstance(tab[key], dict) and isinstance(val, dict):
+                    cur = self.lookup(tname, key)
+                    if cur is not _MISSING and isinstance(cur, dict) and isinstance(val, dict):
                         deep_merge(self.w(tname, key), val)
                     else:
-                        tab[key] = ecopy(val)
+                        self.put(tname, key, ecopy(val))
             elif isinstance(tval, dict):
-                self.t[tname] = ecopy(tval)
+                self.new[tname] = ecopy(tval)
             else:
                 raise ValueError("cannot merge non-object into table %r" % tname)
 
-    def canonical(self):
-        """Exactly json.dumps(db, sort_keys=True) with Python's default separators."""
-        dumps = json.dumps
-        parts = []
-        for tname in sorted(self.t):
-            tab = self.t[tname]
-            btab = self.base.tables.get(tname, {})
-            cache = self.base.frag.setdefault(tname, {})
-            items = []
-            for k in sorted(tab):
-                v = tab[k]
-                if v is btab.get(k):
-                    s = cache.get(k)
-                    if s is None:
-                        s = cache[k] = dumps(v, sort_keys=True)
-                else:
-                    s = dumps(v, sort_keys=True)
-                items.append(dumps(k) + ": " + s)
-            parts.append(dumps(tname) + ": {" + ", ".join(items) + "}")
-        return "{" + ", ".join(parts) + "}"
-
     def hash(self):
-        return hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
+        return hash_stores([self])[0]
 
-    def snapshot(self):
-        return {name: dict(tab) for name, tab in self.t.items()}
+
+def _table_names(store):
+    return sorted(list(store.base.tables) + [t for t in store.new if t not in store.base.tables])
+
+
+def hash_stores(stores):
+    """sha256 of the canonical text of each store: exactly
+    dumps(db, sort_keys=True) with Python's default separators.
+
+    Stores sharing a BaseDB are hashed in one pass, table by table, so an
+    untouched entity is serialised once for all of them. A store with nothing
+    written hashes to its base's pristine hash (computed once).
+    """
+    import hashlib
+
+    out = [None] * len(stores)
+    groups = {}
+    for i, s in enumerate(stores):
+        if not s.over and not s.new and s.base.pristine_hash is not None:
+            out[i] = s.base.pristine_hash
+        else:
+            groups.setdefault(id(s.base), []).append(i)
+    for idxs in groups.values():
+        base = stores[idxs[0]].base
+        base.hash_passes += 1
+        keep = base.hash_passes > 1
+        hs = {i: hashlib.sha256(b"{") for i in idxs}
+        names = {i: _table_names(stores[i]) for i in idxs}
+        started = {i: False for i in idxs}
+        for tname in sorted(set(n for i in idxs for n in names[i])):
+            bt = base.tables.get(tname)
+            memo = base.frag.setdefault(tname, {}) if keep else {}
+            for i in idxs:
+                if tname not in names[i]:
+                    continue
+                s = stores[i]
+                h = hs[i]
+                h.update(((", " if started[i] else "") + dumps(tname) + ": {").encode("utf-8"))
+                started[i] = True
+                nt = s.new.get(tname)
+                o = (s.over.get(tname) or {}) if nt is None else None
+                parts = []
+                sep = ""
+                for k in sorted(nt if nt is not None else s.keys(tname)):
+                    if nt is not None:
+                        piece = dumps(nt[k], sort_keys=True)
+                    else:
+                        v = o.get(k, _MISSING)
+                        if v is _MISSING:
+                            piece = memo.get(k)
+                            if piece is None:
+                                piece = memo[k] = dumps(bt.peek(k), sort_keys=True)
+                        else:
+                            piece = dumps(v, sort_keys=True)
+                    parts.append(dumps(k) + ": " + piece)
+                    if len(parts) >= 256:
+                        h.update((sep + ", ".join(parts)).encode("utf-8"))
+                        sep, parts = ", ", []
+                if parts:
+                    h.update((sep + ", ".join(parts)).encode("utf-8"))
+                h.update(b"}")
+        for i in idxs:
+            hs[i].update(b"}")
+            out[i] = hs[i].hexdigest()
+            s = stores[i]
+            if not s.over and not s.new:
+                base.pristine_hash = out[i]
+    return out
 
 
 # ---------------------------------------------------------------------------
 # Tool definitions and argument validation
 # ---------------------------------------------------------------------------
 
-RETAIL_SCHEMAS = json.loads(r"""
+RETAIL_SCHEMAS = loads(r"""
 [
 {"name":"calculate","description":"Evaluate an arithmetic expression; result rounded to 2 decimals.","parameters":{"type":"object","properties":{"expression":{"type":"string","description":"Digits, + - * / ( ) . and spaces, e.g. '2 + 2'."}},"required":["expression"]}},
 {"name":"cancel_pending_order","description":"Cancel a pending order. Explain and get an explicit yes first. Status becomes 'cancelled'; payments are refunded (gift card: immediately; others: 5-7 business days). Returns the order.","parameters":{"type":"object","properties":{"order_id":{"type":"string","description":"Includes the leading '#', e.g. '#W0000000'."},"reason":{"type":"string","description":"'no longer needed' or 'ordered by mistake'."}},"required":["order_id","reason"]}},
@@ -282,7 +701,7 @@ class Tool:
                 enum = spec.get("enum")
                 if enum is not None and v not in enum:
                     raise ToolError("argument '%s' must be one of %s, got %s" % (
-                        k, ", ".join(json.dumps(e) for e in enum), json.dumps(v)))
+                        k, ", ".join(dumps(e) for e in enum), dumps(v)))
             elif want == "array":
                 if not isinstance(v, list):
                     raise ToolError("argument '%s' must be an array, got %s" % (k, _type_name(v)))
@@ -295,7 +714,7 @@ class Tool:
 def result_text(v):
     if isinstance(v, str):
         return v
-    return json.dumps(v, ensure_ascii=False)
+    return dumps(v, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +726,8 @@ _MAX_INT_BITS = 1 << 20
 
 
 def _calc_eval(node):
+    import ast
+    import math
     if isinstance(node, ast.Constant):
         if type(node.value) in (int, float):
             return node.value
@@ -346,6 +767,7 @@ def _calc_eval(node):
 def calculate(expression):
     if any(c not in _CALC_CHARS for c in expression):
         raise ToolError("Invalid characters in expression")
+    import ast
     try:
         tree = ast.parse(expression.lstrip(" "), mode="eval")
     except (SyntaxError, ValueError) as e:
@@ -375,32 +797,60 @@ def calculate(expression):
 # ---------------------------------------------------------------------------
 
 
+def _fix_order(order):
+    for k in ORDER_OPTIONAL_FIELDS:
+        order.setdefault(k, None)
+
+
 class DomainData:
-    """Everything loaded once per process for a domain."""
+    """Everything loaded once per process for a domain (the DB files are opened, not read)."""
 
     def __init__(self, domain, data_dir):
         self.domain = domain
         self.data_dir = data_dir
         ddir = os.path.join(data_dir, domain)
-        with open(os.path.join(ddir, "db.json"), "rb") as f:
-            db = json.loads(f.read())
-        if domain == "retail":
-            for order in db.get("orders", {}).values():
-                for k in ORDER_OPTIONAL_FIELDS:
-                    order.setdefault(k, None)
-        self.base = BaseDB(db)
+        fixes = {"orders": _fix_order} if domain == "retail" else None
+        self.base = BaseDB(path=os.path.join(ddir, "db.json"), fixes=fixes)
         self.user_base = None
         upath = os.path.join(ddir, "user_db.json")
         if domain == "mock" and os.path.exists(upath):
-            with open(upath, "rb") as f:
-                self.user_base = BaseDB(json.loads(f.read()))
+            self.user_base = BaseDB(path=upath)
         self._tasks = None
 
     def tasks(self):
         if self._tasks is None:
             with open(os.path.join(self.data_dir, self.domain, "tasks.json"), "rb") as f:
-                self._tasks = {str(t["id"]): t for t in json.loads(f.read())}
+                self._tasks = {str(t["id"]): t for t in loads(f.read())}
         return self._tasks
+
+
+# What the scanning tools compare, extracted from a user / product so that a
+# scan keeps a few strings per entity instead of the entity. _MISSING (an
+# irregular entity) makes the tool evaluate its own expression on the whole
+# entity, so errors and comparisons are exactly those of a plain dict scan.
+
+def _user_email(u):
+    e = u.get("email", _MISSING) if type(u) is dict else _MISSING
+    return e if type(e) is str else _MISSING
+
+
+def _user_name_zip(u):
+    try:
+        n, a = u["name"], u["address"]
+        t = (n["first_name"], n["last_name"], a["zip"])
+    except Exception:
+        return _MISSING
+    return t if type(t[0]) is str and type(t[1]) is str and type(t[2]) in (str, int, float) else _MISSING
+
+
+def _product_variant_ids(p):
+    v = p.get("variants") if type(p) is dict else None
+    return frozenset(v) if type(v) is dict else _MISSING
+
+
+def _product_name(p):
+    name = p.get("name", _MISSING) if type(p) is dict else _MISSING
+    return (name,) if type(name) is str else _MISSING
 
 
 class RetailEnv:
@@ -446,8 +896,14 @@ class RetailEnv:
 
     @staticmethod
     def _count_check(order, item_ids, message):
-        have = Counter(it["item_id"] for it in order["items"])
-        for iid, n in Counter(item_ids).items():
+        have = {}
+        for it in order["items"]:
+            iid = it["item_id"]
+            have[iid] = have.get(iid, 0) + 1
+        want = {}
+        for iid in item_ids:
+            want[iid] = want.get(iid, 0) + 1
+        for iid, n in want.items():
             if n > have.get(iid, 0):
                 raise ToolError(message(iid))
 
@@ -489,16 +945,22 @@ class RetailEnv:
 
     def find_user_id_by_email(self, email):
         want = email.lower()
-        for uid, u in self.s.table("users").items():
-            if u["email"].lower() == want:
+        for uid, em in self.s.scan("users", "email", _user_email):
+            if em is _MISSING:
+                em = self.s.peek("users", uid)["email"]
+            if em.lower() == want:
                 return uid
         raise ToolError("User not found")
 
     def find_user_id_by_name_zip(self, first_name, last_name, zip):
         fn, ln = first_name.lower(), last_name.lower()
-        for uid, u in self.s.table("users").items():
-            if (u["name"]["first_name"].lower() == fn and u["name"]["last_name"].lower() == ln
-                    and u["address"]["zip"] == zip):
+        for uid, t in self.s.scan("users", "name_zip", _user_name_zip):
+            if t is _MISSING:
+                u = self.s.peek("users", uid)
+                if (u["name"]["first_name"].lower() == fn and u["name"]["last_name"].lower() == ln
+                        and u["address"]["zip"] == zip):
+                    return uid
+            elif t[0].lower() == fn and t[1].lower() == ln and t[2] == zip:
                 return uid
         raise ToolError("User not found")
 
@@ -512,14 +974,18 @@ class RetailEnv:
         return self._user(user_id)
 
     def get_item_details(self, item_id):
-        for p in self.s.table("products").values():
-            v = p["variants"].get(item_id)
-            if v is not None:
-                return v
+        for pid, ids in self.s.scan("products", "variant_ids", _product_variant_ids):
+            if ids is _MISSING or item_id in ids:
+                v = (self.s.peek if ids is _MISSING else self.s.get)("products", pid)["variants"].get(item_id)
+                if v is not None:
+                    return v
         raise ToolError("Item not found")
 
     def list_all_product_types(self):
-        return json.dumps({p["name"]: pid for pid, p in self.s.table("products").items()}, sort_keys=True)
+        types = {}
+        for pid, name in self.s.scan("products", "name", _product_name):
+            types[self.s.peek("products", pid)["name"] if name is _MISSING else name[0]] = pid
+        return dumps(types, sort_keys=True)
 
     # --- write tools -------------------------------------------------------
     def cancel_pending_order(self, order_id, reason):
@@ -651,7 +1117,7 @@ class MockEnv:
     def __init__(self, data):
         self.data = data
         self.s = Store(data.base)
-        self.user_s = Store(data.user_base) if data.user_base is not None else Store(BaseDB({"notifications": {}}))
+        self.user_s = Store(data.user_base) if data.user_base is not None else Store(BaseDB(obj={"notifications": {}}))
         self.toolkits = {"assistant": {}, "user": {}}
         for schema in MOCK_ASSISTANT_SCHEMAS:
             n = schema["name"]
@@ -670,14 +1136,14 @@ class MockEnv:
     def create_task(self, user_id, title, description=None):
         if self.s.get("users", user_id) is None:
             raise ToolError("User %s not found" % user_id)
-        tid = "task_%d" % (len(self.s.table("tasks")) + 1)
+        tid = "task_%d" % (self.s.size("tasks") + 1)
         task = {"task_id": tid, "title": title, "description": description, "status": "pending"}
         self.s.put("tasks", tid, task)
         self.s.w("users", user_id)["tasks"].append(tid)
         return task
 
     def get_users(self):
-        return list(self.s.table("users").values())
+        return self.s.values("users")
 
     def update_task_status(self, task_id, status):
         if self.s.get("tasks", task_id) is None:
@@ -691,7 +1157,7 @@ class MockEnv:
 
     # user tools
     def check_notifications(self):
-        return list(self.user_s.table("notifications").values())
+        return self.user_s.values("notifications")
 
     def dismiss_notification(self, notification_id):
         if self.user_s.get("notifications", notification_id) is None:
@@ -745,7 +1211,7 @@ def norm_tool_call(tc, default_requestor):
         args = tc.get("arguments")
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = loads(args) if args.strip() else {}
         except ValueError:
             args = None
     if args is not None and not isinstance(args, dict):
@@ -796,7 +1262,7 @@ def run_tool(env, name, args, requestor="assistant"):
     try:
         if isinstance(args, str):
             try:
-                args = json.loads(args) if args.strip() else {}
+                args = loads(args) if args.strip() else {}
             except ValueError:
                 raise ToolError("arguments must be a JSON object")
         if args is None:
@@ -874,7 +1340,7 @@ def apply_initial_state(env, state, warnings):
         rec = recorded.get(cid)
         if rec is not None:
             try:
-                same = json.loads(text) == json.loads(rec)
+                same = loads(text) == loads(rec)
             except ValueError:
                 same = text == rec
             if not same:
@@ -883,13 +1349,17 @@ def apply_initial_state(env, state, warnings):
             warnings.append("history call %s failed: %s" % (cid, text))
 
 
+def env_stores(env):
+    return [env.s] if env.user_s is None else [env.s, env.user_s]
+
+
 class Server:
     def __init__(self, domain, data_dir, strict_user_db=False):
         self.data = DomainData(domain, data_dir)
         self.domain = domain
         self.strict_user_db = strict_user_db
         self.episode = None
-        self.gold_cache = OrderedDict()
+        self.gold_cache = {}  # insertion order = least recently used first
 
     # --- episode -----------------------------------------------------------
     def current(self):
@@ -922,13 +1392,15 @@ class Server:
         return {"ok": True, "task_id": (str(task["id"]) if task and task.get("id") is not None else None)}
 
     # --- reward ------------------------------------------------------------
-    def gold(self, task):
+    def gold(self, task, live):
+        """(gold db hash, gold user db hash, gold errors) of the task, and the
+        hashes of the `live` stores, computed in the same pass over the DB."""
         crit = task.get("evaluation_criteria") or {}
-        key = json.dumps([task.get("id"), task.get("initial_state"), crit.get("actions")], sort_keys=True)
-        hit = self.gold_cache.get(key)
+        key = dumps([task.get("id"), task.get("initial_state"), crit.get("actions")], sort_keys=True)
+        hit = self.gold_cache.pop(key, None)
         if hit is not None:
-            self.gold_cache.move_to_end(key)
-            return hit
+            self.gold_cache[key] = hit
+            return hit, hash_stores(live)
         ep = Episode(self.data, task)
         errors = []
         for a in crit.get("actions") or []:
@@ -936,11 +1408,14 @@ class Server:
                 call_by_name(ep.env, a.get("requestor") or "assistant", a.get("name"), a.get("arguments"))
             except Exception as e:  # swallowed, like the original
                 errors.append("%s: %s" % (a.get("action_id") or a.get("name"), e))
-        res = (ep.env.s.hash(), ep.env.user_s.hash() if ep.env.user_s is not None else None, errors)
+        gold_stores = env_stores(ep.env)
+        hs = hash_stores(live + gold_stores)
+        g = hs[len(live):]
+        res = (g[0], g[1] if len(g) > 1 else None, errors)
         self.gold_cache[key] = res
         if len(self.gold_cache) > 512:
-            self.gold_cache.popitem(last=False)
-        return res
+            del self.gold_cache[next(iter(self.gold_cache))]
+        return res, hs[:len(live)]
 
     def reward(self, params):
         ep = self.episode
@@ -956,8 +1431,13 @@ class Server:
         history = ((task.get("initial_state") or {}).get("message_history")) or []
         msgs = [m for m in list(history) + list(messages) if isinstance(m, dict)]
 
-        db_hash = ep.env.s.hash()
-        user_hash = ep.env.user_s.hash() if ep.env.user_s is not None else None
+        live = env_stores(ep.env)
+        if crit is None:
+            gold, hashes = None, hash_stores(live)
+        else:
+            gold, hashes = self.gold(task, live)
+        db_hash = hashes[0]
+        user_hash = hashes[1] if len(hashes) > 1 else None
         bd = {
             "task_id": str(task.get("id")) if task.get("id") is not None else None,
             "scheme": "judge-free: DB x COMMUNICATE (COMMUNICATE stands in for NL_ASSERTION "
@@ -992,7 +1472,7 @@ class Server:
             bd["task_basis"] = list(task_basis)
             components = 1.0
 
-            gold_hash, gold_user_hash, gold_errors = self.gold(task)
+            gold_hash, gold_user_hash, gold_errors = gold
             bd["gold_db_hash"] = gold_hash
             if user_hash is not None:
                 bd["gold_user_db_hash"] = gold_user_hash
@@ -1130,8 +1610,8 @@ class Server:
             except ValueError as e:
                 raise InvalidParams(str(e))
         if method == "matrix/db_hash":
-            env = self.current().env
-            return {"db_hash": env.s.hash(), "user_db_hash": env.user_s.hash() if env.user_s is not None else None}
+            hs = hash_stores(env_stores(self.current().env))
+            return {"db_hash": hs[0], "user_db_hash": hs[1] if len(hs) > 1 else None}
         raise MethodNotFound("Method not found: %s" % (method,))
 
 
@@ -1153,7 +1633,7 @@ def process_line(server, raw):
     if not text:
         return None
     try:
-        msg = json.loads(text)
+        msg = loads(text)
     except (ValueError, RecursionError):
         return error_response(None, -32700, "Parse error")
     if not isinstance(msg, dict):
@@ -1189,20 +1669,52 @@ def process_line(server, raw):
         return error_response(id_, -32603, "Internal error: %s: %s" % (type(e).__name__, e))
 
 
-def main(argv=None):
-    global VERBOSE
-    here = os.path.dirname(os.path.abspath(__file__))
+def _argparse(argv, here):
+    import argparse
     ap = argparse.ArgumentParser(description="Tau2-bench retail/mock MCP server (stdio)")
     ap.add_argument("--domain", required=True, choices=sorted(ENV_CLASSES))
     ap.add_argument("--data", default=os.path.join(here, "data"), help="data folder (default: data/ next to this script)")
     ap.add_argument("--strict-user-db", action="store_true",
                     help="DB component also requires the user-side DB (mock) to match the gold one")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every call to stderr")
-    args = ap.parse_args(argv)
-    VERBOSE = args.verbose
+    return vars(ap.parse_args(argv))
+
+
+def parse_args(argv, here):
+    """The options argparse would give, without importing it for the usual
+    command lines; anything else (-h, errors, abbreviations) goes to argparse."""
+    opts = {"domain": None, "data": os.path.join(here, "data"), "strict_user_db": False, "verbose": False}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--strict-user-db":
+            opts["strict_user_db"] = True
+        elif a in ("-v", "--verbose"):
+            opts["verbose"] = True
+        elif a in ("--domain", "--data") or a.startswith(("--domain=", "--data=")):
+            name, eq, val = a.partition("=")
+            if not eq:
+                i += 1
+                if i >= len(argv) or argv[i].startswith("-"):
+                    return _argparse(argv, here)
+                val = argv[i]
+            opts[name[2:]] = val
+        else:
+            return _argparse(argv, here)
+        i += 1
+    if opts["domain"] not in ENV_CLASSES:
+        return _argparse(argv, here)
+    return opts
+
+
+def main(argv=None):
+    global VERBOSE
+    here = os.path.dirname(os.path.abspath(__file__))
+    args = parse_args(sys.argv[1:] if argv is None else list(argv), here)
+    VERBOSE = args["verbose"]
     t0 = time.perf_counter()
-    server = Server(args.domain, args.data, args.strict_user_db)
-    log("domain=%s ready in %.1f ms" % (args.domain, (time.perf_counter() - t0) * 1000))
+    server = Server(args["domain"], args["data"], args["strict_user_db"])
+    log("domain=%s ready in %.1f ms" % (args["domain"], (time.perf_counter() - t0) * 1000))
 
     inp = sys.stdin.buffer
     out = sys.stdout.buffer
@@ -1221,9 +1733,9 @@ def main(argv=None):
         if resp is None:
             continue
         try:
-            data = json.dumps(resp, ensure_ascii=True)
+            data = dumps(resp, ensure_ascii=True)
         except Exception as e:
-            data = json.dumps(error_response(resp.get("id"), -32603, "unserialisable result: %s" % e))
+            data = dumps(error_response(resp.get("id"), -32603, "unserialisable result: %s" % e))
         try:
             out.write(data.encode("ascii") + b"\n")
             out.flush()
@@ -1231,6 +1743,3 @@ def main(argv=None):
             break
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

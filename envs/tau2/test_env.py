@@ -6,8 +6,12 @@ server subprocess, checks rewards, gold hashes (SPEC section 7), the expected
 tool errors, negative cases and bad-input handling. Standard library only.
 """
 
+import copy
+import hashlib
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -442,6 +446,168 @@ def test_mock():
     return passed, len(rows)
 
 
+def load_retail_db():
+    """The retail DB as the original server held it: json.load + the 7 optional order fields."""
+    with open(os.path.join(DATA, "retail", "db.json"), "rb") as f:
+        raw = f.read()
+    db = json.loads(raw)
+    for o in db["orders"].values():
+        for k in ("cancel_reason", "exchange_items", "exchange_new_items", "exchange_payment_method_id",
+                  "exchange_price_difference", "return_items", "return_payment_method_id"):
+            o.setdefault(k, None)
+    return raw, db
+
+
+def sha(db):
+    return hashlib.sha256(json.dumps(db, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def test_lazy_db():
+    """In process: the JSON layer and the lazily indexed DB agree with the json module."""
+    sys.path.insert(0, HERE)
+    import tau2_server as srv
+    n = 0
+    # JSON: the _json accelerator directly (no json / re import), identical to json.loads / json.dumps.
+    check(not hasattr(srv, "_json"), "tau2_server falls back to the json package")
+    raw, db = load_retail_db()
+    plain = json.loads(raw)
+    check(srv.loads(raw) == plain, "loads(db.json bytes)")
+    for v in (plain, db["orders"]["#W2378156"],
+              {"b": [1, -0.0, 1e300, 5e-324, 2 ** 70, math.inf, -math.inf, None, True, False, "", [], {}],
+               "a": "caf\u00e9 \U0001f600 \\ \" \n \x00 \u2028", "\u00e9": {"z": 1, "y": [{"x": 0.1}]}}):
+        for kw in ({}, {"sort_keys": True}, {"ensure_ascii": False}, {"sort_keys": True, "ensure_ascii": False}):
+            check(srv.dumps(v, **kw) == json.dumps(v, **kw), "dumps %s" % kw)
+            t = json.dumps(v, **kw)
+            check(srv.loads(t) == json.loads(t), "loads round trip %s" % kw)
+        n += 1
+    nan = srv.loads("[NaN]")[0]
+    check(nan != nan and srv.dumps(srv.loads(" [1 , 2] \n")) == "[1, 2]", "NaN and whitespace")
+    for bad in ("", "  ", "[1,]", "{\"a\" 1}", "[1] x", "\ufeff[1]", "nul", "[" * 100000):
+        try:
+            srv.loads(bad)
+            check(False, "loads(%r) must fail" % bad[:20])
+        except (ValueError, RecursionError):
+            pass
+    # The index: same tables, keys in file order, every span parses to the entity.
+    spans = srv.index_json_layout(raw)
+    check(spans is not None and list(spans) == list(plain)
+          and all(list(spans[t]) == list(plain[t]) for t in plain), "index keys in file order")
+    bad = [(t, k) for t in plain for k, (s, e) in spans[t].items() if json.loads(raw[s:e]) != plain[t][k]]
+    check(not bad, "index spans: %s" % bad[:3])
+    two = srv.index_json_layout(json.dumps(plain, indent=2).encode())
+    check(two is not None and {t: list(v) for t, v in two.items()} == {t: list(v) for t, v in plain.items()},
+          "indent=2 is indexed too")
+    check(srv.index_json_layout(json.dumps(plain).encode()) is None, "one-line JSON is not indexed")
+    check(srv.index_json_layout(json.dumps(plain, indent=4, separators=(", ", ": ")).encode()) is None,
+          "trailing spaces are not indexed")
+    # Lazy tables against the plain dicts (fix applied), and the pristine hash.
+    base = srv.BaseDB(path=os.path.join(DATA, "retail", "db.json"), fixes={"orders": srv._fix_order})
+    st = srv.Store(base)
+    check(all(st.keys(t) == list(db[t]) for t in db), "Store keys")
+    check(all(st.get(t, k) == v for t in db for k, v in db[t].items()), "Store entities")
+    check(srv.hash_stores([st]) == [INIT_HASH] == [sha(db)], "lazy pristine hash")
+    # Copy-on-write against a deep copy of the dicts: merge (into entities, new keys, a new table),
+    # put, w; order of keys, entities and hashes.
+    ref = copy.deepcopy(db)
+    patch = {"users": {"noah_brown_6181": {"email": "ZZ@example.com", "address": {"zip": "11111"}},
+                       "zz_new_1": dict(db["users"]["noah_brown_6181"], user_id="zz_new_1")},
+             "coupons": {"c1": {"code": "X"}},
+             "products": {"9523456873": {"name": "T-Shirt 2"}}}
+    st.merge(patch)
+    ref["users"]["noah_brown_6181"]["email"] = "ZZ@example.com"
+    ref["users"]["noah_brown_6181"]["address"]["zip"] = "11111"
+    ref["users"]["zz_new_1"] = dict(db["users"]["noah_brown_6181"], user_id="zz_new_1")
+    ref["coupons"] = {"c1": {"code": "X"}}
+    ref["products"]["9523456873"]["name"] = "T-Shirt 2"
+    st.w("orders", "#W2378156")["status"] = "x"
+    ref["orders"]["#W2378156"]["status"] = "x"
+    st.put("orders", "#W0", {"order_id": "#W0"})
+    ref["orders"]["#W0"] = {"order_id": "#W0"}
+    st2 = srv.Store(base)
+    st2.w("users", "noah_brown_6181")["orders"].append("#W1")
+    ref2 = copy.deepcopy(db)
+    ref2["users"]["noah_brown_6181"]["orders"].append("#W1")
+    check(all(st.keys(t) == list(ref[t]) for t in ref) and st.size("orders") == 1001, "overlay keys")
+    check(all(st.get(t, k) == v for t in ref for k, v in ref[t].items()), "overlay entities")
+    check(db["users"]["noah_brown_6181"] == base.tables["users"].get("noah_brown_6181"), "base untouched")
+    check(srv.hash_stores([st, st2, srv.Store(base)]) == [sha(ref), sha(ref2), INIT_HASH], "overlay hashes")
+    check(srv.hash_stores([st2, st]) == [sha(ref2), sha(ref)], "overlay hashes, kept fragments")
+    return n
+
+
+def test_layouts(rows):
+    """Subprocesses on the same DB written differently: indent=2 (indexed) and one line (parsed whole)."""
+    by_id = {r["id"]: r for r in rows}
+    with open(os.path.join(DATA, "retail", "db.json"), "rb") as f:
+        plain = json.loads(f.read())
+    n = 0
+    for name, text in (("indent2", json.dumps(plain, indent=2)), ("oneline", json.dumps(plain))):
+        d = tempfile.mkdtemp(prefix="tau2_layout_")
+        try:
+            os.makedirs(os.path.join(d, "retail"))
+            with open(os.path.join(d, "retail", "db.json"), "w") as f:
+                f.write(text)
+            shutil.copy(os.path.join(DATA, "retail", "tasks.json"), os.path.join(d, "retail"))
+            c = Client("retail", "--data", d)
+            check(c.result("matrix/db_hash")["db_hash"] == INIT_HASH, "%s: initial hash" % name)
+            for tid in ("0", "35", "67", "105"):
+                res, errors = episode(c, by_id[tid])
+                check(res["reward"] == 1.0 and prefix_ok(res["breakdown"]["gold_db_hash"], GOLD_PREFIX[tid])
+                      and errors == EXPECTED_ERRORS.get(tid, {}), "%s: task %s %s" % (name, tid, res))
+            c.close()
+            n += 1
+        finally:
+            shutil.rmtree(d)
+    return n
+
+
+def test_scans_over_writes():
+    """Scanning tools see the episode's writes and added entities, in table order."""
+    _raw, db = load_retail_db()
+    noah = db["users"]["noah_brown_6181"]
+    new_user = dict(copy.deepcopy(noah), user_id="zz_new_1", email="New@Example.com")
+    variant = {"item_id": "1111111111", "options": {"color": "red"}, "available": True, "price": 1.5}
+    task = {"id": "scan-test", "initial_state": {"initialization_data": {"agent_data": {
+        "users": {"noah_brown_6181": {"email": "zz@example.com"}, "zz_new_1": new_user},
+        "products": {"9523456873": {"name": "T-Shirt 2"},
+                     "9999999999": {"name": "Aardvark", "product_id": "9999999999",
+                                    "variants": {"1111111111": variant}}},
+        "coupons": {"c1": {"code": "X"}}}}}}
+    ref = copy.deepcopy(db)
+    ref["users"]["noah_brown_6181"]["email"] = "zz@example.com"
+    ref["users"]["zz_new_1"] = new_user
+    ref["products"]["9523456873"]["name"] = "T-Shirt 2"
+    ref["products"]["9999999999"] = task["initial_state"]["initialization_data"]["agent_data"]["products"]["9999999999"]
+    ref["coupons"] = {"c1": {"code": "X"}}
+    c = Client("retail")
+    c.start({"task": task})
+    want = [
+        ("find_user_id_by_email", {"email": "ZZ@EXAMPLE.com"}, "noah_brown_6181", False),
+        ("find_user_id_by_email", {"email": "noah.brown7922@example.com"}, "Error: User not found", True),
+        ("find_user_id_by_email", {"email": "new@example.com"}, "zz_new_1", False),
+        ("find_user_id_by_name_zip", {"first_name": "noah", "last_name": "BROWN", "zip": "80279"},
+         "noah_brown_6181", False),
+        ("get_item_details", {"item_id": "1111111111"}, json.dumps(variant), False),
+        ("get_item_details", {"item_id": "9612497925"},
+         json.dumps(db["products"]["9523456873"]["variants"]["9612497925"]), False),
+        ("get_item_details", {"item_id": "0"}, "Error: Item not found", True),
+        ("list_all_product_types", {},
+         json.dumps({p["name"]: k for k, p in ref["products"].items()}, sort_keys=True), False),
+    ]
+    for name, args, out, err in want:
+        got = c.call(name, args)
+        check(got == (out, err), "%s(%s) -> %r" % (name, args, got[0][:120]))
+    c.call("modify_user_address", {"user_id": "zz_new_1", "address1": "a", "address2": "", "city": "c",
+                                   "state": "s", "country": "x", "zip": "00000"})
+    ref["users"]["zz_new_1"]["address"] = {"address1": "a", "address2": "", "city": "c", "country": "x",
+                                          "state": "s", "zip": "00000"}
+    got = c.call("find_user_id_by_name_zip", {"first_name": "Noah", "last_name": "Brown", "zip": "00000"})
+    check(got == ("zz_new_1", False), "name/zip scan sees a write: %r" % (got,))
+    check(c.result("matrix/db_hash")["db_hash"] == sha(ref), "hash with added entities and a new table")
+    c.close()
+    return len(want) + 2
+
+
 def main():
     t0 = time.perf_counter()
     rows = load_rows("retail_tasks.jsonl")
@@ -449,11 +615,16 @@ def main():
     retail_passed, neg_drop, neg_rev = test_retail(rows)
     procs = test_fresh_processes(rows)
     mock_passed, mock_n = test_mock()
+    lazy_n = test_lazy_db()
+    layouts = test_layouts(rows)
+    scans = test_scans_over_writes()
     total = time.perf_counter() - t0
     spawn = STATS["spawn"]
     print("retail gold replay: %d/%d tasks passed (reward 1.0, gold hash, expected errors)" % (retail_passed, len(rows)))
     print("negatives: %d drop-last-write, %d reversed multi-item modify -> reward 0" % (neg_drop, neg_rev))
     print("fresh server processes: %d; mock: %d/%d tasks passed" % (procs, mock_passed, mock_n))
+    print("lazy DB: JSON layer (%d values), index, overlays and hashes agree with json; %d other file layouts; "
+          "%d scans over writes" % (lazy_n, layouts, scans))
     print("server start (spawn -> initialize reply): mean %.1f ms, max %.1f ms over %d starts"
           % (1000 * sum(spawn) / len(spawn), 1000 * max(spawn), len(spawn)))
     print("tools/call round trip: mean %.3f ms over %d calls" % (1000 * STATS["call_s"] / STATS["calls"], STATS["calls"]))
