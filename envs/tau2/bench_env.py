@@ -12,7 +12,9 @@ each session measures
   - CPU time (user + sys) of the whole session (wait4 rusage).
 
 Usage: bench_env.py [-n 20] [--domain retail] [--python /usr/bin/python3]
-                    [--flag=-I --flag=-S] [--server PATH] [--reward]
+                    [--flag=-I --flag=-S] [--server PATH ...] [--reward]
+With several --server, sessions alternate between them (fairer on a busy
+machine).
 Standard library only.
 """
 
@@ -75,68 +77,79 @@ def stats(xs):
         statistics.median(xs), statistics.mean(xs), min(xs), max(xs))
 
 
+def run_session(cmd, row, order, with_reward):
+    out = {}
+    s = Session(cmd)
+    s.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "bench", "version": "1"}})
+    out["init_ms"] = (time.perf_counter() - s.t0) * 1000
+    m0 = proc_mem(s.p.pid)
+    s.p.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+    s.request("matrix/start_episode", {"input": row, "seed": 0})
+    if order:
+        r = s.request("tools/call", {"name": "get_order_details", "arguments": {"order_id": order}})
+    else:
+        r = s.request("tools/call", {"name": "get_users", "arguments": {}})
+    assert not r["isError"], r
+    m = proc_mem(s.p.pid)
+    if with_reward:
+        for a in row["task"]["evaluation_criteria"].get("actions") or []:
+            s.request("tools/call", {"name": a["name"], "arguments": a.get("arguments") or {}})
+        t0 = time.perf_counter()
+        r = s.request("matrix/reward", {"messages": [], "termination": "user_stop"})
+        out["reward_ms"] = (time.perf_counter() - t0) * 1000
+        assert r["breakdown"]["db"] == 1, r
+        out["reward_rss"] = proc_mem(s.p.pid)["VmRSS"] / 1024
+    cpu, maxrss = s.close()
+    out.update(idle_rss=m0["VmRSS"] / 1024, idle_anon=m0["RssAnon"] / 1024, rss=m["VmRSS"] / 1024,
+               anon=m["RssAnon"] / 1024, file=m["RssFile"] / 1024, pss=m.get("Pss", 0) / 1024,
+               cpu_ms=cpu * 1000, maxrss=maxrss / 1024)
+    return out
+
+
+LINES = (
+    ("init_ms", "spawn -> initialize reply (ms)"),
+    ("idle_rss", "VmRSS after initialize (MB)"),
+    ("idle_anon", "RssAnon after initialize (MB)"),
+    ("rss", "VmRSS after start_episode+call (MB)"),
+    ("anon", "  RssAnon (MB)"),
+    ("file", "  RssFile (MB)"),
+    ("pss", "  Pss (MB)"),
+    ("reward_ms", "gold actions + matrix/reward (ms)"),
+    ("reward_rss", "VmRSS after matrix/reward (MB)"),
+    ("maxrss", "peak RSS of the session (MB)"),
+    ("cpu_ms", "CPU user+sys of the session (ms)"),
+)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=20)
+    ap.add_argument("-n", type=int, default=20, help="sessions per server")
     ap.add_argument("--domain", default="retail")
     ap.add_argument("--python", default="/usr/bin/python3")
-    ap.add_argument("--flag", action="append", default=[], help="interpreter flag, e.g. -I (repeatable)")
-    ap.add_argument("--server", default=os.path.join(HERE, "tau2_env.py"))
+    ap.add_argument("--flag", action="append", default=[], help="interpreter flag, e.g. --flag=-I (repeatable)")
+    ap.add_argument("--server", action="append", default=[],
+                    help="tau2_env.py to run (repeatable: sessions alternate between them); default: this folder's")
     ap.add_argument("--reward", action="store_true", help="also replay the gold actions and call matrix/reward")
     args = ap.parse_args()
 
     with open(os.path.join(HERE, "data", "%s_tasks.jsonl" % args.domain), "rb") as f:
         row = json.loads(f.readline())
-    cmd = [args.python] + args.flag + [args.server, "--domain", args.domain]
+    servers = args.server or [os.path.join(HERE, "tau2_env.py")]
+    cmds = [[args.python] + args.flag + [srv, "--domain", args.domain] for srv in servers]
     order = "#W2378156" if args.domain == "retail" else None
 
-    rows = {k: [] for k in ("init_ms", "idle_rss", "idle_anon", "rss", "anon", "file", "pss", "cpu_ms", "maxrss",
-                            "reward_ms", "reward_rss")}
+    results = [[] for _ in cmds]
     for _ in range(args.n):
-        s = Session(cmd)
-        s.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                 "clientInfo": {"name": "bench", "version": "1"}})
-        rows["init_ms"].append((time.perf_counter() - s.t0) * 1000)
-        m0 = proc_mem(s.p.pid)
-        s.p.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-        s.request("matrix/start_episode", {"input": row, "seed": 0})
-        if order:
-            r = s.request("tools/call", {"name": "get_order_details", "arguments": {"order_id": order}})
-        else:
-            r = s.request("tools/call", {"name": "get_users", "arguments": {}})
-        assert not r["isError"], r
-        m = proc_mem(s.p.pid)
-        if args.reward:
-            for a in row["task"]["evaluation_criteria"].get("actions") or []:
-                s.request("tools/call", {"name": a["name"], "arguments": a.get("arguments") or {}})
-            t0 = time.perf_counter()
-            r = s.request("matrix/reward", {"messages": [], "termination": "user_stop"})
-            rows["reward_ms"].append((time.perf_counter() - t0) * 1000)
-            assert r["breakdown"]["db"] == 1, r
-            rows["reward_rss"].append(proc_mem(s.p.pid)["VmRSS"] / 1024)
-        cpu, maxrss = s.close()
-        rows["idle_rss"].append(m0["VmRSS"] / 1024)
-        rows["idle_anon"].append(m0["RssAnon"] / 1024)
-        rows["rss"].append(m["VmRSS"] / 1024)
-        rows["anon"].append(m["RssAnon"] / 1024)
-        rows["file"].append(m["RssFile"] / 1024)
-        rows["pss"].append(m.get("Pss", 0) / 1024)
-        rows["cpu_ms"].append(cpu * 1000)
-        rows["maxrss"].append(maxrss / 1024)
+        for i, cmd in enumerate(cmds):
+            results[i].append(run_session(cmd, row, order, args.reward))
 
-    print("command: %s  (%d sessions, one at a time)" % (" ".join(cmd), args.n))
-    print("spawn -> initialize reply (ms)        ", stats(rows["init_ms"]))
-    print("VmRSS after initialize (MB)           ", stats(rows["idle_rss"]))
-    print("RssAnon after initialize (MB)         ", stats(rows["idle_anon"]))
-    print("VmRSS after start_episode+call (MB)   ", stats(rows["rss"]))
-    print("  RssAnon (MB)                        ", stats(rows["anon"]))
-    print("  RssFile (MB)                        ", stats(rows["file"]))
-    print("  Pss (MB)                            ", stats(rows["pss"]))
-    if args.reward:
-        print("gold actions, then matrix/reward (ms)  ", stats(rows["reward_ms"]))
-        print("VmRSS after matrix/reward (MB)        ", stats(rows["reward_rss"]))
-    print("peak RSS of the session (MB)          ", stats(rows["maxrss"]))
-    print("CPU user+sys of the session (ms)      ", stats(rows["cpu_ms"]))
+    for cmd, res in zip(cmds, results):
+        print("command: %s  (%d sessions, one at a time)" % (" ".join(cmd), args.n))
+        for key, label in LINES:
+            xs = [r[key] for r in res if key in r]
+            if xs:
+                print("  %-38s %s" % (label, stats(xs)))
     return 0
 
 

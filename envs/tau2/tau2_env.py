@@ -6,7 +6,7 @@ Usage: tau2_env.py --domain retail|mock [--data DIR] [--strict-user-db] [-v]
 The server is the module tau2_server.py next to this file (see its docstring
 for the protocol). This entry point only imports it, so that its bytecode is
 read from __pycache__/ instead of compiled at every start: compiling costs
-about 10 ms and leaves some 5 MB of heap behind in every process. The bytecode
+tens of ms and leaves some 5 MB of heap behind in every process. The bytecode
 is written even under PYTHONDONTWRITEBYTECODE (where the folder is writable);
 for a read-only checkout, run `python3 -m compileall envs/tau2` once.
 Standard library only. Data: tau2-bench (MIT), see data/LICENSE.

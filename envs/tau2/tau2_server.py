@@ -181,14 +181,15 @@ def index_json_layout(buf):
     line and each nesting level indented by the same N spaces. JSON strings
     cannot hold a raw newline, so a line of exactly 2N spaces and `}` is the
     closing line of an entity: one search per entity finds its end, and the
-    file is scanned once. Returns {table: {key: (start, end)}} in file order
+    file is scanned once. Returns {table: {key: start << 32 | end}} (byte
+    offsets; an int takes a third of the memory of a tuple) in file order
     (a repeated key keeps its first place and its last value, as json.loads
     does), or None when the file does not have this layout in every detail
     checked (the caller then parses it whole). An entity span that does not
     parse would show up as an error when that entity is read.
     """
     n = len(buf)
-    if n < 4 or buf[0:2] != b"{\n":
+    if n < 4 or n >= 1 << 32 or buf[0:2] != b"{\n":
         return None
     unit = 0
     while 2 + unit < n and buf[2 + unit] == 0x20:
@@ -241,7 +242,7 @@ def index_json_layout(buf):
                     e = c + len(eclose)
                 else:
                     return None
-                spans[key] = (s, e)
+                spans[key] = s << 32 | e
                 if buf[e:e + 1] == b",":
                     q = e + 1
                 elif buf[e:e + len(tclose)] == tclose:
@@ -263,7 +264,7 @@ class LazyTable:
 
     Keys are kept in file order with the byte span of each entity; an entity
     is parsed on first use and kept (`get`). Scans read entities without
-    keeping them and memoise only what they compare (`field`). A table built
+    keeping them and memoise only what they compare (`fields`). A table built
     from objects in memory (`spans` None) simply holds them all.
     """
 
@@ -286,11 +287,43 @@ class LazyTable:
         return len(self.spans if self.spans is not None else self.cache)
 
     def _parse(self, key):
-        s, e = self.spans[key]
-        obj = loads(self.src.read(s, e))
+        se = self.spans[key]
+        return self._parse_raw(self.src.read(se >> 32, se & 0xFFFFFFFF))
+
+    def _parse_raw(self, raw):
+        obj = loads(raw)
         if self.fix is not None:
             self.fix(obj)
         return obj
+
+    def peek_all(self, keys, block=1 << 18):
+        """(key, entity) for `keys` given in file order, as peek, reading the
+        file in blocks of up to `block` bytes instead of once per entity."""
+        if self.spans is None:
+            for k in keys:
+                yield k, self.cache[k]
+            return
+        run = []
+        for k in keys + [None]:
+            if k is not None:
+                v = self.cache.get(k, _MISSING)
+                if v is not _MISSING:
+                    yield k, v
+                    continue
+                se = self.spans[k]
+                s, e = se >> 32, se & 0xFFFFFFFF
+                if not run or (s >= run[-1][2] and e - run[0][1] <= block):
+                    run.append((k, s, e))
+                    continue
+            if run:
+                b0 = run[0][1]
+                buf = self.src.read(b0, run[-1][2])
+                for rk, rs, re_ in run:
+                    yield rk, self._parse_raw(buf[rs - b0:re_ - b0])
+                del buf
+                run = []
+            if k is not None:
+                run.append((k, s, e))
 
     def get(self, key, default=None):
         """The entity, parsed once and kept; `default` if absent."""
@@ -310,15 +343,30 @@ class LazyTable:
             v = self._parse(key)
         return v
 
-    def field(self, name, fn, key):
-        """fn(entity), memoised per key under `name` (fn must not keep the entity)."""
+    def fields(self, name, fn, batch=64):
+        """(key, fn(entity)) for every key in file order, fn memoised per key
+        under `name` (fn must not keep the entity); entities not yet seen are
+        read `batch` at a time."""
         memo = self.memos.get(name)
         if memo is None:
             memo = self.memos[name] = {}
-        v = memo.get(key, _MISSING)
-        if v is _MISSING:
-            v = memo[key] = fn(self.peek(key))
-        return v
+        keys = list(self.keys())
+        n = len(keys)
+        i = 0
+        while i < n:
+            k = keys[i]
+            v = memo.get(k, _MISSING)
+            if v is _MISSING:
+                todo = []
+                j = i
+                while j < n and len(todo) < batch and keys[j] not in memo:
+                    todo.append(keys[j])
+                    j += 1
+                for tk, ent in self.peek_all(todo):
+                    memo[tk] = fn(ent)
+                v = memo[k]
+            yield k, v
+            i += 1
 
 
 class DBFile:
@@ -489,9 +537,9 @@ class Store:
             return
         bt = self._base_table(table)
         o = self.over.get(table) or {}
-        for k in bt.keys():
+        for k, val in bt.fields(name, fn):
             v = o.get(k, _MISSING)
-            yield k, (bt.field(name, fn, k) if v is _MISSING else fn(v))
+            yield k, (val if v is _MISSING else fn(v))
         for k, v in o.items():
             if k not in bt:
                 yield k, fn(v)
@@ -546,6 +594,12 @@ def hash_stores(stores):
         for tname in sorted(set(n for i in idxs for n in names[i])):
             bt = base.tables.get(tname)
             memo = base.frag.setdefault(tname, {}) if keep else {}
+            if bt is not None:
+                # serialise the untouched entities that some store uses, in file order
+                need = [k for k in bt.keys() if k not in memo
+                        and any(tname in names[i] and k not in stores[i].over.get(tname, ()) for i in idxs)]
+                for k, ent in bt.peek_all(need):
+                    memo[k] = dumps(ent, sort_keys=True)
             for i in idxs:
                 if tname not in names[i]:
                     continue
@@ -563,9 +617,7 @@ def hash_stores(stores):
                     else:
                         v = o.get(k, _MISSING)
                         if v is _MISSING:
-                            piece = memo.get(k)
-                            if piece is None:
-                                piece = memo[k] = dumps(bt.peek(k), sort_keys=True)
+                            piece = memo[k]
                         else:
                             piece = dumps(v, sort_keys=True)
                     parts.append(dumps(k) + ": " + piece)

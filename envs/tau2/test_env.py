@@ -492,7 +492,8 @@ def test_lazy_db():
     spans = srv.index_json_layout(raw)
     check(spans is not None and list(spans) == list(plain)
           and all(list(spans[t]) == list(plain[t]) for t in plain), "index keys in file order")
-    bad = [(t, k) for t in plain for k, (s, e) in spans[t].items() if json.loads(raw[s:e]) != plain[t][k]]
+    bad = [(t, k) for t in plain for k, se in spans[t].items()
+           if json.loads(raw[se >> 32:se & 0xFFFFFFFF]) != plain[t][k]]
     check(not bad, "index spans: %s" % bad[:3])
     two = srv.index_json_layout(json.dumps(plain, indent=2).encode())
     check(two is not None and {t: list(v) for t, v in two.items()} == {t: list(v) for t, v in plain.items()},
@@ -505,6 +506,13 @@ def test_lazy_db():
     st = srv.Store(base)
     check(all(st.keys(t) == list(db[t]) for t in db), "Store keys")
     check(all(st.get(t, k) == v for t in db for k, v in db[t].items()), "Store entities")
+    fresh = srv.BaseDB(path=os.path.join(DATA, "retail", "db.json"), fixes={"orders": srv._fix_order})
+    ot = fresh.tables["orders"]
+    some = list(db["orders"])[::7]
+    check(list(ot.peek_all(some, block=3000)) == [(k, db["orders"][k]) for k in some] and not ot.cache,
+          "peek_all in blocks")
+    emails = list(fresh.tables["users"].fields("e", lambda u: u["email"], batch=7))
+    check(emails == [(k, u["email"]) for k, u in db["users"].items()], "fields in batches")
     check(srv.hash_stores([st]) == [INIT_HASH] == [sha(db)], "lazy pristine hash")
     # Copy-on-write against a deep copy of the dicts: merge (into entities, new keys, a new table),
     # put, w; order of keys, entities and hashes.
