@@ -7,6 +7,8 @@
 # sessions and their resident memory, and CPU time per tool call of the
 # matrix process tree (broker, store, worker and every sandbox, which the
 # worker reaps) - the simulator runs as a separate process and is not counted.
+# SIM_FLAGS adds simulator flags, e.g. SIM_FLAGS="--speed 10 --prefill-tokens-per-s 5000000"
+# so that the model is not what limits the tool loop.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${BIN:-$ROOT/build/release/bin}"
@@ -14,14 +16,23 @@ INFLIGHT="${1:-1000}"; shift || true
 OUT="$(mktemp -d)"
 SIM_LOG="$OUT/sim.log"
 "$BIN/matrix-llm-sim" --listen 127.0.0.1:0 --port-file "$OUT/sim.port" --metrics '' --slots 4096 --step-ms 8 \
-  --step-ms-per-seq 0.01 --mean-output-tokens 60 --tool-call-prob 0.5 >"$SIM_LOG" 2>&1 &
+  --step-ms-per-seq 0.01 --mean-output-tokens 60 --tool-call-prob 0.5 ${SIM_FLAGS:-} >"$SIM_LOG" 2>&1 &
 SIM=$!
 trap 'kill $SIM 2>/dev/null; rm -rf "$OUT"' EXIT
 for _ in $(seq 100); do [[ -s "$OUT/sim.port" ]] && break; sleep 0.1; done
 URL="http://$(cat "$OUT/sim.port")/v1"
-/usr/bin/env python3 - "$BIN/matrix" "$ROOT/configs/tau2_retail.yaml" "$INFLIGHT" "$OUT" "$URL" "$@" <<'PY'
+/usr/bin/env python3 - "$BIN/matrix" "$ROOT/configs/tau2_retail.yaml" "$INFLIGHT" "$OUT" "$URL" "$SIM" "$@" <<'PY'
 import glob, json, os, resource, subprocess, sys, threading, time
-matrix, pipeline, inflight, out, url, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6:]
+matrix, pipeline, inflight, out, url, sim_pid, extra = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                                       sys.argv[5], sys.argv[6], sys.argv[7:])
+
+def cpu_of(pid):  # user+sys seconds of a live process
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+def machine_busy():  # (busy, total) jiffies of all CPUs
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
 trials = max(1, -(-inflight // 114))
 cmd = [matrix, "run", pipeline, f"run.trials={trials}", f"run.max_concurrent_tasks={inflight}",
        f"models.assistant.endpoints=[{url}]", f"models.user.endpoints=[{url}]", *extra,
@@ -54,8 +65,11 @@ def sample():
 t = threading.Thread(target=sample, daemon=True)
 t.start()
 start = time.time()
+sim0, m0 = cpu_of(sim_pid), machine_busy()
 subprocess.run(cmd, check=True, stdout=sys.stderr)
 wall = time.time() - start
+sim_cpu, m1 = cpu_of(sim_pid) - sim0, machine_busy()
+busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
 done.set()
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu_s = ru.ru_utime + ru.ru_stime
@@ -80,5 +94,6 @@ print(f"peak live sessions (environment processes seen): {peak['live']}; their R
       f" bwrap included); peak RSS of all sandboxes {peak['rss_kb'] / 1024:.0f} MB")
 print(f"CPU of the matrix tree (daemons + sandboxes, user+sys): {cpu_s:.1f} s = "
       f"{cpu_s / max(1, tool_calls) * 1e3:.2f} ms per tool call, {cpu_s / max(1, sessions) * 1e3:.1f} ms per session")
+print(f"simulator CPU {sim_cpu:.1f} s; the machine's CPUs were {busy * 100:.0f} % busy over the run")
 print(f"mean reward {sum(rewards) / max(1, len(rewards)):.3f} over {len(rewards)} episodes")
 PY

@@ -112,6 +112,9 @@ class EnvPool {
   const Stats& stats() const { return stats_; }
   size_t live() const { return stats_.live; }
   size_t waiting() const { return waiters_.size(); }
+  // Every session slot is taken and tasks wait for one (not merely for
+  // their turn to start).
+  bool full() const { return !waiters_.empty() && stats_.live >= options_.max_sessions; }
   // Process ids of every live sandbox (tests, metrics).
   std::vector<int> Pids() const;
 

@@ -1012,7 +1012,7 @@ void Worker::Impl::NoteLlmOutcome(bool ok) {
 void Worker::Impl::Admit() {
   if (draining_) return;
   // Sessions are all in use: tasks already admitted wait for one; no more now.
-  if (envs_ && envs_->waiting() > 0) return;
+  if (envs_ && envs_->full()) return;
   if (clock_->NowNanos() < admit_paused_until_ns_) return;
   for (auto& part : partitions_) {
     PartitionSource::Admission adm;

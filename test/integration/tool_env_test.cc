@@ -3,9 +3,12 @@
 // and the failures that must cost one task at most (an environment killed
 // mid-task) or nothing (a worker killed: no environment outlives it).
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -29,11 +32,31 @@ std::vector<int> Pids(const std::string& pattern) {
 
 bool Alive(int pid) { return ::kill(pid, 0) == 0; }
 
-// The Python process of a Tau2 environment (not its bwrap launcher).
-const char kEnvProcess[] = "^/usr/bin/python3 [^ ]*envs/tau2/tau2_env.py";
+// Environment processes of this test's run: runs get TMPDIR=<the test's
+// folder>, so their sandboxes work in <folder>/matrix-env-*; `program` is
+// the start of the process's command line (the environment, not bwrap).
+std::vector<int> EnvPids(const TempDir& dir, const std::string& program) {
+  std::vector<int> pids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    std::error_code e2;
+    std::string cwd = std::filesystem::read_symlink(entry.path() / "cwd", e2);
+    if (e2 || cwd.rfind(dir.path() + "/matrix-env-", 0) != 0) continue;
+    auto cmdline = ReadFile(entry.path().string() + "/cmdline");
+    if (cmdline.ok() && cmdline->rfind(program, 0) == 0) pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+std::vector<int> Tau2Envs(const TempDir& dir) { return EnvPids(dir, "/usr/bin/python3"); }
+
+// The test's folder lets sandboxes (run as nobody under root) reach their own.
+void OpenForSandboxes(const TempDir& dir) { ::chmod(dir.path().c_str(), 0711); }
 
 std::vector<std::string> Tau2Run(const TempDir& dir, int tasks, const std::string& speed) {
-  return {BinPath("matrix"), "run", SourcePath("configs/tau2_retail.yaml"), "dataset.limit=" + std::to_string(tasks),
+  OpenForSandboxes(dir);
+  return {"/usr/bin/env", "TMPDIR=" + dir.path(), BinPath("matrix"), "run", SourcePath("configs/tau2_retail.yaml"), "dataset.limit=" + std::to_string(tasks),
           "run.max_concurrent_tasks=" + std::to_string(tasks), "simulator.speed=" + speed, "--output",
           dir.File("out"), "--quiet"};
 }
@@ -43,14 +66,14 @@ TEST(ToolEnvTest, Tau2RetailRunsEndToEndAndLeavesNoEnvironment) {
   ChildProcess run(Tau2Run(dir, 30, "20"), dir.File("run.log"));
   size_t peak = 0;
   while (run.Running()) {
-    peak = std::max(peak, Pids(kEnvProcess).size());
+    peak = std::max(peak, Tau2Envs(dir).size());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   int rc = run.Wait(1000);
   auto log = ReadFile(dir.File("run.log"));
   ASSERT_EQ(rc, 0) << (log.ok() ? *log : "");
   EXPECT_GT(peak, 0u) << "no environment process was ever seen";
-  EXPECT_TRUE(Pids(kEnvProcess).empty()) << "environment processes left after the run";
+  EXPECT_TRUE(Tau2Envs(dir).empty()) << "environment processes left after the run";
 
   auto records = ReadRecords(dir.File("out"));
   std::vector<std::string> dups;
@@ -88,8 +111,8 @@ TEST(ToolEnvTest, Tau2RetailRunsEndToEndAndLeavesNoEnvironment) {
 TEST(ToolEnvTest, AKilledEnvironmentEndsOnlyItsTaskWithEnvError) {
   TempDir dir;
   ChildProcess run(Tau2Run(dir, 40, "3"), dir.File("run.log"));
-  ASSERT_TRUE(WaitUntil([&] { return Pids(kEnvProcess).size() >= 3; }, 60000));
-  int victim = Pids(kEnvProcess)[0];
+  ASSERT_TRUE(WaitUntil([&] { return Tau2Envs(dir).size() >= 3; }, 60000));
+  int victim = Tau2Envs(dir)[0];
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   int rc = run.Wait(240000);
   auto log = ReadFile(dir.File("run.log"));
@@ -107,14 +130,14 @@ TEST(ToolEnvTest, AKilledEnvironmentEndsOnlyItsTaskWithEnvError) {
   }
   EXPECT_EQ(env_errors, 1);
   EXPECT_EQ(done, 39);
-  EXPECT_TRUE(Pids(kEnvProcess).empty());
+  EXPECT_TRUE(Tau2Envs(dir).empty());
 }
 
 TEST(ToolEnvTest, AKilledWorkerLeavesNoEnvironmentBehindAndItsTasksRunAgain) {
   TempDir dir;
   ChildProcess run(Tau2Run(dir, 40, "3"), dir.File("run.log"));
-  ASSERT_TRUE(WaitUntil([&] { return Pids(kEnvProcess).size() >= 5; }, 60000));
-  std::vector<int> envs = Pids(kEnvProcess);
+  ASSERT_TRUE(WaitUntil([&] { return Tau2Envs(dir).size() >= 5; }, 60000));
+  std::vector<int> envs = Tau2Envs(dir);
   std::vector<int> workers = Pids("[m]atrix-worker.*" + dir.path());
   ASSERT_EQ(workers.size(), 1u);
   ASSERT_EQ(::kill(workers[0], SIGKILL), 0);
@@ -134,7 +157,7 @@ TEST(ToolEnvTest, AKilledWorkerLeavesNoEnvironmentBehindAndItsTasksRunAgain) {
   EXPECT_EQ(TaskIds(records, &dups).size(), 40u);
   EXPECT_TRUE(dups.empty());
   for (const auto& r : records) EXPECT_EQ(r["status"], "done") << r["reason"] << ": " << r["error"];
-  EXPECT_TRUE(Pids(kEnvProcess).empty());
+  EXPECT_TRUE(Tau2Envs(dir).empty());
 }
 
 void RunStockServer(const std::string& server) {
@@ -142,8 +165,9 @@ void RunStockServer(const std::string& server) {
   const std::string script =
       SourcePath("build/npm/node_modules/@modelcontextprotocol/" + server + "/dist/index.js");
   ASSERT_TRUE(FileExists(script)) << script << " is missing: scripts/setup debug installs it (npm)";
+  OpenForSandboxes(dir);
   std::string out;
-  int rc = RunCommand(BinPath("matrix") + " run " + SourcePath("test/data/pipelines/mcp_stock.yaml") +
+  int rc = RunCommand("TMPDIR=" + dir.path() + " " + BinPath("matrix") + " run " + SourcePath("test/data/pipelines/mcp_stock.yaml") +
                           " params.server=" + server + " --output " + dir.File("out") + " --quiet 2>&1",
                       &out);
   ASSERT_EQ(rc, 0) << out;
@@ -169,7 +193,7 @@ void RunStockServer(const std::string& server) {
   EXPECT_GE(done, 15);
   EXPECT_GT(results, 20) << "the model's calls reached the server";
   EXPECT_GT(ok_results, 5) << "and most answers were results";
-  EXPECT_TRUE(Pids("[n]ode .*" + server).empty());
+  EXPECT_TRUE(EnvPids(dir, "node").empty());
 }
 
 TEST(ToolEnvTest, ServerEverythingRunsAPipelinesToolCalls) { RunStockServer("server-everything"); }
