@@ -19,6 +19,7 @@ namespace {
 
 constexpr char kProtocolVersion[] = "2025-06-18";
 constexpr int64_t kReapGraceNs = 500'000'000;
+constexpr int64_t kCloseGraceNs = 2'000'000'000;
 
 std::string DumpLine(const Json& j) {
   return j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
@@ -56,7 +57,7 @@ const EnvPool::Proc* EnvPool::Find(const std::string& id) const {
 
 bool EnvPool::Has(const std::string& session) const {
   const Proc* p = Find(session);
-  return p && !p->dead && p->initialized;
+  return p && !p->dead && !p->closing && p->initialized;
 }
 
 std::string EnvPool::Why(const std::string& session) const {
@@ -181,7 +182,7 @@ void EnvPool::Start(Waiter w) {
 
 void EnvPool::Call(const std::string& session, const std::string& method, Json params, Reply reply) {
   Proc* p = Find(session);
-  if (!p || p->dead) {
+  if (!p || p->dead || p->closing) {
     return reply(Unavailable("environment session " + session + " is gone" +
                              (p && !p->died.empty() ? ": " + p->died : "")));
   }
@@ -368,7 +369,21 @@ void EnvPool::Finish(const std::string& id) {
 
 void EnvPool::Release(const std::string& session) {
   Proc* p = Find(session);
-  if (p) Kill(*p, Status(StatusCode::kCancelled, "environment session released"));
+  if (!p || p->closing) return;
+  if (!p->initialized || p->dead || p->one_shot || !p->pending.empty() || p->process.in < 0) {
+    return Kill(*p, Status(StatusCode::kCancelled, "environment session released"));
+  }
+  // A stdio MCP server ends when its input closes: it may finish its work,
+  // and its CPU time reaches the worker's accounting when it is reaped.
+  // Killed if it has not exited within kCloseGraceNs. Its slot is free now.
+  Unwatch(*p);
+  ::close(p->process.in);
+  p->process.in = -1;
+  p->closing = true;
+  p->dead_since_ns = clock_->NowNanos();
+  p->task_id.clear();  // no longer counted
+  if (stats_.live > 0) --stats_.live;
+  StartWaiters();
 }
 
 void EnvPool::ReleaseAll() {
@@ -384,7 +399,7 @@ void EnvPool::Tick() {
   std::vector<std::string> exited;
   for (auto& [id, pp] : procs_) {
     Proc& p = *pp;
-    if (p.dead) {
+    if (p.dead || p.closing) {
       exited.push_back(id);
       continue;
     }
@@ -419,6 +434,10 @@ void EnvPool::Tick() {
       pid_t r = ::waitpid(pid, &status, WNOHANG);
       reaped = r == pid || (r < 0 && errno == ECHILD);
       if (reaped) p->process.pid = -1;
+    }
+    if (p->closing) {
+      if (reaped || now - p->dead_since_ns > kCloseGraceNs) Finish(id);
+      continue;
     }
     if (!reaped && now - p->dead_since_ns < kReapGraceNs) continue;
     std::string how = reaped ? sandbox::DescribeExit(status) : "closed its output";

@@ -93,7 +93,8 @@ class EnvPool {
   void Call(const std::string& session, const std::string& method, Json params, Reply reply);
   // Whether the server offered our episode extension (start_episode, reward).
   bool HasEpisode(const std::string& session) const;
-  // Closes the session (kills its processes); pending calls fail Cancelled.
+  // Closes the session: its input is closed so it exits (killed after 2 s;
+  // at once when calls are pending, which fail Cancelled).
   void Release(const std::string& session);
   void ReleaseAll();
 
@@ -136,6 +137,7 @@ class EnvPool {
     bool initialized = false;
     bool episode = false;
     bool dead = false;
+    bool closing = false;  // released: input closed, waiting for it to exit
     int64_t dead_since_ns = 0;
     int64_t last_used_ns = 0;
     std::string died;  // why it is dead

@@ -187,6 +187,7 @@ class Worker::Impl final : public AgentHost {
   int64_t last_send_ns_ = 0;
   int64_t last_recv_ns_ = 0;
   int64_t last_progress_ns_ = 0;
+  int64_t last_env_tick_ns_ = 0;
   int64_t started_us_ = 0;
 
   // Counters reported in the progress file.
@@ -1208,8 +1209,12 @@ Status Worker::Impl::Run() {
     if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();
     if (envs_) {
       if (env_idx >= 0 && poller.Readable(env_idx)) envs_->OnReadable();
-      envs_->Tick();
-      SyncEnvMetrics();
+      // Deadlines are seconds long: a scan of the sessions every 10 ms is enough.
+      if (now - last_env_tick_ns_ >= 10'000'000) {
+        last_env_tick_ns_ = now;
+        envs_->Tick();
+        SyncEnvMetrics();
+      }
     }
     if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
     if (now - last_recv_ns_ > 3 * hb_ns) {

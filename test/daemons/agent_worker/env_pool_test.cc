@@ -115,6 +115,8 @@ TEST_F(EnvPoolTest, SessionsKeepTheirOwnStateAndRunAsNobody) {
   std::vector<int> pids = pool_->Pids();
   pool_->ReleaseAll();
   EXPECT_EQ(pool_->live(), 0u);
+  // Their input closed, the servers exit on their own and are reaped.
+  EXPECT_TRUE(Pump(*pool_, [&] { return pool_->Pids().empty(); }, 5000));
   for (int pid : pids) EXPECT_FALSE(Alive(pid)) << pid;
 }
 
