@@ -30,9 +30,10 @@ def cpu_of(pid):  # user+sys seconds of a live process
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
-def machine_busy():  # (busy, total) jiffies of all CPUs
+def machine_busy():  # (busy, total, stolen) jiffies of all CPUs
     v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return sum(v) - v[3] - v[4], sum(v)
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
+    return busy, busy + v[3] + v[4] + v[7], v[7]
 trials = max(1, -(-inflight // 114))
 cmd = [matrix, "run", pipeline, f"run.trials={trials}", f"run.max_concurrent_tasks={inflight}",
        f"models.assistant.endpoints=[{url}]", f"models.user.endpoints=[{url}]", *extra,
@@ -70,6 +71,7 @@ subprocess.run(cmd, check=True, stdout=sys.stderr)
 wall = time.time() - start
 sim_cpu, m1 = cpu_of(sim_pid) - sim0, machine_busy()
 busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
+stolen = (m1[2] - m0[2]) / max(1, m1[1] - m0[1])
 done.set()
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu_s = ru.ru_utime + ru.ru_stime
@@ -94,6 +96,7 @@ print(f"peak live sessions (environment processes seen): {peak['live']}; their R
       f" bwrap included); peak RSS of all sandboxes {peak['rss_kb'] / 1024:.0f} MB")
 print(f"CPU of the matrix tree (daemons + sandboxes, user+sys): {cpu_s:.1f} s = "
       f"{cpu_s / max(1, tool_calls) * 1e3:.2f} ms per tool call, {cpu_s / max(1, sessions) * 1e3:.1f} ms per session")
-print(f"simulator CPU {sim_cpu:.1f} s; the machine's CPUs were {busy * 100:.0f} % busy over the run")
+print(f"simulator CPU {sim_cpu:.1f} s; the machine's CPUs were {busy * 100:.0f} % busy over the run "
+      f"({stolen * 100:.0f} % taken by other virtual machines)")
 print(f"mean reward {sum(rewards) / max(1, len(rewards)):.3f} over {len(rewards)} episodes")
 PY
