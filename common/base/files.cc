@@ -30,16 +30,21 @@ Status WriteFileAtomic(const std::string& path, const std::string& data, int mod
     ssize_t n = ::write(fd, data.data() + off, data.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
+      const int err = errno;
       ::close(fd);
-      return Unavailable("write " + tmp + ": " + std::strerror(errno));
+      ::unlink(tmp.c_str());  // a full disk leaves no half-written temporary behind
+      return Unavailable("write " + tmp + ": " + std::strerror(err));
     }
     off += static_cast<size_t>(n);
   }
   ::fsync(fd);
   ::close(fd);
   ::chmod(tmp.c_str(), mode);
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    return Unavailable("rename to " + path + ": " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return Unavailable("rename to " + path + ": " + std::strerror(err));
+  }
   return Status::Ok();
 }
 

@@ -1,5 +1,6 @@
 // The project's JSON type (nlohmann::json). Parse errors are caught where
-// input enters (ParseJson) and turned into a Status naming the input.
+// input enters (ParseJson) and turned into a Status naming the input; output
+// goes through DumpJson, which never throws on bytes from outside.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -10,6 +11,10 @@
 namespace matrix {
 
 using Json = nlohmann::json;
+
+// Serializes `j`; strings that are not valid UTF-8 are written with U+FFFD
+// in place of the bad bytes instead of throwing. Use this, not Json::dump.
+std::string DumpJson(const Json& j, int indent = -1);
 
 // `what` names the input in the error ("data/x.jsonl line 17").
 StatusOr<Json> ParseJson(const std::string& text, const std::string& what);

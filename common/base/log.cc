@@ -7,6 +7,8 @@
 #include <ctime>
 #include <mutex>
 
+#include "common/base/utf8.h"
+
 namespace matrix {
 namespace {
 std::mutex g_mu;
@@ -39,7 +41,13 @@ void LogLine(LogLevel level, const std::string& line) {
   char prefix[128];
   snprintf(prefix, sizeof(prefix), "%s.%03dZ %c %s] ", stamp, millis,
            kLetters[static_cast<int>(level)], component.c_str());
-  std::string out = prefix + line + "\n";
+  // One line of valid UTF-8 whatever the message holds (peer bytes, row text).
+  bool clean = IsValidUtf8(line);
+  for (size_t i = 0; clean && i < line.size(); ++i) {
+    const auto c = static_cast<unsigned char>(line[i]);
+    clean = c >= 0x20 || c == '\t';
+  }
+  std::string out = prefix + (clean ? line : Printable(line, line.size())) + "\n";
   ssize_t ignored = ::write(2, out.data(), out.size());
   (void)ignored;
 }

@@ -214,10 +214,6 @@ bool IsTruthy(const Json& v) {
   }
 }
 
-std::string DumpJson(const Json& v, int indent) {
-  return v.dump(indent, ' ', false, Json::error_handler_t::replace);
-}
-
 std::string ToDisplayString(const Json& v) {
   switch (v.type()) {
     case Json::value_t::null: return "";

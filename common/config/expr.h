@@ -139,9 +139,6 @@ bool IsTruthy(const Json& v);
 // true/false, numbers in their shortest JSON form, lists and objects as JSON.
 std::string ToDisplayString(const Json& v);
 
-// JSON text with invalid UTF-8 replaced instead of throwing.
-std::string DumpJson(const Json& v, int indent = -1);
-
 // Compiles an ECMAScript pattern in the non-backtracking (polynomial-time)
 // mode: back-references are rejected. InvalidArgument names the pattern and
 // the problem; patterns longer than kMaxRegexPatternBytes are rejected.

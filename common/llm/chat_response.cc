@@ -95,7 +95,7 @@ std::string ErrorMessageFromBody(const std::string& body, size_t max_len) {
       }
       if (message.empty()) {
         auto d = doc.find("detail");
-        if (d != doc.end()) message = d->is_string() ? d->get<std::string>() : d->dump();
+        if (d != doc.end()) message = d->is_string() ? d->get<std::string>() : DumpJson(*d);
       }
     }
   } catch (const std::exception&) {

@@ -360,7 +360,7 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
     Json probe = {{"messages", Json::array({{{"role", "user"}, {"content", "ping"}}})},
                   {"max_tokens", 1}};
     if (!cfg.model.empty()) probe["model"] = cfg.model;
-    pool->probe_payload = probe.dump(-1, ' ', false, Json::error_handler_t::replace);
+    pool->probe_payload = DumpJson(probe);
     const std::vector<std::string> header_lines = {
         "Content-Type: application/json", "Accept: application/json",
         "Expect:",  // no 100-continue round trip for large prompts
@@ -641,7 +641,7 @@ void LlmClient::Impl::Accept(Submission sub) {
   try {
     if (!pool->cfg.model.empty()) body["model"] = pool->cfg.model;
     // Invalid UTF-8 (e.g. a model answer cut mid-character) is replaced, not fatal.
-    raw->payload = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+    raw->payload = DumpJson(body);
   } catch (const std::exception& e) {
     CompleteCall(raw,
                  InvalidArgument(std::string("llm request body cannot be encoded: ") + e.what()),

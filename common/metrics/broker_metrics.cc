@@ -34,7 +34,7 @@ BrokerMetrics::BrokerMetrics(MetricsRegistry& r)
                            "Acknowledgements for leases no longer held (already redelivered).")),
       requeues(
           r.Counter("matrix_broker_requeues_total", "Leases handed back unexecuted and requeued.")),
-      invalid_messages(r.Counter("matrix_broker_invalid_messages_total",
+      invalid_messages(r.Counter("matrix_broker_malformed_messages_total",
                                  "Malformed or unexpected messages dropped.")),
       worker_registrations(r.Counter("matrix_broker_worker_registrations_total",
                                      "Worker registrations, re-registrations included.")),

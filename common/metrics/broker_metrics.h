@@ -35,7 +35,7 @@ struct BrokerMetrics {
   Counter acks;                    // matrix_broker_acks_total
   Counter stale_acks;              // matrix_broker_stale_acks_total
   Counter requeues;                // matrix_broker_requeues_total
-  Counter invalid_messages;        // matrix_broker_invalid_messages_total
+  Counter invalid_messages;        // matrix_broker_malformed_messages_total
   Counter worker_registrations;    // matrix_broker_worker_registrations_total
   Counter workers_expired;         // matrix_broker_workers_expired_total
   Counter forwards;                // matrix_broker_forwards_total

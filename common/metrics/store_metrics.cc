@@ -25,7 +25,7 @@ StoreMetrics::StoreMetrics(MetricsRegistry& r)
                             "Objects freed because nobody read or freed them within their TTL.")),
       checksum_failures(r.Counter("matrix_store_checksum_failures_total",
                                   "Stored objects found corrupt on read (and dropped).")),
-      invalid_messages(r.Counter("matrix_store_invalid_messages_total",
+      invalid_messages(r.Counter("matrix_store_malformed_messages_total",
                                  "Malformed or unexpected messages dropped.")),
       auth_failures(r.Counter("matrix_store_auth_failures_total",
                               "Connections refused in the handshake: no CURVE or not the job's keys.")),

@@ -30,7 +30,7 @@ struct StoreMetrics {
   Counter promotions;         // matrix_store_promotions_total
   Counter expirations;        // matrix_store_expirations_total
   Counter checksum_failures;  // matrix_store_checksum_failures_total
-  Counter invalid_messages;   // matrix_store_invalid_messages_total
+  Counter invalid_messages;   // matrix_store_malformed_messages_total
   Counter auth_failures;      // matrix_store_auth_failures_total
 
   // Time to handle one request, by type (label `type`: put, get, free, stats).

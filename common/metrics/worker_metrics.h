@@ -67,6 +67,8 @@ struct WorkerMetrics {
   Histogram hop_bytes;          // matrix_worker_hop_message_bytes
   Counter records_written;      // matrix_worker_records_written_total
   Counter duplicates_absorbed;  // matrix_worker_duplicates_absorbed_total
+  Counter output_write_errors;  // matrix_worker_output_write_errors_total: failed record writes (full disk, I/O)
+  Gauge output_blocked_records; // matrix_worker_output_blocked_records: records waiting for the output to take them
 
   // Tool environments (MCP sessions) and exec programs.
   Gauge env_sessions;             // matrix_worker_env_sessions: live sessions

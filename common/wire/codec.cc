@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/base/utf8.h"
 #include "schemas/control_generated.h"
 #include "schemas/orchestrator_generated.h"
 
@@ -220,7 +221,9 @@ Status VerifyTask(std::string_view bytes, size_t max_bytes) {
 StatusOr<TaskHeader> PeekTask(std::string_view bytes, size_t max_bytes) {
   MATRIX_RETURN_IF_ERROR(VerifyTask(bytes, max_bytes));
   auto* t = fbs::GetTask(bytes.data());
-  return TaskHeader{Str(t->task_id()), Str(t->owner()), t->pipeline_hash()};
+  TaskHeader h{Str(t->task_id()), Str(t->owner()), t->pipeline_hash()};
+  if (!IsValidUtf8(h.task_id) || !IsValidUtf8(h.owner)) return InvalidArgument("task message names are not valid UTF-8");
+  return h;
 }
 
 StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
@@ -239,6 +242,9 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
   t.pipeline = Str(f->pipeline());
   t.pipeline_hash = f->pipeline_hash();
   t.step = Str(f->step());
+  // Names reach logs, records and routing keys: each must be UTF-8.
+  for (const std::string* name : {&t.run_id, &t.task_id, &t.owner, &t.pipeline, &t.step})
+    if (!IsValidUtf8(*name)) return InvalidArgument("task message names are not valid UTF-8");
   int status = static_cast<int>(f->status());
   if (status < 0 || status > 4) return InvalidArgument("task message has an unknown status");
   t.status = static_cast<TaskStatus>(status);
@@ -435,19 +441,26 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
   // every body is read through its table below, so refuse that here.
   if (e->body() == nullptr) return InvalidArgument("control message has no body");
   Control c;
-  c.sender = Str(e->sender());
+  // Names (peers, roles, tasks) reach logs, JSON and metrics labels: each must be UTF-8.
+  const char* not_utf8 = nullptr;
+  auto Name = [&not_utf8](const flatbuffers::String* s, const char* field) {
+    std::string out = Str(s);
+    if (!not_utf8 && !IsValidUtf8(out)) not_utf8 = field;
+    return out;
+  };
+  c.sender = Name(e->sender(), "sender");
   switch (e->body_type()) {
     case fbs::Body::Register: {
       auto* m = e->body_as_Register();
-      RegisterMsg r{Str(m->worker_id()), {}, m->pipeline_hash(), m->peer(), Str(m->node()), m->load()};
+      RegisterMsg r{Name(m->worker_id(), "worker_id"), {}, m->pipeline_hash(), m->peer(), Name(m->node(), "node"), m->load()};
       if (m->roles())
-        for (auto* rc : *m->roles()) r.roles.emplace_back(Str(rc->role()), rc->credit());
+        for (auto* rc : *m->roles()) r.roles.emplace_back(Name(rc->role(), "role"), rc->credit());
       c.body = std::move(r);
       break;
     }
     case fbs::Body::RegisterAck: {
       auto* m = e->body_as_RegisterAck();
-      c.body = RegisterAckMsg{Str(m->broker_id()), m->heartbeat_ms()};
+      c.body = RegisterAckMsg{Name(m->broker_id(), "broker_id"), m->heartbeat_ms()};
       break;
     }
     case fbs::Body::Heartbeat: c.body = HeartbeatMsg{e->body_as_Heartbeat()->load()}; break;
@@ -455,7 +468,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
       DeliverMsg d;
       if (auto* items = e->body_as_Deliver()->items()) {
         d.items.reserve(items->size());
-        for (auto* i : *items) d.items.push_back({i->lease(), Str(i->role()), i->deliveries(), i->enqueue_us()});
+        for (auto* i : *items) d.items.push_back({i->lease(), Name(i->role(), "role"), i->deliveries(), i->enqueue_us()});
       }
       c.body = std::move(d);
       break;
@@ -465,13 +478,13 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
       if (auto* items = e->body_as_Submit()->items()) {
         s.items.reserve(items->size());
         for (auto* i : *items)
-          s.items.push_back({i->ack_lease(), Str(i->role()), Str(i->task_id()), i->requeue(), i->has_payload()});
+          s.items.push_back({i->ack_lease(), Name(i->role(), "role"), Name(i->task_id(), "task_id"), i->requeue(), i->has_payload()});
       }
       c.body = std::move(s);
       break;
     }
     case fbs::Body::StatsRequest: c.body = StatsRequestMsg{}; break;
-    case fbs::Body::StatsReply: c.body = StatsReplyMsg{Str(e->body_as_StatsReply()->json())}; break;
+    case fbs::Body::StatsReply: c.body = StatsReplyMsg{Name(e->body_as_StatsReply()->json(), "json")}; break;
     case fbs::Body::Put: {
       auto* m = e->body_as_Put();
       c.body = PutMsg{m->request_id(), DecodeObjectItems(m->items())};
@@ -498,6 +511,7 @@ StatusOr<Control> DecodeControl(std::string_view bytes, size_t max_bytes) {
     }
     default: return InvalidArgument("control message has no known body");
   }
+  if (not_utf8) return InvalidArgument(std::string("control message field '") + not_utf8 + "' is not valid UTF-8");
   return c;
 }
 

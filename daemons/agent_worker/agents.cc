@@ -88,7 +88,7 @@ namespace {
 std::string AsText(const Json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_null()) return "";
-  return v.dump();
+  return DumpJson(v);
 }
 
 std::string Lower(std::string s) {

@@ -29,14 +29,14 @@ EnvSpec EnvSpecFor(const config::RoleConfig& role) {
 
 namespace {
 
-std::string Str(const Json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+std::string Str(const Json& v) { return v.is_string() ? v.get<std::string>() : DumpJson(v); }
 
 // The text an MCP tools/call result shows the model: its text items joined,
 // other items (images, resources) as JSON.
 std::string ResultText(const Json& result) {
   if (!result.is_object() || !result.contains("content") || !result["content"].is_array()) {
-    if (result.is_object() && result.contains("structuredContent")) return result["structuredContent"].dump();
-    return result.is_null() ? "" : result.dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (result.is_object() && result.contains("structuredContent")) return DumpJson(result["structuredContent"]);
+    return result.is_null() ? "" : DumpJson(result);
   }
   std::string out;
   for (const auto& item : result["content"]) {
@@ -44,7 +44,7 @@ std::string ResultText(const Json& result) {
     if (item.is_object() && item.value("type", "") == "text" && item.contains("text"))
       out += Str(item["text"]);
     else
-      out += item.dump(-1, ' ', false, Json::error_handler_t::replace);
+      out += DumpJson(item);
   }
   return out;
 }
@@ -163,7 +163,7 @@ class ToolAgent final : public Agent {
         turn.end_us = host.clock().WallMicros();
         Json extra = {{"tool", call.name}};
         if (error) extra["error"] = true;
-        turn.extra = extra.dump(-1, ' ', false, Json::error_handler_t::replace);
+        turn.extra = DumpJson(extra);
         if (error) st->errors++;
         st->turns.push_back(std::move(turn));
       };
@@ -218,7 +218,7 @@ class ExecAgent final : public Agent {
     if (!envs) return host.Complete(s.run_id, StepOutcome::Failed("exec_error", "this worker runs no programs"));
     uint64_t run_id = s.run_id;
     std::string var = s.role.var, step = s.step.name;
-    envs->RunOnce(EnvSpecFor(s.role), in.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
+    envs->RunOnce(EnvSpecFor(s.role), DumpJson(in) + "\n",
                   [&host, run_id, var, step](StatusOr<std::string> out) {
                     if (!out.ok()) {
                       return host.Complete(run_id, StepOutcome::Failed(
@@ -295,7 +295,7 @@ class RewardAgent final : public Agent {
         if (!r.ok()) return host.Complete(run_id, EnvFailure("matrix/reward", r.status()), lease);
         if (!r->is_object() || !(*r)["reward"].is_number()) {
           return host.Complete(run_id, StepOutcome::Failed("env_error", "matrix/reward returned no number 'reward': " +
-                                                                            r->dump().substr(0, 200)), lease);
+                                                                            DumpJson(*r).substr(0, 200)), lease);
         }
         auto result = std::make_shared<Json>(std::move(*r));
         host.Complete(run_id, StepOutcome::Continue(), [result, var, lease](wire::Task& t) {

@@ -22,7 +22,7 @@ constexpr int64_t kReapGraceNs = 500'000'000;
 constexpr int64_t kCloseGraceNs = 2'000'000'000;
 
 std::string DumpLine(const Json& j) {
-  return j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
+  return DumpJson(j) + "\n";
 }
 
 int64_t Seconds(double s) { return static_cast<int64_t>(s * 1e9); }
@@ -317,8 +317,8 @@ void EnvPool::OnLine(Proc& p, const std::string& line) {
   p.last_used_ns = clock_->NowNanos();
   if (msg.contains("error")) {
     const Json& e = msg["error"];
-    std::string text = e.is_object() ? e.value("message", e.dump()) : e.dump();
-    if (e.is_object() && e.contains("code")) text += " (code " + e["code"].dump() + ")";
+    std::string text = e.is_object() ? e.value("message", DumpJson(e)) : DumpJson(e);
+    if (e.is_object() && e.contains("code")) text += " (code " + DumpJson(e["code"]) + ")";
     return reply(InvalidArgument(text));
   }
   reply(msg.contains("result") ? std::move(msg["result"]) : Json(nullptr));

@@ -41,7 +41,7 @@ wire::Turn TurnFrom(llm::ChatResult& res, const std::string& step, const std::st
         const Json& fn = c["function"];
         call.name = fn.contains("name") && fn["name"].is_string() ? fn["name"].get<std::string>() : "";
         const Json& args = fn.contains("arguments") ? fn["arguments"] : Json();
-        call.arguments = args.is_string() ? args.get<std::string>() : args.dump(-1, ' ', false, Json::error_handler_t::replace);
+        call.arguments = args.is_string() ? args.get<std::string>() : DumpJson(args);
       }
       turn.tool_calls.push_back(std::move(call));
     }

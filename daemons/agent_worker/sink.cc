@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,19 @@
 namespace matrix::worker {
 
 StatusOr<std::unique_ptr<PartitionSink>> PartitionSink::Open(const std::string& path) {
+  std::string dir = path.substr(0, path.find_last_of('/'));
+  if (dir != path) MATRIX_RETURN_IF_ERROR(MakeDirs(dir));
+  // Appends only, and one writer: the lock is held until this sink closes
+  // (or its process dies), so a second run on the same output refuses.
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return Unavailable("cannot open output " + path + ": " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK)
+      return FailedPrecondition("output " + path + " is being written by another run (locked); stop it first");
+    return Unavailable("cannot lock output " + path + ": " + std::strerror(err));
+  }
   auto existing = ReadFile(path);
   std::unordered_set<std::string> ids;
   int64_t keep = 0, repaired = 0, lines = 0;
@@ -37,19 +51,16 @@ StatusOr<std::unique_ptr<PartitionSink>> PartitionSink::Open(const std::string& 
       keep = static_cast<int64_t>(pos);
     }
   }
-  std::string dir = path.substr(0, path.find_last_of('/'));
-  if (dir != path) MATRIX_RETURN_IF_ERROR(MakeDirs(dir));
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Unavailable("cannot open output " + path + ": " + std::strerror(errno));
   if (repaired > 0) {
     LOG_WARN << path << ": truncating a torn last record of " << repaired << " bytes";
     if (::ftruncate(fd, keep) != 0) {
+      const int err = errno;
       ::close(fd);
-      return Unavailable("cannot repair " + path + ": " + std::strerror(errno));
+      return Unavailable("cannot repair " + path + ": " + std::strerror(err));
     }
   }
-  ::lseek(fd, 0, SEEK_END);
   std::unique_ptr<PartitionSink> sink(new PartitionSink(path, fd));
+  sink->size_ = keep;
   sink->preexisting_ = static_cast<int64_t>(ids.size());
   sink->written_ = std::move(ids);
   sink->repaired_bytes_ = repaired;
@@ -63,7 +74,7 @@ PartitionSink::~PartitionSink() {
 
 StatusOr<bool> PartitionSink::Write(const Json& record) {
   return WriteLine(record["task_id"].get<std::string>(), record["status"].get<std::string>(),
-                   record.dump(-1, ' ', false, Json::error_handler_t::replace));
+                   DumpJson(record));
 }
 
 StatusOr<bool> PartitionSink::WriteLine(const std::string& id, const std::string& status, std::string line) {
@@ -74,10 +85,16 @@ StatusOr<bool> PartitionSink::WriteLine(const std::string& id, const std::string
     ssize_t n = ::write(fd_, line.data() + off, line.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Unavailable("write " + path_ + ": " + std::strerror(errno));
+      const int err = errno;
+      // A part of the line may be on disk (a full disk takes what fits):
+      // cut it off, so the file stays whole records.
+      if (off > 0 && ::ftruncate(fd_, size_) != 0)
+        LOG_ERROR << path_ << ": cannot cut a partly written record: " << std::strerror(errno);
+      return Unavailable("write " + path_ + ": " + std::strerror(err));
     }
     off += static_cast<size_t>(n);
   }
+  size_ += static_cast<int64_t>(line.size());
   written_.insert(id);
   counts_[status]++;
   return true;

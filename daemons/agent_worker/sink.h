@@ -1,6 +1,8 @@
 // PartitionSink: the output file of one partition, one JSON record per line.
-// Each record is appended with a single write(2) of the whole line, so a
-// crash leaves at most a torn last line, which Open() detects and truncates.
+// The file is opened for append and locked (flock) by its one sink. Each
+// record is appended with a single write(2) of the whole line; a write that
+// fails half-way (full disk) is cut off again, and a crash leaves at most a
+// torn last line, which Open() detects and truncates.
 // Completion is idempotent: a task id already written is never written again
 // (redelivered or re-admitted copies are absorbed here).
 // Thread-safety: not thread-safe; owned by the worker's event loop.
@@ -21,7 +23,7 @@ class PartitionSink {
  public:
   // Opens (creating) `path`, loads the ids already written and repairs a torn
   // tail. Lines that are not JSON objects with a task_id are reported as an
-  // error naming the line.
+  // error naming the line. FailedPrecondition when another sink holds the file.
   static StatusOr<std::unique_ptr<PartitionSink>> Open(const std::string& path);
   ~PartitionSink();
 
@@ -44,6 +46,7 @@ class PartitionSink {
 
   std::string path_;
   int fd_;
+  int64_t size_ = 0;  // bytes of whole records in the file
   std::unordered_set<std::string> written_;
   std::map<std::string, int64_t> counts_;
   int64_t preexisting_ = 0;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/base/json.h"
+#include "common/base/utf8.h"
 
 namespace matrix::worker {
 
@@ -155,9 +156,10 @@ bool PartitionSource::ReadRow() {
           break;
         }
       }
-      row_json_ = parsed->dump();
+      row_json_ = DumpJson(*parsed);
     }
-    if (!row_error_.ok()) row_json_ = Json(line.substr(0, 4096)).dump();  // the raw text, as a JSON string
+    // The raw text, as a JSON string; bytes that are not UTF-8 become U+FFFD.
+    if (!row_error_.ok()) row_json_ = DumpJson(Json(ToValidUtf8(std::string_view(line).substr(0, 4096))));
     return true;
   }
 }
@@ -191,7 +193,7 @@ bool PartitionSource::Next(Admission* out) {
       ++skipped_;
       continue;
     }
-    in_flight_[id] = InFlight{row_, trial, 1, 0, row_error_.ok() ? row_json_ : std::string()};
+    in_flight_[id] = InFlight{row_, trial, 1, 0, 0, row_error_.ok() ? row_json_ : std::string()};
     ++admitted_;
     out->task_id = id;
     out->row = row_;
@@ -209,10 +211,17 @@ void PartitionSource::OnFinished(const std::string& task_id) {
   done_.insert(task_id);
 }
 
-bool PartitionSource::Readmit(const std::string& task_id, uint32_t max_attempts) {
+bool PartitionSource::Readmit(const std::string& task_id, uint32_t max_attempts, bool charge) {
   auto it = in_flight_.find(task_id);
-  if (it == in_flight_.end() || it->second.attempt >= max_attempts) return false;
-  it->second.attempt++;
+  if (it == in_flight_.end()) return false;
+  InFlight& f = it->second;
+  if (charge) {
+    if (f.attempt >= max_attempts) return false;
+    f.attempt++;
+  } else {
+    if (f.free_readmits >= kMaxFreeReadmits) return false;
+    f.free_readmits++;
+  }
   readmit_.push_back(task_id);
   return true;
 }

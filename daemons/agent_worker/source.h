@@ -55,10 +55,13 @@ class PartitionSource {
   bool Next(Admission* out);
   void OnFinished(const std::string& task_id);
   // Queues an in-flight task to be admitted again from its row (its message
-  // was lost with a broker, or its stored objects with a store). False when
-  // the task is not in flight or has used max_attempts; the caller then
-  // writes it as lost.
-  bool Readmit(const std::string& task_id, uint32_t max_attempts);
+  // was lost with a broker, or its stored objects with a store). `charge`:
+  // the loss may be the task's own doing (it made no progress), so it uses
+  // one of its max_attempts; otherwise (infrastructure: a broker, store or
+  // worker died) it is free, up to kMaxFreeReadmits. False when the task is
+  // not in flight or has used its attempts; the caller then writes it as lost.
+  bool Readmit(const std::string& task_id, uint32_t max_attempts, bool charge = true);
+  static constexpr uint32_t kMaxFreeReadmits = 20;
   // Ids of every task in flight (e.g. to re-admit after a broker restart).
   std::vector<std::string> InFlightIds() const;
   // Tasks admitted (or re-admitted) before `cutoff_ns` and still in flight.
@@ -87,6 +90,7 @@ class PartitionSource {
     uint64_t row = 0;
     uint32_t trial = 0;
     uint32_t attempt = 1;
+    uint32_t free_readmits = 0;  // re-admissions not charged to the task
     int64_t admitted_ns = 0;
     std::string row_json;
   };

@@ -27,7 +27,7 @@ Json VarValue(const wire::Task& task, const std::string& name) {
 }
 
 void SetVar(wire::Task& task, const std::string& name, const Json& value) {
-  task.vars[name] = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  task.vars[name] = DumpJson(value);
 }
 
 namespace {
@@ -157,7 +157,7 @@ void AppendJsonString(std::string* out, const std::string& s) {
     out->append(s);
     out->push_back('"');
   } else {
-    out->append(Json(s).dump(-1, ' ', false, Json::error_handler_t::replace));
+    out->append(DumpJson(Json(s)));
   }
 }
 
@@ -218,7 +218,7 @@ Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finis
 
 std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
   std::string line =
-      RecordWithoutSpansAndInput(task, resolved, finished_us).dump(-1, ' ', false, Json::error_handler_t::replace);
+      DumpJson(RecordWithoutSpansAndInput(task, resolved, finished_us));
   line.pop_back();  // the closing brace
   line.append(",\"input\":");
   bool missing = false;
@@ -228,7 +228,7 @@ std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t
   } else if (text.find_first_of("\n\r") == std::string::npos && Json::accept(text)) {
     line.append(text);  // valid JSON on one line: as it is
   } else {
-    line.append(InputJson(task, resolved).dump(-1, ' ', false, Json::error_handler_t::replace));
+    line.append(DumpJson(InputJson(task, resolved)));
   }
   line.append(",\"spans\":[");
   const char* sep = "{";

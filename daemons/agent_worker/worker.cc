@@ -11,6 +11,7 @@
 #include "common/base/strings.h"
 #include "common/base/hash.h"
 #include "common/base/log.h"
+#include "common/base/log_limiter.h"
 #include "common/base/signals.h"
 #include "common/config/pipeline.h"
 #include "common/llm/endpoint_directory.h"
@@ -21,6 +22,7 @@
 #include "common/transport/transport.h"
 #include "common/wire/codec.h"
 #include "daemons/agent_worker/agents.h"
+#include "daemons/agent_worker/crash_marker.h"
 #include "daemons/agent_worker/env_pool.h"
 #include "daemons/agent_worker/sink.h"
 #include "daemons/agent_worker/source.h"
@@ -59,6 +61,14 @@ class Worker::Impl final : public AgentHost {
     std::string owner;
     std::unique_ptr<PartitionSource> source;
     std::unique_ptr<PartitionSink> sink;
+    // Records the output did not take (full disk, I/O error), oldest first:
+    // their tasks stay unacknowledged until a retry writes them.
+    struct Blocked {
+      uint64_t lease = 0;
+      wire::Task full;
+      std::string line;
+    };
+    std::deque<Blocked> blocked;
   };
   // One task being worked on: delivered under a lease, or newly admitted.
   struct TaskRun {
@@ -108,10 +118,26 @@ class Worker::Impl final : public AgentHost {
   // Sources and sinks.
   void HandleSink(uint64_t id);
   void WriteRecord(TaskRun& run);
+  // Which task this process handles now, and how often each task was being
+  // handled when a worker of this run died.
+  CrashMarker crash_;
+  std::map<std::string, int> crash_counts_;
+  std::string abort_on_input_;  // $MATRIX_FAULT_ABORT_ON_INPUT (tests only)
+  static constexpr int kCrashesPerTask = 2;         // deaths while handling it before a task fails
+  static constexpr uint32_t kMaxFreeDeliveries = 20;  // redeliveries of one step before it is lost
+  // Writes one record, acknowledges its task and frees its objects; false
+  // (and the output marked blocked) when the file did not take it.
+  bool TryWriteRecord(Partition& part, Partition::Blocked& record);
+  void RetryBlockedRecords();  // when the back-off allows, in order
+  int64_t output_blocked_ = 0;  // records waiting in every partition's `blocked`
+  std::string output_error_;    // why the output is blocked; "" when it is not
+  int64_t output_blocked_since_ns_ = 0, output_retry_ns_ = 0;
+  double output_backoff_s_ = 1;
   void Admit();
   void NoteLlmOutcome(bool ok);
   // Admits a lost task again, or writes it as lost once max_attempts is used.
-  void Readmit(Partition& part, const std::string& task_id, const std::string& why);
+  // `charge`: the task may be at fault (no progress); infrastructure losses are free.
+  void Readmit(Partition& part, const std::string& task_id, const std::string& why, bool charge);
   void ReadmitAll(const std::string& why);
   void ReadmitStale();
   Partition* FindPartition(const std::string& owner);
@@ -205,6 +231,8 @@ class Worker::Impl final : public AgentHost {
   std::map<std::pair<std::string, std::string>, metrics::WorkerLlmEndpointMetrics> llm_endpoint_metrics_;
   std::unordered_map<std::string, metrics::WorkerLlmModelMetrics> llm_model_metrics_;
   metrics::Counter refused_mismatch_, refused_malformed_;
+  PeerLogLimiter malformed_log_;
+  void Malformed(const std::string& what);  // counts it; logs it at most every 10 s
   store::StoreClient::Stats store_synced_;  // store client counts already in the metrics
   std::unique_ptr<metrics::MetricsServer> metrics_server_;
   // Models fed by <models_dir>: their fixed endpoints and the list last set.
@@ -215,6 +243,14 @@ class Worker::Impl final : public AgentHost {
 
 Status Worker::Impl::Init() {
   started_us_ = clock_->WallMicros();
+  if (!config_.run_dir.empty()) {
+    const std::string dir = config_.run_dir + "/progress";
+    MATRIX_ASSIGN_OR_RETURN(crash_, CrashMarker::Open(dir, config_.worker_id));
+    if (!crash_.inherited().empty())
+      LOG_WARN << "the previous " << config_.worker_id << " died while handling task " << crash_.inherited();
+    crash_counts_ = CrashMarker::ReadCrashes(dir);
+  }
+  if (const char* fault = std::getenv("MATRIX_FAULT_ABORT_ON_INPUT")) abort_on_input_ = fault;
   transport::SocketOptions opts;
   opts.identity = identity_;
   opts.max_message_bytes = static_cast<int64_t>(config_.max_message_bytes);
@@ -459,20 +495,26 @@ Worker::Impl::Partition* Worker::Impl::FindPartition(const std::string& owner) {
   return nullptr;
 }
 
+void Worker::Impl::Malformed(const std::string& what) {
+  ++invalid_;
+  refused_malformed_.Inc();
+  int64_t held_back = 0;
+  if (malformed_log_.Allow("broker", clock_->NowMillis(), &held_back))
+    LOG_WARN << "malformed " << what << PeerLogLimiter::HeldBack(held_back);
+}
+
 void Worker::Impl::OnBrokerMessage(std::vector<std::string>& frames) {
   last_recv_ns_ = clock_->NowNanos();
+  if (frames.empty()) return Malformed("empty message from the broker");
   auto control = wire::DecodeControl(frames[0]);
   if (!control.ok()) {
-    refused_malformed_.Inc();
-    if (invalid_++ < 20) LOG_WARN << "invalid message from broker: " << control.status().message();
+    Malformed("message from the broker: " + control.status().message());
     return;
   }
   if (auto* deliver = std::get_if<wire::DeliverMsg>(&control->body)) {
     auto payloads = wire::UnpackPayloadViews(frames, 1, deliver->items.size(), config_.max_message_bytes);
     if (!payloads.ok()) {
-      ++invalid_;
-      refused_malformed_.Inc();
-      LOG_WARN << "delivery of " << deliver->items.size() << " items refused: " << payloads.status().message();
+      Malformed("delivery of " + std::to_string(deliver->items.size()) + " items: " + payloads.status().message());
       for (const auto& item : deliver->items) Ack(item.lease, /*requeue=*/true);
       return;
     }
@@ -495,12 +537,12 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
   }
   auto decoded = wire::DecodeTask(payload, config_.max_message_bytes);
   if (!decoded.ok()) {
-    ++invalid_;
-    refused_malformed_.Inc();
-    LOG_WARN << "dropping undecodable task under lease " << item.lease << ": " << decoded.status().message();
+    Malformed("task under lease " + std::to_string(item.lease) + " dropped: " + decoded.status().message());
     Ack(item.lease);
     return;
   }
+  // Should this task crash the process, the next worker learns which one it was.
+  Handling handling(crash_, decoded->task_id);
   TaskRun run;
   run.lease = item.lease;
   run.task = std::move(*decoded);
@@ -514,6 +556,12 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
     return;
   }
   if (release) return OnReleaseDelivery(id, item.role == kReleaseRole);
+  // Fault injection for tests of crash handling: a row holding this text
+  // aborts every worker that handles it.
+  if (!abort_on_input_.empty() && r.task.input.text.find(abort_on_input_) != std::string::npos) {
+    LOG_ERROR << "task " << r.task.task_id << " holds MATRIX_FAULT_ABORT_ON_INPUT; aborting";
+    std::abort();
+  }
   if (r.task.pipeline_hash != pipeline_->hash) {
     ++refused_;
     refused_mismatch_.Inc();
@@ -524,15 +572,24 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
                  " runs " + Hex64(pipeline_->hash));
     return;
   }
-  if (item.deliveries > 1) {
-    r.task.attempt += item.deliveries - 1;
-    if (r.task.attempt > static_cast<uint32_t>(pipeline_->run.max_attempts)) {
-      ++lost_;
-      FailTask(id, wire::TaskStatus::kLost, "max_attempts",
-               "step '" + r.task.step + "' was delivered " + std::to_string(item.deliveries) +
-                   " times; the workers running it were lost");
+  // Deaths of the workers that held this step cost the task nothing, unless
+  // it was the one being handled when they died (CrashMarker); a bound still
+  // ends a task whose workers keep dying around it.
+  if (!crash_counts_.empty()) {
+    auto c = crash_counts_.find(r.task.task_id);
+    if (c != crash_counts_.end() && c->second >= kCrashesPerTask) {
+      FailTask(id, wire::TaskStatus::kFailed, "worker_crash",
+               "worker processes died " + std::to_string(c->second) +
+                   " times while handling this task (step '" + r.task.step + "'); it is not run again");
       return;
     }
+  }
+  if (item.deliveries > kMaxFreeDeliveries) {
+    ++lost_;
+    FailTask(id, wire::TaskStatus::kLost, "max_attempts",
+             "step '" + r.task.step + "' was delivered " + std::to_string(item.deliveries) +
+                 " times; the workers running it were lost each time");
+    return;
   }
   r.step = pipeline_->Step(r.task.step);
   r.role = r.step ? pipeline_->Role(r.step->role) : nullptr;
@@ -661,6 +718,7 @@ void Worker::Impl::OnLlmResults() {
     auto it = runs_.find(res.tag);
     if (it == runs_.end() || !it->second.on_llm) continue;
     TaskRun& run = it->second;
+    Handling handling(crash_, run.task.task_id);
     ++llm_calls_;
     RecordLlmResult(res, run.role->model);
     // Cancelled calls (shutdown) say nothing about the endpoints.
@@ -901,7 +959,8 @@ void Worker::Impl::HandleSink(uint64_t id) {
   }
   if (run.task.status == wire::TaskStatus::kLost &&
       (run.task.reason == "object_unavailable" || run.task.reason == "env_lost") &&
-      part->source->Readmit(run.task.task_id, static_cast<uint32_t>(pipeline_->run.max_attempts))) {
+      part->source->Readmit(run.task.task_id, static_cast<uint32_t>(pipeline_->run.max_attempts),
+                            /*charge=*/false)) {
     // Its stored content is gone (a store restarted): run it again from its row.
     LOG_INFO << "task " << run.task.task_id << " lost " << (run.task.reason == "env_lost" ? "its environment" : "its stored objects")
              << "; admitting it again (attempt "
@@ -918,8 +977,8 @@ void Worker::Impl::HandleSink(uint64_t id) {
   });
 }
 
-void Worker::Impl::Readmit(Partition& part, const std::string& task_id, const std::string& why) {
-  if (part.source->Readmit(task_id, static_cast<uint32_t>(pipeline_->run.max_attempts))) return;
+void Worker::Impl::Readmit(Partition& part, const std::string& task_id, const std::string& why, bool charge) {
+  if (part.source->Readmit(task_id, static_cast<uint32_t>(pipeline_->run.max_attempts), charge)) return;
   PartitionSource::Admission adm;
   if (!part.source->InFlightAdmission(task_id, &adm)) return;
   // Every attempt was lost: the record says so, and nothing is dropped.
@@ -946,7 +1005,7 @@ void Worker::Impl::ReadmitAll(const std::string& why) {
   for (auto& part : partitions_) {
     auto ids = part.source->InFlightIds();
     if (!ids.empty()) LOG_WARN << why << ": admitting " << ids.size() << " in-flight tasks of " << part.owner << " again";
-    for (const auto& id : ids) Readmit(part, id, why);
+    for (const auto& id : ids) Readmit(part, id, why, /*charge=*/false);
   }
 }
 
@@ -956,7 +1015,8 @@ void Worker::Impl::ReadmitStale() {
   for (auto& part : partitions_) {
     for (const auto& id : part.source->AdmittedBefore(now - timeout_ns)) {
       part.source->SetAdmitTime(id, now);
-      Readmit(part, id, "no progress for " + std::to_string(static_cast<int64_t>(pipeline_->run.task_timeout_s)) + " s");
+      Readmit(part, id, "no progress for " + std::to_string(static_cast<int64_t>(pipeline_->run.task_timeout_s)) + " s",
+              /*charge=*/true);
     }
   }
 }
@@ -964,23 +1024,63 @@ void Worker::Impl::ReadmitStale() {
 void Worker::Impl::WriteRecord(TaskRun& run) {
   Partition* part = FindPartition(run.task.owner);
   wire::Task full = Expanded(run);
-  auto written = part->sink->WriteLine(full.task_id, wire::TaskStatusName(full.status),
-                                       RecordLine(full, run.resolved, clock_->WallMicros()));
-  if (!written.ok()) {
-    // The lease goes back so another attempt can write it; nothing is lost.
-    LOG_ERROR << written.status().ToString();
-    Ack(run.lease, /*requeue=*/true);
+  std::string line = RecordLine(full, run.resolved, clock_->WallMicros());
+  Partition::Blocked record{run.lease, std::move(full), std::move(line)};
+  // Behind records that wait for the output: keep the file's order and do not
+  // hammer a full disk.
+  if (!part->blocked.empty()) {
+    part->blocked.push_back(std::move(record));
+    ++output_blocked_;
     return;
   }
+  if (!TryWriteRecord(*part, record)) {
+    part->blocked.push_back(std::move(record));
+    ++output_blocked_;
+  }
+}
+
+bool Worker::Impl::TryWriteRecord(Partition& part, Partition::Blocked& record) {
+  const int64_t now = clock_->NowNanos();
+  auto written = part.sink->WriteLine(record.full.task_id, wire::TaskStatusName(record.full.status), record.line);
+  if (!written.ok()) {
+    // The task stays whole and unacknowledged; admission pauses and the write
+    // is retried with a back-off (OnOutputBlocked) until the output takes it.
+    metrics_.output_write_errors.Inc();
+    if (output_error_.empty()) output_blocked_since_ns_ = now;
+    output_backoff_s_ = output_error_.empty() ? 1.0 : std::min(output_backoff_s_ * 2, 30.0);
+    output_retry_ns_ = now + static_cast<int64_t>(output_backoff_s_ * 1e9);
+    output_error_ = written.status().message();
+    LOG_ERROR << "output blocked for " << (now - output_blocked_since_ns_) / 1'000'000'000 << " s: " << output_error_
+              << "; " << output_blocked_ + 1 << " records wait; admission paused; next try in " << output_backoff_s_
+              << " s";
+    return false;
+  }
+  if (!output_error_.empty() && part.blocked.size() <= 1) {
+    LOG_INFO << "output writable again after " << (now - output_blocked_since_ns_) / 1'000'000 << " ms";
+    output_error_.clear();
+  }
   if (*written) {
-    RecordWritten(run.task.status);
+    RecordWritten(record.full.status);
   } else {
     ++duplicates_;
     metrics_.duplicates_absorbed.Inc();
   }
-  FreeRefs(full);
-  part->source->OnFinished(run.task.task_id);
-  Ack(run.lease);
+  FreeRefs(record.full);
+  part.source->OnFinished(record.full.task_id);
+  Ack(record.lease);
+  return true;
+}
+
+void Worker::Impl::RetryBlockedRecords() {
+  if (output_blocked_ == 0 || clock_->NowNanos() < output_retry_ns_) return;
+  for (auto& part : partitions_) {
+    while (!part.blocked.empty()) {
+      if (!TryWriteRecord(part, part.blocked.front())) return;
+      part.blocked.pop_front();
+      --output_blocked_;
+    }
+  }
+  output_error_.clear();
 }
 
 void Worker::Impl::NoteLlmOutcome(bool ok) {
@@ -1015,6 +1115,7 @@ void Worker::Impl::Admit() {
   // Sessions are all in use: tasks already admitted wait for one; no more now.
   if (envs_ && envs_->full()) return;
   if (clock_->NowNanos() < admit_paused_until_ns_) return;
+  if (output_blocked_ > 0) return;  // the output takes no records now: admit nothing more
   for (auto& part : partitions_) {
     PartitionSource::Admission adm;
     while (part.source->Next(&adm)) {
@@ -1103,6 +1204,11 @@ void Worker::Impl::WriteProgress(bool final) {
   Json by_model = Json::object();
   for (const auto& [model, t] : model_tokens_) by_model[model] = {{"prompt", t.first}, {"completion", t.second}};
   progress["tokens_by_model"] = by_model;
+  metrics_.output_blocked_records.Set(static_cast<double>(output_blocked_));
+  if (!output_error_.empty())
+    progress["output_blocked"] = {{"error", output_error_},
+                                  {"records", output_blocked_},
+                                  {"for_s", (clock_->NowNanos() - output_blocked_since_ns_) / 1e9}};
   if (envs_) {
     const EnvPool::Stats& es = envs_->stats();
     progress["envs"] = {{"live", es.live}, {"waiting", envs_->waiting()}, {"peak_live", es.peak_live},
@@ -1132,7 +1238,7 @@ void Worker::Impl::WriteProgress(bool final) {
   }
   std::string dir = config_.run_dir + "/progress";
   if (MakeDirs(dir).ok()) {
-    Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", progress.dump());
+    Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", DumpJson(progress));
     if (!s.ok()) LOG_WARN << s.message();
   }
 }
@@ -1174,6 +1280,7 @@ Status Worker::Impl::Run() {
   const int64_t hb_ns = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
   std::vector<std::string> frames;
   while (true) {
+    RetryBlockedRecords();
     Admit();
     FlushSubmits();
     store_->Tick();
@@ -1233,6 +1340,13 @@ Status Worker::Impl::Run() {
   // Hand back whatever is still running; the broker redelivers it.
   for (auto& [id, run] : runs_) Ack(run.lease, /*requeue=*/true);
   runs_.clear();
+  for (auto& part : partitions_) {
+    if (!part.blocked.empty())
+      LOG_WARN << part.blocked.size() << " records of " << part.owner << " not written (" << output_error_
+               << "); their tasks run again";
+    for (auto& record : part.blocked) Ack(record.lease, /*requeue=*/true);
+    part.blocked.clear();
+  }
   FlushSubmits();
   if (envs_) {
     // No environment process outlives its worker.

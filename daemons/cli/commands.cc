@@ -6,6 +6,7 @@
 
 #include "common/config/pipeline_loader.h"
 #include "common/base/files.h"
+#include "daemons/cli/preflight.h"
 #include "daemons/cli/stats_client.h"
 #include "daemons/cli/summary.h"
 
@@ -16,6 +17,12 @@ int ValidateCommand(const std::string& path, const std::vector<std::string>& ove
   for (const auto& e : result.errors) std::cerr << e.ToString() << "\n";
   if (!result.pipeline || !result.errors.empty()) {
     std::cerr << result.errors.size() << " error(s)\n";
+    return 1;
+  }
+  // What `matrix run` would refuse to start with (keys, dataset) in this environment.
+  if (auto problems = Preflight(*result.pipeline, ""); !problems.empty()) {
+    for (const auto& p : problems) std::cerr << result.pipeline->source_path << ": " << p << "\n";
+    std::cerr << problems.size() << " error(s)\n";
     return 1;
   }
   std::cout << config::DescribePipeline(*result.pipeline) << "OK\n";
@@ -77,7 +84,7 @@ int StatusCommand(const std::string& run_dir) {
             << "\n";
   std::cout << "partitions: " << p.partitions_finished << "/" << p.partitions << " finished; in flight "
             << p.in_flight << ", failed " << p.failed << "\n";
-  std::cout << "in flight per role: " << p.roles_in_flight.dump() << "\n";
+  std::cout << "in flight per role: " << DumpJson(p.roles_in_flight) << "\n";
   if (auto cost = CostSoFar(p)) {
     std::cout << "cost by model:";
     for (const auto& [model, c] : cost->by_model) {

@@ -42,13 +42,13 @@ std::vector<std::string> RecordFiles(const std::string& dir) {
 std::string AsText(const Json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_null()) return "";
-  return v.dump();
+  return DumpJson(v);
 }
 
 // The task input as one user message when no template says how.
 std::string InputText(const Json& input) {
   if (input.is_string()) return input.get<std::string>();
-  if (!input.is_object()) return input.dump();
+  if (!input.is_object()) return DumpJson(input);
   for (const char* field : {"question", "prompt", "text", "input", "problem"}) {
     auto it = input.find(field);
     if (it == input.end() || !it->is_string()) continue;
@@ -61,7 +61,7 @@ std::string InputText(const Json& input) {
     }
     return text;
   }
-  return input.dump();
+  return DumpJson(input);
 }
 
 bool IsLlmTurn(const Json& t) { return t.value("kind", "") == "llm"; }
@@ -184,7 +184,7 @@ int64_t WriteSft(const Json& record, Opening& opening, std::ostream& out) {
                  {"status", record.value("status", "")},
                  {"reason", record.value("reason", "")},
                  {"messages", messages}};
-    out << line.dump() << "\n";
+    out << DumpJson(line) << "\n";
     ++lines;
   }
   return lines;
@@ -221,7 +221,7 @@ int64_t WriteRl(const Json& record, Opening& opening, std::ostream& out) {
     if (turn.contains("extra") && turn["extra"].is_object())
       for (const auto& [k, v] : turn["extra"].items())
         if (!line.contains(k)) line[k] = v;
-    out << line.dump() << "\n";
+    out << DumpJson(line) << "\n";
     ++lines;
   }
   return lines;
@@ -350,7 +350,7 @@ StatusOr<ExportCounts> ExportRun(const ExportOptions& options, std::ostream& out
     }
   }
   if (options.format == "stats") {
-    out << stats.ToJson().dump(2) << "\n";
+    out << DumpJson(stats.ToJson(), 2) << "\n";
     counts.lines = 1;
   }
   if (!out) return Internal("write failed");

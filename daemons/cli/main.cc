@@ -1,5 +1,5 @@
 // matrix: the researcher's front end.
-//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--resume | --overwrite]
+//   matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N] [--resume | --overwrite | --retry-failed]
 //   matrix validate PIPELINE.yaml [key.path=value ...]
 //   matrix status RUN_DIR
 //   matrix keys RUN_DIR
@@ -18,7 +18,7 @@ namespace {
 const char kUsage[] =
     "usage:\n"
     "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N]\n"
-    "             [--resume | --overwrite] [--grace-s S] [--quiet]\n"
+    "             [--resume | --overwrite | --retry-failed] [--grace-s S] [--io-error-limit-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
     "  matrix status RUN_DIR\n"
     "  matrix keys RUN_DIR\n"
@@ -36,9 +36,9 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "resume", "grace-s", "quiet", "help",
-                                                         "format", "out", "pipeline", "node", "node-index",
+                                                         "retry-failed", "io-error-limit-s", "format", "out", "pipeline", "node", "node-index",
                                                          "nodes", "bind-host", "job"},
-                            {"overwrite", "resume", "quiet", "help"});
+                            {"overwrite", "resume", "quiet", "help", "retry-failed"});
   if (!flags.ok()) {
     std::cerr << "error: " << flags.status().message() << "\n" << kUsage;
     return 2;
@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
     opt.run_dir = flags->Get("run-dir");
     opt.workers = static_cast<int>(flags->GetInt("workers", 0));
     opt.overwrite = flags->GetBool("overwrite");
+    opt.retry_failed = flags->GetBool("retry-failed");
+    opt.io_error_limit_s = flags->GetDouble("io-error-limit-s", opt.io_error_limit_s);
     // Resuming is what a rerun always does; --resume says so explicitly and
     // cannot be combined with --overwrite.
     if (opt.overwrite && flags->GetBool("resume")) {

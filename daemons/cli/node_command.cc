@@ -18,6 +18,7 @@
 #include "common/base/signals.h"
 #include "common/config/pipeline_loader.h"
 #include "common/transport/job_keys.h"
+#include "daemons/cli/preflight.h"
 #include "daemons/cli/process.h"
 #include "daemons/cli/scrape_targets.h"
 #include "daemons/cli/summary.h"
@@ -137,9 +138,14 @@ int NodeCommand(const NodeOptions& in) {
               << "; wait for that job to end (or cancel it), or use another run directory\n";
     return 2;
   }
+  const std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
+  if (auto problems = Preflight(pipeline, output_dir); !problems.empty()) {
+    for (const auto& p : problems) std::cerr << "error: " << p << "\n";
+    return 2;
+  }
+  ::umask(::umask(0) | 077);  // run directory, sockets and logs private to the user
   std::error_code ec;
   for (const char* sub : {"endpoints", "progress"}) std::filesystem::remove_all(node_dir + "/" + sub, ec);
-  const std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
   for (const std::string& dir : {node_dir + "/logs", output_dir, opt.run_dir + "/models"}) {
     if (Status st = MakeDirs(dir); !st.ok()) {
       std::cerr << "error: " << st.message() << "\n";
@@ -157,7 +163,6 @@ int NodeCommand(const NodeOptions& in) {
   auto start = [&](ChildSpec spec) {
     spec.log_path = log(spec.name);
     spec.stop_signal = SIGUSR1;
-    spec.die_with_parent = true;
     Status st = sup.Start(spec);
     if (!st.ok()) std::cerr << "error: cannot start " << spec.name << ": " << st.message() << "\n";
     return st.ok();
@@ -228,7 +233,7 @@ int NodeCommand(const NodeOptions& in) {
               {"updated_us", std::chrono::duration_cast<std::chrono::microseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count()}};
-    Status st = WriteFileAtomic(node_dir + "/node.json", j.dump(2) + "\n");
+    Status st = WriteFileAtomic(node_dir + "/node.json", DumpJson(j, 2) + "\n");
     if (!st.ok()) LOG_WARN << st.message();
   };
   write_state("running");
@@ -250,9 +255,11 @@ int NodeCommand(const NodeOptions& in) {
                 << " s)\n";
       break;
     }
-    for (const auto& name : sup.Reap(/*restart=*/true)) {
-      targets.Forget(name);
-      LOG_WARN << name << " exited; restarted";
+    for (const auto& name : sup.Reap(/*restart=*/true)) targets.Forget(name);
+    if (!sup.gave_up().empty()) {
+      std::cerr << "matrix node " << opt.node << ": stopping: " << sup.gave_up() << "\n";
+      exit_code = 1;
+      break;
     }
     if (auto refreshed = targets.Refresh(); !refreshed.ok()) LOG_WARN << refreshed.status().message();
     if (AllPartitionsFinished(finished_dir, partitions)) break;

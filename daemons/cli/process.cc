@@ -7,14 +7,35 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
 
+#include "common/base/files.h"
 #include "common/base/log.h"
 #include "common/base/signals.h"
 
 namespace matrix::cli {
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The last non-empty line of a log file (its last 64 KB), for a child's last words.
+std::string LastLogLine(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return "";
+  std::string s = text->size() > 65536 ? text->substr(text->size() - 65536) : *text;
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  const size_t nl = s.find_last_of('\n');
+  return nl == std::string::npos ? s : s.substr(nl + 1);
+}
+
+}  // namespace
 
 std::string SelfDir() {
   char buf[4096];
@@ -53,6 +74,8 @@ Status Supervisor::Spawn(Child& child) {
   }
   child.pid = pid;
   child.exit_code = -1;
+  child.started_ms = NowMs();
+  child.restart_at_ms = -1;
   return Status::Ok();
 }
 
@@ -63,21 +86,45 @@ Status Supervisor::Start(const ChildSpec& spec) {
 
 std::vector<std::string> Supervisor::Reap(bool restart) {
   std::vector<std::string> exited;
+  const int64_t now = NowMs();
   for (auto& c : children_) {
-    if (c.pid <= 0) continue;
+    if (c.pid <= 0) {
+      if (c.restart_at_ms >= 0 && now >= c.restart_at_ms && restart && gave_up_.empty()) {
+        ++restarts_;
+        Status st = Spawn(c);
+        if (!st.ok()) {
+          LOG_ERROR << "restart of " << c.spec.name << " failed: " << st.message();
+          c.restart_at_ms = now + static_cast<int64_t>(policy_.max_backoff_s * 1000);
+        }
+      }
+      continue;
+    }
     int status = 0;
     pid_t r = waitpid(c.pid, &status, WNOHANG);
     if (r != c.pid) continue;
     c.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     c.pid = -1;
     exited.push_back(c.spec.name);
-    if (restart && c.spec.restart) {
-      LOG_WARN << c.spec.name << " exited with code " << c.exit_code << "; restarting (log: " << c.spec.log_path
-               << ")";
-      ++restarts_;
-      Status st = Spawn(c);
-      if (!st.ok()) LOG_ERROR << "restart of " << c.spec.name << " failed: " << st.message();
+    if (!restart || !c.spec.restart) continue;
+    const bool fast = now - c.started_ms < static_cast<int64_t>(policy_.fast_s * 1000);
+    c.fast_deaths = fast ? c.fast_deaths + 1 : 0;
+    if (c.fast_deaths >= policy_.max_fast_deaths) {
+      if (gave_up_.empty()) {
+        const std::string last = LastLogLine(c.spec.log_path);
+        gave_up_ = c.spec.name + " died " + std::to_string(c.fast_deaths) + " times in a row within " +
+                   std::to_string(static_cast<int>(policy_.fast_s)) + " s of starting (last exit code " +
+                   std::to_string(c.exit_code) + ")" + (last.empty() ? "" : "; its last log line: " + last) +
+                   " (log: " + c.spec.log_path + ")";
+      }
+      continue;
     }
+    double backoff = policy_.first_backoff_s;
+    for (int i = 1; i < c.fast_deaths && backoff < policy_.max_backoff_s; ++i) backoff *= 2;
+    if (backoff > policy_.max_backoff_s) backoff = policy_.max_backoff_s;
+    if (c.fast_deaths == 0) backoff = policy_.first_backoff_s;
+    c.restart_at_ms = now + static_cast<int64_t>(backoff * 1000);
+    LOG_WARN << c.spec.name << " exited with code " << c.exit_code << "; restarting in " << backoff
+             << " s (log: " << c.spec.log_path << ")";
   }
   return exited;
 }
@@ -91,6 +138,8 @@ pid_t Supervisor::Pid(const std::string& name) const {
 bool Supervisor::Running(const std::string& name) const { return Pid(name) > 0; }
 
 void Supervisor::Stop(const std::vector<std::string>& names, int grace_ms, int interrupt_fd) {
+  for (auto& c : children_)  // no restart is due for what is being stopped
+    if (names.empty() || std::find(names.begin(), names.end(), c.spec.name) != names.end()) c.restart_at_ms = -1;
   auto selected = [&](const Child& c) {
     if (c.pid <= 0) return false;
     if (names.empty()) return true;

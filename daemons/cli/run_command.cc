@@ -1,11 +1,14 @@
 #include "daemons/cli/run_command.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <deque>
 #include <iostream>
@@ -15,6 +18,7 @@
 #include "common/base/log.h"
 #include "common/base/signals.h"
 #include "common/config/pipeline_loader.h"
+#include "daemons/cli/preflight.h"
 #include "daemons/cli/process.h"
 #include "daemons/cli/scrape_targets.h"
 #include "daemons/cli/stats_client.h"
@@ -62,7 +66,7 @@ std::vector<std::string> SimulatorFlags(const config::Pipeline& p) {
     std::string flag = k;
     for (auto& c : flag)
       if (c == '_') c = '-';
-    out.push_back("--" + flag + "=" + (v.is_string() ? v.get<std::string>() : v.dump()));
+    out.push_back("--" + flag + "=" + (v.is_string() ? v.get<std::string>() : DumpJson(v)));
   }
   return out;
 }
@@ -78,9 +82,28 @@ int RunPipeline(const RunOptions& opt) {
   const config::Pipeline& pipeline = *loaded.pipeline;
   const PriceTable prices = PricesOf(pipeline);
   std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
+  // What a worker would die of at start is refused here, once, with the reason.
+  if (auto problems = Preflight(pipeline, output_dir); !problems.empty()) {
+    for (const auto& p : problems) std::cerr << "error: " << p << "\n";
+    return 2;
+  }
+  // Run directories, sockets and records are private to the user.
+  ::umask(::umask(0) | 077);
   if (opt.overwrite) {
-    std::string cmd = "rm -f '" + output_dir + "'/*.jsonl '" + output_dir + "'/summary.json";
-    if (system(cmd.c_str()) != 0) LOG_WARN << "could not clear " << output_dir;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec))
+      if (entry.path().extension() == ".jsonl" || entry.path().filename() == "summary.json")
+        std::filesystem::remove(entry.path(), ec);
+    if (ec) LOG_WARN << "could not clear " << output_dir << ": " << ec.message();
+  }
+  if (opt.retry_failed) {
+    auto dropped = DropFailedRecords(output_dir);
+    if (!dropped.ok()) {
+      std::cerr << "error: " << dropped.status().message() << "\n";
+      return 1;
+    }
+    std::cerr << "matrix run: retrying " << *dropped << " failed or lost tasks (their records moved to "
+              << output_dir << "/*.jsonl.retried)\n";
   }
   if (Status st = MakeDirs(output_dir); !st.ok()) {
     std::cerr << "error: " << st.message() << "\n";
@@ -88,7 +111,9 @@ int RunPipeline(const RunOptions& opt) {
   }
   std::string run_dir = opt.run_dir.empty() ? MakeRunDir() : opt.run_dir;
   if (!opt.run_dir.empty()) {
-    Status cleared = MakeDirs(run_dir);
+    Status cleared = MakeDirs(run_dir, 0700);
+    if (cleared.ok() && ::chmod(run_dir.c_str(), 0700) != 0)
+      cleared = FailedPrecondition("cannot make " + run_dir + " private: " + std::strerror(errno));
     if (cleared.ok()) cleared = ClearRunState(run_dir);
     if (!cleared.ok()) {
       std::cerr << "error: " << cleared.message() << "\n";
@@ -183,18 +208,25 @@ int RunPipeline(const RunOptions& opt) {
   std::deque<std::pair<double, std::pair<int64_t, int64_t>>> window;  // (t, (tokens, written))
   int exit_code = 0;
   bool interrupted = false;
+  int stop_signal = 0;
+  std::string stopped_because;  // a reason to stop before every partition is finished
   Progress p;
   bool seen_progress = false;
   while (true) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    if (ReadSignal(*sigfd) != 0) {
+    if (int sig = ReadSignal(*sigfd); sig != 0) {
       interrupted = true;
+      stop_signal = sig;
       std::cerr << "\ninterrupted: stopping workers (grace " << opt.grace_s << " s)\n";
       break;
     }
     for (const auto& name : sup.Reap(/*restart=*/true)) {
       targets.Forget(name);
-      if (name.rfind("worker", 0) != 0) LOG_WARN << name << " restarted";
+      if (name.rfind("worker", 0) != 0) LOG_WARN << name << " exited";
+    }
+    if (!sup.gave_up().empty()) {
+      stopped_because = "stopping: " + sup.gave_up();
+      break;
     }
     auto complete = targets.Refresh();
     if (!complete.ok()) {
@@ -222,10 +254,16 @@ int RunPipeline(const RunOptions& opt) {
       last_line = std::chrono::steady_clock::now();
       std::cerr << line << "\n";
     }
+    if (!p.io_error.empty() && p.io_error_s > opt.io_error_limit_s) {
+      stopped_because = "stopping: output blocked for " + FormatDuration(p.io_error_s) + ": " + p.io_error +
+                        " (limit " + FormatDuration(opt.io_error_limit_s) + "); free space and run the same command again";
+      break;
+    }
     if (p.partitions == static_cast<int>(partitions)) seen_progress = true;
     if (seen_progress && p.partitions_finished == static_cast<int>(partitions)) break;
   }
   if (tty) std::cerr << "\n";
+  if (!stopped_because.empty()) std::cerr << "error: " << stopped_because << "\n";
   // Daemon counters for the summary, taken before they stop.
   auto broker_stats = QueryStats(broker_ep);
   auto store_stats = QueryStats(store_ep);
@@ -267,14 +305,14 @@ int RunPipeline(const RunOptions& opt) {
     Progress final_progress = ReadProgress(run_dir);
     if (auto spent = CostOf(final_progress.tokens_by_model, prices)) s["cost"]["this_run"] = spent->total;
   }
-  Status st = WriteFileAtomic(output_dir + "/summary.json", s.dump(2) + "\n");
+  Status st = WriteFileAtomic(output_dir + "/summary.json", DumpJson(s, 2) + "\n");
   if (!st.ok()) std::cerr << "warning: " << st.message() << "\n";
 
   std::cerr << "\n== " << pipeline.name << (interrupted ? " (interrupted)" : "") << " ==\n";
   std::cerr << "  tasks:        " << s["records"] << " records of " << p.total << " ("
             << s["resumed_from_earlier_runs"] << " from earlier runs), duplicates " << s["duplicates"] << "\n";
-  std::cerr << "  by status:    " << s["by_status"].dump() << "\n";
-  std::cerr << "  by reason:    " << s["by_reason"].dump() << "\n";
+  std::cerr << "  by status:    " << DumpJson(s["by_status"]) << "\n";
+  std::cerr << "  by reason:    " << DumpJson(s["by_reason"]) << "\n";
   for (const auto& [k, v] : s["rates"].items()) {
     char buf[128];
     std::snprintf(buf, sizeof(buf), "  %-13s %.3f\n", (k + ":").c_str(), v.get<double>());
@@ -306,14 +344,21 @@ int RunPipeline(const RunOptions& opt) {
     std::cerr << line << "\n";
   }
   std::cerr << "  output:       " << output_dir << "/p*.jsonl, " << output_dir << "/summary.json\n";
+  const int64_t failed = s["by_status"].value("failed", int64_t{0});
+  const int64_t lost = s["by_status"].value("lost", int64_t{0});
   if (interrupted) {
-    exit_code = 130;
-  } else if (s["records"].get<int64_t>() < p.total) {
+    exit_code = 128 + stop_signal;  // 130 for Ctrl-C, 143 for SIGTERM
+  } else if (!stopped_because.empty() || s["records"].get<int64_t>() < p.total) {
     exit_code = 1;
+  } else if (failed + lost > 0) {
+    std::cerr << "  " << failed << " tasks failed and " << lost
+              << " were lost (see \"by reason\"); `matrix run` with --retry-failed runs exactly those again\n";
+    exit_code = 3;
   }
   if (exit_code == 0 && opt.run_dir.empty() && !getenv("MATRIX_KEEP_RUN_DIR")) {
-    std::string cmd = "rm -rf '" + run_dir + "'";
-    if (system(cmd.c_str()) != 0) LOG_WARN << "could not remove " << run_dir;
+    std::error_code ec;
+    std::filesystem::remove_all(run_dir, ec);
+    if (ec) LOG_WARN << "could not remove " << run_dir << ": " << ec.message();
   }
   return exit_code;
 }

@@ -24,13 +24,18 @@ struct RunOptions {
   std::string run_dir;
   int workers = 0;                     // 0: run.workers from the pipeline
   bool overwrite = false;              // delete earlier output instead of resuming
+  bool retry_failed = false;           // run the tasks whose records say failed or lost again
+  double io_error_limit_s = 600;       // stop when the output cannot be written for this long
   double grace_s = 10;                 // drain time on Ctrl-C / SIGTERM
   int progress_interval_s = 10;        // when stderr is not a terminal
   bool quiet = false;
 };
 
-// Returns the process exit code: 0 all tasks written, 1 failure, 2 bad
-// configuration, 130 interrupted.
+// Returns the process exit code: 0 every task written and none failed or
+// lost, 1 failure (a child that keeps dying, output blocked too long, records
+// missing), 2 bad configuration or a check before the start failed, 3 every
+// task written but some failed or were lost, 128+signal when interrupted
+// (130 Ctrl-C, 143 SIGTERM).
 int RunPipeline(const RunOptions& options);
 
 }  // namespace matrix::cli

@@ -59,7 +59,7 @@ StatusOr<bool> ScrapeTargets::Refresh() {
                         {"daemon", processes_[i].daemon},
                         {"process", processes_[i].name}}}});
   }
-  std::string content = groups.dump(2) + "\n";
+  std::string content = DumpJson(groups, 2) + "\n";
   if (content != written_) {
     MATRIX_RETURN_IF_ERROR(MakeDirs(path_.substr(0, path_.rfind('/'))));
     MATRIX_RETURN_IF_ERROR(WriteFileAtomic(path(), content));

@@ -205,6 +205,38 @@ std::vector<Json> ReadWorkerProgress(const std::string& run_dir) {
   return out;
 }
 
+StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
+  int64_t dropped = 0;
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec))
+    if (entry.path().extension() == ".jsonl") files.push_back(entry.path().string());
+  for (const auto& path : files) {
+    MATRIX_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
+    std::string keep, retried;
+    size_t pos = 0;
+    while (pos < data.size()) {
+      size_t nl = data.find('\n', pos);
+      const size_t end = nl == std::string::npos ? data.size() : nl + 1;
+      std::string_view line(data.data() + pos, end - pos);
+      Json rec = Json::parse(line, nullptr, false);
+      const std::string status = rec.is_object() ? rec.value("status", "") : "";
+      (status == "failed" || status == "lost" ? retried : keep).append(line);
+      pos = end;
+    }
+    if (retried.empty()) continue;
+    {
+      std::ofstream out(path + ".retried", std::ios::app | std::ios::binary);
+      out << retried;
+      out.flush();
+      if (!out) return Unavailable("cannot write " + path + ".retried");
+    }
+    MATRIX_RETURN_IF_ERROR(WriteFileAtomic(path, keep, 0644));
+    dropped += static_cast<int64_t>(std::count(retried.begin(), retried.end(), '\n'));
+  }
+  return dropped;
+}
+
 Progress ReadProgress(const std::string& run_dir, const std::string& job) {
   Progress p;
   for (const auto& path : ProgressFiles(run_dir)) {
@@ -224,6 +256,14 @@ Progress ReadProgress(const std::string& run_dir, const std::string& job) {
     p.completion_tokens += j.value("completion_tokens", 0);
     p.llm_calls += j.value("llm_calls", 0);
     p.llm_errors += j.value("llm_errors", 0);
+    if (j.contains("output_blocked") && j["output_blocked"].is_object()) {
+      const Json& b = j["output_blocked"];
+      const double for_s = b.value("for_s", 0.0);
+      if (p.io_error.empty() || for_s > p.io_error_s) {
+        p.io_error = b.value("error", "output blocked");
+        p.io_error_s = for_s;
+      }
+    }
     if (j.contains("roles_in_flight"))
       for (const auto& [role, n] : j["roles_in_flight"].items())
         p.roles_in_flight[role] = p.roles_in_flight.value(role, 0) + n.get<int64_t>();
@@ -277,8 +317,12 @@ std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_pe
                 static_cast<long long>(p.written), static_cast<long long>(p.total), pct,
                 static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), tokens_per_s, err,
                 FormatDuration(elapsed_s).c_str(), remaining == 0 ? "0:00" : FormatDuration(eta).c_str());
-  const std::string cost = FormatCost(p);
-  return cost.empty() ? std::string(buf) : std::string(buf) + " | " + cost;
+  std::string line = buf;
+  if (const std::string cost = FormatCost(p); !cost.empty()) line += " | " + cost;
+  // Shown first where it cannot be missed: nothing is being written.
+  if (!p.io_error.empty())
+    line = "OUTPUT BLOCKED " + FormatDuration(p.io_error_s) + " (" + p.io_error + ") | " + line;
+  return line;
 }
 
 }  // namespace matrix::cli

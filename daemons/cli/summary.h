@@ -69,6 +69,12 @@ std::string FormatMoney(double amount, const std::string& currency);
 // and "unpriced_models" when some model with tokens has no price.
 StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& prices = {});
 
+// For `matrix run --retry-failed`: rewrites every `*.jsonl` in output_dir
+// without its `failed` and `lost` records (each file replaced atomically; the
+// records taken out are appended to `<file>.retried`), so the next run admits
+// exactly those tasks again. Returns how many records were taken out.
+StatusOr<int64_t> DropFailedRecords(const std::string& output_dir);
+
 // Sums the progress files under <run_dir>/progress and, for a job on many
 // nodes, <run_dir>/nodes/*/progress.
 struct Progress {
@@ -82,6 +88,8 @@ struct Progress {
   int64_t llm_calls = 0, llm_errors = 0;
   int partitions = 0, partitions_finished = 0;
   Json roles_in_flight = Json::object();
+  std::string io_error;   // why some worker's output is blocked ("write .../p0.jsonl: No space left on device")
+  double io_error_s = 0;  // for how long (the longest of the workers)
   TokensByModel tokens_by_model;  // this run
   PriceTable prices;              // as the workers' progress files give it
 };

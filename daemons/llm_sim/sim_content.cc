@@ -62,8 +62,6 @@ const char* const kWords[] = {
 };
 constexpr int64_t kWordCount = sizeof(kWords) / sizeof(kWords[0]);
 
-std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
-
 bool IsIntegerJson(const Json& j) { return j.is_number_integer() || j.is_number_unsigned(); }
 
 StatusOr<std::string> ContentText(const Json& content, size_t index) {
@@ -133,7 +131,7 @@ Status ParseTools(const Json& body, CompletionRequest* r, size_t* chars) {
       }
       r->tools.push_back(std::move(spec));
     }
-    *chars += Dump(*tools).size();
+    *chars += DumpJson(*tools).size();
   }
   auto choice = body.find("tool_choice");
   if (choice == body.end() || choice->is_null()) return Status::Ok();
@@ -197,7 +195,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
       }
       chars += msg.content.size();
       if (auto calls = m.find("tool_calls"); calls != m.end() && calls->is_array()) {
-        chars += Dump(*calls).size();
+        chars += DumpJson(*calls).size();
         for (const Json& call : *calls)
           if (call.is_object())
             if (auto id = call.find("id"); id != call.end() && id->is_string())
@@ -207,7 +205,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
         r.prior_tool_call_ids.push_back(id->get<std::string>());
       r.messages.push_back(std::move(msg));
     }
-    canonical = Dump(*messages);
+    canonical = DumpJson(*messages);
     MATRIX_RETURN_IF_ERROR(ParseTools(j, &r, &chars));
   } else {
     auto prompt = j.find("prompt");
@@ -230,7 +228,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
     }
     chars = text.size();
     r.messages.push_back(ChatMessage{"user", std::move(text)});
-    canonical = Dump(*prompt);
+    canonical = DumpJson(*prompt);
   }
 
   std::optional<int64_t> max_tokens, max_completion_tokens, n, min_tokens, seed;
@@ -482,7 +480,7 @@ bool PlanToolCalls(const CompletionRequest& r, const SimConfig& config, int64_t 
     if (!r.forced_tool.empty())
       for (const ToolSpec& t : r.tools)
         if (t.name == r.forced_tool) tool = &t;
-    const std::string arguments = Dump(ArgumentsForSchema(tool->parameters, ids, &rng));
+    const std::string arguments = DumpJson(ArgumentsForSchema(tool->parameters, ids, &rng));
     if (!planned_calls.insert(tool->name + "\n" + arguments).second) continue;
     const std::vector<std::string> fragments = SplitPieces(arguments);
     const int64_t needed = 1 + static_cast<int64_t>(fragments.size());
@@ -618,15 +616,15 @@ std::string RenderCompletion(const CompletionRequest& r, const CompletionPlan& p
   body["model"] = r.model;
   body["choices"] = Json::array({std::move(choice)});
   body["usage"] = UsageJson(r, plan);
-  return Dump(body);
+  return DumpJson(body);
 }
 
 StreamRenderer::StreamRenderer(const CompletionRequest* request, const CompletionPlan* plan,
                                ResponseMeta meta)
     : request_(request), plan_(plan), meta_(std::move(meta)) {
-  head_ = "data: {\"id\":" + Dump(meta_.id) + ",\"object\":" +
+  head_ = "data: {\"id\":" + DumpJson(meta_.id) + ",\"object\":" +
           (request_->kind == ApiKind::kChat ? "\"chat.completion.chunk\"" : "\"text_completion\"") +
-          ",\"created\":" + std::to_string(meta_.created) + ",\"model\":" + Dump(request_->model) +
+          ",\"created\":" + std::to_string(meta_.created) + ",\"model\":" + DumpJson(request_->model) +
           ",\"choices\":[{\"index\":0,";
 }
 
@@ -659,10 +657,10 @@ std::string StreamRenderer::Tokens(int64_t from, int64_t to) {
     }
     Json delta;
     delta["tool_calls"] = std::move(calls);
-    out += head_ + "\"delta\":" + Dump(delta) + ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    out += head_ + "\"delta\":" + DumpJson(delta) + ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
     return out;
   }
-  const std::string text = Dump(Json(std::string(plan_->Pieces(from, to))));
+  const std::string text = DumpJson(Json(std::string(plan_->Pieces(from, to))));
   if (chat) {
     out += head_ + "\"delta\":{\"content\":" + text + "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
   } else {
@@ -673,7 +671,7 @@ std::string StreamRenderer::Tokens(int64_t from, int64_t to) {
 
 std::string StreamRenderer::Finish() {
   std::string out = Tokens(0, 0);
-  const std::string finish = Dump(Json(plan_->finish_reason));
+  const std::string finish = DumpJson(Json(plan_->finish_reason));
   if (request_->kind == ApiKind::kChat) {
     out += head_ + "\"delta\":{},\"logprobs\":null,\"finish_reason\":" + finish +
            ",\"stop_reason\":null}]}\n\n";
@@ -690,7 +688,7 @@ std::string StreamRenderer::Finish() {
     usage_chunk["model"] = request_->model;
     usage_chunk["choices"] = Json::array();
     usage_chunk["usage"] = UsageJson(*request_, *plan_);
-    out += "data: " + Dump(usage_chunk) + "\n\n";
+    out += "data: " + DumpJson(usage_chunk) + "\n\n";
   }
   out += "data: [DONE]\n\n";
   return out;
@@ -711,7 +709,7 @@ std::string RenderMalformed(const CompletionRequest& r, const CompletionPlan& pl
       return full.substr(0, full.size() / 2);
     }
     partial["usage"] = UsageJson(r, plan);
-    return Dump(partial);
+    return DumpJson(partial);
   }
   if (variant == 0) {
     StreamRenderer renderer(&r, &plan, meta);
@@ -720,7 +718,7 @@ std::string RenderMalformed(const CompletionRequest& r, const CompletionPlan& pl
     std::string event = events.substr(last, (events.size() - last) / 2);
     return event + "\n\ndata: [DONE]\n\n";
   }
-  return "data: " + Dump(partial) + "\n\ndata: [DONE]\n\n";
+  return "data: " + DumpJson(partial) + "\n\ndata: [DONE]\n\n";
 }
 
 std::string RenderError(int code, const std::string& type, const std::string& message) {
@@ -731,7 +729,7 @@ std::string RenderError(int code, const std::string& type, const std::string& me
   error["code"] = code;
   Json body;
   body["error"] = std::move(error);
-  return Dump(body);
+  return DumpJson(body);
 }
 
 std::string RenderModels(const SimConfig& config, int64_t created) {
@@ -746,7 +744,7 @@ std::string RenderModels(const SimConfig& config, int64_t created) {
   Json body;
   body["object"] = "list";
   body["data"] = Json::array({std::move(model)});
-  return Dump(body);
+  return DumpJson(body);
 }
 
 }  // namespace matrix::llm_sim

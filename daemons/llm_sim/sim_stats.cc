@@ -68,7 +68,7 @@ std::string SimStats::ToJson() const {
     j["min_retry_gap_after_429_s"] = min_retry_gap_us_ < 0 ? 0.0 : min_retry_gap_us_ / 1e6;
     j["mean_retry_gap_after_429_s"] = retries_after_429_ ? sum_retry_gap_s_ / retries_after_429_ : 0.0;
   }
-  return j.dump();
+  return DumpJson(j);
 }
 
 }  // namespace matrix::llm_sim

@@ -16,6 +16,7 @@
 #include "common/base/hash.h"
 #include "common/base/json.h"
 #include "common/base/log.h"
+#include "common/base/utf8.h"
 #include "common/base/signals.h"
 #include "common/metrics/metrics.h"
 #include "common/metrics/store_metrics.h"
@@ -31,20 +32,8 @@ constexpr size_t kMaxEnvelopeBytes = 4 << 20;
 // Messages handled per RunOnce before the signal and sweep are looked at again.
 constexpr int kMaxMessagesPerIteration = 4096;
 
-std::string PeerName(const std::string& identity) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : identity) {
-    if (c >= 0x21 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
+// A peer's routing identity (any bytes) as log text.
+std::string PeerName(const std::string& identity) { return Printable(identity, 64); }
 
 // Request types timed by matrix_store_request_duration_seconds.
 enum RequestType { kPutRequest, kGetRequest, kFreeRequest, kStatsRequest, kRequestTypes };
@@ -372,7 +361,7 @@ std::string StoreServer::StatsJson() const {
       {"malformed_messages", s.malformed_messages},
       {"send_failures", s.send_failures},
   };
-  return j.dump();
+  return DumpJson(j);
 }
 
 }  // namespace matrix::store

@@ -12,6 +12,7 @@
 #include "common/base/log.h"
 #include "common/base/signals.h"
 #include "common/base/strings.h"
+#include "common/base/utf8.h"
 #include "common/metrics/broker_metrics.h"
 #include "common/metrics/metrics.h"
 #include "common/transport/transport.h"
@@ -134,13 +135,7 @@ StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Create(BrokerServerConfig 
 }
 
 void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
-  auto invalid = [&](const std::string& why) {
-    core_.CountInvalid();
-    if (invalid_logged_++ < 20) {
-      LOG_WARN << "dropping invalid message from peer '" << (frames.empty() ? "" : frames[0])
-               << "': " << why;
-    }
-  };
+  auto invalid = [&](const std::string& why) { Malformed(frames.empty() ? "" : frames[0], why); };
   if (frames.size() < 2) return invalid("missing envelope");
   const std::string& peer = frames[0];
   auto control = wire::DecodeControl(frames[1]);
@@ -166,11 +161,19 @@ void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
   } else if (auto* hb = std::get_if<wire::HeartbeatMsg>(&control->body)) {
     core_.OnHeartbeat(peer, *hb);
   } else if (std::holds_alternative<wire::StatsRequestMsg>(control->body)) {
-    out.push_back({peer, wire::Control{config_.core.broker_id, wire::StatsReplyMsg{core_.Stats().dump()}}, {}});
+    out.push_back({peer, wire::Control{config_.core.broker_id, wire::StatsReplyMsg{DumpJson(core_.Stats())}}, {}});
   } else {
     return invalid("unexpected message type for a broker");
   }
   SendAll(out);
+}
+
+void BrokerServer::Malformed(const std::string& peer, const std::string& why) {
+  core_.CountInvalid();
+  int64_t held_back = 0;
+  if (malformed_log_.Allow(peer, clock_->NowMillis(), &held_back))
+    LOG_WARN << "dropped malformed message from peer '" << Printable(peer, 64) << "': " << why
+             << PeerLogLimiter::HeldBack(held_back);
 }
 
 void BrokerServer::SendAll(std::vector<Outgoing>& out) {
@@ -184,7 +187,7 @@ void BrokerServer::SendAll(std::vector<Outgoing>& out) {
     if (st.ok()) {
       metrics_->ByType(metrics_->set.messages_sent, metrics_->sent, o.control.body.index()).Inc();
     } else {
-      LOG_WARN << "send to " << o.worker << " failed: " << st.message();
+      LOG_WARN << "send to " << Printable(o.worker, 64) << " failed: " << st.message();
     }
     core_.MarkSent(o.worker);
   }
@@ -391,10 +394,7 @@ void BrokerServer::SendUpstreamAcks() {
 }
 
 void BrokerServer::HandleLinkMessage(Link& link, std::vector<std::string>& frames) {
-  auto invalid = [&](const std::string& why) {
-    core_.CountInvalid();
-    if (invalid_logged_++ < 20) LOG_WARN << "dropping invalid message from peer " << link.node << ": " << why;
-  };
+  auto invalid = [&](const std::string& why) { Malformed("broker of " + link.node, why); };
   if (frames.empty()) return invalid("missing envelope");
   auto control = wire::DecodeControl(frames[0]);
   if (!control.ok()) return invalid(control.status().message());

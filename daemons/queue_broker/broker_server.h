@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/base/clock.h"
+#include "common/base/log_limiter.h"
 #include "common/base/status.h"
 #include "common/transport/transport.h"
 #include "daemons/queue_broker/broker_core.h"
@@ -68,6 +69,8 @@ class BrokerServer {
   BrokerServer(BrokerServerConfig config, const Clock* clock);
   struct Link;
   void HandleMessage(std::vector<std::string>& frames);
+  // Counts a malformed message and logs it (rate-limited per peer).
+  void Malformed(const std::string& peer, const std::string& why);
   void HandleLinkMessage(Link& link, std::vector<std::string>& frames);
   void SendAll(std::vector<Outgoing>& out);
   // Re-reads the peers in nodes_dir; true when the set of links changed.
@@ -87,7 +90,7 @@ class BrokerServer {
   struct Metrics;
   std::unique_ptr<Metrics> metrics_;
   std::atomic<bool> stop_{false};
-  int64_t invalid_logged_ = 0;
+  PeerLogLimiter malformed_log_;  // one warning per peer per 10 s
   std::map<std::string, std::unique_ptr<Link>> links_;  // by link name "link:<node>"
   transport::Context* ctx_ = nullptr;
   int64_t auth_failures_ = 0;

@@ -41,7 +41,7 @@ const Json& Context() {
 
 void Consume(const Json& v) {
   std::string text = ToDisplayString(v);
-  std::string json = DumpJson(v);
+  std::string json = matrix::DumpJson(v);
   FUZZ_CHECK(!json.empty());
   (void)IsTruthy(v);
   (void)text;

@@ -35,7 +35,7 @@ TEST(ChaosTest, RandomKillsOfWorkersBrokerAndStoreLoseNothing) {
                                             "matrix-worker.*" + dir.path() + ".*worker-2", "matrix-broker.*matrix-run",
                                             "matrix-store.*matrix-run"};
   // Wait for progress, then kill something every 1.5-4 s, six times.
-  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 20; }, 60000));
+  ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 20; }, 60000));
   std::vector<std::string> killed;
   for (int i = 0; i < 6 && run.Running(); ++i) {
     const std::string& victim = victims[rng() % victims.size()];
@@ -71,7 +71,7 @@ TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {
                                    "--quiet", "--grace-s", "5"};
   {
     ChildProcess first(argv, dir.File("first.log"));
-    ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 40; }, 60000));
+    ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 40; }, 60000));
     first.Signal(SIGTERM);
     EXPECT_EQ(first.Wait(60000), 130);  // interrupted, after a clean drain
   }

@@ -79,7 +79,7 @@ TEST(LlmFaultsTest, DeadEndpointPausesAdmissionInsteadOfFailingTheDataset) {
                     "models.llama.max_retries=0", "--output", dir.File("out"), "--run-dir", dir.File("run"), "--quiet",
                     "--grace-s", "2"},
                    dir.File("run.log"));
-  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() >= 100; }, 60000));
+  ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 100; }, 60000));
   std::this_thread::sleep_for(std::chrono::seconds(8));
   size_t written = ReadRecords(dir.File("out")).size();
   run.Signal(SIGTERM);

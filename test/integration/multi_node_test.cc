@@ -127,7 +127,7 @@ TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
   ASSERT_LT(before, static_cast<size_t>(kTasks) * 3 / 4) << "the run ended too soon to kill a model server";
   sims["a"]->Signal(SIGKILL);
   sims["a"]->Wait(5000);
-  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(out).size() >= before + 20; }, 60000));
+  ASSERT_TRUE(WaitUntil([&] { return CountRecords(out) >= before + 20; }, 60000));
   const std::string port = urls["a"].substr(urls["a"].rfind(':') + 1, urls["a"].rfind('/') - urls["a"].rfind(':') - 1);
   start_sim("a", "127.0.0.1:" + port);
   for (auto& n : nodes) EXPECT_EQ(n->Wait(240000), 0);
@@ -184,7 +184,7 @@ TEST(MultiNodeTest, StepWideSigtermDrainsInOrderAndTheNextJobResumes) {
   };
   {
     auto nodes = start_nodes("j1");
-    ASSERT_TRUE(WaitUntil([&] { return ReadRecords(out).size() >= 30; }, 90000));
+    ASSERT_TRUE(WaitUntil([&] { return CountRecords(out) >= 30; }, 90000));
     // Another job on the same run directory would own the same partitions.
     std::string refused;
     EXPECT_EQ(RunCommand(BinPath("matrix") + " node --run-dir " + run + " --node n9 --node-index 0 --nodes 1 --job other " +

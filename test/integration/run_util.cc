@@ -21,6 +21,21 @@ std::vector<Json> ReadRecords(const std::string& dir) {
   return out;
 }
 
+size_t CountRecords(const std::string& dir) {
+  size_t n = 0;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() < 7 || name.substr(name.size() - 6) != ".jsonl") continue;
+    std::ifstream in(dir + "/" + name);
+    std::string line;
+    while (std::getline(in, line)) n += !in.eof();  // the last line counts only once its newline is written
+  }
+  closedir(d);
+  return n;
+}
+
 std::set<std::string> TaskIds(const std::vector<Json>& records, std::vector<std::string>* duplicates) {
   std::set<std::string> ids;
   for (const auto& r : records)

@@ -13,6 +13,10 @@ namespace matrix::testing {
 // Reads every record of every p*.jsonl under dir.
 std::vector<Json> ReadRecords(const std::string& dir);
 
+// Counts the whole lines of every p*.jsonl under dir without parsing them:
+// for polling while a sink may be half-way through writing a record.
+size_t CountRecords(const std::string& dir);
+
 // Counts task ids; fills *duplicates with ids seen more than once.
 std::set<std::string> TaskIds(const std::vector<Json>& records, std::vector<std::string>* duplicates);
 

@@ -29,7 +29,7 @@ TEST(WorkerRefusalTest, UnknownPipelineHashIsRefusedNotRun) {
                        "--partitions", "0", "dataset.limit=3"},
                       dir.File("worker.log"));
   // The worker's own tasks complete first.
-  ASSERT_TRUE(WaitUntil([&] { return ReadRecords(dir.File("out")).size() == 3; }, 30000));
+  ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) == 3; }, 30000));
 
   transport::Context ctx;
   transport::SocketOptions opts;

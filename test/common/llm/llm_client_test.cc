@@ -1073,8 +1073,10 @@ TEST(LlmClientEndpointsTest, EndpointAddedAtRuntimeGetsTrafficOnlyAfterItsProbeS
   ASSERT_TRUE(client->SetEndpoints("m", {a.base_url(), b.base_url()}).ok());
 
   // The new endpoint is probed at once; the failed probe is repeated a
-  // cool-down later, and that one is held open.
-  ASSERT_TRUE(matrix::testing::WaitUntil([&] { return b.active() == 1; }, 5000));
+  // cool-down later, and that one is held open. (The first probe also counts
+  // as active for the moment before its 500 is sent.)
+  ASSERT_TRUE(matrix::testing::WaitUntil(
+      [&] { return b.request_count() == 2 && b.active() == 1; }, 5000));
   auto reqs = b.requests();
   ASSERT_EQ(reqs.size(), 2u);
   ExpectProbeBody(reqs[0], key);
