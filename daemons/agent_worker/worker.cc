@@ -556,12 +556,6 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
     return;
   }
   if (release) return OnReleaseDelivery(id, item.role == kReleaseRole);
-  // Fault injection for tests of crash handling: a row holding this text
-  // aborts every worker that handles it.
-  if (!abort_on_input_.empty() && r.task.input.text.find(abort_on_input_) != std::string::npos) {
-    LOG_ERROR << "task " << r.task.task_id << " holds MATRIX_FAULT_ABORT_ON_INPUT; aborting";
-    std::abort();
-  }
   if (r.task.pipeline_hash != pipeline_->hash) {
     ++refused_;
     refused_mismatch_.Inc();
@@ -583,6 +577,12 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
                    " times while handling this task (step '" + r.task.step + "'); it is not run again");
       return;
     }
+  }
+  // Fault injection for tests of crash handling: a row holding this text
+  // aborts every worker that handles it.
+  if (!abort_on_input_.empty() && r.task.input.text.find(abort_on_input_) != std::string::npos) {
+    LOG_ERROR << "task " << r.task.task_id << " holds MATRIX_FAULT_ABORT_ON_INPUT; aborting";
+    std::abort();
   }
   if (item.deliveries > kMaxFreeDeliveries) {
     ++lost_;

@@ -18,7 +18,8 @@ namespace {
 const char kUsage[] =
     "usage:\n"
     "  matrix run PIPELINE.yaml [key.path=value ...] [--output DIR] [--run-dir DIR] [--workers N]\n"
-    "             [--resume | --overwrite | --retry-failed] [--grace-s S] [--io-error-limit-s S] [--quiet]\n"
+    "             [--resume | --overwrite | --retry-failed] [--grace-s S] [--io-error-limit-s S]\n"
+    "             [--progress-interval-s S] [--quiet]\n"
     "  matrix validate PIPELINE.yaml [key.path=value ...]\n"
     "  matrix status RUN_DIR\n"
     "  matrix keys RUN_DIR\n"
@@ -36,7 +37,7 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   auto flags = Flags::Parse(argc - 1, argv + 1, {"output", "run-dir", "workers", "overwrite", "resume", "grace-s", "quiet", "help",
-                                                         "retry-failed", "io-error-limit-s", "format", "out", "pipeline", "node", "node-index",
+                                                         "retry-failed", "io-error-limit-s", "progress-interval-s", "format", "out", "pipeline", "node", "node-index",
                                                          "nodes", "bind-host", "job"},
                             {"overwrite", "resume", "quiet", "help", "retry-failed"});
   if (!flags.ok()) {
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
     opt.overwrite = flags->GetBool("overwrite");
     opt.retry_failed = flags->GetBool("retry-failed");
     opt.io_error_limit_s = flags->GetDouble("io-error-limit-s", opt.io_error_limit_s);
+    opt.progress_interval_s = static_cast<int>(flags->GetInt("progress-interval-s", opt.progress_interval_s));
     // Resuming is what a rerun always does; --resume says so explicitly and
     // cannot be combined with --overwrite.
     if (opt.overwrite && flags->GetBool("resume")) {
