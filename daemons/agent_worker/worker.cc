@@ -623,11 +623,17 @@ wire::Task Worker::Impl::Expanded(const TaskRun& run) {
 
 void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
   TaskRun& run = runs_[id];
+  // True when the task goes on (a record is still written, with unresolved
+  // content marked in it); false when it ended here (the run may be gone).
   auto fail = [this](uint64_t rid, const Status& st) {
-    TaskRun& r = runs_[rid];
-    if (!r.sink) return FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
-    // The record is still written; unresolved content is marked in it.
-    LOG_WARN << "task " << r.task.task_id << ": " << st.ToString();
+    auto it = runs_.find(rid);
+    if (it == runs_.end()) return false;
+    if (!it->second.sink) {
+      FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
+      return false;
+    }
+    LOG_WARN << "task " << it->second.task.task_id << ": " << st.ToString();
+    return true;
   };
   if (!run.archive_loaded && !run.task.archive.empty()) {
     // First the archived segments, then (second pass) the content they reference.
@@ -638,14 +644,12 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
       TaskRun& r = it->second;
       r.archive_loaded = true;
       if (!got.ok()) {
-        fail(id, got.status());
-        if (!r.sink) return;
+        if (!fail(id, got.status())) return;
       } else {
         for (const std::string& bytes : *got) {
           auto segment = wire::DecodeTask(bytes, config_.max_message_bytes);
           if (!segment.ok()) {
-            fail(id, DataLoss("archived segment: " + segment.status().message()));
-            if (!runs_.count(id) || !runs_[id].sink) return;
+            if (!fail(id, DataLoss("archived segment: " + segment.status().message()))) return;
             continue;
           }
           for (auto& t : segment->history) r.archived_turns.push_back(std::move(t));
@@ -668,9 +672,8 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
     if (got.ok()) {
       for (size_t i = 0; i < refs.size() && i < got->size(); ++i)
         it->second.resolved[refs[i].id] = std::move((*got)[i]);
-    } else {
-      fail(id, got.status());
-      if (!it->second.sink) return;
+    } else if (!fail(id, got.status())) {
+      return;
     }
     then(id);
   });

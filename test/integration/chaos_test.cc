@@ -1,11 +1,11 @@
 // Chaos: Coral on the simulator with several workers while kill -9 hits a
-// random worker, the broker or the store at random moments, several times.
-// The run must complete with every task exactly once, each done or carrying
-// a recorded failure reason.
+// random worker, the broker or the store every few seconds. The run must
+// complete with every task exactly once and done.
 #include <signal.h>
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
 #include <thread>
 
@@ -16,52 +16,56 @@
 namespace matrix::testing {
 namespace {
 
+// The first process whose command line matches `pattern` (the shell running
+// pgrep is not matched: its copy of the pattern has the first letter in brackets).
 int PidOf(const std::string& pattern) {
   std::string out;
-  if (RunCommand("pgrep -f '" + pattern + "' | head -1", &out) != 0 || out.empty()) return -1;
+  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
+  if (RunCommand("pgrep -f -- '" + bracketed + "' | head -1", &out) != 0 || out.empty()) return -1;
   return std::stoi(out);
 }
 
+// 1,000 tasks, 500 in flight, kill -9 of a random worker, the broker or the
+// store every 4 s for about 30 s. Deaths of the infrastructure are not
+// charged to the tasks that happened to be in flight: every task ends done.
 TEST(ChaosTest, RandomKillsOfWorkersBrokerAndStoreLoseNothing) {
   TempDir dir;
-  const int kTasks = 500;
-  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=500",
-                    "run.max_concurrent_tasks=120", "simulator.speed=2", "--workers", "3", "--output",
-                    dir.File("out"), "--quiet"},
+  const int kTasks = 1000;
+  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=1000",
+                    "run.max_concurrent_tasks=500", "simulator.speed=2", "--workers", "3", "--output",
+                    dir.File("out"), "--run-dir", dir.File("run"), "--quiet"},
                    dir.File("run.log"));
   std::mt19937 rng(std::random_device{}());
-  const std::vector<std::string> victims = {"matrix-worker.*" + dir.path() + ".*worker-0",
-                                            "matrix-worker.*" + dir.path() + ".*worker-1",
-                                            "matrix-worker.*" + dir.path() + ".*worker-2", "matrix-broker.*matrix-run",
-                                            "matrix-store.*matrix-run"};
-  // Wait for progress, then kill something every 1.5-4 s, six times.
+  const std::string run_dir = dir.File("run");
+  const std::vector<std::string> victims = {"matrix-worker.*" + run_dir + ".*worker-0",
+                                            "matrix-worker.*" + run_dir + ".*worker-1",
+                                            "matrix-worker.*" + run_dir + ".*worker-2",
+                                            "matrix-broker.*" + run_dir, "matrix-store.*" + run_dir};
   ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 20; }, 60000));
   std::vector<std::string> killed;
-  for (int i = 0; i < 6 && run.Running(); ++i) {
+  for (int i = 0; i < 8 && run.Running(); ++i) {
     const std::string& victim = victims[rng() % victims.size()];
     int pid = PidOf(victim);
     if (pid > 0 && kill(pid, SIGKILL) == 0) killed.push_back(victim.substr(0, victim.find(".*")));
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500 + rng() % 2500));
+    std::this_thread::sleep_for(std::chrono::seconds(4));
   }
-  int rc = run.Wait(240000);
+  int rc = run.Wait(300000);
   auto log = ReadFile(dir.File("run.log"));
   ASSERT_EQ(rc, 0) << (log.ok() ? *log : "");
   std::cerr << "killed:";
   for (auto& k : killed) std::cerr << " " << k;
   std::cerr << "\n";
-  EXPECT_GE(killed.size(), 3u);
+  EXPECT_GE(killed.size(), 4u);
   auto records = ReadRecords(dir.File("out"));
   std::vector<std::string> dups;
   auto ids = TaskIds(records, &dups);
   EXPECT_EQ(records.size(), static_cast<size_t>(kTasks));
   EXPECT_EQ(ids.size(), static_cast<size_t>(kTasks));
   EXPECT_TRUE(dups.empty()) << dups.size() << " duplicates";
-  for (const auto& r : records) {
-    ASSERT_FALSE(r["reason"].get<std::string>().empty()) << r.dump();
-    if (r["status"] != "done") {
-      EXPECT_TRUE(r.contains("error")) << r.dump();
-    }
-  }
+  std::map<std::string, int> by_reason;
+  for (const auto& r : records)
+    if (r["status"] != "done") by_reason[r["reason"].get<std::string>() + ": " + r.value("error", "")]++;
+  for (const auto& [why, n] : by_reason) ADD_FAILURE() << n << " tasks not done: " << why;
 }
 
 TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {
