@@ -43,6 +43,8 @@
 //                                 # file that sets it); at most one of the two
 //       max_concurrency_per_endpoint: 256
 //       timeout_s: 120            # per request
+//       outage_s: 600             # while no endpoint can be reached, requests wait this long
+//                                 # (connection failures use no retries), then fail
 //       max_retries: 4            # on 429 / 5xx / timeouts
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
@@ -201,6 +203,7 @@ struct ModelConfig {
   std::string api_key_file;
   int max_concurrency_per_endpoint = 256;
   double timeout_s = 120;
+  double outage_s = 600;
   int max_retries = 4;
   double requests_per_s = 0;
   bool sticky = false;

@@ -152,6 +152,9 @@ struct Pool {
   curl_slist* headers = nullptr;  // shared by all of the pool's transfers
 };
 
+// How long the pool's requests wait while no endpoint can be reached.
+double OutageSeconds(const Pool& pool) { return pool.cfg.outage_s > 0 ? pool.cfg.outage_s : pool.cfg.timeout_s; }
+
 struct Call {
   uint64_t tag = 0;
   Pool* pool = nullptr;
@@ -160,6 +163,8 @@ struct Call {
   std::string payload;  // serialized request body
   int64_t submit_ns = 0;
   int attempts = 0;
+  int unreachable_attempts = 0;      // attempts that could not connect (not charged to max_retries)
+  int64_t unreachable_since_ns = -1;  // when the current run of them began; -1: none
   int endpoint = -1;  // endpoint of the current or last attempt
   int64_t attempt_start_ns = 0;
   CURL* easy = nullptr;  // non-null while in the multi handle
@@ -745,7 +750,7 @@ void LlmClient::Impl::StartProbe(Pool& pool, int endpoint, int64_t now_ns) {
 
 int64_t LlmClient::Impl::UnservedDeadline(const Pool& pool, const Call& call) const {
   const int64_t from = std::max(call.submit_ns, pool.unserved_since_ns);
-  const double wait_ns = pool.cfg.timeout_s * 1e9;
+  const double wait_ns = OutageSeconds(pool) * 1e9;
   if (!(wait_ns < static_cast<double>(INT64_MAX - from))) return INT64_MAX;  // saturates
   return from + static_cast<int64_t>(wait_ns);
 }
@@ -771,7 +776,8 @@ void LlmClient::Impl::ExpireUnserved(int64_t now_ns) {
                           ? "no endpoint registered for model '" + name + "'"
                           : "no endpoint of model '" + name + "' has passed its health probe (" +
                                 std::to_string(registered) + " registered)";
-    why += " within timeout_s (" + FormatSeconds(pool->cfg.timeout_s) + " s)";
+    why += " within " + std::string(pool->cfg.outage_s > 0 ? "outage_s" : "timeout_s") + " (" +
+           FormatSeconds(OutageSeconds(*pool)) + " s)";
     LOG_DEBUG << "llm pool '" << name << "': " << expired.size() << " requests expired: " << why;
     for (Call* call : expired) {
       std::string msg = "llm pool '" + name + "': " + why;
@@ -906,6 +912,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
   Next next = Next::kRetry;
   AttemptHealth health = AttemptHealth::kFailure;
   bool timed_out = false;
+  bool unreachable = false;  // nothing listens there: the endpoint is down, not the request at fault
   bool overload = false;   // the endpoint says it is over capacity: 429, 503, timeout
   std::string error;       // what went wrong, for the status message
   std::string error_body;  // the server's text, for the result
@@ -931,6 +938,8 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
       error = "cannot send request: " + what;
     } else {
       error = "transport error: " + what;
+      unreachable = code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
+                    code == CURLE_COULDNT_RESOLVE_PROXY;
     }
   } else {
     switch (ClassifyHttpStatus(http)) {
@@ -999,7 +1008,20 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
                  nullptr, http);
     return;
   }
-  if (call->attempts > pool.cfg.max_retries) {
+  if (unreachable) {
+    // An outage costs the request no retries, but it waits at most outage_s.
+    ++call->unreachable_attempts;
+    if (call->unreachable_since_ns < 0) call->unreachable_since_ns = now;
+    if (now - call->unreachable_since_ns > static_cast<int64_t>(OutageSeconds(pool) * 1e9)) {
+      std::string msg = "llm pool '" + pool.cfg.name + "': no endpoint reachable for " +
+                        FormatSeconds(OutageSeconds(pool)) + " s; last: " + call->last_error;
+      CompleteCall(call, Unavailable(msg), nullptr, http);
+      return;
+    }
+  } else {
+    call->unreachable_since_ns = -1;
+  }
+  if (call->attempts - call->unreachable_attempts > pool.cfg.max_retries) {
     std::string msg = "llm pool '" + pool.cfg.name + "': gave up after " +
                       std::to_string(call->attempts) + " attempts; last: " + call->last_error;
     LOG_DEBUG << msg;

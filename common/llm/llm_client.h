@@ -101,7 +101,7 @@ struct PoolConfig {
   // allow_no_endpoints. Requests go to <base>/chat/completions.
   std::vector<std::string> endpoints;
   // The pool may have no endpoint (at creation or after SetEndpoints); its
-  // requests wait for one, each at most timeout_s (see the class comment).
+  // requests wait for one, each at most outage_s (see the class comment).
   bool allow_no_endpoints = false;
   // Endpoints added by SetEndpoints (new or back from retirement) take user
   // requests only after a successful health probe.
@@ -116,6 +116,11 @@ struct PoolConfig {
   // Whole-request and connect timeouts of one attempt, seconds (> 0).
   double timeout_s = 120;
   double connect_timeout_s = 10;
+  // How long requests wait while no endpoint of the pool can be reached
+  // (connection refused, unknown host, every breaker open), seconds; 0 means
+  // timeout_s. Attempts that could not connect use none of max_retries: an
+  // outage pauses the pool's work instead of failing it.
+  double outage_s = 0;
   // Retries after the first attempt (>= 0).
   int max_retries = 4;
   // Retry n waits uniform [0, min(backoff_max_s, backoff_base_s * 2^(n-1))),

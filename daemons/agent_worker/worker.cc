@@ -289,6 +289,7 @@ Status Worker::Impl::Init() {
     }
     p.max_concurrency_per_endpoint = model.max_concurrency_per_endpoint;
     p.timeout_s = model.timeout_s;
+    p.outage_s = model.outage_s;
     p.max_retries = model.max_retries;
     p.sticky = model.sticky;
     pools.push_back(std::move(p));

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/base/files.h"
+#include "common/base/strings.h"
 #include "test/integration/run_util.h"
 #include "test/support/test_util.h"
 
@@ -37,7 +38,8 @@ TEST(LlmFaultsTest, ThirtyPercentFaultsStillCompleteEveryTask) {
                     " dataset.limit=80 run.max_concurrent_tasks=40 models.llama.endpoints=[http://" + port +
                     "/v1] models.llama.timeout_s=2 models.llama.max_retries=8 --output " + dir.File("out") +
                     " --quiet";
-  ASSERT_EQ(RunCommand(cmd, &out), 0) << out;
+  const int rc = RunCommand(cmd, &out);
+  ASSERT_TRUE(rc == 0 || rc == 3) << rc << "\n" << out;  // 3: every task written, some failed
   auto records = ReadRecords(dir.File("out"));
   std::vector<std::string> dups;
   auto ids = TaskIds(records, &dups);
@@ -71,29 +73,48 @@ TEST(LlmFaultsTest, ThirtyPercentFaultsStillCompleteEveryTask) {
   EXPECT_GE(stats["min_retry_gap_after_429_s"].get<double>(), 0.29) << stats.dump();
 }
 
-TEST(LlmFaultsTest, DeadEndpointPausesAdmissionInsteadOfFailingTheDataset) {
+// The model's only endpoint goes away for 60 s mid-run and comes back on the
+// same port: requests wait for it (connection failures use no retries),
+// nothing is charged, and every task ends done.
+TEST(LlmFaultsTest, AnEndpointDownForAMinuteCostsNoTask) {
   TempDir dir;
-  // Nothing listens on port 1: every call fails at once.
-  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=1000",
-                    "run.max_concurrent_tasks=20", "models.llama.endpoints=[http://127.0.0.1:1/v1]",
-                    "models.llama.max_retries=0", "--output", dir.File("out"), "--run-dir", dir.File("run"), "--quiet",
-                    "--grace-s", "2"},
+  // The simulator binds a port of its own; it comes back on that one.
+  auto sim = std::make_unique<ChildProcess>(
+      std::vector<std::string>{BinPath("matrix-llm-sim"), "--listen", "127.0.0.1:0", "--port-file",
+                               dir.File("sim.port"), "--speed", "4"},
+      dir.File("sim1.log"));
+  std::string port;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto p = ReadFile(dir.File("sim.port"));
+        port = p.ok() ? Trim(*p) : "";
+        return !port.empty();
+      },
+      10000));
+  if (port.find(':') != std::string::npos) port = port.substr(port.rfind(':') + 1);
+  const std::vector<std::string> sim_argv{BinPath("matrix-llm-sim"), "--listen", "127.0.0.1:" + port, "--speed", "4"};
+  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=300",
+                    "run.max_concurrent_tasks=60", "models.llama.endpoints=[http://127.0.0.1:" + port + "/v1]",
+                    "--output", dir.File("out"), "--run-dir", dir.File("run"), "--quiet"},
                    dir.File("run.log"));
-  ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 100; }, 60000));
-  std::this_thread::sleep_for(std::chrono::seconds(8));
-  size_t written = ReadRecords(dir.File("out")).size();
-  run.Signal(SIGTERM);
-  EXPECT_EQ(run.Wait(60000), 130);
-  // Without the guard all 1,000 rows fail within a second; with it, admission
-  // stops after each window of failures (pauses of 5 s, then 10 s, ...).
-  EXPECT_LT(written, 400u);
+  ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 30; }, 60000)) << *ReadFile(dir.File("run.log"));
+  sim->Signal(SIGKILL);
+  sim->Wait(5000);
+  const size_t before = CountRecords(dir.File("out"));
+  std::this_thread::sleep_for(std::chrono::seconds(60));
+  // Nothing was written while nothing could answer: no task failed.
+  EXPECT_LE(CountRecords(dir.File("out")), before + 2);
+  EXPECT_TRUE(run.Running());
   auto log = ReadFile(dir.File("run/logs/worker-0.log"));
   ASSERT_TRUE(log.ok());
-  EXPECT_NE(log->find("pausing admission"), std::string::npos) << *log;
-  for (const auto& r : ReadRecords(dir.File("out"))) {
-    EXPECT_EQ(r["status"], "failed");
-    EXPECT_EQ(r["reason"], "llm_error");
-  }
+  EXPECT_NE(log->find("marked unhealthy"), std::string::npos) << *log;
+  sim = std::make_unique<ChildProcess>(sim_argv, dir.File("sim2.log"));
+  EXPECT_EQ(run.Wait(240000), 0) << *ReadFile(dir.File("run.log"));
+  auto records = ReadRecords(dir.File("out"));
+  std::vector<std::string> dups;
+  EXPECT_EQ(TaskIds(records, &dups).size(), 300u);
+  EXPECT_TRUE(dups.empty());
+  for (const auto& r : records) EXPECT_EQ(r["status"], "done") << r.dump();
 }
 
 }  // namespace

@@ -481,15 +481,25 @@ TEST(LlmClientTest, DroppedConnectionIsRetried) {
   EXPECT_EQ(r.attempts, 2);
 }
 
-TEST(LlmClientTest, ConnectionRefusedExhaustsRetries) {
+// Nothing listens: an outage, not the request's fault. The attempts use none
+// of max_retries; the request waits out outage_s and then fails saying so.
+TEST(LlmClientTest, ConnectionRefusedWaitsOutTheOutageWithoutUsingRetries) {
   PoolConfig pool = MakePool({"http://127.0.0.1:" + std::to_string(test::UnusedPort()) + "/v1"});
-  pool.max_retries = 2;
+  pool.max_retries = 0;
+  pool.outage_s = 1.0;
+  pool.backoff_base_s = 0.05;
+  pool.backoff_max_s = 0.1;
   auto client = MakeClient({pool});
   ASSERT_TRUE(client);
+  const auto t0 = std::chrono::steady_clock::now();
   client->Submit(MakeRequest(1));
   ChatResult r = WaitOne(*client);
-  EXPECT_EQ(r.status.code(), StatusCode::kUnavailable) << r.status.ToString();
-  EXPECT_EQ(r.attempts, 3);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(r.status.code() == StatusCode::kUnavailable || r.status.code() == StatusCode::kDeadlineExceeded)
+      << r.status.ToString();
+  EXPECT_NE(r.status.message().find("1 s"), std::string::npos) << r.status.ToString();
+  EXPECT_GE(r.attempts, 2);  // max_retries 0, yet it tried again
+  EXPECT_GE(waited, 0.9);
   EXPECT_EQ(r.http_status, 0);
 }
 
