@@ -16,6 +16,8 @@ ConcurrencyLimiter::ConcurrencyLimiter(AimdOptions options) : options_(options) 
     options_.latency_decrease = 0.9;
   if (!(options_.latency_weight > 0 && options_.latency_weight <= 1)) options_.latency_weight = 0.1;
   if (options_.initial_window_ns < 0) options_.initial_window_ns = 0;
+  if (!(options_.decrease_share >= 0 && options_.decrease_share <= 1)) options_.decrease_share = 0.5;
+  if (!(options_.share_weight > 0 && options_.share_weight <= 1)) options_.share_weight = 1.0 / 16;
   limit_ = options_.ceiling;
 }
 
@@ -34,15 +36,19 @@ bool ConcurrencyLimiter::OnSuccess(int64_t start_ns, int64_t now_ns) {
                   (1 - options_.latency_weight) * static_cast<double>(mean_latency_ns_);
     mean_latency_ns_ = std::max<int64_t>(1, std::llround(mean));
   }
+  overload_share_ *= 1 - options_.share_weight;
   if (!options_.enabled) return false;
   if (options_.latency_target_ns > 0 && mean_latency_ns_ > options_.latency_target_ns)
     return Decrease(options_.latency_decrease, start_ns, now_ns);
-  limit_ = std::min<double>(options_.ceiling, limit_ + options_.increase / limit_);
+  const bool calm = overload_share_ < options_.calm_share;
+  limit_ = std::min<double>(options_.ceiling, limit_ + options_.increase / (calm ? 1.0 : limit_));
   return false;
 }
 
 bool ConcurrencyLimiter::OnOverload(int64_t start_ns, int64_t now_ns) {
+  overload_share_ = options_.share_weight + (1 - options_.share_weight) * overload_share_;
   if (!options_.enabled) return false;
+  if (overload_share_ < options_.decrease_share) return false;  // scattered faults, not overload
   return Decrease(options_.decrease, start_ns, now_ns);
 }
 

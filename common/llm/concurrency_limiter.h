@@ -3,10 +3,18 @@
 // The limit starts at the ceiling (the pool's max_concurrency_per_endpoint)
 // and moves with what the endpoint answers:
 //   - overload (429, 503, an attempt that timed out): limit *= decrease,
-//     never below 1;
+//     never below 1, but only while overload answers are at least
+//     `decrease_share` of the recent ones (a moving average over about
+//     1 / share_weight attempts). An endpoint that is really over capacity
+//     answers mostly 429/503; faults scattered among successes (a flaky
+//     proxy, a few hung requests) say nothing about the load and must not
+//     drive the limit down to a trickle;
 //   - success: limit += increase / limit, never above the ceiling, so the
 //     limit grows by about `increase` per `limit` successes (about one per
-//     round trip while the endpoint is kept busy);
+//     round trip while the endpoint is kept busy). Once overloads have
+//     stopped (their share below `calm_share`) it grows by `increase` per
+//     success instead, doubling per round trip, so the limit recovers in a
+//     few round trips when the errors stop;
 //   - latency signal (latency_target_ns > 0): while the moving average of
 //     success latencies is above the target, a success does not grow the
 //     limit and counts as a mild overload (limit *= latency_decrease).
@@ -37,6 +45,9 @@ struct AimdOptions {
   double latency_decrease = 0.9;              // factor while mean latency is above target
   double latency_weight = 0.1;                // weight of the newest sample in the mean, (0, 1]
   int64_t initial_window_ns = 1'000'000'000;  // decrease window before any latency is known
+  double decrease_share = 0.5;                // overload share needed for a decrease; 0: any overload
+  double calm_share = 0.02;                   // below it, growth is fast; < 0: always additive
+  double share_weight = 1.0 / 16;             // weight of the newest outcome in the share, (0, 1]
 };
 
 class ConcurrencyLimiter {
@@ -48,6 +59,8 @@ class ConcurrencyLimiter {
   int cap() const;
   // Moving average of success latencies; 0 until one was measured.
   int64_t mean_latency_ns() const { return mean_latency_ns_; }
+  // Moving share of overload answers among recent outcomes, in [0, 1].
+  double overload_share() const { return overload_share_; }
   // Shortest time between two decreases.
   int64_t window_ns() const;
 
@@ -64,6 +77,7 @@ class ConcurrencyLimiter {
   AimdOptions options_;
   double limit_;
   int64_t mean_latency_ns_ = 0;
+  double overload_share_ = 0;
   bool decreased_ = false;        // a decrease has happened
   int64_t last_decrease_ns_ = 0;  // meaningful once decreased_
 };

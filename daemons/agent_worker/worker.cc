@@ -69,6 +69,9 @@ class Worker::Impl final : public AgentHost {
       std::string line;
     };
     std::deque<Blocked> blocked;
+    // From a predecessor of this worker in the same run (InheritProgress).
+    int64_t inherited_preexisting = -1;
+    std::map<std::string, int64_t> inherited_counts;
   };
   // One task being worked on: delivered under a lease, or newly admitted.
   struct TaskRun {
@@ -117,6 +120,7 @@ class Worker::Impl final : public AgentHost {
   void FreeRefs(const wire::Task& task);
   // Sources and sinks.
   void HandleSink(uint64_t id);
+  void InheritProgress();
   void WriteRecord(TaskRun& run);
   // Which task this process handles now, and how often each task was being
   // handled when a worker of this run died.
@@ -218,6 +222,7 @@ class Worker::Impl final : public AgentHost {
 
   // Counters reported in the progress file.
   int64_t refused_ = 0, invalid_ = 0, steps_run_ = 0, llm_calls_ = 0, llm_errors_ = 0;
+  int64_t llm_attempts_ = 0;  // HTTP attempts of the calls (retries included)
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0, duplicates_ = 0, lost_ = 0;
   int64_t offloaded_ = 0, hops_ = 0, archived_segments_ = 0;
   std::map<std::string, int64_t> role_in_flight_;
@@ -351,6 +356,7 @@ Status Worker::Impl::Init() {
     partitions_.push_back(std::move(part));
   }
 
+  InheritProgress();
   metrics::RegisterProcessMetrics(metrics_registry_, *clock_);
   refused_mismatch_ = metrics_.Refused("pipeline_mismatch");
   refused_malformed_ = metrics_.Refused("malformed");
@@ -724,6 +730,7 @@ void Worker::Impl::OnLlmResults() {
     TaskRun& run = it->second;
     Handling handling(crash_, run.task.task_id);
     ++llm_calls_;
+    llm_attempts_ += std::max(1, res.attempts);
     RecordLlmResult(res, run.role->model);
     // Cancelled calls (shutdown) say nothing about the endpoints.
     if (res.status.code() != StatusCode::kCancelled) NoteLlmOutcome(res.status.ok());
@@ -1154,6 +1161,45 @@ void Worker::Impl::Admit() {
   }
 }
 
+void Worker::Impl::InheritProgress() {
+  // A predecessor of the same name in this run (it died and was restarted):
+  // its counts go on from where they were, so progress never goes back.
+  if (config_.run_dir.empty()) return;
+  auto text = ReadFile(config_.run_dir + "/progress/" + config_.worker_id + ".json");
+  if (!text.ok()) return;
+  Json prev = Json::parse(*text, nullptr, false);
+  if (!prev.is_object() || prev.value("job", "") != config_.job_id) return;
+  auto num = [&prev](const char* key) {
+    auto it = prev.find(key);
+    return it != prev.end() && it->is_number_integer() ? it->get<int64_t>() : int64_t{0};
+  };
+  started_us_ = num("started_us") > 0 ? num("started_us") : started_us_;
+  hops_ += num("hops");
+  steps_run_ += num("steps");
+  llm_calls_ += num("llm_calls");
+  llm_errors_ += num("llm_errors");
+  llm_attempts_ += num("llm_attempts");
+  prompt_tokens_ += num("prompt_tokens");
+  completion_tokens_ += num("completion_tokens");
+  lost_ += num("lost");
+  duplicates_ += num("duplicates");
+  if (auto it = prev.find("tokens_by_model"); it != prev.end() && it->is_object())
+    for (const auto& [model, t] : it->items())
+      if (t.is_object()) {
+        model_tokens_[model].first += t.value("prompt", int64_t{0});
+        model_tokens_[model].second += t.value("completion", int64_t{0});
+      }
+  if (auto it = prev.find("partitions"); it != prev.end() && it->is_object())
+    for (auto& part : partitions_) {
+      auto pj = it->find(part.owner);
+      if (pj == it->end() || !pj->is_object()) continue;
+      part.inherited_preexisting = pj->value("preexisting", int64_t{-1});
+      if (auto c = pj->find("counts"); c != pj->end() && c->is_object())
+        for (const auto& [status, n] : c->items())
+          if (n.is_number_integer()) part.inherited_counts[status] += n.get<int64_t>();
+    }
+}
+
 void Worker::Impl::WriteProgress(bool final) {
   // One marker file per finished partition: what `matrix node` counts to
   // know the whole run is done, without reading every progress file.
@@ -1168,10 +1214,12 @@ void Worker::Impl::WriteProgress(bool final) {
   if (config_.run_dir.empty()) return;
   Json parts = Json::object();
   for (const auto& p : partitions_) {
+    std::map<std::string, int64_t> merged = p.inherited_counts;
+    for (const auto& [status, n] : p.sink->counts()) merged[status] += n;
     Json counts = Json::object();
-    for (const auto& [status, n] : p.sink->counts()) counts[status] = n;
+    for (const auto& [status, n] : merged) counts[status] = n;
     parts[p.owner] = {{"total", p.source->total_tasks()},
-                      {"preexisting", p.sink->preexisting()},
+                      {"preexisting", p.inherited_preexisting >= 0 ? p.inherited_preexisting : p.sink->preexisting()},
                       {"skipped", p.source->skipped()},
                       {"admitted", p.source->admitted()},
                       {"in_flight", p.source->in_flight()},
@@ -1195,6 +1243,7 @@ void Worker::Impl::WriteProgress(bool final) {
                    {"steps", steps_run_},
                    {"llm_calls", llm_calls_},
                    {"llm_errors", llm_errors_},
+                   {"llm_attempts", llm_attempts_},
                    {"prompt_tokens", prompt_tokens_},
                    {"completion_tokens", completion_tokens_},
                    {"offloaded", offloaded_},

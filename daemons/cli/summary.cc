@@ -256,6 +256,7 @@ Progress ReadProgress(const std::string& run_dir, const std::string& job) {
     p.completion_tokens += j.value("completion_tokens", 0);
     p.llm_calls += j.value("llm_calls", 0);
     p.llm_errors += j.value("llm_errors", 0);
+    p.llm_attempts += j.value("llm_attempts", int64_t{0});
     if (j.contains("output_blocked") && j["output_blocked"].is_object()) {
       const Json& b = j["output_blocked"];
       const double for_s = b.value("for_s", 0.0);
@@ -308,14 +309,17 @@ std::string FormatCost(const Progress& p) {
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s) {
   double pct = p.total ? 100.0 * p.written / p.total : 0.0;
   double err = p.llm_calls ? 100.0 * p.llm_errors / p.llm_calls : 0.0;
+  // Attempts beyond the first of each call: what faults cost, even when calls end well.
+  double retried = p.llm_attempts > 0 ? 100.0 * (p.llm_attempts - p.llm_calls) / p.llm_attempts : 0.0;
   int64_t remaining = p.total - p.written;
   double eta = tasks_per_s > 0 ? remaining / tasks_per_s : -1;
   char buf[512];
   std::snprintf(buf, sizeof(buf),
-                "%lld/%lld tasks %.1f%% | in flight %lld | failed %lld | %.0f tok/s | LLM errors %.1f%% | "
-                "elapsed %s | ETA %s",
+                "%lld/%lld tasks %.1f%% | in flight %lld | failed %lld | %.0f tok/s | LLM errors %.1f%%, "
+                "retries %.1f%% | elapsed %s | ETA %s",
                 static_cast<long long>(p.written), static_cast<long long>(p.total), pct,
                 static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), tokens_per_s, err,
+                std::max(0.0, retried),
                 FormatDuration(elapsed_s).c_str(), remaining == 0 ? "0:00" : FormatDuration(eta).c_str());
   std::string line = buf;
   if (const std::string cost = FormatCost(p); !cost.empty()) line += " | " + cost;

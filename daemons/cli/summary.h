@@ -86,6 +86,7 @@ struct Progress {
   int64_t tokens = 0;       // prompt + completion tokens this run
   int64_t completion_tokens = 0;
   int64_t llm_calls = 0, llm_errors = 0;
+  int64_t llm_attempts = 0;  // HTTP attempts, retries included
   int partitions = 0, partitions_finished = 0;
   Json roles_in_flight = Json::object();
   std::string io_error;   // why some worker's output is blocked ("write .../p0.jsonl: No space left on device")
@@ -110,7 +111,7 @@ std::optional<Cost> CostSoFar(const Progress& p);
 // projection starts); "" without prices.
 std::string FormatCost(const Progress& p);
 
-// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1% | ETA 0:42",
+// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1%, retries 2.5% | ETA 0:42",
 // then " | " and FormatCost() when there are prices.
 std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s);
 std::string FormatDuration(double seconds);

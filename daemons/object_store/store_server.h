@@ -78,10 +78,12 @@ class StoreServer {
   StoreServerStats stats() const;
   // The StatsReply body: every counter of stats() plus the node name.
   std::string StatsJson() const;
+  // What RunOnce() does with every message its socket reads: frames[0] is the
+  // peer's routing identity. Public for the fuzz target of the handler.
+  void HandleMessage(std::vector<std::string>& frames);
 
  private:
   StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr<ObjectTable> table);
-  void HandleMessage(std::vector<std::string>& frames);
   void Malformed(const std::string& peer, const std::string& why);
   void Reply(std::vector<std::string> frames);
   // Brings the metrics up to date with the table's and the server's counts.

@@ -161,12 +161,14 @@ void BrokerServer::HandleMessage(std::vector<std::string>& frames) {
   } else if (auto* hb = std::get_if<wire::HeartbeatMsg>(&control->body)) {
     core_.OnHeartbeat(peer, *hb);
   } else if (std::holds_alternative<wire::StatsRequestMsg>(control->body)) {
-    out.push_back({peer, wire::Control{config_.core.broker_id, wire::StatsReplyMsg{DumpJson(core_.Stats())}}, {}});
+    out.push_back({peer, wire::Control{config_.core.broker_id, wire::StatsReplyMsg{StatsJson()}}, {}});
   } else {
     return invalid("unexpected message type for a broker");
   }
   SendAll(out);
 }
+
+std::string BrokerServer::StatsJson() const { return DumpJson(core_.Stats()); }
 
 void BrokerServer::Malformed(const std::string& peer, const std::string& why) {
   core_.CountInvalid();

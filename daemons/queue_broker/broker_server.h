@@ -64,11 +64,15 @@ class BrokerServer {
   const std::string& endpoint() const;
   // "host:port" of the metrics server; empty when metrics are not served.
   std::string metrics_address() const;
+  // What Run() does with every message its socket reads: frames[0] is the
+  // peer's routing identity. Public for the fuzz target of the handler.
+  void HandleMessage(std::vector<std::string>& frames);
+  // The StatsReply body (what `matrix status` shows).
+  std::string StatsJson() const;
 
  private:
   BrokerServer(BrokerServerConfig config, const Clock* clock);
   struct Link;
-  void HandleMessage(std::vector<std::string>& frames);
   // Counts a malformed message and logs it (rate-limited per peer).
   void Malformed(const std::string& peer, const std::string& why);
   void HandleLinkMessage(Link& link, std::vector<std::string>& frames);

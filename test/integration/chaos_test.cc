@@ -66,6 +66,10 @@ TEST(ChaosTest, RandomKillsOfWorkersBrokerAndStoreLoseNothing) {
   for (const auto& r : records)
     if (r["status"] != "done") by_reason[r["reason"].get<std::string>() + ": " + r.value("error", "")]++;
   for (const auto& [why, n] : by_reason) ADD_FAILURE() << n << " tasks not done: " << why;
+  // Counts add up across restarts: a restarted worker goes on from its predecessor's.
+  Json summary = Json::parse(*ReadFile(dir.File("out/summary.json")));
+  EXPECT_EQ(summary["resumed_from_earlier_runs"], 0) << summary.dump();
+  EXPECT_EQ(summary["written_this_run"], kTasks) << summary.dump();
 }
 
 TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {

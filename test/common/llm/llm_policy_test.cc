@@ -418,9 +418,13 @@ TEST(EndpointBalancerTest, AllRetiredPicksNothing) {
 
 // --- Adaptive concurrency (AIMD) ------------------------------------------------
 
+// The windowing mechanics on their own: every overload counts and growth is
+// always additive. (The share rule and fast recovery have tests of their own.)
 AimdOptions Aimd(int ceiling) {
   AimdOptions o;
   o.ceiling = ceiling;
+  o.decrease_share = 0;
+  o.calm_share = -1;
   return o;
 }
 
@@ -429,6 +433,54 @@ bool SucceedAfter(ConcurrencyLimiter& limiter, FakeClock& clock, int64_t ms) {
   const int64_t start = clock.NowNanos();
   clock.AdvanceMillis(ms);
   return limiter.OnSuccess(start, clock.NowNanos());
+}
+
+TEST(ConcurrencyLimiterTest, ScatteredFaultsAmongSuccessesDoNotShrinkTheLimit) {
+  FakeClock clock;
+  AimdOptions o;
+  o.ceiling = 64;
+  ConcurrencyLimiter limiter(o);
+  // One answer in three is a 429 or a timeout, the rest succeed: a flaky
+  // endpoint, not an overloaded one.
+  for (int i = 0; i < 3000; ++i) {
+    const int64_t start = clock.NowNanos();
+    clock.AdvanceMillis(10);
+    if (i % 3 == 0) {
+      EXPECT_FALSE(limiter.OnOverload(start, clock.NowNanos())) << i;
+    } else {
+      limiter.OnSuccess(start, clock.NowNanos());
+    }
+  }
+  EXPECT_EQ(limiter.limit(), 64);
+  EXPECT_NEAR(limiter.overload_share(), 0.33, 0.1);
+}
+
+TEST(ConcurrencyLimiterTest, MostlyOverloadAnswersShrinkTheLimitAndItRecoversFastWhenTheyStop) {
+  FakeClock clock;
+  AimdOptions o;
+  o.ceiling = 256;
+  o.initial_window_ns = 0;
+  ConcurrencyLimiter limiter(o);
+  // An endpoint over capacity: nine answers in ten are 429.
+  for (int i = 0; i < 400; ++i) {
+    const int64_t start = clock.NowNanos();
+    clock.AdvanceMillis(10);
+    if (i % 10 == 9) {
+      limiter.OnSuccess(start, clock.NowNanos());
+    } else {
+      limiter.OnOverload(start, clock.NowNanos());
+    }
+  }
+  EXPECT_LE(limiter.limit(), 4);
+  // The overload is over: within a few hundred successes (a few round trips
+  // at these limits), the limit is back at the ceiling, not after 250 round trips.
+  int successes = 0;
+  while (limiter.limit() < 256 && successes < 5000) {
+    SucceedAfter(limiter, clock, 10);
+    ++successes;
+  }
+  EXPECT_EQ(limiter.limit(), 256);
+  EXPECT_LT(successes, 400);
 }
 
 TEST(ConcurrencyLimiterTest, StartsAtTheCeiling) {
