@@ -45,6 +45,8 @@
 //       timeout_s: 120            # per request
 //       outage_s: 600             # while no endpoint can be reached, requests wait this long
 //                                 # (connection failures use no retries), then fail
+//       patience_factor: 8        # an attempt waits at most this times the endpoint's mean
+//                                 # answer time (>= 3 s, doubling per retry, <= timeout_s); 0: timeout_s
 //       max_retries: 4            # on 429 / 5xx / timeouts
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
@@ -204,6 +206,7 @@ struct ModelConfig {
   int max_concurrency_per_endpoint = 256;
   double timeout_s = 120;
   double outage_s = 600;
+  double patience_factor = 8;
   int max_retries = 4;
   double requests_per_s = 0;
   bool sticky = false;

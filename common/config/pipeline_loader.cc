@@ -230,7 +230,7 @@ const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "trials", "ma
                                            "task_timeout_s", "seed"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",
-                                             "outage_s", "max_retries", "requests_per_s", "sticky", "sampling",
+                                             "outage_s", "patience_factor", "max_retries", "requests_per_s", "sticky", "sampling",
                                              "price"};
 const std::vector<std::string> kPriceKeys = {"input_per_million", "output_per_million", "currency"};
 const std::vector<std::string> kRoleCommonKeys = {"type", "concurrency"};
@@ -1385,6 +1385,7 @@ class Builder {
       GetInt(m, path, "max_concurrency_per_endpoint", &mc.max_concurrency_per_endpoint, 1);
       GetDouble(m, path, "timeout_s", &mc.timeout_s, false);
       GetDouble(m, path, "outage_s", &mc.outage_s, false);
+      GetDouble(m, path, "patience_factor", &mc.patience_factor, true);
       GetInt(m, path, "max_retries", &mc.max_retries, 0, 100);
       GetDouble(m, path, "requests_per_s", &mc.requests_per_s, true);
       GetBool(m, path, "sticky", &mc.sticky);

@@ -152,6 +152,14 @@ struct Pool {
   curl_slist* headers = nullptr;  // shared by all of the pool's transfers
 };
 
+// How long one attempt may take. A user request's first attempt waits at
+// most patience_factor times the endpoint's mean success latency (at least
+// min_patience_s), each further attempt twice as long as the one before, and
+// never more than timeout_s: a request the server forgot (hung) is retried
+// after seconds, while a slow, legitimate one still gets the whole timeout
+// after a few tries.
+double AttemptTimeoutSeconds(const Call& call, const Pool& pool);
+
 // How long the pool's requests wait while no endpoint can be reached.
 double OutageSeconds(const Pool& pool) { return pool.cfg.outage_s > 0 ? pool.cfg.outage_s : pool.cfg.timeout_s; }
 
@@ -165,6 +173,7 @@ struct Call {
   int attempts = 0;
   int unreachable_attempts = 0;      // attempts that could not connect (not charged to max_retries)
   int64_t unreachable_since_ns = -1;  // when the current run of them began; -1: none
+  bool outage = false;                // ended because no endpoint was reachable (ChatResult::outage)
   int endpoint = -1;  // endpoint of the current or last attempt
   int64_t attempt_start_ns = 0;
   CURL* easy = nullptr;  // non-null while in the multi handle
@@ -178,6 +187,18 @@ struct Call {
   std::string last_error;
   std::string last_error_body;
 };
+
+double AttemptTimeoutSeconds(const Call& call, const Pool& pool) {
+  const double timeout = pool.cfg.timeout_s;
+  if (call.health_probe || pool.cfg.patience_factor <= 0 || call.endpoint < 0 ||
+      static_cast<size_t>(call.endpoint) >= pool.limiters.size())
+    return timeout;
+  const int64_t mean_ns = pool.limiters[call.endpoint].mean_latency_ns();
+  if (mean_ns <= 0) return timeout;  // nothing measured yet
+  double patience = std::max(pool.cfg.min_patience_s, pool.cfg.patience_factor * static_cast<double>(mean_ns) / 1e9);
+  for (int i = 1; i < call.attempts && patience < timeout; ++i) patience *= 2;
+  return std::min(timeout, patience);
+}
 
 size_t OnBody(char* data, size_t size, size_t nmemb, void* user) {
   Call* call = static_cast<Call*>(user);
@@ -782,6 +803,7 @@ void LlmClient::Impl::ExpireUnserved(int64_t now_ns) {
     for (Call* call : expired) {
       std::string msg = "llm pool '" + name + "': " + why;
       if (!call->last_error.empty()) msg += "; last attempt: " + call->last_error;
+      call->outage = true;
       CompleteCall(call, DeadlineExceeded(msg), nullptr, call->last_http);
     }
   }
@@ -872,7 +894,7 @@ CURL* LlmClient::Impl::PrepareEasy(Call* call, const Pool& pool, const Endpoint&
   curl_easy_setopt(e, CURLOPT_PRIVATE, call);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(pool.cfg.timeout_s * 1000)));
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(AttemptTimeoutSeconds(*call, pool) * 1000)));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::ceil(pool.cfg.connect_timeout_s * 1000)));
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -1015,6 +1037,7 @@ void LlmClient::Impl::OnAttemptDone(Call* call, CURLcode code, long http_long) {
     if (now - call->unreachable_since_ns > static_cast<int64_t>(OutageSeconds(pool) * 1e9)) {
       std::string msg = "llm pool '" + pool.cfg.name + "': no endpoint reachable for " +
                         FormatSeconds(OutageSeconds(pool)) + " s; last: " + call->last_error;
+      call->outage = true;
       CompleteCall(call, Unavailable(msg), nullptr, http);
       return;
     }
@@ -1107,6 +1130,7 @@ void LlmClient::Impl::CompleteCall(Call* call, Status status, ParsedCompletion* 
   r.status = std::move(status);
   r.http_status = http;
   r.attempts = call->attempts;
+  r.outage = call->outage;
   r.latency_ns = clock_->NowNanos() - call->submit_ns;
   if (call->endpoint >= 0) r.endpoint = call->pool->endpoints[call->endpoint]->display;
   if (parsed != nullptr) {

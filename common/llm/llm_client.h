@@ -116,6 +116,13 @@ struct PoolConfig {
   // Whole-request and connect timeouts of one attempt, seconds (> 0).
   double timeout_s = 120;
   double connect_timeout_s = 10;
+  // Patience with one attempt: the first waits at most patience_factor times
+  // the endpoint's mean success latency (at least min_patience_s), each retry
+  // twice as long as the one before, never more than timeout_s; 0 disables
+  // (every attempt gets timeout_s). A request the server never answers costs
+  // seconds, not the whole timeout.
+  double patience_factor = 8;
+  double min_patience_s = 3;
   // How long requests wait while no endpoint of the pool can be reached
   // (connection refused, unknown host, every breaker open), seconds; 0 means
   // timeout_s. Attempts that could not connect use none of max_retries: an
@@ -170,6 +177,9 @@ struct ChatResult {
   int attempts = 0;        // HTTP attempts made
   int64_t latency_ns = 0;  // Submit() to result, queueing and retries included
   std::string error_body;  // the server's error text (truncated, secrets removed)
+  // The call failed because no endpoint of its pool could be reached for
+  // outage_s (not because of the request): callers should not charge it.
+  bool outage = false;
   Json raw;  // response body with choices cut to the first (usage, logprobs, token ids kept)
 };
 

@@ -103,6 +103,12 @@ class LlmAgent final : public Agent {
     uint64_t run_id = call.run_id;
     std::string model = call.model;
     host.CallLlm(run_id, model, std::move(body), [&host, call = std::move(call)](llm::ChatResult& res) {
+      if (!res.status.ok() && res.outage) {
+        // The model was unreachable for its whole outage_s: not this task's
+        // doing. Its owner admits it again (free) when the model is back.
+        return host.Complete(call.run_id, StepOutcome::Lost("llm_outage", "step '" + call.step + "' model '" +
+                                                                              call.model + "': " + res.status.ToString()));
+      }
       if (!res.status.ok()) {
         return host.Complete(call.run_id,
                              StepOutcome::Failed("llm_error", "step '" + call.step + "' model '" + call.model +

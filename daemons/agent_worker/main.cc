@@ -8,6 +8,10 @@
 // --run-dir, publishes the address in <run-dir>/endpoints/<id>.metrics.
 #include <signal.h>
 
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+
 #include <sstream>
 
 #include "common/base/files.h"
@@ -62,7 +66,16 @@ int main(int argc, char** argv) {
   config.output_dir = flags->Get("output-dir", pipeline->run.output_dir);
   config.run_dir = flags->Get("run-dir");
   config.metrics_bind = flags->Get("metrics", "127.0.0.1:0");  // "": not served
-  for (const auto& p : SplitList(flags->Get("partitions"))) config.partitions.push_back(std::stoul(p));
+  for (const auto& p : SplitList(flags->Get("partitions"))) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long v = std::strtoul(p.c_str(), &end, 10);
+    if (p.empty() || *end != '\0' || errno != 0 || v > UINT32_MAX) {
+      LOG_ERROR << "--partitions: '" << p << "' is not a partition number";
+      return 2;
+    }
+    config.partitions.push_back(static_cast<uint32_t>(v));
+  }
   config.roles = SplitList(flags->Get("roles"));
   config.grace_s = flags->GetDouble("grace-s", config.grace_s);
   config.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", config.heartbeat_ms));

@@ -295,6 +295,7 @@ Status Worker::Impl::Init() {
     p.max_concurrency_per_endpoint = model.max_concurrency_per_endpoint;
     p.timeout_s = model.timeout_s;
     p.outage_s = model.outage_s;
+    p.patience_factor = model.patience_factor;
     p.max_retries = model.max_retries;
     p.sticky = model.sticky;
     pools.push_back(std::move(p));
@@ -969,11 +970,14 @@ void Worker::Impl::HandleSink(uint64_t id) {
     return;
   }
   if (run.task.status == wire::TaskStatus::kLost &&
-      (run.task.reason == "object_unavailable" || run.task.reason == "env_lost") &&
+      (run.task.reason == "object_unavailable" || run.task.reason == "env_lost" || run.task.reason == "llm_outage") &&
       part->source->Readmit(run.task.task_id, static_cast<uint32_t>(pipeline_->run.max_attempts),
                             /*charge=*/false)) {
     // Its stored content is gone (a store restarted): run it again from its row.
-    LOG_INFO << "task " << run.task.task_id << " lost " << (run.task.reason == "env_lost" ? "its environment" : "its stored objects")
+    LOG_INFO << "task " << run.task.task_id << " lost "
+             << (run.task.reason == "env_lost"     ? "its environment"
+                 : run.task.reason == "llm_outage" ? "its model (no endpoint reachable)"
+                                                   : "its stored objects")
              << "; admitting it again (attempt "
              << run.task.attempt + 1 << ")";
     FreeRefs(run.task);

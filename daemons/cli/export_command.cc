@@ -29,8 +29,8 @@ std::vector<std::string> RecordFiles(const std::string& dir) {
     std::string name = e->d_name;
     if (name.size() < 8 || name[0] != 'p' || name.compare(name.size() - 6, 6, ".jsonl") != 0) continue;
     std::string digits = name.substr(1, name.size() - 7);
-    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    found.push_back({std::stol(digits), dir + "/" + name});
+    if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    found.push_back({std::strtol(digits.c_str(), nullptr, 10), dir + "/" + name});
   }
   closedir(d);
   std::sort(found.begin(), found.end());

@@ -210,6 +210,7 @@ int RunPipeline(const RunOptions& opt) {
   bool interrupted = false;
   int stop_signal = 0;
   std::string stopped_because;  // a reason to stop before every partition is finished
+  std::map<std::string, double> down_since;  // model -> when it was first seen with no healthy endpoint
   Progress p;
   bool seen_progress = false;
   while (true) {
@@ -245,7 +246,24 @@ int RunPipeline(const RunOptions& opt) {
     double dt = t - window.front().first;
     double tok_s = dt > 0 ? (p.tokens - window.front().second.first) / dt : 0;
     double task_s = dt > 0 ? (p.written - window.front().second.second) / dt : 0;
-    std::string line = FormatProgress(p, t, tok_s, task_s);
+    // A model none of whose endpoints answers: the run waits (nothing is
+    // charged) for up to its outage_s, then stops; the waiting tasks have no
+    // record, so the same command picks them up once the model is back.
+    std::string down;
+    for (const auto& [name, model] : pipeline.models) {
+      auto it = p.model_up.find(name);
+      if (it == p.model_up.end() || it->second) {
+        down_since.erase(name);
+        continue;
+      }
+      const double since = down_since.emplace(name, t).first->second;
+      down += "MODEL " + name + " UNREACHABLE " + FormatDuration(t - since) + " | ";
+      if (t - since > model.outage_s && stopped_because.empty())
+        stopped_because = "stopping: no endpoint of model '" + name + "' has answered for " +
+                          FormatDuration(t - since) + " (its outage_s is " + FormatDuration(model.outage_s) +
+                          "); run the same command again once it is back: the waiting tasks have no record yet";
+    }
+    std::string line = down + FormatProgress(p, t, tok_s, task_s);
     if (tty) {
       // One write: a terminal never shows the cleared line without the new one.
       std::cerr << ("\r\033[K" + line) << std::flush;
@@ -254,6 +272,7 @@ int RunPipeline(const RunOptions& opt) {
       last_line = std::chrono::steady_clock::now();
       std::cerr << line << "\n";
     }
+    if (!stopped_because.empty()) break;
     if (!p.io_error.empty() && p.io_error_s > opt.io_error_limit_s) {
       stopped_because = "stopping: output blocked for " + FormatDuration(p.io_error_s) + ": " + p.io_error +
                         " (limit " + FormatDuration(opt.io_error_limit_s) + "); free space and run the same command again";

@@ -257,6 +257,12 @@ Progress ReadProgress(const std::string& run_dir, const std::string& job) {
     p.llm_calls += j.value("llm_calls", 0);
     p.llm_errors += j.value("llm_errors", 0);
     p.llm_attempts += j.value("llm_attempts", int64_t{0});
+    if (j.contains("endpoints") && j["endpoints"].is_array())
+      for (const auto& e : j["endpoints"]) {
+        if (!e.is_object() || !e.contains("pool") || !e["pool"].is_string()) continue;
+        bool& up = p.model_up[e["pool"].get<std::string>()];
+        up = up || e.value("state", "") == "healthy";
+      }
     if (j.contains("output_blocked") && j["output_blocked"].is_object()) {
       const Json& b = j["output_blocked"];
       const double for_s = b.value("for_s", 0.0);

@@ -89,6 +89,7 @@ struct Progress {
   int64_t llm_attempts = 0;  // HTTP attempts, retries included
   int partitions = 0, partitions_finished = 0;
   Json roles_in_flight = Json::object();
+  std::map<std::string, bool> model_up;  // model -> some worker has a healthy endpoint of it
   std::string io_error;   // why some worker's output is blocked ("write .../p0.jsonl: No space left on device")
   double io_error_s = 0;  // for how long (the longest of the workers)
   TokensByModel tokens_by_model;  // this run

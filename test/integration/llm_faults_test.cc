@@ -100,10 +100,10 @@ TEST(LlmFaultsTest, AnEndpointDownForAMinuteCostsNoTask) {
   ASSERT_TRUE(WaitUntil([&] { return CountRecords(dir.File("out")) >= 30; }, 60000)) << *ReadFile(dir.File("run.log"));
   sim->Signal(SIGKILL);
   sim->Wait(5000);
-  const size_t before = CountRecords(dir.File("out"));
   std::this_thread::sleep_for(std::chrono::seconds(60));
-  // Nothing was written while nothing could answer: no task failed.
-  EXPECT_LE(CountRecords(dir.File("out")), before + 2);
+  // No task failed while nothing could answer (a few in flight past their
+  // last call may have finished).
+  for (const auto& r : ReadRecords(dir.File("out"))) EXPECT_EQ(r["status"], "done") << r.dump();
   EXPECT_TRUE(run.Running());
   auto log = ReadFile(dir.File("run/logs/worker-0.log"));
   ASSERT_TRUE(log.ok());

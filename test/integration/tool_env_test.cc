@@ -170,7 +170,7 @@ void RunStockServer(const std::string& server) {
   int rc = RunCommand("TMPDIR=" + dir.path() + " " + BinPath("matrix") + " run " + SourcePath("test/data/pipelines/mcp_stock.yaml") +
                           " params.server=" + server + " --output " + dir.File("out") + " --quiet 2>&1",
                       &out);
-  ASSERT_EQ(rc, 0) << out;
+  ASSERT_TRUE(rc == 0 || rc == 3) << out;  // 3: a call past the limit failed its task (see below)
   auto records = ReadRecords(dir.File("out"));
   ASSERT_EQ(records.size(), 20u);
   int results = 0, ok_results = 0, done = 0;
