@@ -117,5 +117,26 @@ TEST(LlmFaultsTest, AnEndpointDownForAMinuteCostsNoTask) {
   for (const auto& r : records) EXPECT_EQ(r["status"], "done") << r.dump();
 }
 
+// The model never comes back: the run waits out the model's outage_s, then
+// stops with the reason and exit 1, charging no task; a rerun would pick all
+// of them up.
+TEST(LlmFaultsTest, AModelThatStaysUnreachableStopsTheRunWithoutFailingTasks) {
+  TempDir dir;
+  // Nothing listens on port 1.
+  ChildProcess run({BinPath("matrix"), "run", SourcePath("configs/coral.yaml"), "dataset.limit=200",
+                    "run.max_concurrent_tasks=20", "models.llama.endpoints=[http://127.0.0.1:1/v1]",
+                    "models.llama.outage_s=5", "--output", dir.File("out"), "--run-dir", dir.File("run"),
+                    "--progress-interval-s", "1", "--grace-s", "2"},
+                   dir.File("run.log"));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(run.Wait(60000), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(40));
+  auto log = ReadFile(dir.File("run.log"));
+  ASSERT_TRUE(log.ok());
+  EXPECT_NE(log->find("MODEL llama UNREACHABLE"), std::string::npos) << *log;
+  EXPECT_NE(log->find("no endpoint of model 'llama' has answered"), std::string::npos) << *log;
+  for (const auto& r : ReadRecords(dir.File("out"))) ADD_FAILURE() << "a task was charged: " << r.dump();
+}
+
 }  // namespace
 }  // namespace matrix::testing
