@@ -13,5 +13,5 @@ trap 'rm -rf "$OUT"' EXIT
 import json, sys
 s = json.load(open(f"{sys.argv[1]}/summary.json"))
 print(f"records {s['records']} unique {s['unique_tasks']} duplicates {s['duplicates']} by_status {s['by_status']}")
-print(f"tokens/s {s['tokens_per_s']:,.0f}  elapsed {s['elapsed_s']:.1f} s  agreement {s['rates'].get('agreement', 0):.3f}")
+print(f"completion tok/s {s['completion_tokens_per_s']:,.0f}  prompt tok/s {s['prompt_tokens_per_s']:,.0f}  elapsed {s['elapsed_s']:.1f} s  agreement {s['rates'].get('agreement', 0):.3f}")
 PY

@@ -21,7 +21,7 @@ StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
-Status WriteFileAtomic(const std::string& path, const std::string& data, int mode) {
+Status WriteFileAtomic(const std::string& path, const std::string& data, int mode, Durability durability) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return Unavailable("cannot create " + tmp + ": " + std::strerror(errno));
@@ -37,7 +37,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& data, int mod
     }
     off += static_cast<size_t>(n);
   }
-  ::fsync(fd);
+  if (durability == Durability::kPowerLoss) ::fsync(fd);
   ::close(fd);
   ::chmod(tmp.c_str(), mode);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -70,7 +70,7 @@ bool FileExists(const std::string& path) {
 Status WriteEndpointFile(const std::string& run_dir, const std::string& name,
                          const std::string& endpoint) {
   MATRIX_RETURN_IF_ERROR(MakeDirs(run_dir + "/endpoints", 0700));
-  return WriteFileAtomic(run_dir + "/endpoints/" + name, endpoint + "\n", 0600);
+  return WriteFileAtomic(run_dir + "/endpoints/" + name, endpoint + "\n", 0600, Durability::kProcessCrash);
 }
 
 StatusOr<std::string> WaitEndpointFile(const std::string& run_dir, const std::string& name,

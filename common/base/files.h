@@ -9,9 +9,17 @@
 namespace matrix {
 
 StatusOr<std::string> ReadFile(const std::string& path);
-// Writes `data` to `path` atomically (temp file in the same folder, fsync,
-// rename) with the given permission bits.
-Status WriteFileAtomic(const std::string& path, const std::string& data, int mode = 0644);
+// Whether WriteFileAtomic waits for the data to reach the disk.
+enum class Durability {
+  kProcessCrash,  // rename only: whole after any process crash, may be lost with a power cut
+  kPowerLoss,     // fsync before the rename: whole after a power cut too
+};
+// Writes `data` to `path` atomically (temp file in the same folder, rename)
+// with the given permission bits. Files rewritten every few hundred
+// milliseconds (progress, endpoints) use kProcessCrash: an fsync each costs
+// milliseconds of disk time on the hot path.
+Status WriteFileAtomic(const std::string& path, const std::string& data, int mode = 0644,
+                       Durability durability = Durability::kPowerLoss);
 Status MakeDirs(const std::string& path, int mode = 0755);
 bool FileExists(const std::string& path);
 

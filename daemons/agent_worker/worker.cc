@@ -44,6 +44,10 @@ class Worker::Impl final : public AgentHost {
   Status Init();
   Status Run();
   void Stop() { stop_requested_ = true; }
+  void HandleBrokerMessage(std::vector<std::string>& frames) {
+    OnBrokerMessage(frames);
+    FlushSubmits();
+  }
 
   // AgentHost
   const Clock& clock() const override { return *clock_; }
@@ -1295,7 +1299,8 @@ void Worker::Impl::WriteProgress(bool final) {
   }
   std::string dir = config_.run_dir + "/progress";
   if (MakeDirs(dir).ok()) {
-    Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", DumpJson(progress));
+    Status s = WriteFileAtomic(dir + "/" + config_.worker_id + ".json", DumpJson(progress), 0644,
+                               Durability::kProcessCrash);
     if (!s.ok()) LOG_WARN << s.message();
   }
 }
@@ -1421,6 +1426,7 @@ Status Worker::Impl::Run() {
 Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Worker::~Worker() = default;
 Status Worker::Run() { return impl_->Run(); }
+void Worker::HandleBrokerMessage(std::vector<std::string>& frames) { impl_->HandleBrokerMessage(frames); }
 void Worker::Stop() { impl_->Stop(); }
 
 StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config,

@@ -78,6 +78,10 @@ class Worker {
   ~Worker();
   Status Run();
   void Stop();
+  // What Run() does with every message read from the broker socket (frames
+  // as received: the control message, then the packed payloads), followed
+  // by sending what it produced. Public for the fuzz target of the handler.
+  void HandleBrokerMessage(std::vector<std::string>& frames);
 
   class Impl;
 

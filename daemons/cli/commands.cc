@@ -79,7 +79,7 @@ int StatusCommand(const std::string& run_dir) {
     updated = std::max(updated, w.value("updated_us", int64_t{0}));
   }
   const double elapsed = started < updated ? (updated - started) / 1e6 : 0;
-  std::cout << FormatProgress(p, elapsed, elapsed > 0 ? p.tokens / elapsed : 0,
+  std::cout << FormatProgress(p, elapsed, elapsed > 0 ? p.completion_tokens / elapsed : 0,
                               elapsed > 0 ? (p.written - p.preexisting) / elapsed : 0)
             << "\n";
   std::cout << "partitions: " << p.partitions_finished << "/" << p.partitions << " finished; in flight "

@@ -233,7 +233,7 @@ int NodeCommand(const NodeOptions& in) {
               {"updated_us", std::chrono::duration_cast<std::chrono::microseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count()}};
-    Status st = WriteFileAtomic(node_dir + "/node.json", DumpJson(j, 2) + "\n");
+    Status st = WriteFileAtomic(node_dir + "/node.json", DumpJson(j, 2) + "\n", 0644, Durability::kProcessCrash);
     if (!st.ok()) LOG_WARN << st.message();
   };
   write_state("running");
@@ -273,7 +273,7 @@ int NodeCommand(const NodeOptions& in) {
       // The first node reports the whole run, the others their own workers.
       Progress p = opt.node_index == 0 ? ReadProgress(opt.run_dir, opt.job_id) : ReadProgress(node_dir, opt.job_id);
       double t = std::chrono::duration<double>(now - t0).count();
-      std::cerr << "[" << opt.node << "] " << FormatProgress(p, t, t > 0 ? p.tokens / t : 0, 0) << "\n";
+      std::cerr << "[" << opt.node << "] " << FormatProgress(p, t, t > 0 ? p.completion_tokens / t : 0, 0) << "\n";
     }
   }
   write_state(interrupted ? "draining" : "finishing");

@@ -241,10 +241,10 @@ int RunPipeline(const RunOptions& opt) {
     p = ReadProgress(run_dir);
     p.prices = prices;
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    window.push_back({t, {p.tokens, p.written}});
+    window.push_back({t, {p.completion_tokens, p.written}});
     while (window.size() > 2 && t - window.front().first > 10) window.pop_front();
     double dt = t - window.front().first;
-    double tok_s = dt > 0 ? (p.tokens - window.front().second.first) / dt : 0;
+    double tok_s = dt > 0 ? (p.completion_tokens - window.front().second.first) / dt : 0;
     double task_s = dt > 0 ? (p.written - window.front().second.second) / dt : 0;
     // A model none of whose endpoints answers: the run waits (nothing is
     // charged) for up to its outage_s, then stops; the waiting tasks have no
@@ -307,7 +307,11 @@ int RunPipeline(const RunOptions& opt) {
   s["interrupted"] = interrupted;
   s["process_restarts"] = sup.restarts();
   s["tokens_this_run"] = p.tokens;
-  s["tokens_per_s"] = elapsed > 0 ? p.tokens / elapsed : 0.0;
+  // Generation and prompt processing are different work: reported apart.
+  s["completion_tokens_this_run"] = p.completion_tokens;
+  s["prompt_tokens_this_run"] = p.tokens - p.completion_tokens;
+  s["completion_tokens_per_s"] = elapsed > 0 ? p.completion_tokens / elapsed : 0.0;
+  s["prompt_tokens_per_s"] = elapsed > 0 ? (p.tokens - p.completion_tokens) / elapsed : 0.0;
   if (broker_stats.ok()) {
     const Json& c = (*broker_stats)["counters"];
     int64_t hops = c.value("submitted", int64_t{0});
@@ -338,9 +342,12 @@ int RunPipeline(const RunOptions& opt) {
     std::cerr << buf;
   }
   char buf[256];
-  std::snprintf(buf, sizeof(buf), "  tokens:       %lld prompt + %lld completion; %.0f tok/s over %s\n",
+  std::snprintf(buf, sizeof(buf),
+                "  tokens:       %lld prompt + %lld completion in the records; this run %.0f completion tok/s, "
+                "%.0f prompt tok/s over %s\n",
                 static_cast<long long>(s["prompt_tokens"].get<int64_t>()),
-                static_cast<long long>(s["completion_tokens"].get<int64_t>()), s["tokens_per_s"].get<double>(),
+                static_cast<long long>(s["completion_tokens"].get<int64_t>()),
+                s["completion_tokens_per_s"].get<double>(), s["prompt_tokens_per_s"].get<double>(),
                 FormatDuration(elapsed).c_str());
   std::cerr << buf;
   if (s.contains("cost")) {

@@ -312,7 +312,7 @@ std::string FormatCost(const Progress& p) {
   return out;
 }
 
-std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s) {
+std::string FormatProgress(const Progress& p, double elapsed_s, double completion_tokens_per_s, double tasks_per_s) {
   double pct = p.total ? 100.0 * p.written / p.total : 0.0;
   double err = p.llm_calls ? 100.0 * p.llm_errors / p.llm_calls : 0.0;
   // Attempts beyond the first of each call: what faults cost, even when calls end well.
@@ -321,10 +321,10 @@ std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_pe
   double eta = tasks_per_s > 0 ? remaining / tasks_per_s : -1;
   char buf[512];
   std::snprintf(buf, sizeof(buf),
-                "%lld/%lld tasks %.1f%% | in flight %lld | failed %lld | %.0f tok/s | LLM errors %.1f%%, "
+                "%lld/%lld tasks %.1f%% | in flight %lld | failed %lld | %.0f completion tok/s | LLM errors %.1f%%, "
                 "retries %.1f%% | elapsed %s | ETA %s",
                 static_cast<long long>(p.written), static_cast<long long>(p.total), pct,
-                static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), tokens_per_s, err,
+                static_cast<long long>(p.in_flight), static_cast<long long>(p.failed), completion_tokens_per_s, err,
                 std::max(0.0, retried),
                 FormatDuration(elapsed_s).c_str(), remaining == 0 ? "0:00" : FormatDuration(eta).c_str());
   std::string line = buf;

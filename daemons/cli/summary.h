@@ -112,9 +112,9 @@ std::optional<Cost> CostSoFar(const Progress& p);
 // projection starts); "" without prices.
 std::string FormatCost(const Progress& p);
 
-// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 tok/s | LLM errors 0.1%, retries 2.5% | ETA 0:42",
+// One line: "1234/2000 tasks 61.7% | failed 3 | 4,512 completion tok/s | LLM errors 0.1%, retries 2.5% | ETA 0:42",
 // then " | " and FormatCost() when there are prices.
-std::string FormatProgress(const Progress& p, double elapsed_s, double tokens_per_s, double tasks_per_s);
+std::string FormatProgress(const Progress& p, double elapsed_s, double completion_tokens_per_s, double tasks_per_s);
 std::string FormatDuration(double seconds);
 
 }  // namespace matrix::cli
