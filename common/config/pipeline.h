@@ -26,6 +26,8 @@
 //     required_fields: []         # rows missing one of these end as failed
 //   run:
 //     max_concurrent_tasks: 1000  # tasks in flight per partition
+//     schedule: row               # row: a finished task's slot is refilled at once;
+//                                 # batch: the next batch waits for the whole last one
 //     trials: 1                   # runs of each row (distinct task ids and seeds)
 //     max_attempts: 3             # deliveries of a task before it is written as lost
 //     offload_threshold_bytes: 512  # content above this goes to the object store
@@ -181,6 +183,12 @@ struct DatasetConfig {
 
 struct RunConfig {
   int max_concurrent_tasks = 1000;
+  // row: a finished task's slot goes to the next row at once. batch: admit
+  // max_concurrent_tasks, wait until every one of them has finished, then
+  // the next batch (what batch-synchronous scripts and Ray Data map_batches
+  // do), for comparisons on identical settings.
+  enum class Schedule { kRow, kBatch };
+  Schedule schedule = Schedule::kRow;
   int trials = 1;
   int max_attempts = 3;
   int64_t offload_threshold_bytes = 512;

@@ -225,7 +225,7 @@ const std::vector<std::string> kTopKeys = {"name", "description", "params", "sim
                                            "run", "models", "roles", "flow"};
 const std::vector<std::string> kDatasetKeys = {"path", "limit", "partitions", "id_field",
                                                "required_fields"};
-const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "trials", "max_attempts",
+const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "schedule", "trials", "max_attempts",
                                            "offload_threshold_bytes", "output_dir", "workers",
                                            "task_timeout_s", "seed"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
@@ -1338,6 +1338,16 @@ class Builder {
     GetInt(r, path, "workers", &run.workers, 1, 4096);
     GetDouble(r, path, "task_timeout_s", &run.task_timeout_s, false);
     GetInt(r, path, "seed", &run.seed, 0, std::numeric_limits<int64_t>::max());
+    std::string schedule;
+    if (GetString(r, path, "schedule", &schedule)) {
+      if (schedule == "row") {
+        run.schedule = RunConfig::Schedule::kRow;
+      } else if (schedule == "batch") {
+        run.schedule = RunConfig::Schedule::kBatch;
+      } else {
+        diag_->AtKey(*Get(r, "schedule"), Join(path, "schedule"), "must be 'row' or 'batch', not '" + schedule + "'");
+      }
+    }
   }
 
   void BuildModels(CNode* models, Pipeline* p) {

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -161,6 +162,16 @@ std::vector<std::string> BuildArgv(const Spec& spec) {
       argv = {"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"};
       for (const auto& h : spec.hide) {
         argv.insert(argv.end(), {"--tmpfs", h});
+      }
+      // A program or script that lives under /tmp (a checkout there, say)
+      // stays visible, read-only, with its folder, under the private /tmp.
+      std::vector<std::string> shown;
+      for (const auto& arg : spec.command) {
+        if (arg.rfind("/tmp/", 0) != 0 || !FileExists(arg)) continue;
+        const std::string dir = arg.substr(0, arg.find_last_of('/'));
+        if (dir.size() <= 4 || std::find(shown.begin(), shown.end(), dir) != shown.end()) continue;
+        shown.push_back(dir);
+        argv.insert(argv.end(), {"--ro-bind", dir, dir});
       }
       argv.insert(argv.end(), {"--bind", spec.workdir, spec.workdir, "--chdir", spec.workdir, "--unshare-all"});
       if (spec.network) argv.push_back("--share-net");

@@ -164,7 +164,7 @@ bool PartitionSource::ReadRow() {
   }
 }
 
-bool PartitionSource::Next(Admission* out) {
+bool PartitionSource::Next(Admission* out, bool new_rows) {
   if (!closed_ && !readmit_.empty()) {
     std::string id = readmit_.back();
     readmit_.pop_back();
@@ -179,7 +179,7 @@ bool PartitionSource::Next(Admission* out) {
       return true;
     }
   }
-  while (!closed_ && !exhausted_ && in_flight_.size() < config_.max_concurrent) {
+  while (new_rows && !closed_ && !exhausted_ && in_flight_.size() < config_.max_concurrent) {
     if (!have_row_ || next_trial_ >= config_.trials) {
       have_row_ = false;
       if (exhausted_after_row_ || !ReadRow()) {

@@ -52,7 +52,8 @@ class PartitionSource {
 
   // Produces the next admission if capacity allows; false when at capacity or
   // exhausted. The task counts as in flight until OnFinished(task_id).
-  bool Next(Admission* out);
+  // `new_rows` false: only tasks queued for re-admission, no new row.
+  bool Next(Admission* out, bool new_rows = true);
   void OnFinished(const std::string& task_id);
   // Queues an in-flight task to be admitted again from its row (its message
   // was lost with a broker, or its stored objects with a store). `charge`:

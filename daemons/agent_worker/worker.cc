@@ -1135,9 +1135,13 @@ void Worker::Impl::Admit() {
   if (envs_ && envs_->full()) return;
   if (clock_->NowNanos() < admit_paused_until_ns_) return;
   if (output_blocked_ > 0) return;  // the output takes no records now: admit nothing more
+  const bool batch = pipeline_->run.schedule == config::RunConfig::Schedule::kBatch;
   for (auto& part : partitions_) {
+    // Batch-synchronous: new rows only once the last batch has finished
+    // (re-admissions of its own tasks still go through).
+    const bool new_rows = !batch || part.source->in_flight() == 0;
     PartitionSource::Admission adm;
-    while (part.source->Next(&adm)) {
+    while (part.source->Next(&adm, new_rows)) {
       TaskRun run;
       wire::Task& t = run.task;
       t.run_id = config_.run_id;

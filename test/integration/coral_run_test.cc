@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <climits>
+
 #include "common/base/files.h"
 #include "test/integration/run_util.h"
 #include "test/support/test_util.h"
@@ -193,6 +196,33 @@ TEST(CoralRunTest, RerunResumesWithoutDuplicates) {
   EXPECT_TRUE(dups.empty());
   Json s = Json::parse(*ReadFile(dir.File("out/summary.json")));
   EXPECT_EQ(s["resumed_from_earlier_runs"], 20);
+}
+
+// run.schedule: batch admits a batch, waits for all of it, then the next:
+// every task of a batch is created after the last one of the batch before
+// finished. The default (row) refills a slot as soon as a task finishes.
+TEST(CoralRunTest, BatchScheduleWaitsForTheWholeBatch) {
+  TempDir dir;
+  std::string out;
+  const std::string cmd = Matrix() + " run " + Coral() + " " + kFastSim[0] +
+                          " dataset.limit=60 run.max_concurrent_tasks=20 run.schedule=batch --output " +
+                          dir.File("out") + " --quiet";
+  ASSERT_EQ(RunCommand(cmd, &out), 0) << out;
+  auto records = ReadRecords(dir.File("out"));
+  ASSERT_EQ(records.size(), 60u);
+  std::sort(records.begin(), records.end(), [](const Json& a, const Json& b) {
+    return a["created_us"].get<int64_t>() < b["created_us"].get<int64_t>();
+  });
+  for (size_t batch = 1; batch < 3; ++batch) {
+    int64_t last_end = 0, first_start = INT64_MAX;
+    for (size_t i = (batch - 1) * 20; i < batch * 20; ++i) last_end = std::max(last_end, records[i]["finished_us"].get<int64_t>());
+    for (size_t i = batch * 20; i < (batch + 1) * 20; ++i)
+      first_start = std::min(first_start, records[i]["created_us"].get<int64_t>());
+    EXPECT_GE(first_start, last_end) << "batch " << batch + 1 << " started before batch " << batch << " finished";
+  }
+  std::string bad;
+  EXPECT_EQ(RunCommand(Matrix() + " validate " + Coral() + " run.schedule=sometimes 2>&1", &bad), 1);
+  EXPECT_NE(bad.find("run.schedule"), std::string::npos) << bad;
 }
 
 TEST(CoralRunTest, TemplateWithMissingFieldFailsEachTaskWithAClearError) {

@@ -87,6 +87,40 @@ TEST(PartitionSourceTest, ReadmitsLostTasksUntilMaxAttempts) {
   EXPECT_FALSE((*src)->Readmit("r9.t0", 3));  // not in flight
 }
 
+TEST(PartitionSourceTest, InfrastructureReadmissionsAreFreeButBounded) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), Rows(1)).ok());
+  SourceConfig c{dir.File("d.jsonl"), 0, 1, 0, 1, 10, {}};
+  auto src = PartitionSource::Open(c, {});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  ASSERT_TRUE((*src)->Next(&a));
+  for (uint32_t i = 0; i < PartitionSource::kMaxFreeReadmits; ++i) {
+    ASSERT_TRUE((*src)->Readmit("r1.t0", 3, /*charge=*/false)) << i;
+    ASSERT_TRUE((*src)->Next(&a));
+    EXPECT_EQ(a.attempt, 1u);  // not charged
+  }
+  EXPECT_FALSE((*src)->Readmit("r1.t0", 3, /*charge=*/false));  // the bound
+  EXPECT_TRUE((*src)->Readmit("r1.t0", 3, /*charge=*/true));    // charged attempts are counted apart
+}
+
+TEST(PartitionSourceTest, WithoutNewRowsOnlyReadmissionsComeOut) {
+  TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("d.jsonl"), Rows(5)).ok());
+  SourceConfig c{dir.File("d.jsonl"), 0, 1, 0, 1, 2, {}};
+  auto src = PartitionSource::Open(c, {});
+  ASSERT_TRUE(src.ok());
+  PartitionSource::Admission a;
+  ASSERT_TRUE((*src)->Next(&a, /*new_rows=*/true));
+  (*src)->OnFinished(a.task_id);
+  EXPECT_FALSE((*src)->Next(&a, /*new_rows=*/false));  // room, but no new row
+  ASSERT_TRUE((*src)->Next(&a, /*new_rows=*/true));
+  const std::string id = a.task_id;
+  ASSERT_TRUE((*src)->Readmit(id, 3));
+  ASSERT_TRUE((*src)->Next(&a, /*new_rows=*/false));
+  EXPECT_EQ(a.task_id, id);
+}
+
 TEST(PartitionSinkTest, WritesOnceAndRepairsATornTail) {
   TempDir dir;
   std::string path = dir.File("out/p0.jsonl");
