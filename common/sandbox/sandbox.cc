@@ -164,12 +164,16 @@ std::vector<std::string> BuildArgv(const Spec& spec) {
         argv.insert(argv.end(), {"--tmpfs", h});
       }
       // A program or script that lives under /tmp (a checkout there, say)
-      // stays visible, read-only, with its folder, under the private /tmp.
+      // stays visible, read-only, under the private /tmp: the whole top
+      // folder it is in (/tmp/<top>), as everything outside /tmp is, so its
+      // modules and data next to it are found too.
       std::vector<std::string> shown;
       for (const auto& arg : spec.command) {
         if (arg.rfind("/tmp/", 0) != 0 || !FileExists(arg)) continue;
-        const std::string dir = arg.substr(0, arg.find_last_of('/'));
-        if (dir.size() <= 4 || std::find(shown.begin(), shown.end(), dir) != shown.end()) continue;
+        const size_t end = arg.find('/', 5);
+        if (end == std::string::npos) continue;  // a file directly in /tmp: nothing to show but it
+        const std::string dir = arg.substr(0, end);
+        if (std::find(shown.begin(), shown.end(), dir) != shown.end()) continue;
         shown.push_back(dir);
         argv.insert(argv.end(), {"--ro-bind", dir, dir});
       }
