@@ -160,9 +160,6 @@ std::vector<std::string> BuildArgv(const Spec& spec) {
   switch (spec.kind) {
     case Kind::kBwrap: {
       argv = {"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"};
-      for (const auto& h : spec.hide) {
-        argv.insert(argv.end(), {"--tmpfs", h});
-      }
       // A program or script that lives under /tmp (a checkout there, say)
       // stays visible, read-only, under the private /tmp: the whole top
       // folder it is in (/tmp/<top>), as everything outside /tmp is, so its
@@ -176,6 +173,10 @@ std::vector<std::string> BuildArgv(const Spec& spec) {
         if (std::find(shown.begin(), shown.end(), dir) != shown.end()) continue;
         shown.push_back(dir);
         argv.insert(argv.end(), {"--ro-bind", dir, dir});
+      }
+      // Hidden paths last among the mounts above: nothing shown uncovers them.
+      for (const auto& h : spec.hide) {
+        argv.insert(argv.end(), {"--tmpfs", h});
       }
       argv.insert(argv.end(), {"--bind", spec.workdir, spec.workdir, "--chdir", spec.workdir, "--unshare-all"});
       if (spec.network) argv.push_back("--share-net");

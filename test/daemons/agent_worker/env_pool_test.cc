@@ -13,11 +13,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 
 #include "common/base/files.h"
 #include "common/config/pipeline_loader.h"
+#include "common/sandbox/sandbox.h"
 #include "test/daemons/agent_worker/fake_agent_host.h"
 #include "test/support/test_util.h"
 
@@ -98,6 +100,31 @@ class EnvPoolTest : public ::testing::Test {
   TempDir dir_;
   std::unique_ptr<EnvPool> pool_;
 };
+
+// A program under /tmp (a checkout there) is shown read-only with its top
+// folder under the sandbox's private /tmp; hidden paths are mounted after it,
+// so showing never uncovers them.
+TEST(SandboxArgvTest, AProgramUnderTmpStaysVisibleAndHiddenPathsStayHidden) {
+  TempDir dir;  // /tmp/matrix-test-XXXXXX unless TMPDIR says otherwise
+  if (dir.path().rfind("/tmp/", 0) != 0) GTEST_SKIP() << "TMPDIR is not /tmp";
+  ASSERT_TRUE(WriteFileAtomic(dir.File("env.py"), "print()\n").ok());
+  sandbox::Spec spec;
+  spec.command = {"python3", dir.File("env.py")};
+  spec.workdir = dir.File("work");
+  spec.hide = {dir.File("keys")};
+  const auto argv = sandbox::BuildArgv(spec);
+  auto at = [&](const std::vector<std::string>& seq) {
+    for (size_t i = 0; i + seq.size() <= argv.size(); ++i)
+      if (std::equal(seq.begin(), seq.end(), argv.begin() + static_cast<long>(i))) return static_cast<long>(i);
+    return -1L;
+  };
+  const long shown = at({"--ro-bind", dir.path(), dir.path()});
+  const long hidden = at({"--tmpfs", dir.File("keys")});
+  ASSERT_GE(shown, 0);
+  ASSERT_GE(hidden, 0);
+  EXPECT_LT(shown, hidden);
+  EXPECT_GT(shown, at({"--tmpfs", "/tmp"}));
+}
 
 TEST_F(EnvPoolTest, SessionsKeepTheirOwnStateAndRunAsNobody) {
   std::string a = Session(*pool_, Probe()), b = Session(*pool_, Probe(), "t2");
