@@ -22,10 +22,17 @@ StatusOr<std::unique_ptr<PartitionSink>> PartitionSink::Open(const std::string& 
   if (fd < 0) return Unavailable("cannot open output " + path + ": " + std::strerror(errno));
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
-    ::close(fd);
-    if (err == EWOULDBLOCK)
-      return FailedPrecondition("output " + path + " is being written by another run (locked); stop it first");
-    return Unavailable("cannot lock output " + path + ": " + std::strerror(err));
+    if (err == ENOSYS || err == EINVAL || err == EOPNOTSUPP) {
+      // Some cluster filesystems are mounted without lock support (Lustre
+      // without -o flock): run unlocked rather than not at all.
+      LOG_WARN << path << ": the filesystem does not support locks (" << std::strerror(err)
+               << "); nothing stops a second run from writing this file";
+    } else {
+      ::close(fd);
+      if (err == EWOULDBLOCK)
+        return FailedPrecondition("output " + path + " is being written by another run (locked); stop it first");
+      return Unavailable("cannot lock output " + path + ": " + std::strerror(err));
+    }
   }
   auto existing = ReadFile(path);
   std::unordered_set<std::string> ids;
