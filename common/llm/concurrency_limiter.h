@@ -59,6 +59,8 @@ class ConcurrencyLimiter {
   int cap() const;
   // Moving average of success latencies; 0 until one was measured.
   int64_t mean_latency_ns() const { return mean_latency_ns_; }
+  // Successful attempts seen so far.
+  int64_t successes() const { return successes_; }
   // Moving share of overload answers among recent outcomes, in [0, 1].
   double overload_share() const { return overload_share_; }
   // Shortest time between two decreases.
@@ -77,6 +79,7 @@ class ConcurrencyLimiter {
   AimdOptions options_;
   double limit_;
   int64_t mean_latency_ns_ = 0;
+  int64_t successes_ = 0;
   double overload_share_ = 0;
   bool decreased_ = false;        // a decrease has happened
   int64_t last_decrease_ns_ = 0;  // meaningful once decreased_

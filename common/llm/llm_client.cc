@@ -157,7 +157,8 @@ struct Pool {
 // min_patience_s), each further attempt twice as long as the one before, and
 // never more than timeout_s: a request the server forgot (hung) is retried
 // after seconds, while a slow, legitimate one still gets the whole timeout
-// after a few tries.
+// after a few tries. Until the endpoint has answered kPatienceWarmup requests
+// every attempt gets timeout_s.
 double AttemptTimeoutSeconds(const Call& call, const Pool& pool);
 
 // How long the pool's requests wait while no endpoint can be reached.
@@ -188,13 +189,18 @@ struct Call {
   std::string last_error_body;
 };
 
+constexpr int64_t kPatienceWarmup = 100;  // successes of an endpoint before its patience applies
+
 double AttemptTimeoutSeconds(const Call& call, const Pool& pool) {
   const double timeout = pool.cfg.timeout_s;
   if (call.health_probe || pool.cfg.patience_factor <= 0 || call.endpoint < 0 ||
       static_cast<size_t>(call.endpoint) >= pool.limiters.size())
     return timeout;
-  const int64_t mean_ns = pool.limiters[call.endpoint].mean_latency_ns();
-  if (mean_ns <= 0) return timeout;  // nothing measured yet
+  const ConcurrencyLimiter& limiter = pool.limiters[call.endpoint];
+  const int64_t mean_ns = limiter.mean_latency_ns();
+  // The first answers come before the endpoint is loaded and say little about
+  // how long answers take under load: no patience until the mean is settled.
+  if (mean_ns <= 0 || limiter.successes() < kPatienceWarmup) return timeout;
   double patience = std::max(pool.cfg.min_patience_s, pool.cfg.patience_factor * static_cast<double>(mean_ns) / 1e9);
   for (int i = 1; i < call.attempts && patience < timeout; ++i) patience *= 2;
   return std::min(timeout, patience);

@@ -119,8 +119,9 @@ struct PoolConfig {
   // Patience with one attempt: the first waits at most patience_factor times
   // the endpoint's mean success latency (at least min_patience_s), each retry
   // twice as long as the one before, never more than timeout_s; 0 disables
-  // (every attempt gets timeout_s). A request the server never answers costs
-  // seconds, not the whole timeout.
+  // (every attempt gets timeout_s), as it is until the endpoint has answered
+  // 100 requests. A request the server never answers costs seconds, not the
+  // whole timeout.
   double patience_factor = 8;
   double min_patience_s = 3;
   // How long requests wait while no endpoint of the pool can be reached
