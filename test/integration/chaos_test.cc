@@ -16,15 +16,6 @@
 namespace matrix::testing {
 namespace {
 
-// The first process whose command line matches `pattern` (the shell running
-// pgrep is not matched: its copy of the pattern has the first letter in brackets).
-int PidOf(const std::string& pattern) {
-  std::string out;
-  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
-  if (RunCommand("pgrep -f -- '" + bracketed + "' | head -1", &out) != 0 || out.empty()) return -1;
-  return std::stoi(out);
-}
-
 // 1,000 tasks, 500 in flight, kill -9 of a random worker, the broker or the
 // store every 4 s for about 30 s. Deaths of the infrastructure are not
 // charged to the tasks that happened to be in flight: every task ends done.

@@ -58,15 +58,6 @@ double CpuSeconds(int pid) {
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// The first process whose command line matches `pattern` (the shell running
-// pgrep is not matched: its own copy of the pattern has the first letter in brackets).
-int PidOf(const std::string& pattern) {
-  std::string out;
-  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
-  if (RunCommand("pgrep -f -- '" + bracketed + "' | head -1", &out) != 0 || out.empty()) return -1;
-  return std::stoi(out);
-}
-
 TEST(FaultTest, RowsThatAreNotUtf8BecomeInvalidInputRecords) {
   TempDir dir;
   auto rows = SampleRows(30);

@@ -4,6 +4,8 @@
 
 #include <fstream>
 
+#include "test/support/test_util.h"
+
 namespace matrix::testing {
 
 std::vector<Json> ReadRecords(const std::string& dir) {
@@ -34,6 +36,13 @@ size_t CountRecords(const std::string& dir) {
   }
   closedir(d);
   return n;
+}
+
+int PidOf(const std::string& pattern) {
+  std::string out;
+  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
+  if (RunCommand("pgrep -f -- '" + bracketed + "' | head -1", &out) != 0 || out.empty()) return -1;
+  return std::stoi(out);
 }
 
 std::set<std::string> TaskIds(const std::vector<Json>& records, std::vector<std::string>* duplicates) {
