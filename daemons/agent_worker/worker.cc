@@ -1047,12 +1047,7 @@ void Worker::Impl::WriteRecord(TaskRun& run) {
   Partition::Blocked record{run.lease, std::move(full), std::move(line)};
   // Behind records that wait for the output: keep the file's order and do not
   // hammer a full disk.
-  if (!part->blocked.empty()) {
-    part->blocked.push_back(std::move(record));
-    ++output_blocked_;
-    return;
-  }
-  if (!TryWriteRecord(*part, record)) {
+  if (!part->blocked.empty() || !TryWriteRecord(*part, record)) {
     part->blocked.push_back(std::move(record));
     ++output_blocked_;
   }
@@ -1063,7 +1058,7 @@ bool Worker::Impl::TryWriteRecord(Partition& part, Partition::Blocked& record) {
   auto written = part.sink->WriteLine(record.full.task_id, wire::TaskStatusName(record.full.status), record.line);
   if (!written.ok()) {
     // The task stays whole and unacknowledged; admission pauses and the write
-    // is retried with a back-off (OnOutputBlocked) until the output takes it.
+    // is retried with a back-off (RetryBlockedRecords) until the output takes it.
     metrics_.output_write_errors.Inc();
     if (output_error_.empty()) output_blocked_since_ns_ = now;
     output_backoff_s_ = output_error_.empty() ? 1.0 : std::min(output_backoff_s_ * 2, 30.0);
@@ -1073,10 +1068,6 @@ bool Worker::Impl::TryWriteRecord(Partition& part, Partition::Blocked& record) {
               << "; " << output_blocked_ + 1 << " records wait; admission paused; next try in " << output_backoff_s_
               << " s";
     return false;
-  }
-  if (!output_error_.empty() && part.blocked.size() <= 1) {
-    LOG_INFO << "output writable again after " << (now - output_blocked_since_ns_) / 1'000'000 << " ms";
-    output_error_.clear();
   }
   if (*written) {
     RecordWritten(record.full.status);
@@ -1099,6 +1090,7 @@ void Worker::Impl::RetryBlockedRecords() {
       --output_blocked_;
     }
   }
+  LOG_INFO << "output writable again after " << (clock_->NowNanos() - output_blocked_since_ns_) / 1'000'000 << " ms";
   output_error_.clear();
 }
 

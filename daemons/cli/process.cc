@@ -121,7 +121,6 @@ std::vector<std::string> Supervisor::Reap(bool restart) {
     double backoff = policy_.first_backoff_s;
     for (int i = 1; i < c.fast_deaths && backoff < policy_.max_backoff_s; ++i) backoff *= 2;
     if (backoff > policy_.max_backoff_s) backoff = policy_.max_backoff_s;
-    if (c.fast_deaths == 0) backoff = policy_.first_backoff_s;
     c.restart_at_ms = now + static_cast<int64_t>(backoff * 1000);
     LOG_WARN << c.spec.name << " exited with code " << c.exit_code << "; restarting in " << backoff
              << " s (log: " << c.spec.log_path << ")";
