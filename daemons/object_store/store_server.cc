@@ -311,17 +311,10 @@ void StoreServer::HandleMessage(std::vector<std::string>& frames) {
 
 void StoreServer::Malformed(const std::string& peer, const std::string& why) {
   ++stats_.malformed_messages;
-  const int64_t now = clock_->NowMillis();
-  if (now - last_malformed_log_ms_ < 1000) {
-    ++malformed_unlogged_;
-    return;
-  }
-  LOG_WARN << "dropped malformed message from peer " << PeerName(peer) << ": " << why
-           << (malformed_unlogged_ > 0
-                   ? " (" + std::to_string(malformed_unlogged_) + " more dropped since the last report)"
-                   : std::string());
-  last_malformed_log_ms_ = now;
-  malformed_unlogged_ = 0;
+  int64_t held_back = 0;
+  if (malformed_log_.Allow(peer, clock_->NowMillis(), &held_back))
+    LOG_WARN << "dropped malformed message from peer " << PeerName(peer) << ": " << why
+             << PeerLogLimiter::HeldBack(held_back);
 }
 
 void StoreServer::Reply(std::vector<std::string> frames) {

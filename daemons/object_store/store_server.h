@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common/base/clock.h"
+#include "common/base/log_limiter.h"
 #include "common/base/status.h"
 #include "daemons/object_store/object_table.h"
 #include "daemons/object_store/store_config.h"
@@ -99,8 +100,7 @@ class StoreServer {
   int wake_fd_ = -1;  // eventfd written by Stop()
   int wake_index_ = -1;
   int64_t next_sweep_ms_ = 0;
-  int64_t last_malformed_log_ms_ = INT64_MIN / 2;
-  int64_t malformed_unlogged_ = 0;
+  PeerLogLimiter malformed_log_;  // one warning per peer per 10 s
   StoreServerStats stats_;
   struct Metrics;
   std::unique_ptr<Metrics> metrics_;
