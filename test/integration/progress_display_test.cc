@@ -66,7 +66,7 @@ TEST(ProgressDisplayTest, ProgressLineAdvancesInPlaceOnATerminal) {
   TempDir dir;
   Tmux tmux(dir.File("tmux.sock"));
   const std::string run = BinPath("matrix") + " run " + SourcePath("configs/coral.yaml") +
-                          " dataset.limit=2000 --output " + dir.File("out") + " --run-dir " +
+                          " dataset.limit=2000 run.max_concurrent_tasks=100 simulator.speed=2 --output " + dir.File("out") + " --run-dir " +
                           dir.File("run");
   ASSERT_EQ(RunCommand(tmux.Cmd("new-session -d -s matrix -x 160 -y 40 \"" + run +
                                 "; echo MATRIX_EXIT=\\$?; sleep 600\"")),
