@@ -184,60 +184,83 @@ struct ChatResult {
   Json raw;  // response body with choices cut to the first (usage, logprobs, token ids kept)
 };
 
-class LlmClient {
+// One endpoint of a pool as the client sees it now.
+struct EndpointStats {
+  std::string pool, url;  // url without user-info
+  int in_flight = 0;      // user attempts in flight (probes not included)
+  int64_t requests = 0;   // user attempts started
+  int64_t errors = 0;     // user attempts that failed (any non-success answer or transport error)
+  int64_t retries = 0;    // user attempts that were retries
+  int64_t probes = 0;     // health probes sent
+  int64_t probes_failed = 0;  // health probes that did not succeed
+  bool active = true;         // false once retired by SetEndpoints
+  // Takes user requests under normal routing: admitted (first probe passed
+  // or not needed) and circuit breaker closed.
+  bool healthy = true;
+  // "healthy"; "unhealthy" (breaker open); "probing" (added, waiting for its
+  // first successful probe); "retired".
+  std::string state = "healthy";
+  // Current adaptive limit on requests in flight, in
+  // [1, max_concurrency_per_endpoint]; the endpoint takes floor() of it.
+  double concurrency_limit = 0;
+};
+
+// What the worker needs from a chat-completions client: requests in, results
+// out through an eventfd. LlmClient serves it over HTTP; FakeChatService
+// (fake_chat_service.h) answers from a function, for tests of its callers.
+// Thread-safety: every method on the caller's loop thread.
+class ChatService {
+ public:
+  virtual ~ChatService() = default;
+  // Queues a request; never blocks. Every request produces exactly one result.
+  virtual void Submit(ChatRequest req) = 0;
+  // Replaces the endpoints of `pool` (see LlmClient::SetEndpoints).
+  virtual Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls) = 0;
+  // Appends completed results to *out, clears notify_fd, returns how many.
+  virtual size_t Drain(std::vector<ChatResult>* out) = 0;
+  // Polls readable while results are waiting.
+  virtual int notify_fd() const = 0;
+  // Every request still open completes with kCancelled. Idempotent.
+  virtual void Shutdown() = 0;
+  virtual std::vector<EndpointStats> Stats() const = 0;
+};
+
+class LlmClient final : public ChatService {
  public:
   // InvalidArgument naming the pool and field for a bad configuration;
   // Internal when libcurl or the eventfd cannot be set up.
   // REQUIRES: clock outlives the client.
   static StatusOr<std::unique_ptr<LlmClient>> Create(std::vector<PoolConfig> pools,
                                                      const Clock* clock);
-  ~LlmClient();
+  ~LlmClient() override;
   LlmClient(const LlmClient&) = delete;
   LlmClient& operator=(const LlmClient&) = delete;
 
   // Queues a request; never blocks on the network. Every request produces
   // exactly one result; an unknown pool gives kInvalidArgument, a request
   // submitted after Shutdown() gives kCancelled.
-  void Submit(ChatRequest req);
+  void Submit(ChatRequest req) override;
 
   // Replaces the endpoints of `pool` with `base_urls` (see the class comment);
   // applied on the client thread shortly after the call returns (Stats()
   // shows it then). InvalidArgument for an unknown pool, an invalid or
   // non-http(s) URL, or an empty list without allow_no_endpoints (nothing is
   // changed then); kCancelled after Shutdown(). Never blocks on the network.
-  Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls);
+  Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls) override;
 
   // Appends completed results to *out, clears notify_fd, returns how many were
   // appended. Non-blocking.
-  size_t Drain(std::vector<ChatResult>* out);
+  size_t Drain(std::vector<ChatResult>* out) override;
 
   // eventfd that polls readable while results are waiting.
-  int notify_fd() const;
+  int notify_fd() const override;
 
   // Stops the client thread; every request still queued, waiting for a retry or
   // in flight completes with kCancelled and can be drained. Idempotent.
-  void Shutdown();
+  void Shutdown() override;
 
-  struct EndpointStats {
-    std::string pool, url;  // url without user-info
-    int in_flight = 0;      // user attempts in flight (probes not included)
-    int64_t requests = 0;   // user attempts started
-    int64_t errors = 0;     // user attempts that failed (any non-success answer or transport error)
-    int64_t retries = 0;    // user attempts that were retries
-    int64_t probes = 0;     // health probes sent
-    int64_t probes_failed = 0;  // health probes that did not succeed
-    bool active = true;         // false once retired by SetEndpoints
-    // Takes user requests under normal routing: admitted (first probe passed
-    // or not needed) and circuit breaker closed.
-    bool healthy = true;
-    // "healthy"; "unhealthy" (breaker open); "probing" (added, waiting for its
-    // first successful probe); "retired".
-    std::string state = "healthy";
-    // Current adaptive limit on requests in flight, in
-    // [1, max_concurrency_per_endpoint]; the endpoint takes floor() of it.
-    double concurrency_limit = 0;
-  };
-  std::vector<EndpointStats> Stats() const;
+  using EndpointStats = llm::EndpointStats;
+  std::vector<EndpointStats> Stats() const override;
 
   class Impl;
 

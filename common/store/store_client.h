@@ -71,24 +71,50 @@ struct StoreClientOptions {
   transport::SocketOptions socket_options;
 };
 
-class StoreClient {
+// Counts of a store client (and its per-node sub-clients together).
+struct ObjectStoreStats {
+  int64_t puts = 0;          // Put calls
+  int64_t gets = 0;          // Get calls
+  int64_t cache_hits = 0;    // references served from the cache
+  int64_t cache_misses = 0;  // references fetched from the store
+  int64_t frees = 0;         // references freed
+  int64_t retries = 0;       // requests sent again after a timeout
+  int64_t errors = 0;        // Put/Get callbacks completed with an error
+  int64_t remote_refs = 0;   // references owned by other nodes asked for
+  int64_t remote_fetches = 0;  // of those, fetched over the network (cache misses)
+};
+
+// What the worker needs from the object store: asynchronous Put / Get / Free
+// driven by its event loop (see StoreClient's comment for the contract of
+// every method). StoreClient talks to matrix-store over ZeroMQ;
+// FakeObjectStore (fake_object_store.h) keeps objects in memory, for tests.
+class ObjectStore {
  public:
-  using Options = StoreClientOptions;
   using PutCallback = std::function<void(StatusOr<wire::ObjectRef>)>;
   using GetCallback = std::function<void(StatusOr<std::vector<std::string>>)>;
+
+  virtual ~ObjectStore() = default;
+  // Sockets the owner polls; OnReadable() when any is readable. The list
+  // changes when sockets_generation() does.
+  virtual std::vector<transport::Socket*> sockets() = 0;
+  virtual uint64_t sockets_generation() const = 0;
+  virtual void OnReadable() = 0;
+  // Once per loop iteration: completions, resends, queued batches.
+  virtual void Tick() = 0;
+  // How long the owner may block before the next Tick is due (<= max_ms).
+  virtual int PollTimeoutMs(int max_ms) const = 0;
+  virtual void Put(std::string data, PutCallback done) = 0;
+  virtual void Get(std::vector<wire::ObjectRef> refs, GetCallback done) = 0;
+  virtual void Free(std::vector<wire::ObjectRef> refs) = 0;
+  virtual ObjectStoreStats stats() const = 0;
+};
+
+class StoreClient final : public ObjectStore {
+ public:
+  using Options = StoreClientOptions;
   using StatsCallback = std::function<void(StatusOr<std::string>)>;
 
-  struct Stats {
-    int64_t puts = 0;          // Put calls
-    int64_t gets = 0;          // Get calls
-    int64_t cache_hits = 0;    // references served from the cache
-    int64_t cache_misses = 0;  // references fetched from the store
-    int64_t frees = 0;         // references freed
-    int64_t retries = 0;       // requests sent again after a timeout
-    int64_t errors = 0;        // Put/Get callbacks completed with an error
-    int64_t remote_refs = 0;   // references owned by other nodes asked for
-    int64_t remote_fetches = 0;  // of those, fetched over the network (cache misses)
-  };
+  using Stats = ObjectStoreStats;
 
   // Connects a DEALER to the store at `endpoint` (the connection completes
   // in the background; requests sent before it are queued). `node` is the
@@ -97,7 +123,7 @@ class StoreClient {
   static StatusOr<std::unique_ptr<StoreClient>> Create(transport::Context& ctx,
                                                        const std::string& endpoint, std::string node,
                                                        const Clock* clock, Options opts = {});
-  ~StoreClient();
+  ~StoreClient() override;
   StoreClient(const StoreClient&) = delete;
   StoreClient& operator=(const StoreClient&) = delete;
 
@@ -107,38 +133,38 @@ class StoreClient {
   // This node's socket first, then one per other node in use. The list grows
   // when a new node is first used: rebuild the poller when
   // sockets_generation() changes. OnReadable() drains all of them.
-  std::vector<transport::Socket*> sockets();
-  uint64_t sockets_generation() const { return remotes_.size(); }
+  std::vector<transport::Socket*> sockets() override;
+  uint64_t sockets_generation() const override { return remotes_.size(); }
   // Drains every queued reply and runs the callbacks it completes.
-  void OnReadable();
+  void OnReadable() override;
   // Runs completions ready since the last call (cache hits, local errors),
   // resends or fails timed-out requests, and sends the queued batches.
   // Call once per loop iteration.
-  void Tick();
+  void Tick() override;
   // How long the owner may block in Poll before the next Tick is due:
   // 0 when work is queued, else the time to the earliest request deadline,
   // at most max_ms.
-  int PollTimeoutMs(int max_ms) const;
+  int PollTimeoutMs(int max_ms) const override;
 
   // Stores `data` under a fresh random 64-bit id; done gets the reference
   // {node, id, size, Hash64 checksum}, or the store's error for this object
   // (kInvalidArgument above max_object_bytes, kResourceExhausted when the
   // store is full, kUnavailable after the retries). The data also enters the
   // local cache once stored.
-  void Put(std::string data, PutCallback done);
+  void Put(std::string data, PutCallback done) override;
   // Fetches the objects, from the cache when possible; done gets their bytes
   // in `refs` order, or the first error, naming the object (kNotFound,
   // kDataLoss, kUnavailable for a reference to another node or an
   // unreachable store).
-  void Get(std::vector<wire::ObjectRef> refs, GetCallback done);
+  void Get(std::vector<wire::ObjectRef> refs, GetCallback done) override;
   // Releases the objects in the store (batched, no reply) and drops them
   // from the cache. References to other nodes are ignored.
-  void Free(std::vector<wire::ObjectRef> refs);
+  void Free(std::vector<wire::ObjectRef> refs) override;
   // The store's StatsReply JSON (counters of matrix-store).
   void FetchStoreStats(StatsCallback done);
 
   // Counts of this client and its per-node sub-clients together.
-  Stats stats() const;
+  Stats stats() const override;
   const std::string& endpoint() const { return endpoint_; }
   const std::string& node() const { return node_; }
   // Requests sent and not yet answered.

@@ -29,6 +29,8 @@
 
 #include "common/base/clock.h"
 #include "common/base/status.h"
+#include "common/llm/llm_client.h"
+#include "common/store/store_client.h"
 #include "common/transport/transport.h"
 
 namespace matrix::config {
@@ -70,11 +72,22 @@ struct WorkerConfig {
   std::string models_dir;
 };
 
+// What the worker talks to besides the broker. Each one left empty is made
+// from the configuration: an HTTP client with one pool per model of the
+// pipeline (none when it has no models) and a client of the store at
+// `store_endpoint`. Tests pass fakes (llm::FakeChatService,
+// store::FakeObjectStore) and talk to the worker as its broker over inproc://.
+struct WorkerServices {
+  std::unique_ptr<llm::ChatService> llm;
+  std::unique_ptr<store::ObjectStore> store;
+};
+
 class Worker {
  public:
   static StatusOr<std::unique_ptr<Worker>> Create(WorkerConfig config,
                                                   std::shared_ptr<const config::Pipeline> pipeline,
-                                                  transport::Context* ctx, const Clock* clock);
+                                                  transport::Context* ctx, const Clock* clock,
+                                                  WorkerServices services = {});
   ~Worker();
   Status Run();
   void Stop();

@@ -1,0 +1,156 @@
+// Stored content of a task: fetches what a step reads (archived segments
+// first, then the content they reference), offloads large content before a
+// hop, archives old history into segments, frees what a finished task held.
+
+#include "daemons/agent_worker/worker_impl.h"
+
+#include "common/base/log.h"
+
+namespace matrix::worker {
+
+using config::RoleType;
+
+wire::Task Worker::Impl::Expanded(const TaskRun& run) {
+  wire::Task full = run.task;
+  if (!run.archived_turns.empty())
+    full.history.insert(full.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
+  if (!run.archived_spans.empty())
+    full.spans.insert(full.spans.begin(), run.archived_spans.begin(), run.archived_spans.end());
+  return full;
+}
+
+void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
+  TaskRun& run = runs_[id];
+  // True when the task goes on (a record is still written, with unresolved
+  // content marked in it); false when it ended here (the run may be gone).
+  auto fail = [this](uint64_t rid, const Status& st) {
+    auto it = runs_.find(rid);
+    if (it == runs_.end()) return false;
+    if (!it->second.sink) {
+      FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
+      return false;
+    }
+    LOG_WARN << "task " << it->second.task.task_id << ": " << st.ToString();
+    return true;
+  };
+  if (!run.archive_loaded && !run.task.archive.empty()) {
+    // First the archived segments, then (second pass) the content they reference.
+    std::vector<wire::ObjectRef> refs = run.task.archive;
+    store_->Get(refs, [this, id, then, fail](StatusOr<std::vector<std::string>> got) {
+      auto it = runs_.find(id);
+      if (it == runs_.end()) return;
+      TaskRun& r = it->second;
+      r.archive_loaded = true;
+      if (!got.ok()) {
+        if (!fail(id, got.status())) return;
+      } else {
+        for (const std::string& bytes : *got) {
+          auto segment = wire::DecodeTask(bytes, config_.max_message_bytes);
+          if (!segment.ok()) {
+            if (!fail(id, DataLoss("archived segment: " + segment.status().message()))) return;
+            continue;
+          }
+          for (auto& t : segment->history) r.archived_turns.push_back(std::move(t));
+          for (auto& sp : segment->spans) r.archived_spans.push_back(std::move(sp));
+        }
+      }
+      Fetch(id, then);
+    });
+    return;
+  }
+  std::vector<wire::ObjectRef> refs;
+  for (auto& ref : CollectRefs(run.task))
+    if (!run.resolved.count(ref.id)) refs.push_back(ref);
+  for (const auto& turn : run.archived_turns)
+    if (turn.content.ref && !run.resolved.count(turn.content.ref->id)) refs.push_back(*turn.content.ref);
+  if (refs.empty()) return then(id);
+  store_->Get(refs, [this, id, refs, then, fail](StatusOr<std::vector<std::string>> got) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    if (got.ok()) {
+      for (size_t i = 0; i < refs.size() && i < got->size(); ++i)
+        it->second.resolved[refs[i].id] = std::move((*got)[i]);
+    } else if (!fail(id, got.status())) {
+      return;
+    }
+    then(id);
+  });
+}
+
+void Worker::Impl::OffloadAndSubmit(uint64_t id) {
+  TaskRun& run = runs_[id];
+  if (run.step) {
+    role_in_flight_[run.step->role]--;
+    RoleMetrics(run.step->role).in_flight.Dec();
+  }
+  run.step = nullptr;  // in-flight accounting done once
+  size_t threshold = pipeline_->run.offload_threshold_bytes;
+  auto offload = [&](wire::Content* content, auto locate) {
+    if (content->ref || content->text.size() <= threshold) return;
+    run.pending_puts++;
+    ++offloaded_;
+    std::string text = content->text;
+    const double bytes = static_cast<double>(text.size());
+    store_->Put(std::move(text), [this, id, locate, bytes](StatusOr<wire::ObjectRef> ref) {
+      auto it = runs_.find(id);
+      if (it == runs_.end()) return;
+      TaskRun& r = it->second;
+      if (ref.ok()) {
+        metrics_.offloaded_bytes.Inc(bytes);
+        wire::Content* c = locate(r.task);
+        r.resolved[ref->id] = std::move(c->text);
+        c->text.clear();
+        c->ref = *ref;
+      }  // on failure the content simply stays inline
+      if (--r.pending_puts == 0) ArchiveAndSubmit(id);
+    });
+  };
+  offload(&run.task.input, [](wire::Task& t) { return &t.input; });
+  for (size_t i = 0; i < run.task.history.size(); ++i)
+    offload(&run.task.history[i].content, [i](wire::Task& t) { return &t.history[i].content; });
+  if (run.pending_puts == 0) ArchiveAndSubmit(id);
+}
+
+void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
+  // Keeps the message small: beyond kMaxInlineTurns turns or kMaxInlineSpans
+  // spans, everything but the last kKeepTurns turns moves into a segment.
+  constexpr size_t kMaxInlineTurns = 6, kKeepTurns = 2, kMaxInlineSpans = 12;
+  TaskRun& run = runs_[id];
+  wire::Task& task = run.task;
+  bool terminal = run.next_role.rfind("sink:", 0) == 0;
+  if (terminal || (task.history.size() <= kMaxInlineTurns && task.spans.size() <= kMaxInlineSpans))
+    return SubmitRun(id);
+  size_t turns = task.history.size() > kKeepTurns ? task.history.size() - kKeepTurns : 0;
+  size_t spans = task.spans.size();
+  wire::Task segment;
+  segment.task_id = task.task_id;
+  segment.history.assign(task.history.begin(), task.history.begin() + static_cast<long>(turns));
+  segment.spans = task.spans;
+  ++archived_segments_;
+  store_->Put(wire::EncodeTask(segment), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    TaskRun& r = it->second;
+    if (ref.ok()) {
+      if (r.archive_loaded || r.task.archive.empty()) {
+        r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
+                                r.task.history.begin() + static_cast<long>(turns));
+        r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
+                                r.task.spans.begin() + static_cast<long>(spans));
+        r.archive_loaded = true;
+      }
+      r.task.history.erase(r.task.history.begin(), r.task.history.begin() + static_cast<long>(turns));
+      r.task.spans.erase(r.task.spans.begin(), r.task.spans.begin() + static_cast<long>(spans));
+      r.task.archive.push_back(*ref);
+    }  // on failure the segment simply stays inline
+    SubmitRun(id);
+  });
+}
+
+void Worker::Impl::FreeRefs(const wire::Task& task) {
+  auto refs = CollectRefs(task);
+  refs.insert(refs.end(), task.archive.begin(), task.archive.end());
+  if (!refs.empty()) store_->Free(std::move(refs));
+}
+
+}  // namespace matrix::worker

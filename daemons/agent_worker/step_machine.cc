@@ -1,0 +1,281 @@
+// The step state machine: a delivered task is decoded and checked, its
+// role's agent run, the flow's transitions chosen, and the task ended or
+// handed on to its next queue.
+
+#include "daemons/agent_worker/worker_impl.h"
+
+#include "common/base/hash.h"
+#include "common/base/log.h"
+
+namespace matrix::worker {
+
+using config::RoleType;
+
+void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view payload) {
+  const bool release = item.role.rfind(kReleaseRole, 0) == 0;
+  if (draining_ && item.role.rfind("sink:", 0) != 0 && !release) {
+    Ack(item.lease, /*requeue=*/true);
+    return;
+  }
+  auto decoded = wire::DecodeTask(payload, config_.max_message_bytes);
+  if (!decoded.ok()) {
+    Malformed("task under lease " + std::to_string(item.lease) + " dropped: " + decoded.status().message());
+    Ack(item.lease);
+    return;
+  }
+  // Should this task crash the process, the next worker learns which one it was.
+  Handling handling(crash_, decoded->task_id);
+  TaskRun run;
+  run.lease = item.lease;
+  run.task = std::move(*decoded);
+  run.start_us = clock_->WallMicros();
+  ++hops_;
+  uint64_t id = NewRun(std::move(run));
+  TaskRun& r = runs_[id];
+  if (item.role.rfind("sink:", 0) == 0) {
+    r.sink = true;
+    HandleSink(id);
+    return;
+  }
+  if (release) return OnReleaseDelivery(id, item.role == kReleaseRole);
+  if (r.task.pipeline_hash != pipeline_->hash) {
+    ++refused_;
+    refused_mismatch_.Inc();
+    LOG_WARN << "refusing task " << r.task.task_id << ": pipeline hash " << Hex64(r.task.pipeline_hash)
+             << " is not this worker's " << Hex64(pipeline_->hash);
+    FailTask(id, wire::TaskStatus::kFailed, "pipeline_mismatch",
+             "task was built for pipeline definition " + Hex64(r.task.pipeline_hash) + ", worker " + identity_ +
+                 " runs " + Hex64(pipeline_->hash));
+    return;
+  }
+  // Deaths of the workers that held this step cost the task nothing, unless
+  // it was the one being handled when they died (CrashMarker); a bound still
+  // ends a task whose workers keep dying around it.
+  if (!crash_counts_.empty()) {
+    auto c = crash_counts_.find(r.task.task_id);
+    if (c != crash_counts_.end() && c->second >= kCrashesPerTask) {
+      FailTask(id, wire::TaskStatus::kFailed, "worker_crash",
+               "worker processes died " + std::to_string(c->second) +
+                   " times while handling this task (step '" + r.task.step + "'); it is not run again");
+      return;
+    }
+  }
+  // Fault injection for tests of crash handling: a row holding this text
+  // aborts every worker that handles it.
+  if (!abort_on_input_.empty() && r.task.input.text.find(abort_on_input_) != std::string::npos) {
+    LOG_ERROR << "task " << r.task.task_id << " holds MATRIX_FAULT_ABORT_ON_INPUT; aborting";
+    std::abort();
+  }
+  if (item.deliveries > kMaxFreeDeliveries) {
+    ++lost_;
+    FailTask(id, wire::TaskStatus::kLost, "max_attempts",
+             "step '" + r.task.step + "' was delivered " + std::to_string(item.deliveries) +
+                 " times; the workers running it were lost each time");
+    return;
+  }
+  r.step = pipeline_->Step(r.task.step);
+  r.role = r.step ? pipeline_->Role(r.step->role) : nullptr;
+  r.agent = r.role ? AgentOf(*r.role) : nullptr;
+  if (!r.step || !r.role || !r.agent) {
+    r.step = nullptr;
+    FailTask(id, wire::TaskStatus::kFailed, "unknown_step", "step '" + r.task.step + "' is not in the pipeline");
+    return;
+  }
+  role_in_flight_[r.step->role]++;
+  const metrics::WorkerRoleMetrics& role_metrics = RoleMetrics(r.step->role);
+  role_metrics.in_flight.Inc();
+  if (r.task.enqueue_us > 0 && r.start_us >= r.task.enqueue_us)
+    role_metrics.queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
+  const StepParts& parts = PartsOf(r.step);
+  if ((parts.role | parts.route) & (kCtxInput | kCtxHistory)) {
+    Fetch(id, [this](uint64_t rid) { StartRole(rid); });
+  } else {
+    StartRole(id);
+  }
+}
+
+void Worker::Impl::StartRole(uint64_t id) {
+  TaskRun& run = runs_[id];
+  unsigned parts = PartsOf(run.step).role;
+  wire::Task full = (parts & kCtxHistory) ? Expanded(run) : wire::Task();
+  const wire::Task& view = (parts & kCtxHistory) ? full : run.task;
+  Json ctx = parts ? BuildContext(view, run.resolved, parts) : Json::object();
+  StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
+  // The agent ends the step (Complete), now or from a callback; `run` may be
+  // gone once Run() returns.
+  run.agent->Run(step, *this);
+}
+
+void Worker::Impl::Complete(uint64_t id, StepOutcome outcome, const TaskEdit& edit) {
+  auto it = runs_.find(id);
+  if (it == runs_.end()) return;
+  if (edit) edit(it->second.task);
+  switch (outcome.kind) {
+    case StepOutcome::Kind::kContinue: return FinishStep(id);
+    case StepOutcome::Kind::kFiltered:
+      return FailTask(id, wire::TaskStatus::kFiltered, outcome.reason.empty() ? "filtered" : outcome.reason,
+                      outcome.error);
+    case StepOutcome::Kind::kFailed: return FailTask(id, wire::TaskStatus::kFailed, outcome.reason, outcome.error);
+    case StepOutcome::Kind::kLost: return FailTask(id, wire::TaskStatus::kLost, outcome.reason, outcome.error);
+  }
+}
+
+void Worker::Impl::CallLlm(uint64_t id, const std::string& model, Json body,
+                           std::function<void(llm::ChatResult&)> done) {
+  auto it = runs_.find(id);
+  if (it == runs_.end()) return;
+  if (!llm_) return Complete(id, StepOutcome::Failed("no_model", "pipeline has no models"), nullptr);
+  it->second.on_llm = std::move(done);
+  llm_->Submit(llm::ChatRequest{id, model, std::move(body), it->second.task.task_id});
+}
+
+void Worker::Impl::OnLlmResults() {
+  std::vector<llm::ChatResult> results;
+  llm_->Drain(&results);
+  for (auto& res : results) {
+    auto it = runs_.find(res.tag);
+    if (it == runs_.end() || !it->second.on_llm) continue;
+    TaskRun& run = it->second;
+    Handling handling(crash_, run.task.task_id);
+    ++llm_calls_;
+    llm_attempts_ += std::max(1, res.attempts);
+    RecordLlmResult(res, run.role->model);
+    // Cancelled calls (shutdown) say nothing about the endpoints.
+    if (res.status.code() != StatusCode::kCancelled) NoteLlmOutcome(res.status.ok());
+    if (!res.status.ok()) {
+      ++llm_errors_;
+    } else {
+      prompt_tokens_ += res.prompt_tokens;
+      completion_tokens_ += res.completion_tokens;
+      auto& by_model = model_tokens_[run.role->model];
+      by_model.first += res.prompt_tokens;
+      by_model.second += res.completion_tokens;
+    }
+    auto done = std::move(run.on_llm);
+    run.on_llm = nullptr;
+    done(res);
+  }
+}
+
+void Worker::Impl::FinishStep(uint64_t id) {
+  TaskRun& run = runs_[id];
+  ++steps_run_;
+  wire::Task& task = run.task;
+  task.counters["steps"]++;
+  task.counters[run.step->name]++;
+  wire::Span span;
+  span.step = run.step->name;
+  span.role = run.step->role;
+  span.worker = identity_;
+  span.enqueue_us = task.enqueue_us;
+  span.start_us = run.start_us;
+  span.end_us = clock_->WallMicros();
+  span.attempt = static_cast<int32_t>(task.attempt);
+  if (run.role->type == RoleType::kLlm && !task.history.empty()) {
+    span.prompt_tokens = task.history.back().prompt_tokens;
+    span.completion_tokens = task.history.back().completion_tokens;
+    span.endpoint = task.history.back().endpoint;
+  }
+  RoleMetrics(span.role).step_duration_seconds.Observe(static_cast<double>(span.end_us - span.start_us) / 1e6);
+  task.spans.push_back(std::move(span));
+
+  unsigned route_parts = PartsOf(run.step).route;
+  Json route_ctx = Json::object();
+  if (route_parts & kCtxHistory) {
+    route_ctx = BuildContext(Expanded(run), run.resolved, route_parts);
+  } else if (route_parts) {
+    route_ctx = BuildContext(task, run.resolved, route_parts);
+  }
+  RouteDecision next = Route(*run.step, task, route_ctx);
+  if (!next.status.ok()) {
+    return FailTask(id, wire::TaskStatus::kFailed, next.reason,
+                    "step '" + run.step->name + "': " + next.status.message());
+  }
+  if (IsTerminal(next.target)) {
+    wire::TaskStatus status = next.target == "done"       ? wire::TaskStatus::kDone
+                              : next.target == "filtered" ? wire::TaskStatus::kFiltered
+                                                          : wire::TaskStatus::kFailed;
+    return FailTask(id, status, next.reason.empty() ? next.target : next.reason, "");
+  }
+  if (task.counters["steps"] >= pipeline_->flow.max_steps) {
+    return FailTask(id, wire::TaskStatus::kFailed, "max_steps",
+                    "task ran " + std::to_string(task.counters["steps"]) + " steps (flow.max_steps)");
+  }
+  const config::StepConfig* step = pipeline_->Step(next.target);
+  task.step = next.target;
+  run.next_role = step ? QueueFor(*step, task) : next.target;
+  OffloadAndSubmit(id);
+}
+
+void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason,
+                            const std::string& error) {
+  TaskRun& run = runs_[id];
+  run.task.status = status;
+  run.task.reason = reason;
+  run.task.error = error;
+  run.next_role = "sink:" + run.task.owner;
+  std::string holder = ReleaseEnvs(run.task);
+  if (!holder.empty()) run.next_role = StickyRole(kReleaseRole, holder);
+  OffloadAndSubmit(id);
+}
+
+std::string Worker::Impl::ReleaseEnvs(wire::Task& task) {
+  std::string elsewhere;
+  auto& leases = task.leases;
+  for (auto it = leases.begin(); it != leases.end();) {
+    if (it->kind.rfind(kEnvLeasePrefix, 0) != 0) {
+      ++it;
+      continue;
+    }
+    if (it->holder == identity_) {
+      if (envs_) envs_->Release(it->id);
+      it = leases.erase(it);
+      continue;
+    }
+    if (elsewhere.empty()) elsewhere = it->holder;
+    ++it;
+  }
+  return elsewhere;
+}
+
+void Worker::Impl::OnReleaseDelivery(uint64_t id, bool holder_gone) {
+  TaskRun& run = runs_[id];
+  std::string holder = ReleaseEnvs(run.task);
+  if (holder_gone && !holder.empty()) {
+    // Its sessions went with their worker: nothing is left to close.
+    auto& leases = run.task.leases;
+    leases.erase(std::remove_if(leases.begin(), leases.end(),
+                                [&](const wire::ResourceLease& l) { return l.holder == holder; }),
+                 leases.end());
+    holder = ReleaseEnvs(run.task);
+  }
+  run.next_role = holder.empty() ? "sink:" + run.task.owner : StickyRole(kReleaseRole, holder);
+  OffloadAndSubmit(id);
+}
+
+std::string Worker::Impl::QueueFor(const config::StepConfig& step, const wire::Task& task) const {
+  const config::RoleConfig* role = pipeline_->Role(step.role);
+  const Agent* agent = role ? AgentOf(*role) : nullptr;
+  if (!agent) return step.role;
+  const std::string env = agent->EnvRole(*role);
+  if (env.empty()) return step.role;
+  const wire::ResourceLease* lease = FindEnvLease(task, env);
+  return lease ? StickyRole(step.role, lease->holder) : step.role;
+}
+
+void Worker::Impl::SubmitRun(uint64_t id) {
+  auto it = runs_.find(id);
+  TaskRun& run = it->second;
+  run.task.enqueue_us = clock_->WallMicros();
+  run.task.hops++;
+  submit_batch_.items.push_back({run.lease, run.next_role, run.task.task_id, false, true});
+  // Sized like the largest batch so far: appending never reallocates (copies).
+  if (submit_bundle_.empty()) submit_bundle_.reserve(bundle_capacity_);
+  const size_t bytes = wire::AppendPackedTask(run.task, &submit_bundle_);
+  bundle_capacity_ = std::max(bundle_capacity_, submit_bundle_.size());
+  metrics_.hop_bytes.Observe(static_cast<double>(bytes));
+  runs_.erase(it);
+  if (submit_batch_.items.size() >= 256) FlushSubmits();
+}
+
+}  // namespace matrix::worker

@@ -1,0 +1,381 @@
+// Component tests of a real Worker: its event loop on a thread, its broker
+// socket connected over inproc:// to the test, which plays the broker
+// (register, deliver, take submissions and acknowledgements), a
+// FakeChatService instead of HTTP, a FakeObjectStore instead of matrix-store,
+// and a FakeClock that only moves when the test moves it (heartbeats,
+// re-registration and the drain deadline).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/base/clock.h"
+#include "common/base/files.h"
+#include "common/base/json.h"
+#include "common/config/pipeline_loader.h"
+#include "common/llm/fake_chat_service.h"
+#include "common/store/fake_object_store.h"
+#include "common/transport/transport.h"
+#include "common/wire/codec.h"
+#include "daemons/agent_worker/worker.h"
+#include "test/support/test_util.h"
+
+namespace matrix::worker {
+namespace {
+
+using testing::TempDir;
+
+// Two LLM roles take turns on a question for `steps` steps; answers are long
+// enough to be offloaded to the store and conversations long enough to be
+// archived in segments.
+constexpr char kPipeline[] = R"(name: component
+dataset:
+  path: rows.jsonl
+  partitions: 1
+  id_field: id
+run:
+  max_concurrent_tasks: 3
+  max_attempts: 2
+  offload_threshold_bytes: 64
+  output_dir: out
+  workers: 1
+models:
+  m:
+    endpoints: [http://127.0.0.1:9/v1]
+    model: fake
+roles:
+  ask:
+    type: llm
+    model: m
+    prompt: "{{ input.q }}"
+  reply:
+    type: llm
+    model: m
+    prompt: "{{ input.q }}"
+flow:
+  start: ask
+  max_steps: 50
+  steps:
+    ask:
+      role: ask
+      next: reply
+    reply:
+      role: reply
+      next:
+        - if: counters.steps >= 10
+          goto: done
+          reason: enough
+        - goto: ask
+)";
+
+// The test's side of the broker socket.
+class TestBroker {
+ public:
+  explicit TestBroker(transport::Context& ctx) {
+    endpoint_ = "inproc://component-broker-" + std::to_string(++counter_);
+    auto s = transport::Socket::Bind(ctx, transport::Socket::Kind::kRouter, endpoint_);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    socket_ = std::move(*s);
+  }
+  const std::string& endpoint() const { return endpoint_; }
+
+  // One message from the worker within `timeout_ms`, decoded; false on none.
+  bool Receive(int timeout_ms) {
+    transport::Poller poller;
+    int idx = poller.AddSocket(socket_.get());
+    const int64_t deadline = SystemClock::Get()->NowNanos() + int64_t{timeout_ms} * 1'000'000;
+    while (SystemClock::Get()->NowNanos() < deadline) {
+      poller.Poll(20);
+      if (!poller.Readable(idx)) continue;
+      transport::Frames frames;
+      if (!socket_->TryRecv(&frames)) continue;
+      Handle(frames);
+      return true;
+    }
+    return false;
+  }
+
+  // Plays the broker until `done` holds or the time is up: answers
+  // registrations, queues submissions and delivers them back, in batches.
+  bool Serve(const std::function<bool()>& done, int timeout_ms) {
+    const int64_t deadline = SystemClock::Get()->NowNanos() + int64_t{timeout_ms} * 1'000'000;
+    while (!done()) {
+      if (SystemClock::Get()->NowNanos() > deadline) return false;
+      DeliverQueued();
+      Receive(20);
+    }
+    return true;
+  }
+
+  void DeliverQueued() {
+    if (queue_.empty() || worker_.empty()) return;
+    wire::DeliverMsg deliver;
+    std::vector<std::string> payloads;
+    while (!queue_.empty()) {
+      auto [role, payload] = std::move(queue_.front());
+      queue_.pop_front();
+      const uint64_t lease = next_lease_++;
+      outstanding_.insert(lease);
+      deliver.items.push_back({lease, role, 1, 0});
+      payloads.push_back(std::move(payload));
+      ++delivered_by_role_[role.substr(0, role.find(':'))];
+    }
+    transport::Frames frames{worker_, wire::EncodeControl(wire::Control{"broker", std::move(deliver)}),
+                             wire::PackPayloads(payloads)};
+    ASSERT_TRUE(socket_->Send(std::move(frames)).ok());
+  }
+
+  int registrations() const { return registrations_; }
+  int heartbeats() const { return heartbeats_; }
+  size_t outstanding() const { return outstanding_.size(); }
+  size_t queued() const { return queue_.size(); }
+  int acks() const { return acks_; }
+  int requeued() const { return requeued_; }
+  int double_acks() const { return double_acks_; }
+  const std::map<std::string, int>& delivered_by_role() const { return delivered_by_role_; }
+
+ private:
+  void Handle(const transport::Frames& frames) {
+    ASSERT_GE(frames.size(), 2u);
+    auto control = wire::DecodeControl(frames[1]);
+    ASSERT_TRUE(control.ok()) << control.status().ToString();
+    if (auto* reg = std::get_if<wire::RegisterMsg>(&control->body)) {
+      worker_ = frames[0];
+      ++registrations_;
+      wire::RegisterAckMsg ack{"test-broker", 1000};
+      ASSERT_TRUE(socket_->Send({worker_, wire::EncodeControl(wire::Control{"broker", ack})}).ok());
+      EXPECT_FALSE(reg->roles.empty());
+      return;
+    }
+    if (std::get_if<wire::HeartbeatMsg>(&control->body)) {
+      ++heartbeats_;
+      return;
+    }
+    auto* submit = std::get_if<wire::SubmitMsg>(&control->body);
+    ASSERT_NE(submit, nullptr) << "unexpected message from the worker";
+    size_t with_payload = 0;
+    for (const auto& item : submit->items) with_payload += item.has_payload;
+    auto payloads = wire::UnpackPayloads(frames, 2, with_payload);
+    ASSERT_TRUE(payloads.ok()) << payloads.status().ToString();
+    size_t next = 0;
+    for (const auto& item : submit->items) {
+      if (item.ack_lease != 0) {
+        if (outstanding_.erase(item.ack_lease) == 0) ++double_acks_;
+        ++acks_;
+        requeued_ += item.requeue;
+      }
+      if (item.has_payload) queue_.emplace_back(item.role, std::move((*payloads)[next++]));
+    }
+  }
+
+  static inline std::atomic<int> counter_{0};
+  std::string endpoint_;
+  std::unique_ptr<transport::Socket> socket_;
+  std::string worker_;  // the worker's routing identity
+  std::deque<std::pair<std::string, std::string>> queue_;
+  std::set<uint64_t> outstanding_;
+  uint64_t next_lease_ = 1;
+  int registrations_ = 0, heartbeats_ = 0, acks_ = 0, requeued_ = 0, double_acks_ = 0;
+  std::map<std::string, int> delivered_by_role_;
+};
+
+class WorkerComponentTest : public ::testing::Test {
+ protected:
+  // Writes `rows` questions and starts a worker owning partition 0.
+  void Start(int rows, llm::FakeChatService::Responder respond) {
+    std::string data;
+    for (int i = 0; i < rows; ++i)
+      data += DumpJson(Json{{"id", "q" + std::to_string(i)}, {"q", "question " + std::to_string(i)}}) + "\n";
+    ASSERT_TRUE(WriteFileAtomic(dir_.File("rows.jsonl"), data).ok());
+    ASSERT_TRUE(WriteFileAtomic(dir_.File("pipeline.yaml"), kPipeline).ok());
+    auto loaded = config::LoadPipelineOrError(dir_.File("pipeline.yaml"));
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    WorkerConfig wc;
+    wc.worker_id = "component";
+    wc.broker_endpoint = broker_.endpoint();
+    wc.run_dir = dir_.path();
+    wc.output_dir = dir_.File("out");
+    wc.partitions = {0};
+    wc.grace_s = 5;
+    WorkerServices services;
+    auto chat = std::make_unique<llm::FakeChatService>(std::move(respond));
+    auto store = std::make_unique<store::FakeObjectStore>(wc.node);
+    chat_ = chat.get();
+    store_ = store.get();
+    services.llm = std::move(chat);
+    services.store = std::move(store);
+    auto w = Worker::Create(wc, std::make_shared<const config::Pipeline>(std::move(*loaded)), &ctx_,
+                            &clock_, std::move(services));
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    worker_ = std::move(*w);
+    thread_ = std::thread([this] {
+      run_status_ = worker_->Run();
+      exited_ = true;
+    });
+  }
+
+  // Stop(), then the drain deadline (grace_s on the fake clock) passes.
+  void StopWorker() {
+    worker_->Stop();
+    clock_.AdvanceMillis(6'000);
+    broker_.Serve([&] { return exited_.load(); }, 30'000);
+    thread_.join();
+    worker_.reset();
+  }
+
+  void TearDown() override {
+    if (worker_) StopWorker();
+  }
+
+  std::vector<Json> Records() {
+    std::vector<Json> out;
+    auto text = ReadFile(dir_.File("out/p0.jsonl"));
+    if (!text.ok()) return out;
+    std::istringstream lines(*text);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty()) out.push_back(Json::parse(line));
+    return out;
+  }
+
+  TempDir dir_;
+  transport::Context ctx_;
+  FakeClock clock_;
+  TestBroker broker_{ctx_};
+  llm::FakeChatService* chat_ = nullptr;
+  store::FakeObjectStore* store_ = nullptr;
+  std::unique_ptr<Worker> worker_;
+  std::thread thread_;
+  Status run_status_;
+  std::atomic<bool> exited_{false};
+};
+
+// A long answer (offloaded: above the 64-byte threshold) naming the request.
+llm::ChatResult LongAnswer(const llm::ChatRequest& req) {
+  const size_t turns = req.body["messages"].size();
+  return llm::FakeChatService::Answer(req.sticky_key + " turn " + std::to_string(turns) + " " +
+                                      std::string(100, 'x'));
+}
+
+TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRecordsAreWritten) {
+  Start(5, LongAnswer);
+  ASSERT_TRUE(broker_.Receive(5'000)) << "no registration";
+  ASSERT_EQ(broker_.registrations(), 1);
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 5 && broker_.outstanding() == 0; }, 30'000))
+      << Records().size() << " records, " << broker_.outstanding() << " leases outstanding";
+
+  std::set<std::string> ids;
+  for (const Json& r : Records()) {
+    ids.insert(r["task_id"].get<std::string>());
+    EXPECT_EQ(r["status"], "done") << r.dump();
+    EXPECT_EQ(r["reason"], "enough");
+    // Ten model turns, the early ones back from archived segments and their
+    // offloaded text back from the store, in order.
+    ASSERT_EQ(r["turns"].size(), 10u) << r.dump();
+    for (size_t t = 0; t < 10; ++t) {
+      const std::string content = r["turns"][t]["content"].get<std::string>();
+      EXPECT_EQ(content.rfind(r["task_id"].get<std::string>() + " turn ", 0), 0u) << t << ": " << content;
+      EXPECT_NE(content.find(std::string(100, 'x')), std::string::npos);
+    }
+  }
+  EXPECT_EQ(ids.size(), 5u);
+  // Each call saw the conversation so far: 1 prompt message, then one more per turn.
+  const auto requests = chat_->requests();
+  ASSERT_EQ(requests.size(), 50u);
+  std::map<std::string, size_t> seen;
+  for (const auto& req : requests) {
+    const size_t n = req.body["messages"].size();
+    EXPECT_GT(n, seen[req.sticky_key]) << req.sticky_key;
+    seen[req.sticky_key] = n;
+  }
+  // Every hop went through the broker: 5 tasks × 10 steps, 5 records.
+  EXPECT_EQ(broker_.delivered_by_role().at("ask"), 25);
+  EXPECT_EQ(broker_.delivered_by_role().at("reply"), 25);
+  EXPECT_EQ(broker_.delivered_by_role().at("sink"), 5);
+  EXPECT_EQ(broker_.double_acks(), 0);
+  // Content was offloaded and archived, and everything was freed at the end.
+  EXPECT_GT(store_->stats().puts, 0);
+  EXPECT_GT(store_->stats().gets, 0);
+  EXPECT_EQ(store_->objects(), 0u) << store_->bytes() << " bytes left in the store";
+}
+
+TEST_F(WorkerComponentTest, AModelErrorEndsOnlyItsTaskWithAReason) {
+  Start(4, [](const llm::ChatRequest& req) {
+    if (req.body.dump().find("question 2") == std::string::npos) return LongAnswer(req);
+    llm::ChatResult bad;
+    bad.status = InvalidArgument("HTTP 400: context length exceeded");
+    bad.http_status = 400;
+    return bad;
+  });
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 4 && broker_.outstanding() == 0; }, 30'000));
+  std::map<std::string, Json> by_id;
+  for (const Json& r : Records()) by_id[r["input"]["id"].get<std::string>()] = r;
+  ASSERT_EQ(by_id.size(), 4u);
+  for (const char* id : {"q0", "q1", "q3"}) EXPECT_EQ(by_id[id]["status"], "done") << by_id[id].dump();
+  EXPECT_EQ(by_id["q2"]["status"], "failed");
+  EXPECT_EQ(by_id["q2"]["reason"], "llm_error") << by_id["q2"].dump();
+  EXPECT_NE(by_id["q2"]["error"].get<std::string>().find("context length"), std::string::npos);
+}
+
+TEST_F(WorkerComponentTest, HeartbeatsAndReRegistrationFollowTheInjectedClock) {
+  Start(1, nullptr);
+  chat_->Hold(true);
+  ASSERT_TRUE(broker_.Receive(5'000));
+  ASSERT_EQ(broker_.registrations(), 1);
+  // Frozen clock: no heartbeat however long the test waits.
+  broker_.Serve([] { return false; }, 300);
+  EXPECT_EQ(broker_.heartbeats(), 0);
+  // 1.5 s on the fake clock: a heartbeat.
+  clock_.AdvanceMillis(1'500);
+  ASSERT_TRUE(broker_.Serve([&] { return broker_.heartbeats() >= 1; }, 5'000));
+  // 3.5 s more with no word from the broker: the worker registers again.
+  clock_.AdvanceMillis(3'500);
+  ASSERT_TRUE(broker_.Serve([&] { return broker_.registrations() == 2; }, 5'000));
+  chat_->Hold(false);
+  chat_->Release();
+}
+
+TEST_F(WorkerComponentTest, StopHandsTasksInFlightBackAndShutsTheModelClientDown) {
+  Start(3, LongAnswer);
+  chat_->Hold(true);
+  ASSERT_TRUE(broker_.Receive(5'000));
+  // Three tasks admitted and delivered; their first calls wait in the fake.
+  ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 3; }, 10'000)) << chat_->held();
+  EXPECT_EQ(broker_.outstanding(), 3u);
+  worker_->Stop();
+  // Draining waits for the calls until grace_s (5 s) passes on the fake clock.
+  broker_.Serve([] { return false; }, 300);
+  EXPECT_EQ(broker_.requeued(), 0);
+  clock_.AdvanceMillis(6'000);
+  ASSERT_TRUE(broker_.Serve([&] { return broker_.outstanding() == 0; }, 10'000));
+  EXPECT_EQ(broker_.requeued(), 3);
+  thread_.join();
+  EXPECT_TRUE(run_status_.ok()) << run_status_.ToString();
+  EXPECT_TRUE(chat_->shut_down());
+  worker_.reset();
+  EXPECT_TRUE(Records().empty());
+}
+
+TEST_F(WorkerComponentTest, AStoreThatLostItsObjectsCostsTheTaskARestartFromItsRow) {
+  std::atomic<int> calls{0};
+  store::FakeObjectStore** store = &store_;
+  Start(1, [&calls, store](const llm::ChatRequest& req) {
+    // After the fourth call every stored object is gone, as after a store
+    // restart without its disk.
+    if (++calls == 4) (*store)->Forget();
+    return LongAnswer(req);
+  });
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0; }, 30'000));
+  const Json r = Records()[0];
+  EXPECT_EQ(r["status"], "done") << r.dump();
+  // Four calls, then the task lost its stored history and ran again from
+  // its row (free: the loss was the store's, not the task's).
+  EXPECT_EQ(r["turns"].size(), 10u);
+  EXPECT_GE(calls.load(), 14);
+}
+
+}  // namespace
+}  // namespace matrix::worker
