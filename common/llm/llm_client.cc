@@ -8,10 +8,14 @@
 // thread, which loops:
 //   apply endpoint updates -> accept submissions -> fire due retry timers
 //   -> send due health probes -> expire requests of pools without endpoints
-//   -> dispatch queued requests -> curl_multi_perform -> reap finished
-//   transfers -> dispatch again -> curl_multi_poll until a socket, a curl
-//   timer, the next retry, probe or expiry, or a wake-up (curl_multi_wakeup
-//   from Submit/SetEndpoints/Shutdown).
+//   -> dispatch queued requests -> run curl's timer when due -> epoll_wait
+//   until a socket, curl's timer, the next retry, probe or expiry, or a
+//   wake-up (the wake eventfd, written by Submit/SetEndpoints/Shutdown) ->
+//   curl_multi_socket_action on each ready socket -> reap finished transfers.
+// libcurl tells the thread which sockets to watch (CURLMOPT_SOCKETFUNCTION,
+// kept in an epoll set) and when its next timeout is (CURLMOPT_TIMERFUNCTION),
+// so a wake-up costs in proportion to the sockets that are ready, not to the
+// thousands of connections open.
 // Invariants (client thread):
 //   - every live Call is in exactly one place: a pool's `waiting` queue, the
 //     timer heap, or the multi handle (call->easy != nullptr); every probe is
@@ -26,12 +30,14 @@
 #include "common/llm/llm_client.h"
 
 #include <curl/curl.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -63,8 +69,6 @@ constexpr int kMaxPollMs = 1000;                 // idle wake-up interval of the
 // least this often, so an injected clock that jumps is noticed promptly.
 constexpr int kTimerPollMs = 100;
 constexpr size_t kMaxIdleEasyHandles = 4096;
-
-Status Cancelled(std::string m) { return Status(StatusCode::kCancelled, std::move(m)); }
 
 // "http://user:pw@host/v1" -> "http://host/v1".
 std::string StripUserInfo(const std::string& url) {
@@ -299,6 +303,12 @@ class LlmClient::Impl {
   void CompleteCall(Call* call, Status status, ParsedCompletion* parsed, int http);
   void CancelEverything();
   int PollTimeoutMs(int64_t now_ns) const;
+  // libcurl's callbacks: which events to watch on a socket, and when to call
+  // curl_multi_socket_action(CURL_SOCKET_TIMEOUT) next.
+  static int OnCurlSocket(CURL* easy, curl_socket_t s, int what, void* userp, void* socketp);
+  static int OnCurlTimer(CURLM* multi, long timeout_ms, void* userp);
+  void RunCurlTimerIfDue();
+  void WakeUp();  // any thread
   CURL* TakeEasy();
   void ReleaseEasy(CURL* easy);
   void PushResult(ChatResult result);
@@ -308,14 +318,17 @@ class LlmClient::Impl {
 
   const Clock* clock_;
   CURLM* multi_ = nullptr;
-  int event_fd_ = -1;
+  int event_fd_ = -1;  // results waiting (the caller polls it)
+  int wake_fd_ = -1;   // work for the client thread (Submit, SetEndpoints, Shutdown)
+  int epoll_fd_ = -1;  // the wake fd and every socket libcurl asked to watch
+  int64_t curl_timer_due_ns_ = -1;  // steady clock; -1: none (client thread)
   std::vector<std::unique_ptr<Pool>> pools_;        // immutable after Init
   std::unordered_map<std::string, Pool*> by_name_;  // immutable after Init
   mutable std::mutex endpoints_mu_;                 // guards growth of Pool::endpoints
   std::thread thread_;
 
   std::mutex submit_mu_;
-  // GUARDED_BY(submit_mu_). Invariant: while non-empty, a curl_multi_wakeup has
+  // GUARDED_BY(submit_mu_). Invariant: while non-empty, a WakeUp() has
   // been made since the client thread last emptied it.
   std::vector<Submission> submitted_;
   std::vector<EndpointUpdate> updates_;  // GUARDED_BY(submit_mu_); a wake-up follows each
@@ -426,8 +439,21 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
 
   event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (event_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return Internal(std::string("epoll_create1: ") + std::strerror(errno));
+  epoll_event wake{};
+  wake.events = EPOLLIN;
+  wake.data.fd = wake_fd_;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &wake) != 0)
+    return Internal(std::string("epoll_ctl: ") + std::strerror(errno));
   multi_ = curl_multi_init();
   if (multi_ == nullptr) return Internal("curl_multi_init failed");
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &Impl::OnCurlSocket);
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &Impl::OnCurlTimer);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
   UpdateConnectionLimits();
 
   thread_ = std::thread([this] { Run(); });
@@ -475,9 +501,11 @@ LlmClient::Impl::~Impl() {
   Shutdown();
   for (CURL* e : idle_easy_) curl_easy_cleanup(e);
   idle_easy_.clear();
-  if (multi_ != nullptr) curl_multi_cleanup(multi_);
+  if (multi_ != nullptr) curl_multi_cleanup(multi_);  // may still call OnCurlSocket
   for (auto& pool : pools_) curl_slist_free_all(pool->headers);
   if (event_fd_ >= 0) ::close(event_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+  if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
 void LlmClient::Impl::Shutdown() {
@@ -485,7 +513,7 @@ void LlmClient::Impl::Shutdown() {
     std::lock_guard<std::mutex> lock(submit_mu_);
     if (!stopping_) {
       stopping_ = true;
-      if (multi_ != nullptr) curl_multi_wakeup(multi_);
+      if (multi_ != nullptr) WakeUp();
     }
   }
   std::lock_guard<std::mutex> lock(join_mu_);
@@ -511,7 +539,7 @@ void LlmClient::Impl::Submit(ChatRequest req) {
       // thread last took it, so a burst of submissions costs one wake-up.
       bool was_empty = submitted_.empty();
       submitted_.push_back(Submission{std::move(req), now});
-      if (was_empty) curl_multi_wakeup(multi_);
+      if (was_empty) WakeUp();
       return;
     }
   }
@@ -539,7 +567,7 @@ Status LlmClient::Impl::SetEndpoints(const std::string& name, std::vector<std::s
   std::lock_guard<std::mutex> lock(submit_mu_);
   if (stopping_) return Cancelled("llm client is shut down");
   updates_.push_back(std::move(update));
-  curl_multi_wakeup(multi_);
+  WakeUp();
   return Status::Ok();
 }
 
@@ -595,9 +623,66 @@ std::vector<LlmClient::EndpointStats> LlmClient::Impl::Stats() const {
 // ---------------------------------------------------------------------------
 // Client thread.
 
+namespace {
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void LlmClient::Impl::WakeUp() {
+  const uint64_t one = 1;
+  (void)!::write(wake_fd_, &one, sizeof one);
+}
+
+int LlmClient::Impl::OnCurlSocket(CURL*, curl_socket_t s, int what, void* userp, void* socketp) {
+  auto* self = static_cast<Impl*>(userp);
+  if (what == CURL_POLL_REMOVE) {
+    ::epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, s, nullptr);
+    curl_multi_assign(self->multi_, s, nullptr);
+    return 0;
+  }
+  epoll_event ev{};
+  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+  ev.data.fd = s;
+  // socketp is non-null once the socket is in the set. A number libcurl
+  // closed and reused may still be there or already gone: fall back.
+  const int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (::epoll_ctl(self->epoll_fd_, op, s, &ev) != 0) {
+    const int other = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (::epoll_ctl(self->epoll_fd_, other, s, &ev) != 0) {
+      LOG_ERROR << "llm client: epoll_ctl on socket " << s << ": " << std::strerror(errno);
+      return -1;
+    }
+  }
+  if (!socketp) curl_multi_assign(self->multi_, s, self);
+  return 0;
+}
+
+int LlmClient::Impl::OnCurlTimer(CURLM*, long timeout_ms, void* userp) {
+  auto* self = static_cast<Impl*>(userp);
+  self->curl_timer_due_ns_ = timeout_ms < 0 ? -1 : SteadyNanos() + int64_t{timeout_ms} * 1'000'000;
+  return 0;
+}
+
+void LlmClient::Impl::RunCurlTimerIfDue() {
+  // New transfers set a 0 ms timer: run it at once, as often as it is re-armed
+  // due (bounded: each round starts what was added before it).
+  for (int round = 0; round < 8 && curl_timer_due_ns_ >= 0 && SteadyNanos() >= curl_timer_due_ns_; ++round) {
+    curl_timer_due_ns_ = -1;
+    int running = 0;
+    CURLMcode mc = curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
+    ReapFinished();
+    DispatchAll(clock_->NowNanos());
+  }
+}
+
 void LlmClient::Impl::Run() {
   std::vector<Submission> batch;
   std::vector<EndpointUpdate> updates;
+  constexpr int kMaxEvents = 256;
+  epoll_event events[kMaxEvents];
   while (true) {
     bool stop;
     {
@@ -616,21 +701,33 @@ void LlmClient::Impl::Run() {
     SendDueProbes(clock_->NowNanos());
     ExpireUnserved(clock_->NowNanos());
     DispatchAll(clock_->NowNanos());
-    int running = 0;
-    CURLMcode mc = curl_multi_perform(multi_, &running);
-    if (mc != CURLM_OK) {
-      LOG_ERROR << "llm client: curl_multi_perform: " << curl_multi_strerror(mc);
-    }
-    ReapFinished();
-    const int64_t now = clock_->NowNanos();
-    DispatchAll(now);
+    RunCurlTimerIfDue();
 
-    int numfds = 0;
-    mc = curl_multi_poll(multi_, nullptr, 0, PollTimeoutMs(now), &numfds);
-    if (mc != CURLM_OK) {
-      LOG_ERROR << "llm client: curl_multi_poll: " << curl_multi_strerror(mc);
+    int timeout = PollTimeoutMs(clock_->NowNanos());
+    if (curl_timer_due_ns_ >= 0) {
+      const int64_t left = std::max<int64_t>(0, curl_timer_due_ns_ - SteadyNanos());
+      timeout = static_cast<int>(std::min<int64_t>(timeout, (left + 999'999) / 1'000'000));
+    }
+    const int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout);
+    if (n < 0 && errno != EINTR) {
+      LOG_ERROR << "llm client: epoll_wait: " << std::strerror(errno);
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == wake_fd_) {
+        uint64_t count = 0;
+        (void)!::read(wake_fd_, &count, sizeof count);
+        continue;
+      }
+      const uint32_t e = events[i].events;
+      const int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                        ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+      int running = 0;
+      CURLMcode mc = curl_multi_socket_action(multi_, fd, flags, &running);
+      if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
+    }
+    ReapFinished();
   }
   CancelEverything();
 }
