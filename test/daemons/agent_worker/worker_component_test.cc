@@ -262,7 +262,7 @@ llm::ChatResult LongAnswer(const llm::ChatRequest& req) {
 
 TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRecordsAreWritten) {
   Start(5, LongAnswer);
-  ASSERT_TRUE(broker_.Receive(5'000)) << "no registration";
+  ASSERT_TRUE(broker_.Receive(15'000)) << "no registration";
   ASSERT_EQ(broker_.registrations(), 1);
   ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 5 && broker_.outstanding() == 0; }, 30'000))
       << Records().size() << " records, " << broker_.outstanding() << " leases outstanding";
@@ -323,7 +323,7 @@ TEST_F(WorkerComponentTest, AModelErrorEndsOnlyItsTaskWithAReason) {
 TEST_F(WorkerComponentTest, HeartbeatsAndReRegistrationFollowTheInjectedClock) {
   Start(1, nullptr);
   chat_->Hold(true);
-  ASSERT_TRUE(broker_.Receive(5'000));
+  ASSERT_TRUE(broker_.Receive(15'000));
   ASSERT_EQ(broker_.registrations(), 1);
   // Frozen clock: no heartbeat however long the test waits.
   broker_.Serve([] { return false; }, 300);
@@ -341,7 +341,7 @@ TEST_F(WorkerComponentTest, HeartbeatsAndReRegistrationFollowTheInjectedClock) {
 TEST_F(WorkerComponentTest, StopHandsTasksInFlightBackAndShutsTheModelClientDown) {
   Start(3, LongAnswer);
   chat_->Hold(true);
-  ASSERT_TRUE(broker_.Receive(5'000));
+  ASSERT_TRUE(broker_.Receive(15'000));
   // Three tasks admitted and delivered; their first calls wait in the fake.
   ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 3; }, 10'000)) << chat_->held();
   EXPECT_EQ(broker_.outstanding(), 3u);
