@@ -48,12 +48,15 @@ def run_matrix(bin_dir, work, endpoint, tasks, in_flight, i):
     out = os.path.join(work, f"matrix-{i}")
     before = children_cpu()
     t0 = time.monotonic()
-    subprocess.run([os.path.join(bin_dir, "matrix"), "run", os.path.join(ROOT, "configs/coral.yaml"),
-                    f"dataset.limit={tasks}", f"run.max_concurrent_tasks={in_flight}",
-                    f"models.llama.endpoints=[http://{endpoint}/v1]", "--output", out, "--run-dir", out + ".run",
-                    "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    res = subprocess.run([os.path.join(bin_dir, "matrix"), "run", os.path.join(ROOT, "configs/coral.yaml"),
+                          f"dataset.limit={tasks}", f"run.max_concurrent_tasks={in_flight}",
+                          f"models.llama.endpoints=[http://{endpoint}/v1]", "--output", out, "--run-dir",
+                          out + ".run", "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     wall = time.monotonic() - t0
     cpu = children_cpu() - before
+    if not os.path.exists(os.path.join(out, "summary.json")):
+        sys.exit(f"matrix run wrote no summary:\n{res.stderr[-2000:]}")
     summary = json.load(open(os.path.join(out, "summary.json")))
     calls = sum(json.load(open(f)).get("llm_calls", 0) for f in glob.glob(out + ".run/progress/*.json"))
     return {"who": "matrix", "cpu_s": cpu, "llm_calls": calls, "completion_tokens": summary["completion_tokens"],
@@ -67,7 +70,9 @@ def run_python(work, endpoint, tasks, in_flight, i):
     res = subprocess.run([PYTHON, os.path.join(ROOT, "bench/coral_asyncio.py"), "--endpoint",
                           f"http://{endpoint}/v1", "--dataset", os.path.join(ROOT, "test/data/mmlu_pro_2000.jsonl"),
                           "--limit", str(tasks), "--concurrency", str(in_flight), "--out", out],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"coral_asyncio.py failed ({res.returncode}):\n{res.stderr[-2000:]}")
     wall = time.monotonic() - t0
     cpu = children_cpu() - before
     r = json.loads(res.stdout.strip().splitlines()[-1])

@@ -106,7 +106,8 @@ struct Task {
   int64_t created_us = 0;
   int64_t enqueue_us = 0;
   uint32_t hops = 0;
-  // Segments of older history and spans held by the object store.
+  // The newest segment of older history and spans held by the object store
+  // (a segment lists every older one in its own `archive`).
   std::vector<ObjectRef> archive;
 };
 

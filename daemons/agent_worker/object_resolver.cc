@@ -4,6 +4,9 @@
 
 #include "daemons/agent_worker/worker_impl.h"
 
+#include <algorithm>
+#include <unordered_set>
+
 #include "common/base/log.h"
 
 namespace matrix::worker {
@@ -16,7 +19,62 @@ wire::Task Worker::Impl::Expanded(const TaskRun& run) {
     full.history.insert(full.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
   if (!run.archived_spans.empty())
     full.spans.insert(full.spans.begin(), run.archived_spans.begin(), run.archived_spans.end());
+  if (run.archive_loaded && !run.segments.empty()) full.archive = run.segments;  // every segment, to free
   return full;
+}
+
+void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
+                               std::function<void(uint64_t, const Status&)> then) {
+  // The task carries its newest segment; each segment lists every older one
+  // (oldest first), so two rounds fetch any history, and a segment archived
+  // where its predecessors were not loaded adds a round per such link.
+  constexpr int kMaxRounds = 64;
+  TaskRun& run = runs_[id];
+  if (++run.archive_rounds > kMaxRounds) {
+    run.archive_loaded = true;
+    run.loading_segments.clear();
+    return then(id, DataLoss("archive of task " + run.task.task_id + " is linked deeper than " +
+                             std::to_string(kMaxRounds) + " segments"));
+  }
+  store_->Get(wanted, [this, id, wanted, then](StatusOr<std::vector<std::string>> got) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    TaskRun& r = it->second;
+    auto give_up = [&](const Status& st) {
+      r.archive_loaded = true;  // a record is still written, without what is missing
+      r.loading_segments.clear();
+      then(id, st);
+    };
+    if (!got.ok()) return give_up(got.status());
+    std::vector<wire::ObjectRef> more;
+    for (size_t i = 0; i < wanted.size() && i < got->size(); ++i) {
+      auto segment = wire::DecodeTask((*got)[i], config_.max_message_bytes);
+      if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
+      for (const auto& older : segment->archive)
+        if (!r.loading_segments.count(older.id) &&
+            std::none_of(more.begin(), more.end(), [&](const wire::ObjectRef& m) { return m.id == older.id; }) &&
+            std::none_of(wanted.begin(), wanted.end(), [&](const wire::ObjectRef& w) { return w.id == older.id; }))
+          more.push_back(older);
+      r.loading_segments.emplace(wanted[i].id, std::make_pair(wanted[i], std::move(*segment)));
+    }
+    if (!more.empty()) return LoadArchive(id, std::move(more), then);
+    // Oldest first: a segment's turns follow those of every segment it lists.
+    std::unordered_set<uint64_t> placed;
+    std::function<void(const wire::ObjectRef&)> place = [&](const wire::ObjectRef& ref) {
+      if (!placed.insert(ref.id).second) return;
+      auto seg = r.loading_segments.find(ref.id);
+      if (seg == r.loading_segments.end()) return;
+      wire::Task& segment = seg->second.second;
+      for (const auto& older : segment.archive) place(older);
+      for (auto& t : segment.history) r.archived_turns.push_back(std::move(t));
+      for (auto& sp : segment.spans) r.archived_spans.push_back(std::move(sp));
+      r.segments.push_back(seg->second.first);
+    };
+    for (const auto& head : r.task.archive) place(head);
+    r.loading_segments.clear();
+    r.archive_loaded = true;
+    then(id, Status::Ok());
+  });
 }
 
 void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
@@ -35,26 +93,9 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
   };
   if (!run.archive_loaded && !run.task.archive.empty()) {
     // First the archived segments, then (second pass) the content they reference.
-    std::vector<wire::ObjectRef> refs = run.task.archive;
-    store_->Get(refs, [this, id, then, fail](StatusOr<std::vector<std::string>> got) {
-      auto it = runs_.find(id);
-      if (it == runs_.end()) return;
-      TaskRun& r = it->second;
-      r.archive_loaded = true;
-      if (!got.ok()) {
-        if (!fail(id, got.status())) return;
-      } else {
-        for (const std::string& bytes : *got) {
-          auto segment = wire::DecodeTask(bytes, config_.max_message_bytes);
-          if (!segment.ok()) {
-            if (!fail(id, DataLoss("archived segment: " + segment.status().message()))) return;
-            continue;
-          }
-          for (auto& t : segment->history) r.archived_turns.push_back(std::move(t));
-          for (auto& sp : segment->spans) r.archived_spans.push_back(std::move(sp));
-        }
-      }
-      Fetch(id, then);
+    LoadArchive(id, run.task.archive, [this, then, fail](uint64_t rid, const Status& st) {
+      if (!st.ok() && !fail(rid, st)) return;
+      Fetch(rid, then);
     });
     return;
   }
@@ -113,35 +154,48 @@ void Worker::Impl::OffloadAndSubmit(uint64_t id) {
 
 void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // Keeps the message small: beyond kMaxInlineTurns turns or kMaxInlineSpans
-  // spans, everything but the last kKeepTurns turns moves into a segment.
-  constexpr size_t kMaxInlineTurns = 6, kKeepTurns = 2, kMaxInlineSpans = 12;
+  // spans, everything but the last kKeepTurns turns moves into a segment. The
+  // task then carries only its newest segment, which lists every older one,
+  // so a hop carries at most one turn and one span inline and one reference,
+  // at 2 turns as at 2,000 (bench/run bytes). Steps that read the history
+  // load it from the store (usually this worker's cache) in two rounds.
+  constexpr size_t kMaxInlineTurns = 1, kKeepTurns = 0, kMaxInlineSpans = 1;
   TaskRun& run = runs_[id];
   wire::Task& task = run.task;
-  bool terminal = run.next_role.rfind("sink:", 0) == 0;
-  if (terminal || (task.history.size() <= kMaxInlineTurns && task.spans.size() <= kMaxInlineSpans))
+  // An ending task is expanded by its owner: nothing to archive.
+  const bool ending = run.next_role.rfind("sink:", 0) == 0 || task.status != wire::TaskStatus::kRunning;
+  if (ending || (task.history.size() <= kMaxInlineTurns && task.spans.size() <= kMaxInlineSpans))
     return SubmitRun(id);
+  if (!run.archive_loaded && !task.archive.empty()) {
+    // The new segment must list the older ones: read them first (usually
+    // from this worker's cache).
+    return LoadArchive(id, task.archive, [this](uint64_t rid, const Status& st) {
+      if (!st.ok()) return FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
+      ArchiveAndSubmit(rid);
+    });
+  }
   size_t turns = task.history.size() > kKeepTurns ? task.history.size() - kKeepTurns : 0;
   size_t spans = task.spans.size();
   wire::Task segment;
   segment.task_id = task.task_id;
   segment.history.assign(task.history.begin(), task.history.begin() + static_cast<long>(turns));
   segment.spans = task.spans;
+  segment.archive = run.segments;  // every older segment, oldest first
   ++archived_segments_;
   store_->Put(wire::EncodeTask(segment), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     TaskRun& r = it->second;
     if (ref.ok()) {
-      if (r.archive_loaded || r.task.archive.empty()) {
-        r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
-                                r.task.history.begin() + static_cast<long>(turns));
-        r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
-                                r.task.spans.begin() + static_cast<long>(spans));
-        r.archive_loaded = true;
-      }
+      r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
+                              r.task.history.begin() + static_cast<long>(turns));
+      r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
+                              r.task.spans.begin() + static_cast<long>(spans));
+      r.archive_loaded = true;
       r.task.history.erase(r.task.history.begin(), r.task.history.begin() + static_cast<long>(turns));
       r.task.spans.erase(r.task.spans.begin(), r.task.spans.begin() + static_cast<long>(spans));
-      r.task.archive.push_back(*ref);
+      r.segments.push_back(*ref);
+      r.task.archive.assign(1, *ref);
     }  // on failure the segment simply stays inline
     SubmitRun(id);
   });

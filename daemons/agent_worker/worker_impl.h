@@ -109,6 +109,10 @@ class Worker::Impl final : public AgentHost {
     bool archive_loaded = false;
     std::vector<wire::Turn> archived_turns;
     std::vector<wire::Span> archived_spans;
+    std::vector<wire::ObjectRef> segments;  // every archived segment, oldest first
+    // While LoadArchive() runs: segments read so far, by object id.
+    std::unordered_map<uint64_t, std::pair<wire::ObjectRef, wire::Task>> loading_segments;
+    int archive_rounds = 0;
     int64_t start_us = 0;
     int pending_puts = 0;
     std::string next_role;
@@ -165,6 +169,11 @@ class Worker::Impl final : public AgentHost {
 
   // ---- object_resolver.cc: stored content of a task.
   void Fetch(uint64_t id, std::function<void(uint64_t)> then);
+  // Reads the archive segments `wanted` and every older one they list, and
+  // puts their turns and spans (oldest first) in front of the run's history;
+  // `then` gets the first error, if any.
+  void LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
+                   std::function<void(uint64_t, const Status&)> then);
   void OffloadAndSubmit(uint64_t id);
   void ArchiveAndSubmit(uint64_t id);
   // The task with its archived history and spans put back in front.

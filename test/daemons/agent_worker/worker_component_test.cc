@@ -66,7 +66,7 @@ flow:
     reply:
       role: reply
       next:
-        - if: counters.steps >= 10
+        - if: counters.steps >= 20
           goto: done
           reason: enough
         - goto: ask
@@ -136,6 +136,8 @@ class TestBroker {
   int acks() const { return acks_; }
   int requeued() const { return requeued_; }
   int double_acks() const { return double_acks_; }
+  // The most archive references one submitted task carried.
+  size_t max_archive_refs() const { return max_archive_refs_; }
   const std::map<std::string, int>& delivered_by_role() const { return delivered_by_role_; }
 
  private:
@@ -168,7 +170,11 @@ class TestBroker {
         ++acks_;
         requeued_ += item.requeue;
       }
-      if (item.has_payload) queue_.emplace_back(item.role, std::move((*payloads)[next++]));
+      if (!item.has_payload) continue;
+      auto task = wire::DecodeTask((*payloads)[next]);
+      ASSERT_TRUE(task.ok()) << task.status().ToString();
+      max_archive_refs_ = std::max(max_archive_refs_, task->archive.size());
+      queue_.emplace_back(item.role, std::move((*payloads)[next++]));
     }
   }
 
@@ -180,6 +186,7 @@ class TestBroker {
   std::set<uint64_t> outstanding_;
   uint64_t next_lease_ = 1;
   int registrations_ = 0, heartbeats_ = 0, acks_ = 0, requeued_ = 0, double_acks_ = 0;
+  size_t max_archive_refs_ = 0;
   std::map<std::string, int> delivered_by_role_;
 };
 
@@ -272,10 +279,10 @@ TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRec
     ids.insert(r["task_id"].get<std::string>());
     EXPECT_EQ(r["status"], "done") << r.dump();
     EXPECT_EQ(r["reason"], "enough");
-    // Ten model turns, the early ones back from archived segments and their
-    // offloaded text back from the store, in order.
-    ASSERT_EQ(r["turns"].size(), 10u) << r.dump();
-    for (size_t t = 0; t < 10; ++t) {
+    // Twenty model turns, the early ones back from a chain of archived
+    // segments and their offloaded text back from the store, in order.
+    ASSERT_EQ(r["turns"].size(), 20u) << r.dump();
+    for (size_t t = 0; t < 20; ++t) {
       const std::string content = r["turns"][t]["content"].get<std::string>();
       EXPECT_EQ(content.rfind(r["task_id"].get<std::string>() + " turn ", 0), 0u) << t << ": " << content;
       EXPECT_NE(content.find(std::string(100, 'x')), std::string::npos);
@@ -284,18 +291,20 @@ TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRec
   EXPECT_EQ(ids.size(), 5u);
   // Each call saw the conversation so far: 1 prompt message, then one more per turn.
   const auto requests = chat_->requests();
-  ASSERT_EQ(requests.size(), 50u);
+  ASSERT_EQ(requests.size(), 100u);
   std::map<std::string, size_t> seen;
   for (const auto& req : requests) {
     const size_t n = req.body["messages"].size();
     EXPECT_GT(n, seen[req.sticky_key]) << req.sticky_key;
     seen[req.sticky_key] = n;
   }
-  // Every hop went through the broker: 5 tasks × 10 steps, 5 records.
-  EXPECT_EQ(broker_.delivered_by_role().at("ask"), 25);
-  EXPECT_EQ(broker_.delivered_by_role().at("reply"), 25);
+  // Every hop went through the broker: 5 tasks × 20 steps, 5 records.
+  EXPECT_EQ(broker_.delivered_by_role().at("ask"), 50);
+  EXPECT_EQ(broker_.delivered_by_role().at("reply"), 50);
   EXPECT_EQ(broker_.delivered_by_role().at("sink"), 5);
   EXPECT_EQ(broker_.double_acks(), 0);
+  // Several segments were archived per task, and a task carried only the newest.
+  EXPECT_EQ(broker_.max_archive_refs(), 1u);
   // Content was offloaded and archived, and everything was freed at the end.
   EXPECT_GT(store_->stats().puts, 0);
   EXPECT_GT(store_->stats().gets, 0);
@@ -373,8 +382,8 @@ TEST_F(WorkerComponentTest, AStoreThatLostItsObjectsCostsTheTaskARestartFromItsR
   EXPECT_EQ(r["status"], "done") << r.dump();
   // Four calls, then the task lost its stored history and ran again from
   // its row (free: the loss was the store's, not the task's).
-  EXPECT_EQ(r["turns"].size(), 10u);
-  EXPECT_GE(calls.load(), 14);
+  EXPECT_EQ(r["turns"].size(), 20u);
+  EXPECT_GE(calls.load(), 24);
 }
 
 }  // namespace
