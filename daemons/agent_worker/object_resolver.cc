@@ -27,8 +27,10 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
                                std::function<void(uint64_t, const Status&)> then) {
   // The task carries its newest segment; each segment lists every older one
   // (oldest first), so two rounds fetch any history, and a segment archived
-  // where its predecessors were not loaded adds a round per such link.
-  constexpr int kMaxRounds = 64;
+  // where its predecessors were not loaded adds a round per such link. Known
+  // segments are never asked for twice, so the rounds end; the bound is a
+  // guard against a corrupt chain.
+  constexpr int kMaxRounds = 1 << 16;
   TaskRun& run = runs_[id];
   if (++run.archive_rounds > kMaxRounds) {
     run.archive_loaded = true;
@@ -59,18 +61,27 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
     }
     if (!more.empty()) return LoadArchive(id, std::move(more), then);
     // Oldest first: a segment's turns follow those of every segment it lists.
+    // Depth first, iteratively: a linked chain may be thousands long.
     std::unordered_set<uint64_t> placed;
-    std::function<void(const wire::ObjectRef&)> place = [&](const wire::ObjectRef& ref) {
-      if (!placed.insert(ref.id).second) return;
-      auto seg = r.loading_segments.find(ref.id);
-      if (seg == r.loading_segments.end()) return;
+    std::vector<std::pair<uint64_t, bool>> stack;  // (segment id, its older ones already pushed)
+    for (auto head = r.task.archive.rbegin(); head != r.task.archive.rend(); ++head) stack.push_back({head->id, false});
+    while (!stack.empty()) {
+      auto [seg_id, expanded] = stack.back();
+      stack.pop_back();
+      auto seg = r.loading_segments.find(seg_id);
+      if (seg == r.loading_segments.end()) continue;
       wire::Task& segment = seg->second.second;
-      for (const auto& older : segment.archive) place(older);
+      if (!expanded) {
+        if (!placed.insert(seg_id).second) continue;
+        stack.push_back({seg_id, true});
+        for (auto older = segment.archive.rbegin(); older != segment.archive.rend(); ++older)
+          if (!placed.count(older->id)) stack.push_back({older->id, false});
+        continue;
+      }
       for (auto& t : segment.history) r.archived_turns.push_back(std::move(t));
       for (auto& sp : segment.spans) r.archived_spans.push_back(std::move(sp));
       r.segments.push_back(seg->second.first);
-    };
-    for (const auto& head : r.task.archive) place(head);
+    }
     r.loading_segments.clear();
     r.archive_loaded = true;
     then(id, Status::Ok());
@@ -154,47 +165,46 @@ void Worker::Impl::OffloadAndSubmit(uint64_t id) {
 
 void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // Keeps the message small: beyond kMaxInlineTurns turns or kMaxInlineSpans
-  // spans, everything but the last kKeepTurns turns moves into a segment. The
-  // task then carries only its newest segment, which lists every older one,
-  // so a hop carries at most one turn and one span inline and one reference,
-  // at 2 turns as at 2,000 (bench/run bytes). Steps that read the history
-  // load it from the store (usually this worker's cache) in two rounds.
-  constexpr size_t kMaxInlineTurns = 1, kKeepTurns = 0, kMaxInlineSpans = 1;
+  // spans, everything but the last kKeepTurns turns, and every span, moves
+  // into a segment. The task then carries only its newest segment, which
+  // lists every older one, so a conversation's hop carries at most one turn,
+  // its spans and one reference, at 2 turns as at 2,000 (bench/run bytes).
+  // Spans alone (steps that add no turn) wait for kMaxInlineSpans, so a
+  // no-op hop rarely pays for a segment. Steps that read the history load it
+  // from the store (usually this worker's cache) in two rounds.
+  constexpr size_t kMaxInlineTurns = 1, kKeepTurns = 0, kMaxInlineSpans = 12;
   TaskRun& run = runs_[id];
   wire::Task& task = run.task;
   // An ending task is expanded by its owner: nothing to archive.
   const bool ending = run.next_role.rfind("sink:", 0) == 0 || task.status != wire::TaskStatus::kRunning;
   if (ending || (task.history.size() <= kMaxInlineTurns && task.spans.size() <= kMaxInlineSpans))
     return SubmitRun(id);
-  if (!run.archive_loaded && !task.archive.empty()) {
-    // The new segment must list the older ones: read them first (usually
-    // from this worker's cache).
-    return LoadArchive(id, task.archive, [this](uint64_t rid, const Status& st) {
-      if (!st.ok()) return FailTask(rid, wire::TaskStatus::kLost, "object_unavailable", st.ToString());
-      ArchiveAndSubmit(rid);
-    });
-  }
   size_t turns = task.history.size() > kKeepTurns ? task.history.size() - kKeepTurns : 0;
   size_t spans = task.spans.size();
   wire::Task segment;
   segment.task_id = task.task_id;
   segment.history.assign(task.history.begin(), task.history.begin() + static_cast<long>(turns));
   segment.spans = task.spans;
-  segment.archive = run.segments;  // every older segment, oldest first
+  // Every older segment, oldest first, when this step loaded them (steps that
+  // read the history do); otherwise the previous newest one, a link that
+  // LoadArchive() follows one round further.
+  segment.archive = run.archive_loaded ? run.segments : task.archive;
   ++archived_segments_;
   store_->Put(wire::EncodeTask(segment), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     TaskRun& r = it->second;
     if (ref.ok()) {
-      r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
-                              r.task.history.begin() + static_cast<long>(turns));
-      r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
-                              r.task.spans.begin() + static_cast<long>(spans));
-      r.archive_loaded = true;
+      if (r.archive_loaded || r.task.archive.empty()) {
+        r.archived_turns.insert(r.archived_turns.end(), r.task.history.begin(),
+                                r.task.history.begin() + static_cast<long>(turns));
+        r.archived_spans.insert(r.archived_spans.end(), r.task.spans.begin(),
+                                r.task.spans.begin() + static_cast<long>(spans));
+        r.segments.push_back(*ref);
+        r.archive_loaded = true;
+      }
       r.task.history.erase(r.task.history.begin(), r.task.history.begin() + static_cast<long>(turns));
       r.task.spans.erase(r.task.spans.begin(), r.task.spans.begin() + static_cast<long>(spans));
-      r.segments.push_back(*ref);
       r.task.archive.assign(1, *ref);
     }  // on failure the segment simply stays inline
     SubmitRun(id);
