@@ -286,10 +286,13 @@ int RunPipeline(const RunOptions& opt) {
   // Daemon counters for the summary, taken before they stop.
   auto broker_stats = QueryStats(broker_ep);
   auto store_stats = QueryStats(store_ep);
-  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Workers first (they drain and hand back), then the rest.
   sup.Stop(worker_names, static_cast<int>(opt.grace_s * 1000) + 3000, *sigfd);
   sup.StopAll(5000);
+  // The workers' final counts, records written while draining included, so
+  // the summary agrees with the files.
+  if (Progress last = ReadProgress(run_dir); last.partitions >= p.partitions) p = last;
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (Status cleared = targets.Clear(); !cleared.ok()) LOG_WARN << cleared.message();
 
   auto summary = SummarizeOutput(output_dir, prices);

@@ -76,6 +76,13 @@ TEST(ChaosTest, SigtermThenResumeCompletesWithoutDuplicates) {
   }
   size_t partial = ReadRecords(dir.File("out")).size();
   ASSERT_LT(partial, 300u);
+  {
+    // The interrupted run's summary counts what its files hold, drained records included.
+    Json s = Json::parse(*ReadFile(dir.File("out/summary.json")));
+    EXPECT_TRUE(s["interrupted"].get<bool>());
+    EXPECT_EQ(s["records"].get<size_t>(), partial) << s.dump();
+    EXPECT_EQ(s["written_this_run"].get<size_t>(), partial) << s.dump();
+  }
   argv.push_back("--resume");
   ChildProcess second(argv, dir.File("second.log"));
   ASSERT_EQ(second.Wait(180000), 0);
