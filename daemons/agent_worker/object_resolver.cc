@@ -4,7 +4,6 @@
 
 #include "daemons/agent_worker/worker_impl.h"
 
-#include <algorithm>
 #include <unordered_set>
 
 #include "common/base/log.h"
@@ -27,17 +26,8 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
                                std::function<void(uint64_t, const Status&)> then) {
   // The task carries its newest segment; each segment lists every older one
   // (oldest first), so two rounds fetch any history, and a segment archived
-  // where its predecessors were not loaded adds a round per such link. Known
-  // segments are never asked for twice, so the rounds end; the bound is a
-  // guard against a corrupt chain.
-  constexpr int kMaxRounds = 1 << 16;
-  TaskRun& run = runs_[id];
-  if (++run.archive_rounds > kMaxRounds) {
-    run.archive_loaded = true;
-    run.loading_segments.clear();
-    return then(id, DataLoss("archive of task " + run.task.task_id + " is linked deeper than " +
-                             std::to_string(kMaxRounds) + " segments"));
-  }
+  // where its predecessors were not loaded adds a round per such link. A
+  // segment is asked for once and a missing one fails the Get: the rounds end.
   store_->Get(wanted, [this, id, wanted, then](StatusOr<std::vector<std::string>> got) {
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
@@ -48,16 +38,18 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
       then(id, st);
     };
     if (!got.ok()) return give_up(got.status());
-    std::vector<wire::ObjectRef> more;
     for (size_t i = 0; i < wanted.size() && i < got->size(); ++i) {
       auto segment = wire::DecodeTask((*got)[i], config_.max_message_bytes);
       if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
-      for (const auto& older : segment->archive)
-        if (!r.loading_segments.count(older.id) &&
-            std::none_of(more.begin(), more.end(), [&](const wire::ObjectRef& m) { return m.id == older.id; }) &&
-            std::none_of(wanted.begin(), wanted.end(), [&](const wire::ObjectRef& w) { return w.id == older.id; }))
-          more.push_back(older);
       r.loading_segments.emplace(wanted[i].id, std::make_pair(wanted[i], std::move(*segment)));
+    }
+    std::vector<wire::ObjectRef> more;  // listed and not read yet
+    std::unordered_set<uint64_t> asked;
+    for (const auto& ref : wanted) {
+      auto seg = r.loading_segments.find(ref.id);
+      if (seg == r.loading_segments.end()) continue;
+      for (const auto& older : seg->second.second.archive)
+        if (!r.loading_segments.count(older.id) && asked.insert(older.id).second) more.push_back(older);
     }
     if (!more.empty()) return LoadArchive(id, std::move(more), then);
     // Oldest first: a segment's turns follow those of every segment it lists.

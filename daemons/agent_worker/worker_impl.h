@@ -112,7 +112,6 @@ class Worker::Impl final : public AgentHost {
     std::vector<wire::ObjectRef> segments;  // every archived segment, oldest first
     // While LoadArchive() runs: segments read so far, by object id.
     std::unordered_map<uint64_t, std::pair<wire::ObjectRef, wire::Task>> loading_segments;
-    int archive_rounds = 0;
     int64_t start_us = 0;
     int pending_puts = 0;
     std::string next_role;

@@ -328,8 +328,7 @@ int RunPipeline(const RunOptions& opt) {
   if (s.contains("cost")) {
     // What the workers spent in this run (their final progress files), failed
     // attempts included; "total" is the cost of the tokens in the records.
-    Progress final_progress = ReadProgress(run_dir);
-    if (auto spent = CostOf(final_progress.tokens_by_model, prices)) s["cost"]["this_run"] = spent->total;
+    if (auto spent = CostOf(p.tokens_by_model, prices)) s["cost"]["this_run"] = spent->total;
   }
   Status st = WriteFileAtomic(output_dir + "/summary.json", DumpJson(s, 2) + "\n");
   if (!st.ok()) std::cerr << "warning: " << st.message() << "\n";
