@@ -124,6 +124,9 @@
 //   flow:
 //     start: <step>               # REQUIRED
 //     max_steps: 200              # steps per task before it ends as failed
+//     max_tokens: 0               # prompt + completion tokens per task, its branches
+//                                 # included; beyond it the task ends (token_budget).
+//                                 # Each branch gets an equal share of what is left.
 //     steps:
 //       <step>:
 //         role: <role>            # REQUIRED unless the step has `fanout`
@@ -135,12 +138,25 @@
 //             reason: agreement   # termination reason recorded in the output
 //           - goto: teacher
 //         set: {var: expr}        # assignments evaluated, in order, after the role ran
-//         fanout:                 # a fan-out step runs no role; it starts branches:
+//         fanout:                 # a fan-out step runs no role; the task's owner starts
+//                                 # its branches, each a task of its own (new conversation,
+//                                 # the parent's input, vars and counters), on any worker:
 //           branches: [a, b]      #   explicit branch start steps, or
 //           count: 0              #   `count` copies of the step `branch`
 //           branch: ""
-//           join: ""              #   step run once after every branch ended (a branch
-//                                 #   ends at `join` or `done`); then `next` applies
+//           first: 0              #   resume once this many branches ended `join`/`done`
+//                                 #   (0: when every branch has ended)
+//           deadline_s: 0         #   or once this long has passed; 0 = no deadline
+//           value: last.content   #   expression on each ended branch: what it contributes
+//           score: ""             #   numeric expression on each branch (combine: best)
+//           combine: none         #   none | concat | vote | best: result in vars.<var>
+//           var: combined
+//           join: ""              #   step run once the branches are in (the aggregator;
+//                                 #   it has no `next`); then this step's `next` applies
+//                                 # A branch ends at `join`, done, failed or filtered (or
+//                                 # lost); vars.branches lists every one: {index, status,
+//                                 # reason, error, value, score, vars, tokens}; their turns
+//                                 # join the parent's history (conversation: false).
 //
 // Strings anywhere may use ${a.b} (a value of the merged file; alone it keeps
 // its type) and ${env:VAR} or ${env:VAR,default}; \${ is a literal "${".
@@ -304,6 +320,13 @@ struct FanoutConfig {
   int count = 0;                      // or: `count` copies of `branch`
   std::string branch;
   std::string join;  // optional step run once after all branches ended
+  int first = 0;          // resume after this many branches ended well; 0 = all ended
+  double deadline_s = 0;  // resume after this long at the latest; 0 = none
+  std::optional<Expr> value;  // per ended branch; default last.content
+  std::optional<Expr> score;  // per ended branch, numeric
+  enum class Combine { kNone, kConcat, kVote, kBest };
+  Combine combine = Combine::kNone;
+  std::string var = "combined";
 
   // The start step of every branch, in order (branches, or `branch` count times).
   std::vector<std::string> BranchStarts() const;
@@ -320,6 +343,7 @@ struct StepConfig {
 struct FlowConfig {
   std::string start;
   int max_steps = 200;
+  int64_t max_tokens = 0;  // per task, branches included; 0 = no budget
   std::map<std::string, StepConfig> steps;
   std::vector<std::string> step_order;  // as written in the file
 };

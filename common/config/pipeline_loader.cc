@@ -247,10 +247,11 @@ const std::vector<std::pair<RoleType, std::vector<std::string>>> kRoleTypeKeys =
     {RoleType::kNoop, {}},
     {RoleType::kMessage, {"content", "as"}},
 };
-const std::vector<std::string> kFlowKeys = {"start", "max_steps", "steps"};
+const std::vector<std::string> kFlowKeys = {"start", "max_steps", "max_tokens", "steps"};
 const std::vector<std::string> kStepKeys = {"role", "next", "fanout", "set"};
 const std::vector<std::string> kRuleKeys = {"if", "goto", "reason"};
-const std::vector<std::string> kFanoutKeys = {"branches", "count", "branch", "join"};
+const std::vector<std::string> kFanoutKeys = {"branches", "count",  "branch", "join", "first",
+                                               "deadline_s", "value", "score", "combine", "var"};
 
 std::vector<std::string> AllRoleKeys() {
   std::vector<std::string> out = kRoleCommonKeys;
@@ -1664,6 +1665,7 @@ class Builder {
     FlowConfig& flow = p->flow;
     GetString(f, "flow", "start", &flow.start, true);
     GetInt(f, "flow", "max_steps", &flow.max_steps, 1, 10000000);
+    GetInt(f, "flow", "max_tokens", &flow.max_tokens, 0, int64_t{1} << 50);
     const CNode* steps = Get(f, "steps");
     if (steps == nullptr) {
       Missing(f, "flow", "steps");
@@ -1706,6 +1708,30 @@ class Builder {
         GetInt(*f, fp, "count", &fc.count, 1, 100000);
         GetString(*f, fp, "branch", &fc.branch);
         GetString(*f, fp, "join", &fc.join);
+        GetInt(*f, fp, "first", &fc.first, 0, 100000);
+        GetDouble(*f, fp, "deadline_s", &fc.deadline_s, /*allow_zero=*/true);
+        fc.value = GetExpr(*f, fp, "value", false);
+        fc.score = GetExpr(*f, fp, "score", false);
+        std::string combine = "none";
+        GetString(*f, fp, "combine", &combine);
+        static const std::map<std::string, FanoutConfig::Combine> kCombine = {
+            {"none", FanoutConfig::Combine::kNone},
+            {"concat", FanoutConfig::Combine::kConcat},
+            {"vote", FanoutConfig::Combine::kVote},
+            {"best", FanoutConfig::Combine::kBest}};
+        if (auto c = kCombine.find(combine); c != kCombine.end()) {
+          fc.combine = c->second;
+        } else {
+          diag_->At(*f->Find("combine"), fp + ".combine",
+                    "unknown combine '" + combine + "' (none, concat, vote, best)");
+        }
+        if (fc.combine == FanoutConfig::Combine::kBest && !fc.score)
+          diag_->AtKey(*f, fp, "combine: best needs a score expression");
+        GetString(*f, fp, "var", &fc.var);
+        const int width = fc.branches.empty() ? fc.count : static_cast<int>(fc.branches.size());
+        if (fc.first > width && width > 0)
+          diag_->At(*f->Find("first"), fp + ".first",
+                    "first: " + std::to_string(fc.first) + " is more than the " + std::to_string(width) + " branches");
         bool by_list = !fc.branches.empty();
         bool by_count = fc.count > 0 || !fc.branch.empty();
         if (by_list == by_count) {
@@ -1782,6 +1808,7 @@ class Builder {
     std::vector<std::string> role_names, step_names;
     for (const auto& [name, r] : p->roles) role_names.push_back(name);
     for (const auto& name : p->flow.step_order) step_names.push_back(name);
+    std::map<std::string, std::string> joins;  // join step -> its fan-out step
     for (const auto& [name, s] : p->flow.steps) {
       const CNode& sn = *step_nodes_[name];
       if (!s.role.empty()) {
@@ -1794,11 +1821,6 @@ class Builder {
       if (s.fanout) {
         const std::string fp = "flow.steps." + name + ".fanout";
         const CNode* fn = sn.Find("fanout");
-        if (!options_.parse_only) {
-          diag_->AtKey(*fn, fp,
-                       "fan-out steps are not executed by this version of matrix-worker: tasks would wait "
-                       "forever at this step; use a loop of steps instead");
-        }
         auto check = [&](const std::string& target, const char* key) {
           if (!target.empty() && p->flow.steps.count(target) == 0) {
             const CNode* kn = fn->Find(key);
@@ -1808,6 +1830,11 @@ class Builder {
         for (const auto& b : s.fanout->branches) check(b, "branches");
         check(s.fanout->branch, "branch");
         check(s.fanout->join, "join");
+        if (!s.fanout->join.empty() && !joins.emplace(s.fanout->join, name).second) {
+          diag_->At(*fn->Find("join"), fp + ".join",
+                    "step '" + s.fanout->join + "' is already the join of fan-out step '" + joins[s.fanout->join] +
+                        "'; a join step serves one fan-out");
+        }
         if (const StepConfig* j = p->Step(s.fanout->join)) {
           if (step_nodes_[j->name]->Find("next") != nullptr) {
             diag_->AtKey(*step_nodes_[j->name]->Find("next"), "flow.steps." + j->name + ".next",
@@ -1902,6 +1929,34 @@ class Builder {
       for (const auto& b : s.fanout->BranchStarts()) branch_starts.push_back(b);
     }
     std::set<std::string> in_branches = Reach(*p, branch_starts, false);
+    // A loop with no way out is bounded only by flow.max_steps: every task
+    // in it would fail. Steps that can end the task (or their branch):
+    std::set<std::string> can_end;
+    std::set<std::string> joins;
+    for (const auto& [name, s] : p->flow.steps)
+      if (s.fanout && !s.fanout->join.empty()) joins.insert(s.fanout->join);
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (const auto& [name, s] : p->flow.steps) {
+        if (can_end.count(name)) continue;
+        bool ends = joins.count(name) > 0;  // goes on with its fan-out's `next`
+        for (const auto& t : s.next) ends |= IsTerminalTarget(t.target) || can_end.count(t.target) > 0;
+        if (ends) changed = can_end.insert(name).second || changed;
+      }
+    }
+    std::vector<std::string> stuck;
+    for (const auto& name : p->flow.step_order)
+      if (!can_end.count(name) && (reached.count(name) || in_branches.count(name))) stuck.push_back(name);
+    if (!stuck.empty()) {
+      std::string list;
+      for (const auto& n : stuck) list += (list.empty() ? "'" : ", '") + n + "'";
+      const CNode* first = step_nodes_[stuck.front()];
+      const CNode* next = first->Find("next");
+      diag_->At(next ? *next : *first, "flow.steps." + stuck.front() + ".next",
+                "a cycle without a way out: no path from step" + std::string(stuck.size() > 1 ? "s " : " ") + list +
+                    " reaches done, failed, filtered or join, so every task would run until flow.max_steps; "
+                    "add a conditional transition that leaves the loop");
+    }
     for (const auto& name : p->flow.step_order) {
       const CNode& sn = *step_nodes_[name];
       if (have_start && reached.count(name) == 0) {

@@ -191,7 +191,7 @@ FlatBufferBuilder& BuildTask(const Task& t) {
   Offset<fbs::Branch> branch = 0;
   if (t.branch)
     branch = fbs::CreateBranch(b, OptStr(b, t.branch->parent_task_id), t.branch->index,
-                               t.branch->count, OptStr(b, t.branch->join_step));
+                               t.branch->count, OptStr(b, t.branch->join_step), OptStr(b, t.branch->join_key));
   std::vector<Offset<fbs::ObjectRef>> archive;
   for (const ObjectRef& r : t.archive)
     archive.push_back(fbs::CreateObjectRef(b, OptStr(b, r.node), r.id, r.size, r.checksum));
@@ -317,7 +317,7 @@ StatusOr<Task> DecodeTask(std::string_view bytes, size_t max_bytes) {
   }
   if (f->branch())
     t.branch = BranchInfo{Str(f->branch()->parent_task_id()), f->branch()->index(), f->branch()->count(),
-                          Str(f->branch()->join_step())};
+                          Str(f->branch()->join_step()), Str(f->branch()->join_key())};
   t.created_us = f->created_us();
   t.enqueue_us = f->enqueue_us();
   t.hops = f->hops();

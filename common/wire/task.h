@@ -78,6 +78,7 @@ struct BranchInfo {
   uint32_t index = 0;
   uint32_t count = 0;
   std::string join_step;
+  std::string join_key;  // the parent's wait at its owner: "<parent>@<attempt>#<round>"
 };
 
 struct Task {

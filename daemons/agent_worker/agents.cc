@@ -136,7 +136,8 @@ class ExtractAgent final : public Agent {
   void Run(const StepContext& s, AgentHost& host) const override {
     const config::RoleConfig& role = s.role;
     wire::Task& task = s.task;
-    Json source = s.ctx.contains("last") ? s.ctx["last"]["content"] : Json(nullptr);
+    // Before the first conversation turn `last` is null: nothing to extract from.
+    Json source = s.ctx.contains("last") && s.ctx["last"].is_object() ? s.ctx["last"]["content"] : Json(nullptr);
     if (role.from) {
       auto v = role.from->Eval(s.ctx);
       if (!v.ok()) return host.Complete(s.run_id, RoleError(s, v.status()));

@@ -119,6 +119,7 @@ class LlmAgent final : public Agent {
           TurnFrom(res, call.step, call.role, call.conversation, call.model, call.start_us, host.clock().WallMicros()));
       bool conversation = call.conversation;
       host.Complete(call.run_id, StepOutcome::Continue(), [turn, conversation](wire::Task& task) {
+        task.counters["tokens"] += turn->prompt_tokens + turn->completion_tokens;
         task.history.push_back(std::move(*turn));
         if (conversation) task.counters["turns"]++;
         task.counters["llm_calls"]++;

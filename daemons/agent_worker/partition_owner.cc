@@ -28,6 +28,8 @@ void Worker::Impl::HandleSink(uint64_t id) {
     runs_.erase(id);
     return;
   }
+  if (run.task.status == wire::TaskStatus::kRunning) return StartFanout(id);  // at a fan-out step
+  if (run.task.branch) return OnBranchResult(id);
   if (part->sink->Written(run.task.task_id)) {
     ++duplicates_;
     metrics_.duplicates_absorbed.Inc();
@@ -64,6 +66,7 @@ void Worker::Impl::HandleSink(uint64_t id) {
 }
 
 void Worker::Impl::Readmit(Partition& part, const std::string& task_id, const std::string& why, bool charge) {
+  DropJoinsOf(task_id);  // its branches report to a parent that is gone
   if (part.source->Readmit(task_id, static_cast<uint32_t>(pipeline_->run.max_attempts), charge)) return;
   PartitionSource::Admission adm;
   if (!part.source->InFlightAdmission(task_id, &adm)) return;
@@ -226,7 +229,7 @@ void Worker::Impl::Admit() {
       }
       part.source->SetAdmitTime(adm.task_id, clock_->NowNanos());
       const config::StepConfig* start = pipeline_->Step(t.step);
-      run.next_role = start ? start->role : t.step;
+      run.next_role = start ? QueueOf(*start, t) : t.step;
       OffloadAndSubmit(NewRun(std::move(run)));
     }
   }

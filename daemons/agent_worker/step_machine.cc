@@ -179,17 +179,32 @@ void Worker::Impl::FinishStep(uint64_t id) {
   RoleMetrics(span.role).step_duration_seconds.Observe(static_cast<double>(span.end_us - span.start_us) / 1e6);
   task.spans.push_back(std::move(span));
 
-  unsigned route_parts = PartsOf(run.step).route;
+  if (OverBudget(id)) return;
+  // A join step goes on with the `next` of its fan-out step.
+  const config::StepConfig* fanout = FanoutOfJoin(run.step);
+  RouteAndSubmit(id, fanout ? *fanout : *run.step);
+}
+
+void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing) {
+  TaskRun& run = runs_[id];
+  wire::Task& task = run.task;
+  unsigned route_parts = PartsOf(&routing).route;
   Json route_ctx = Json::object();
   if (route_parts & kCtxHistory) {
     route_ctx = BuildContext(Expanded(run), run.resolved, route_parts);
   } else if (route_parts) {
     route_ctx = BuildContext(task, run.resolved, route_parts);
   }
-  RouteDecision next = Route(*run.step, task, route_ctx);
+  RouteDecision next = Route(routing, task, route_ctx);
   if (!next.status.ok()) {
     return FailTask(id, wire::TaskStatus::kFailed, next.reason,
-                    "step '" + run.step->name + "': " + next.status.message());
+                    "step '" + routing.name + "': " + next.status.message());
+  }
+  if (next.target == config::kTargetJoin) {
+    // The branch is over; its owner hands the outcome to the waiting parent.
+    if (task.branch) return FailTask(id, wire::TaskStatus::kDone, next.reason.empty() ? "join" : next.reason, "");
+    return FailTask(id, wire::TaskStatus::kFailed, "no_transition",
+                    "step '" + routing.name + "' went to `join` outside a fan-out branch");
   }
   if (IsTerminal(next.target)) {
     wire::TaskStatus status = next.target == "done"       ? wire::TaskStatus::kDone
@@ -203,7 +218,7 @@ void Worker::Impl::FinishStep(uint64_t id) {
   }
   const config::StepConfig* step = pipeline_->Step(next.target);
   task.step = next.target;
-  run.next_role = step ? QueueFor(*step, task) : next.target;
+  run.next_role = step ? QueueOf(*step, task) : next.target;
   OffloadAndSubmit(id);
 }
 

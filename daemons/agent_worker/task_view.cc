@@ -97,7 +97,7 @@ unsigned ContextPartsFor(const std::string& text) {
     return false;
   };
   if (has("input")) parts |= kCtxInput;
-  if (has("vars")) parts |= kCtxVars;
+  if (has("vars") || has("branches")) parts |= kCtxVars;
   if (has("counters")) parts |= kCtxCounters;
   if (has("history") || has("conversation") || has("last") || has("last_turn")) parts |= kCtxHistory;
   if (has("task") || has("step")) parts |= kCtxTask;
@@ -108,7 +108,10 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
   if (parts != kCtxAll) {
     Json ctx = Json::object();
     if (parts & kCtxInput) ctx["input"] = InputJson(task, resolved);
-    if (parts & kCtxVars) ctx["vars"] = VarsJson(task);
+    if (parts & kCtxVars) {
+      ctx["vars"] = VarsJson(task);
+      if (ctx["vars"].contains("branches")) ctx["branches"] = ctx["vars"]["branches"];
+    }
     if (parts & kCtxCounters) {
       Json counters = Json::object();
       for (const auto& [k, v] : task.counters) counters[k] = v;
@@ -139,6 +142,10 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
                 {"attempt", task.attempt},
                 {"partition", task.partition}}},
               {"step", task.step}};
+  if (ctx["vars"].contains("branches")) ctx["branches"] = ctx["vars"]["branches"];
+  if (task.branch)
+    ctx["task"]["branch"] = {{"index", task.branch->index}, {"count", task.branch->count},
+                             {"parent", task.branch->parent_task_id}};
   ctx["last"] = conversation.empty() ? Json(nullptr) : conversation.back();
   ctx["last_turn"] = history.empty() ? Json(nullptr) : history.back();
   ctx["history"] = std::move(history);

@@ -7,7 +7,9 @@
 //   input         the dataset row
 //   vars          named variables (extracted answers, scores, flags)
 //   counters      turns, steps, llm_calls, <step name>...
-//   task          {id, row, trial, attempt, partition}
+//   task          {id, row, trial, attempt, partition, branch: {index, count,
+//                 parent} in a fan-out branch}
+//   branches      after a fan-out: vars.branches, every branch's outcome
 //   history       every turn: {step, role, kind, content, conversation, finish_reason}
 //   conversation  the turns with conversation == true
 //   last          the last conversation turn (null before the first)

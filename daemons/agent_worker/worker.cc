@@ -324,6 +324,7 @@ Status Worker::Impl::Run() {
       last_progress_ns_ = now;
       RefreshModelEndpoints();
       ReadmitStale();
+      CheckJoinDeadlines();
       WriteProgress(false);
     }
     if (draining_ && (runs_.empty() || now > drain_deadline_ns_)) break;

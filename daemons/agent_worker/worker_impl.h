@@ -8,6 +8,8 @@
 //                       content, archive old history, free what a task held
 //   partition_owner.cc  the partitions this worker owns: admission of rows,
 //                       the sink (records), re-admission of lost tasks
+//   fan_out.cc          fan-out steps of owned tasks: branches started, the
+//                       parent kept until they report, then resumed
 //   progress.cc         the progress file and the Prometheus metrics
 //
 // The LLM client and the store client come in through interfaces
@@ -22,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -134,6 +137,9 @@ class Worker::Impl final : public AgentHost {
   void OnLlmResults();
   void StartRole(uint64_t id);
   void FinishStep(uint64_t id);
+  // Chooses the task's next step by `routing`'s transitions (and `set`),
+  // then ends the task or hands it on.
+  void RouteAndSubmit(uint64_t id, const config::StepConfig& routing);
   void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
   // Ends the task's environment sessions held here; returns the worker
   // holding another one ("" when none), where the task goes next.
@@ -195,6 +201,34 @@ class Worker::Impl final : public AgentHost {
   void ReadmitAll(const std::string& why);
   void ReadmitStale();
 
+  // ---- fan_out.cc: fan-out steps, at the task's owner.
+  struct BranchResult {
+    bool ok = false;  // ended done (at `join` or done)
+    Json summary;     // {index, task_id, status, reason, error, vars, value, score, tokens}
+    std::vector<wire::Turn> turns;
+    std::vector<wire::Span> spans;
+  };
+  struct Join {
+    wire::Task parent;
+    const config::StepConfig* fanout = nullptr;
+    std::vector<std::optional<BranchResult>> results;
+    size_t ended = 0, ended_ok = 0;
+    int64_t deadline_ns = 0;  // 0: none
+  };
+  void StartFanout(uint64_t id);     // a running task at its owner: start its branches
+  void OnBranchResult(uint64_t id);  // an ended branch at its owner
+  void ResumeJoin(const std::string& key, const char* why);
+  void CheckJoinDeadlines();
+  void DropJoinsOf(const std::string& task_id);  // the task is admitted again
+  // The fan-out step whose join `step` is; nullptr when none.
+  const config::StepConfig* FanoutOfJoin(const config::StepConfig* step) const;
+  // The queue of `step` (QueueFor), or the owner's sink for a fan-out step.
+  std::string QueueOf(const config::StepConfig& step, const wire::Task& task) const;
+  // The task's token budget: its branch share, or flow.max_tokens; 0 = none.
+  int64_t TokenLimit(const wire::Task& task) const;
+  // Ends the task (token_budget) when it used more than its budget.
+  bool OverBudget(uint64_t id);
+
   // ---- progress.cc: progress file and metrics.
   void InheritProgress();
   void WriteProgress(bool final);
@@ -225,6 +259,9 @@ class Worker::Impl final : public AgentHost {
   std::vector<std::string> served_roles_;
 
   std::unordered_map<uint64_t, TaskRun> runs_;
+  // Parents waiting for their branches, by join key (fan_out.cc).
+  std::map<std::string, Join> joins_;
+  int64_t branches_started_ = 0, branches_dropped_ = 0;
   std::unordered_map<const config::StepConfig*, StepParts> parts_;
   uint64_t next_run_ = 1;
   wire::SubmitMsg submit_batch_;

@@ -117,12 +117,69 @@ TEST_F(LoaderTest, LoadsMinimalPipelineWithDefaults) {
   EXPECT_TRUE(fs::path(p.source_path).is_absolute());
 }
 
-TEST_F(LoaderTest, FanOutIsRefusedWhereItWouldRun) {
-  // A pipeline that validates must run: fan-out steps are not executed yet.
+TEST_F(LoaderTest, FanOutLoadsForRunning) {
   const std::string path = SourcePath("test/data/pipelines/best_of_n.yaml");
   LoadResult r = LoadPipeline(path);
+  ASSERT_TRUE(r.pipeline) << All(r.errors);
+  const FanoutConfig& fan = *r.pipeline->Step("samples")->fanout;
+  EXPECT_EQ(fan.first, 0);
+  EXPECT_EQ(fan.combine, FanoutConfig::Combine::kNone);
+  EXPECT_EQ(fan.var, "combined");
+}
+
+TEST_F(LoaderTest, FanOutSettingsAndTheirErrors) {
+  const std::string path = Write(dir_, "fan.yaml", R"yaml(dataset: {path: data.jsonl}
+models: {m: {endpoints: [sim], model: x}}
+roles:
+  a: {type: llm, model: m}
+  j: {type: noop}
+flow:
+  start: fan
+  max_tokens: 5000
+  steps:
+    fan:
+      fanout:
+        count: 3
+        branch: a
+        first: 4
+        combine: majority
+        join: j
+      next: done
+    other:
+      fanout: {branches: [a], join: j}
+    a:
+      role: a
+      next: join
+    j:
+      role: j
+)yaml");
+  LoadResult r = LoadPipeline(path);
   EXPECT_FALSE(r.pipeline);
-  EXPECT_TRUE(Has(r.errors, path, 54, "flow.steps.samples.fanout", "not executed by this version")) << All(r.errors);
+  const std::string all = All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 14, "flow.steps.fan.fanout.first", "more than the 3 branches")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 15, "flow.steps.fan.fanout.combine", "unknown combine 'majority'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 19, "flow.steps.other.fanout.join", "already the join of fan-out step 'fan'")) << all;
+}
+
+TEST_F(LoaderTest, ALoopWithNoWayOutIsRefused) {
+  const std::string path = Write(dir_, "loop.yaml", R"yaml(dataset: {path: data.jsonl}
+models: {m: {endpoints: [sim], model: x}}
+roles:
+  a: {type: llm, model: m}
+flow:
+  start: ask
+  steps:
+    ask:
+      role: a
+      next: again
+    again:
+      role: a
+      next: ask
+)yaml");
+  LoadResult r = LoadPipeline(path);
+  EXPECT_FALSE(r.pipeline);
+  EXPECT_TRUE(Has(r.errors, path, 10, "flow.steps.ask.next", "a cycle without a way out")) << All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 10, "flow.steps.ask.next", "'ask', 'again'")) << All(r.errors);
 }
 
 TEST_F(LoaderTest, FixturePipelineWithFanOutParses) {

@@ -193,12 +193,12 @@ class TestBroker {
 class WorkerComponentTest : public ::testing::Test {
  protected:
   // Writes `rows` questions and starts a worker owning partition 0.
-  void Start(int rows, llm::FakeChatService::Responder respond) {
+  void Start(int rows, llm::FakeChatService::Responder respond, const char* pipeline = kPipeline) {
     std::string data;
     for (int i = 0; i < rows; ++i)
       data += DumpJson(Json{{"id", "q" + std::to_string(i)}, {"q", "question " + std::to_string(i)}}) + "\n";
     ASSERT_TRUE(WriteFileAtomic(dir_.File("rows.jsonl"), data).ok());
-    ASSERT_TRUE(WriteFileAtomic(dir_.File("pipeline.yaml"), kPipeline).ok());
+    ASSERT_TRUE(WriteFileAtomic(dir_.File("pipeline.yaml"), pipeline).ok());
     auto loaded = config::LoadPipelineOrError(dir_.File("pipeline.yaml"));
     ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
     WorkerConfig wc;
@@ -387,4 +387,241 @@ TEST_F(WorkerComponentTest, AStoreThatLostItsObjectsCostsTheTaskARestartFromItsR
 }
 
 }  // namespace
+// Best of four: each branch samples an answer and extracts its letter; the
+// judge sees every candidate; the vote picks the most frequent letter.
+constexpr char kBestOfFour[] = R"yaml(name: best_of_four
+dataset:
+  path: rows.jsonl
+  id_field: id
+run:
+  max_concurrent_tasks: 3
+  offload_threshold_bytes: 64
+  output_dir: out
+models:
+  m:
+    endpoints: [http://127.0.0.1:9/v1]
+    model: fake
+roles:
+  sample:
+    type: llm
+    model: m
+    conversation: false
+    prompt: "{{ input.q }} sample {{ task.branch.index }}"
+  pick:
+    type: extract
+    from: last_turn.content
+    regex: "answer ([A-Z])"
+    var: answer
+  judge:
+    type: llm
+    model: m
+    conversation: false
+    prompt: "judge:{% for b in branches %} {{ b.index }}={{ b.vars.answer | default('none') }}/{{ b.status }}{% endfor %}"
+flow:
+  start: samples
+  max_tokens: ${params.budget}
+  steps:
+    samples:
+      fanout:
+        count: 4
+        branch: sample
+        join: judge
+        value: vars.answer
+        combine: vote
+        first: ${params.first}
+        deadline_s: 5
+      next: done
+    sample:
+      role: sample
+      next: pick
+    pick:
+      role: pick
+      next: join
+    judge:
+      role: judge
+params: {budget: 0, first: 0}
+)yaml";
+
+std::string WithParams(const char* pipeline, const std::string& params) {
+  std::string text = pipeline;
+  text.replace(text.find("params: {budget: 0, first: 0}"), 29, params);
+  return text;
+}
+
+// Branch 2 answers C, the others B (padded past the offload threshold);
+// the judge answers with what its prompt listed.
+llm::ChatResult Sampler(const llm::ChatRequest& req) {
+  const std::string prompt = req.body["messages"].back()["content"].get<std::string>();
+  if (prompt.rfind("judge:", 0) == 0) return llm::FakeChatService::Answer("verdict for" + prompt.substr(6));
+  const bool c = prompt.find("sample 2") != std::string::npos;
+  return llm::FakeChatService::Answer(std::string("the answer B ") + std::string(80, '.') + (c ? " answer C" : ""),
+                                      100, 20);
+}
+
+TEST_F(WorkerComponentTest, FanOutRunsEveryBranchAndTheJoinSeesAndCombinesThem) {
+  Start(3, [](const llm::ChatRequest& req) {
+    llm::ChatResult r = Sampler(req);
+    if (req.body.dump().find("sample 2") != std::string::npos) r.content = "answer C " + std::string(80, '.');
+    return r;
+  }, kBestOfFour);
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 3 && broker_.outstanding() == 0; }, 30'000))
+      << Records().size() << " records";
+  for (const Json& r : Records()) {
+    ASSERT_EQ(r["status"], "done") << r.dump();
+    const Json& v = r["vars"];
+    ASSERT_EQ(v["branches"].size(), 4u) << r.dump();
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(v["branches"][i]["index"], i);
+      EXPECT_EQ(v["branches"][i]["status"], "done");
+      EXPECT_EQ(v["branches"][i]["reason"], "join");
+      EXPECT_EQ(v["branches"][i]["value"], i == 2 ? "C" : "B") << r.dump();
+      EXPECT_EQ(v["branches"][i]["tokens"], 120);
+    }
+    EXPECT_EQ(v["combined"], "B");
+    EXPECT_EQ(v["combined_votes"], 3);
+    // Every branch's turn is in the record (not part of the conversation),
+    // then the judge's, which saw all four candidates.
+    ASSERT_EQ(r["turns"].size(), 5u) << r.dump();
+    std::set<int> branch_turns;
+    for (size_t t = 0; t < 4; ++t) {
+      EXPECT_EQ(r["turns"][t]["conversation"], false);
+      EXPECT_EQ(r["turns"][t]["extra"]["fanout"], "samples");
+      branch_turns.insert(r["turns"][t]["extra"]["branch"].get<int>());
+      EXPECT_NE(r["turns"][t]["content"].get<std::string>().find(std::string(80, '.')), std::string::npos);
+    }
+    EXPECT_EQ(branch_turns.size(), 4u);
+    EXPECT_EQ(r["turns"][4]["content"], "verdict for 0=B/done 1=B/done 2=C/done 3=B/done");
+    EXPECT_EQ(r["counters"]["tokens"], 4 * 120 + 11);  // the judge: 10 + 1
+    EXPECT_EQ(r["counters"]["branches_ok"], 4);
+  }
+  // Three parents and twelve branches, each record written once.
+  EXPECT_EQ(broker_.delivered_by_role().at("sample"), 12);
+  EXPECT_EQ(broker_.delivered_by_role().at("judge"), 3);
+  EXPECT_EQ(broker_.double_acks(), 0);
+  EXPECT_EQ(store_->objects(), 0u) << store_->bytes() << " bytes left in the store";
+}
+
+TEST_F(WorkerComponentTest, AFailedBranchIsReportedToTheJoinWhichStillRuns) {
+  Start(1, [](const llm::ChatRequest& req) {
+    if (req.body.dump().find("sample 1") == std::string::npos) return Sampler(req);
+    llm::ChatResult bad;
+    bad.status = InvalidArgument("HTTP 400: bad request");
+    bad.http_status = 400;
+    return bad;
+  }, kBestOfFour);
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0; }, 30'000));
+  const Json r = Records()[0];
+  EXPECT_EQ(r["status"], "done") << r.dump();
+  EXPECT_EQ(r["vars"]["branches"][1]["status"], "failed");
+  EXPECT_EQ(r["vars"]["branches"][1]["reason"], "llm_error");
+  EXPECT_NE(r["vars"]["branches"][1]["error"].get<std::string>().find("bad request"), std::string::npos);
+  EXPECT_EQ(r["vars"]["combined"], "B");
+  EXPECT_EQ(r["vars"]["combined_votes"], 2);
+  EXPECT_EQ(r["counters"]["branches_ok"], 3);
+  EXPECT_EQ(r["turns"].back()["content"], "verdict for 0=B/done 1=none/failed 2=C/done 3=B/done");
+}
+
+TEST_F(WorkerComponentTest, TheJoinResumesAfterTheFirstKAndDropsLateBranches) {
+  Start(1, Sampler, WithParams(kBestOfFour, "params: {budget: 0, first: 2}").c_str());
+  ASSERT_TRUE(broker_.Receive(15'000));
+  chat_->Hold(true);
+  ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 4; }, 30'000));
+  chat_->Release(2);
+  ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 3; }, 30'000));  // two left, and the judge
+  chat_->Hold(false);
+  chat_->Release();
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0 && store_->objects() == 0; },
+                            30'000));
+  const Json r = Records()[0];
+  EXPECT_EQ(r["status"], "done") << r.dump();
+  int pending = 0;
+  for (const auto& b : r["vars"]["branches"]) pending += b["status"] == "pending";
+  EXPECT_EQ(pending, 2) << r.dump();
+  EXPECT_EQ(r["counters"]["branches_ok"], 2);
+  EXPECT_EQ(r["turns"].size(), 3u);
+}
+
+TEST_F(WorkerComponentTest, TheJoinResumesAtItsDeadlineWithWhatArrived) {
+  Start(1, Sampler, kBestOfFour);
+  ASSERT_TRUE(broker_.Receive(15'000));
+  chat_->Hold(true);
+  ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 4; }, 30'000));
+  chat_->Release(1);
+  broker_.Serve([] { return false; }, 300);
+  clock_.AdvanceMillis(6'000);  // past deadline_s: 5
+  ASSERT_TRUE(broker_.Serve([&] { return chat_->held() == 4; }, 30'000));  // three branches and the judge
+  chat_->Hold(false);
+  chat_->Release();
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0; }, 30'000));
+  const Json r = Records()[0];
+  EXPECT_EQ(r["counters"]["branches_ended"], 1) << r.dump();
+  EXPECT_EQ(r["vars"]["branches"][3]["reason"], "deadline") << r.dump();
+}
+
+TEST_F(WorkerComponentTest, ATokenBudgetStopsTheGraphWithAReason) {
+  // 100 tokens left for four branches: each may use 25, each call costs 120.
+  Start(1, Sampler, WithParams(kBestOfFour, "params: {budget: 100, first: 0}").c_str());
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0; }, 30'000));
+  const Json r = Records()[0];
+  for (const auto& b : r["vars"]["branches"]) EXPECT_EQ(b["reason"], "token_budget") << r.dump();
+  EXPECT_EQ(r["status"], "failed");
+  EXPECT_EQ(r["reason"], "token_budget") << r.dump();
+  EXPECT_EQ(chat_->requests().size(), 4u);  // the judge never ran
+}
+
+// A debate: two rounds of a fan-out in a loop, each branch itself a fan-out
+// of two speakers.
+constexpr char kDebate[] = R"yaml(name: debate
+dataset:
+  path: rows.jsonl
+  id_field: id
+run:
+  output_dir: out
+models:
+  m:
+    endpoints: [http://127.0.0.1:9/v1]
+    model: fake
+roles:
+  speak:
+    type: llm
+    model: m
+    conversation: false
+    prompt: "{{ input.q }} round {{ counters.round }} {{ vars.last_round | default('') }}"
+flow:
+  start: round
+  steps:
+    round:
+      fanout: {count: 2, branch: team, combine: concat}
+      set: {last_round: vars.combined}
+      next:
+        - if: counters.round >= 2
+          goto: done
+        - goto: round
+    team:
+      fanout: {count: 2, branch: speaker, combine: concat}
+      next: join
+    speaker:
+      role: speak
+      next: join
+)yaml";
+
+TEST_F(WorkerComponentTest, NestedFanOutInsideALoopRunsEveryRound) {
+  Start(2, [](const llm::ChatRequest& req) {
+    return llm::FakeChatService::Answer("said:" + req.body["messages"].back()["content"].get<std::string>().substr(0, 20));
+  }, kDebate);
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 2 && broker_.outstanding() == 0; }, 30'000))
+      << Records().size();
+  for (const Json& r : Records()) {
+    EXPECT_EQ(r["status"], "done") << r.dump();
+    EXPECT_EQ(r["counters"]["round"], 2);
+    // 2 rounds x 2 teams x 2 speakers, every turn kept.
+    EXPECT_EQ(r["turns"].size(), 8u) << r.dump();
+    ASSERT_EQ(r["vars"]["branches"].size(), 2u);
+    EXPECT_EQ(r["vars"]["branches"][0]["status"], "done");
+    EXPECT_NE(r["vars"]["last_round"].get<std::string>().find("said:"), std::string::npos);
+  }
+  EXPECT_EQ(chat_->requests().size(), 16u);
+  EXPECT_EQ(store_->objects(), 0u);
+}
+
 }  // namespace matrix::worker
