@@ -227,7 +227,10 @@ void Worker::Impl::ResumeJoin(const std::string& key, const char* why) {
       continue;
     }
     tokens += r->summary["tokens"].get<int64_t>();
-    for (auto& t : r->turns) task.history.push_back(std::move(t));
+    for (auto& t : r->turns) {
+      if (t.kind == "llm") task.counters["llm_calls"]++;
+      task.history.push_back(std::move(t));
+    }
     for (auto& s : r->spans) task.spans.push_back(std::move(s));
     if (r->ok) kept.push_back(r->summary);
     branches.push_back(std::move(r->summary));
