@@ -223,94 +223,32 @@ std::string ToDisplayString(const Json& v) {
   }
 }
 
-namespace {
-
-// libstdc++ reads the number of a back-reference (\N) or of a repetition bound
-// ({n,m}) into an int without an overflow check (undefined behaviour). Numbers
-// that long mean nothing under the automaton's 100000-state limit, so they are
-// refused before std::regex sees them.
-bool HasOverlongRegexNumber(std::string_view p) {
-  constexpr size_t kMaxDigits = 6;
-  auto digit = [&](size_t i) { return i < p.size() && p[i] >= '0' && p[i] <= '9'; };
-  bool in_brace = false;
-  for (size_t i = 0; i < p.size();) {
-    size_t start;
-    if (p[i] == '\\') {
-      start = i + 1;
-    } else if (in_brace && digit(i)) {
-      start = i;
-    } else {
-      if (p[i] == '{') in_brace = true;
-      if (p[i] == '}') in_brace = false;
-      ++i;
-      continue;
-    }
-    size_t end = start;
-    while (digit(end)) ++end;
-    if (end - start > kMaxDigits) return true;
-    i = std::max(end, start + 1);
-  }
-  return false;
-}
-
-}  // namespace
-
-StatusOr<std::regex> CompileRegex(std::string_view pattern, bool ignore_case) {
-  if (pattern.size() > kMaxRegexPatternBytes) {
-    return InvalidArgument("regex pattern of " + std::to_string(pattern.size()) +
-                           " bytes exceeds the limit of " + std::to_string(kMaxRegexPatternBytes));
-  }
-  if (HasOverlongRegexNumber(pattern)) {
-    return InvalidArgument("invalid regex " + Quote(pattern) +
-                           ": back-reference or repetition count too large");
-  }
-  auto flags = std::regex::ECMAScript;
-#ifdef __GLIBCXX__
-  // libstdc++'s default executor backtracks recursively, one stack frame per
-  // input character, and overflows the stack on long texts. The polynomial
-  // mode runs a breadth-first automaton instead (no back-references).
-  flags |= std::regex_constants::__polynomial;
-#endif
-  if (ignore_case) flags |= std::regex::icase;
-  try {
-    return std::regex(pattern.begin(), pattern.end(), flags);
-  } catch (const std::regex_error& e) {
-    std::string why = e.code() == std::regex_constants::error_complexity
-                          ? "back-references are not supported"
-                          : e.what();
-    return InvalidArgument("invalid regex " + Quote(pattern) + ": " + why);
-  }
+StatusOr<Regex> CompileRegex(std::string_view pattern, bool ignore_case) {
+  return Regex::Compile(pattern, ignore_case);
 }
 
 namespace {
 
-StatusOr<bool> SearchImpl(const std::regex& re, std::string_view text, std::cmatch* m) {
+Status CheckRegexInput(std::string_view text) {
   if (text.size() > kMaxRegexInputBytes) {
     return InvalidArgument("regex input of " + std::to_string(text.size()) +
                            " bytes exceeds the limit of " + std::to_string(kMaxRegexInputBytes));
   }
-  try {
-    return std::regex_search(text.data(), text.data() + text.size(), *m, re);
-  } catch (const std::regex_error& e) {
-    return InvalidArgument(std::string("regex search failed: ") + e.what());
-  }
+  return Status::Ok();
 }
 
 }  // namespace
 
-StatusOr<std::optional<std::string>> RegexExtract(const std::regex& re, std::string_view text) {
-  std::cmatch m;
-  MATRIX_ASSIGN_OR_RETURN(bool found, SearchImpl(re, text, &m));
-  if (!found) return std::optional<std::string>();
-  for (size_t i = 1; i < m.size(); ++i) {
-    if (m[i].matched) return std::optional<std::string>(m[i].str());
-  }
-  return std::optional<std::string>(m[0].str());
+StatusOr<std::optional<std::string>> RegexExtract(const Regex& re, std::string_view text) {
+  MATRIX_RETURN_IF_ERROR(CheckRegexInput(text));
+  std::optional<Regex::Match> m = re.Find(text);
+  if (!m) return std::optional<std::string>();
+  return std::optional<std::string>(std::string(m->FirstGroupOrWhole()));
 }
 
-StatusOr<bool> RegexSearch(const std::regex& re, std::string_view text) {
-  std::cmatch m;
-  return SearchImpl(re, text, &m);
+StatusOr<bool> RegexSearch(const Regex& re, std::string_view text) {
+  MATRIX_RETURN_IF_ERROR(CheckRegexInput(text));
+  return re.Search(text);
 }
 
 // ---------------------------------------------------------------------------
@@ -341,7 +279,7 @@ struct Node {
   int fn = -1;  // kCall: index into the function table
   bool negate = false;  // kTest: "is not"
   std::vector<std::unique_ptr<Node>> kids;
-  std::shared_ptr<const std::regex> re;  // =~ / regex() with a literal pattern
+  std::optional<Regex> re;  // =~ / regex() with a literal pattern
   int depth = 1;
 };
 
@@ -521,8 +459,8 @@ StatusOr<Json> FnRegex(Args& a, const Node& call) {
   const Json& s = a[0].get();
   if (s.is_null()) return Json();
   if (!s.is_string()) return InvalidArgument(std::string("regex() expects a string, got ") + TypeName(s));
-  std::optional<std::regex> compiled;
-  const std::regex* re = call.re.get();
+  std::optional<Regex> compiled;
+  const Regex* re = call.re ? &*call.re : nullptr;
   if (re == nullptr) {
     const Json& p = a[1].get();
     if (!p.is_string()) return InvalidArgument("regex() pattern must be a string");
@@ -1152,8 +1090,8 @@ class Evaluator {
           if (!l.is_string()) {
             return InvalidArgument(std::string("'=~' needs a string on the left, got ") + TypeName(l));
           }
-          std::optional<std::regex> compiled;
-          const std::regex* re = n.re.get();
+          std::optional<Regex> compiled;
+          const Regex* re = n.re ? &*n.re : nullptr;
           if (re == nullptr) {
             if (!r.is_string()) return InvalidArgument("'=~' needs a string pattern on the right");
             MATRIX_ASSIGN_OR_RETURN(compiled, CompileRegex(r.get_ref<const std::string&>()));
@@ -1573,7 +1511,7 @@ class Parser {
       if (!r->value.is_string()) return FailNode(Peek().pos, "a regex pattern must be a string");
       auto re = CompileRegex(r->value.get<std::string>());
       if (!re.ok()) return FailNode(tokens_[idx_ - 1].pos, re.status().message());
-      n->re = std::make_shared<const std::regex>(std::move(re).value());
+      n->re = std::move(re).value();
     }
     n->kids.push_back(std::move(l));
     n->kids.push_back(std::move(r));
@@ -1681,7 +1619,7 @@ class Parser {
       if (!n->kids[1]->value.is_string()) return FailNode(name_pos, "regex() pattern must be a string");
       auto re = CompileRegex(n->kids[1]->value.get<std::string>());
       if (!re.ok()) return FailNode(name_pos, re.status().message());
-      n->re = std::make_shared<const std::regex>(std::move(re).value());
+      n->re = std::move(re).value();
     }
     return Finish(std::move(n), start);
   }
