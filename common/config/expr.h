@@ -39,8 +39,8 @@
 //     or list; / is true division, // floor division, % modulo (Python signs).
 //     Integer overflow and division by zero are errors.
 //   - `a in b`: substring, list membership or object key. `s =~ p` is a regex
-//     search (ECMAScript syntax, no back-references) of p in the string s; a
-//     null left side gives false.
+//     search (RE2 syntax: no back-references or lookaround; see regex.h) of p
+//     in the string s; a null left side gives false.
 //   - and/or short-circuit and return an operand (Python style); `not` gives a
 //     bool. Truthiness: null, false, 0, "", [] and {} are false.
 //
@@ -61,7 +61,6 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,14 +68,13 @@
 
 #include "common/base/json.h"
 #include "common/base/status.h"
+#include "common/config/regex.h"
 
 namespace matrix::config {
 
 // Limits that keep evaluation cheap whatever the input.
 inline constexpr size_t kMaxExprBytes = 16 * 1024;           // expression source text
 inline constexpr int kMaxExprDepth = 100;                    // nesting of the parsed tree
-inline constexpr size_t kMaxRegexPatternBytes = 1024;        // one pattern
-inline constexpr size_t kMaxRegexInputBytes = 64 * 1024;     // text searched by one regex
 inline constexpr size_t kMaxBuiltValueBytes = 16 * 1024 * 1024;  // strings/lists built by + * join...
 inline constexpr int64_t kMaxRangeLength = 100000;           // range(n)
 
@@ -139,17 +137,16 @@ bool IsTruthy(const Json& v);
 // true/false, numbers in their shortest JSON form, lists and objects as JSON.
 std::string ToDisplayString(const Json& v);
 
-// Compiles an ECMAScript pattern in the non-backtracking (polynomial-time)
-// mode: back-references are rejected. InvalidArgument names the pattern and
-// the problem; patterns longer than kMaxRegexPatternBytes are rejected.
-StatusOr<std::regex> CompileRegex(std::string_view pattern, bool ignore_case = false);
+// Regex::Compile: InvalidArgument names the pattern and the problem;
+// patterns longer than kMaxRegexPatternBytes are rejected.
+StatusOr<Regex> CompileRegex(std::string_view pattern, bool ignore_case = false);
 
 // Searches `text` for `re`. Returns the first capture group that took part in
 // the match, else the whole match; nullopt when nothing matches.
 // InvalidArgument when text is longer than kMaxRegexInputBytes.
-StatusOr<std::optional<std::string>> RegexExtract(const std::regex& re, std::string_view text);
+StatusOr<std::optional<std::string>> RegexExtract(const Regex& re, std::string_view text);
 // Whether `re` matches anywhere in `text` (same limits).
-StatusOr<bool> RegexSearch(const std::regex& re, std::string_view text);
+StatusOr<bool> RegexSearch(const Regex& re, std::string_view text);
 
 // Whether `name` is in the function/filter table.
 bool IsKnownFunction(std::string_view name);

@@ -72,7 +72,8 @@
 //       tools: []                 # OpenAI tool (function) definitions, passed as-is
 //       # extract (exactly one of regex / json)
 //       from: last.content        # expression giving the text
-//       regex: ""                 # first capture group (or whole match) -> var
+//       regex: ""                 # RE2 pattern (regex.h): of the last match, the first
+//                                 # capture group (or the whole match) -> var
 //       json: false               # parse the text as JSON ...
 //       fields: {}                # ... and set var name -> dotted path in the parsed object
 //                                 # ("overall", "scores.math", "items.0.text")
@@ -171,12 +172,12 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include "common/base/json.h"
 #include "common/config/expr.h"
+#include "common/config/regex.h"
 #include "common/config/template.h"
 
 namespace matrix::config {
@@ -264,7 +265,7 @@ struct RoleConfig {
   // extract
   std::optional<Expr> from;  // defaults to last.content
   std::string regex_source;
-  std::optional<std::regex> regex;
+  std::optional<Regex> regex;
   bool json = false;
   std::map<std::string, std::string> fields;         // var -> dotted path in the parsed JSON
   std::string var;                                   // extract, compare, reward

@@ -1,7 +1,6 @@
 #include "daemons/agent_worker/agents.h"
 
 #include <algorithm>
-#include <regex>
 #include <unordered_set>
 
 #include "common/config/pipeline.h"
@@ -161,14 +160,12 @@ class ExtractAgent final : public Agent {
     }
     Json value = nullptr;
     if (role.regex) {
-      std::smatch m;
-      std::string capped = text.size() > 1'000'000 ? text.substr(text.size() - 1'000'000) : text;
+      std::string_view capped = text;
+      if (capped.size() > 1'000'000) capped = capped.substr(capped.size() - 1'000'000);
       // The last match wins: models restate the answer at the end.
-      for (auto it = std::sregex_iterator(capped.begin(), capped.end(), *role.regex); it != std::sregex_iterator();
-           ++it) {
-        const std::smatch& match = *it;
-        value = match.size() > 1 && match[1].matched ? match[1].str() : match[0].str();
-      }
+      role.regex->FindAll(capped, [&](const config::Regex::Match& match) {
+        value = std::string(match.groups.size() > 1 && match.groups[1] ? *match.groups[1] : match.whole());
+      });
     } else {
       value = text;
     }

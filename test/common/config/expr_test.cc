@@ -286,6 +286,7 @@ TEST(ExprTest, ParseErrorsSayWhereAndWhat) {
   EXPECT_NE(ParseError("x =~ '(unclosed'").find("invalid regex"), std::string::npos);
   EXPECT_NE(ParseError("regex(x, '([a-z]')").find("invalid regex"), std::string::npos);
   EXPECT_NE(ParseError("x =~ '(a)\\\\1'").find("back-references are not supported"), std::string::npos);
+  EXPECT_NE(ParseError("x =~ 'a(?=b)'").find("invalid regex 'a(?=b)'"), std::string::npos);
   size_t offset = 0;
   EXPECT_FALSE(Expr::Parse("a and (b or", &offset).ok());
   EXPECT_EQ(offset, 11u);
@@ -332,6 +333,13 @@ TEST(ExprTest, CopiesShareTheTreeAndEvaluateConcurrently) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(good.load(), 800);
+}
+
+TEST(ExprTest, RegexOnTextThatIsNotUtf8) {
+  Json ctx = {{"s", "\xff\xfe noise \xc3 answer is (B) \xe9"}};
+  EXPECT_EQ(Ev("regex(s, 'answer is \\\\(([A-J])\\\\)')", ctx), "B");
+  EXPECT_EQ(Ev("s =~ 'ANSWER'", ctx), false);
+  EXPECT_EQ(Ev("s =~ '(?i)ANSWER'", ctx), true);
 }
 
 TEST(ExprTest, RegexSearchAndExtract) {
