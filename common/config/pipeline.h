@@ -53,6 +53,10 @@
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
 //       sampling: {}              # merged into the request body (temperature, max_tokens...)
+//       logprobs: false           # ask for the log-probability of every completion token;
+//       top_logprobs: 0           #   and of this many alternatives (0..20); kept per turn in
+//                                 #   the record (extra.logprobs / extra.top_logprobs)
+//       token_ids: false          # ask for token ids (vLLM's return_token_ids): extra.token_ids
 //       price:                    # optional; what `matrix run`, `matrix status` and
 //                                 # summary.json report as cost (never sent anywhere)
 //         input_per_million: 0.15   # REQUIRED in a price: per million prompt tokens, >= 0
@@ -90,6 +94,14 @@
 //       tools_from: ""            # a tool role: its environment's tools (MCP tools/list)
 //                                 # are offered too, in OpenAI function format
 //       tool_choice: auto         # auto | none | required | a tool name (sent as given)
+//       response_format:          # structured output, sent to the server as given:
+//         type: json_schema       #   text | json_object | json_schema
+//         json_schema: {name: verdict, schema: {...}, strict: true}
+//                                 #   (or `schema:` directly under response_format).
+//                                 #   The schema must be valid JSON Schema; each answer
+//                                 #   must parse as JSON (and match the schema), else
+//       format_retries: 2         #   the call is asked again this many times, then the
+//                                 #   task ends failed (invalid_output) with the answer
 //       # tool: runs every tool call of the last turn in the task's environment
 //       #   (an MCP server over stdio, one sandboxed session per task; README)
 //       # exec: a one-shot program; JSON in on stdin ({input, vars, counters, task}
@@ -171,11 +183,13 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/base/json.h"
+#include "common/base/json_schema.h"
 #include "common/config/expr.h"
 #include "common/config/regex.h"
 #include "common/config/template.h"
@@ -236,6 +250,9 @@ struct ModelConfig {
   double requests_per_s = 0;
   bool sticky = false;
   Json sampling = Json::object();
+  bool logprobs = false;
+  int top_logprobs = 0;
+  bool token_ids = false;
   std::optional<PriceConfig> price;  // none: the model's cost is not reported
 
   // endpoints == ["sim"]
@@ -261,6 +278,9 @@ struct RoleConfig {
   Json tools = Json::array();
   std::string tools_from;     // a tool role whose environment lists more tools
   Json tool_choice;           // null: not sent
+  Json response_format;       // null: not sent; else as sent ({type: json_object | json_schema ...})
+  std::shared_ptr<const JsonSchema> response_schema;  // json_schema: its schema, compiled
+  int format_retries = 2;
 
   // extract
   std::optional<Expr> from;  // defaults to last.content

@@ -78,6 +78,12 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
                               ? Json{{"type", "function"}, {"function", {{"name", tc.get<std::string>()}}}}
                               : tc;
   }
+  if (!role.response_format.is_null()) body["response_format"] = role.response_format;
+  if (const config::ModelConfig* model = pipeline.Model(role.model)) {
+    if (model->logprobs) body["logprobs"] = true;
+    if (model->top_logprobs > 0) body["top_logprobs"] = model->top_logprobs;
+    if (model->token_ids) body["return_token_ids"] = true;
+  }
   if (!body.contains("seed")) body["seed"] = (task.seed + task.hops) & 0x7fffffff;
   return body;
 }

@@ -1,6 +1,9 @@
 // The llm agent: a chat completion built from the role's templates and the
 // task's history, with the pipeline's tools and those its environment lists
 // (tools_from). The answer, its tool calls included, becomes a turn.
+#include <cstdlib>
+
+#include "common/base/utf8.h"
 #include "common/config/pipeline.h"
 #include "common/llm/llm_client.h"
 #include "daemons/agent_worker/agents.h"
@@ -22,6 +25,68 @@ Json OpenAiTools(const Json& mcp_tools) {
     out.push_back({{"type", "function"}, {"function", fn}});
   }
   return out;
+}
+
+// The token-level data of an answer, when the model was asked for it:
+// logprobs (and alternatives) per completion token, and token ids as vLLM
+// returns them (choices[0].token_ids and prompt_token_ids, or tokens written
+// "token_id:N" under return_tokens_as_token_ids).
+Json TokenData(const Json& raw) {
+  Json out = Json::object();
+  if (!raw.is_object() || !raw.contains("choices") || !raw["choices"].is_array() || raw["choices"].empty())
+    return out;
+  const Json& choice = raw["choices"][0];
+  if (!choice.is_object()) return out;
+  if (choice.contains("logprobs") && choice["logprobs"].is_object()) {
+    const Json& lp = choice["logprobs"];
+    if (lp.contains("content") && lp["content"].is_array()) {
+      Json values = Json::array(), tops = Json::array(), ids = Json::array();
+      bool any_top = false, all_ids = true;
+      for (const auto& t : lp["content"]) {
+        if (!t.is_object()) continue;
+        values.push_back(t.contains("logprob") && t["logprob"].is_number() ? t["logprob"] : Json(nullptr));
+        const std::string token = t.contains("token") && t["token"].is_string() ? t["token"].get<std::string>() : "";
+        if (token.rfind("token_id:", 0) == 0) {
+          ids.push_back(std::strtoll(token.c_str() + 9, nullptr, 10));
+        } else {
+          all_ids = false;
+        }
+        Json top = Json::array();
+        if (t.contains("top_logprobs") && t["top_logprobs"].is_array())
+          for (const auto& alt : t["top_logprobs"])
+            if (alt.is_object()) top.push_back({{"token", alt.value("token", "")}, {"logprob", alt.value("logprob", 0.0)}});
+        any_top |= !top.empty();
+        tops.push_back(std::move(top));
+      }
+      out["logprobs"] = std::move(values);
+      if (any_top) out["top_logprobs"] = std::move(tops);
+      if (all_ids && !ids.empty()) out["token_ids"] = std::move(ids);
+    }
+  }
+  if (choice.contains("token_ids") && choice["token_ids"].is_array()) out["token_ids"] = choice["token_ids"];
+  if (raw.contains("prompt_token_ids") && raw["prompt_token_ids"].is_array())
+    out["prompt_token_ids"] = raw["prompt_token_ids"];
+  return out;
+}
+
+// A structured answer checked against the role's response_format: JSON (the
+// whole text, or a fenced ```json block in it), an object for json_object,
+// matching the schema for json_schema.
+Status CheckStructured(const config::RoleConfig& role, const std::string& content) {
+  std::string_view text = content;
+  if (size_t fence = text.find("```"); fence != std::string_view::npos) {
+    size_t start = text.find('\n', fence);
+    size_t end = start == std::string_view::npos ? start : text.find("```", start);
+    if (end != std::string_view::npos) text = text.substr(start + 1, end - start - 1);
+  }
+  Json parsed = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) {
+    return InvalidArgument("the answer is not valid JSON (" + std::to_string(content.size()) + " bytes: " +
+                           Printable(content, 120) + ")");
+  }
+  if (role.response_schema) return role.response_schema->Validate(parsed);
+  if (!parsed.is_object()) return InvalidArgument("the answer is JSON but not an object");
+  return Status::Ok();
 }
 
 wire::Turn TurnFrom(llm::ChatResult& res, const std::string& step, const std::string& role, bool conversation,
@@ -68,7 +133,7 @@ class LlmAgent final : public Agent {
       return host.Complete(s.run_id, StepOutcome::Failed("prompt_error", "step '" + s.step.name + "': " +
                                                                                body.status().message()));
     }
-    Call call{s.run_id, s.step.name, s.step.role, s.role.model, s.role.conversation, host.clock().WallMicros()};
+    Call call{s.run_id, s.step.name, s.step.role, s.role.model, s.role.conversation, host.clock().WallMicros(), &s.role};
     if (s.role.tools_from.empty()) return Submit(host, std::move(call), std::move(*body));
     const config::RoleConfig* env_role = pipeline.Role(s.role.tools_from);
     EnvPool* envs = host.envs();
@@ -97,12 +162,18 @@ class LlmAgent final : public Agent {
     std::string step, role, model;
     bool conversation;
     int64_t start_us;
+    const config::RoleConfig* config = nullptr;
+    int format_attempts = 0;  // answers refused by the response_format check so far
+    int64_t refused_prompt_tokens = 0, refused_completion_tokens = 0;
   };
 
   static void Submit(AgentHost& host, Call call, Json body) {
     uint64_t run_id = call.run_id;
     std::string model = call.model;
-    host.CallLlm(run_id, model, std::move(body), [&host, call = std::move(call)](llm::ChatResult& res) {
+    // Kept for a retry of a structured answer that did not check out.
+    Json retry_body = call.config && !call.config->response_format.is_null() ? body : Json();
+    host.CallLlm(run_id, model, std::move(body), [&host, call = std::move(call),
+                                                   retry_body = std::move(retry_body)](llm::ChatResult& res) mutable {
       if (!res.status.ok() && res.outage) {
         // The model was unreachable for its whole outage_s: not this task's
         // doing. Its owner admits it again (free) when the model is back.
@@ -115,9 +186,38 @@ class LlmAgent final : public Agent {
                                                                   "': " + res.status.ToString() +
                                                                   (res.error_body.empty() ? "" : " (" + res.error_body + ")")));
       }
+      Status format = Status::Ok();
+      if (!retry_body.is_null() && res.tool_calls.is_null()) format = CheckStructured(*call.config, res.content);
+      if (!format.ok() && call.format_attempts < call.config->format_retries) {
+        // Asked again with another seed: the same request would give the same answer.
+        ++call.format_attempts;
+        call.refused_prompt_tokens += res.prompt_tokens;
+        call.refused_completion_tokens += res.completion_tokens;
+        retry_body["seed"] = (retry_body.value("seed", int64_t{0}) + 7919) & 0x7fffffff;
+        return Submit(host, std::move(call), std::move(retry_body));
+      }
+      res.prompt_tokens += call.refused_prompt_tokens;
+      res.completion_tokens += call.refused_completion_tokens;
       auto turn = std::make_shared<wire::Turn>(
           TurnFrom(res, call.step, call.role, call.conversation, call.model, call.start_us, host.clock().WallMicros()));
+      Json extra = TokenData(res.raw);
+      if (call.format_attempts > 0) extra["format_retries"] = call.format_attempts;
+      if (!format.ok()) extra["format_error"] = format.message();
+      if (!extra.empty()) turn->extra = DumpJson(extra);
       bool conversation = call.conversation;
+      if (!format.ok()) {
+        // The answer is kept in the record, with why it was refused.
+        return host.Complete(
+            call.run_id,
+            StepOutcome::Failed("invalid_output", "step '" + call.step + "' model '" + call.model + "': " +
+                                                      format.message() + " (after " +
+                                                      std::to_string(call.format_attempts + 1) + " answers)"),
+            [turn](wire::Task& task) {
+              task.counters["tokens"] += turn->prompt_tokens + turn->completion_tokens;
+              task.history.push_back(std::move(*turn));
+              task.counters["llm_calls"]++;
+            });
+      }
       host.Complete(call.run_id, StepOutcome::Continue(), [turn, conversation](wire::Task& task) {
         task.counters["tokens"] += turn->prompt_tokens + turn->completion_tokens;
         task.history.push_back(std::move(*turn));

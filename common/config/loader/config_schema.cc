@@ -15,11 +15,13 @@ const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "schedule", "
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",
                                              "outage_s", "patience_factor", "max_retries", "requests_per_s", "sticky", "sampling",
-                                             "price"};
+                                             "logprobs", "top_logprobs", "token_ids", "price"};
 const std::vector<std::string> kPriceKeys = {"input_per_million", "output_per_million", "currency"};
 const std::vector<std::string> kRoleCommonKeys = {"type", "concurrency"};
 const std::vector<std::pair<RoleType, std::vector<std::string>>> kRoleTypeKeys = {
-    {RoleType::kLlm, {"model", "system", "prompt", "conversation", "sampling", "tools", "tools_from", "tool_choice"}},
+    {RoleType::kLlm,
+     {"model", "system", "prompt", "conversation", "sampling", "tools", "tools_from", "tool_choice",
+      "response_format", "format_retries"}},
     {RoleType::kExtract, {"from", "regex", "json", "fields", "var", "ignore_case"}},
     {RoleType::kCompare, {"left", "right", "var", "ignore_case"}},
     {RoleType::kFilter, {"condition"}},
@@ -69,7 +71,8 @@ bool SchemaKnows(const std::vector<std::string>& parts) {
   }
   if (top == "roles") {
     if (n == 3) return Contains(AllRoleKeys(), parts[2]);
-    return n >= 4 && (parts[2] == "sampling" || parts[2] == "fields" || parts[2] == "environment");
+    return n >= 4 && (parts[2] == "sampling" || parts[2] == "fields" || parts[2] == "environment" ||
+                      parts[2] == "response_format");
   }
   if (top == "flow") {
     if (n == 2) return Contains(kFlowKeys, parts[1]);

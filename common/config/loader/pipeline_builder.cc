@@ -184,6 +184,54 @@ class Builder {
     *out = ToJson(*n);
   }
 
+  // response_format of an llm role: {type: text | json_object | json_schema};
+  // a json_schema's schema (under json_schema.schema, or `schema` directly)
+  // must be a valid JSON Schema: it is compiled here, once.
+  void GetResponseFormat(const CNode& role, const std::string& path, RoleConfig* rc) {
+    const CNode* n = Get(role, "response_format");
+    if (n == nullptr) return;
+    const std::string fp = path + ".response_format";
+    if (n->kind != CNode::Kind::kMap) {
+      diag_->At(*n, fp, "expected a map {type: json_object | json_schema ...}, got " + Describe(*n));
+      return;
+    }
+    Json format = ToJson(*n);
+    const std::string type = format.value("type", "");
+    if (type == "text") return;
+    if (type == "json_object") {
+      rc->response_format = format;
+      return;
+    }
+    if (type != "json_schema") {
+      const CNode* t = n->Find("type");
+      diag_->At(t ? *t : *n, fp + ".type", "expected text, json_object or json_schema, got '" + type + "'");
+      return;
+    }
+    // The schema as written: json_schema.schema, or the shorthand `schema`.
+    const CNode* js = n->Find("json_schema");
+    const CNode* sn = js ? js->Find("schema") : n->Find("schema");
+    const std::string sp = js ? fp + ".json_schema.schema" : fp + ".schema";
+    if (sn == nullptr) {
+      diag_->AtKey(js ? *js : *n, js ? fp + ".json_schema" : fp, "a json_schema response_format needs a schema");
+      return;
+    }
+    Json schema = ToJson(*sn);
+    auto compiled = JsonSchema::Compile(schema);
+    if (!compiled.ok()) {
+      diag_->At(*sn, sp, compiled.status().message());
+      return;
+    }
+    if (!js) {
+      Json wrapped = {{"name", rc->name}, {"schema", schema}, {"strict", true}};
+      format.erase("schema");
+      format["json_schema"] = std::move(wrapped);
+    } else if (!format["json_schema"].contains("name")) {
+      format["json_schema"]["name"] = rc->name;
+    }
+    rc->response_format = std::move(format);
+    rc->response_schema = std::make_shared<const JsonSchema>(std::move(*compiled));
+  }
+
   // Expression text from a string (or a boolean / number written bare).
   std::optional<Expr> GetExpr(const CNode& map, const std::string& path, const std::string& key, bool required) {
     const CNode* n = Get(map, key);
@@ -344,6 +392,10 @@ class Builder {
       GetDouble(m, path, "requests_per_s", &mc.requests_per_s, true);
       GetBool(m, path, "sticky", &mc.sticky);
       GetMap(m, path, "sampling", &mc.sampling);
+      GetBool(m, path, "logprobs", &mc.logprobs);
+      GetInt(m, path, "top_logprobs", &mc.top_logprobs, 0, 20);
+      GetBool(m, path, "token_ids", &mc.token_ids);
+      if (mc.top_logprobs > 0 && !mc.logprobs) diag_->At(*m.Find("top_logprobs"), path + ".top_logprobs", "top_logprobs needs logprobs: true");
       mc.price = GetPrice(m, path);
       p->models.emplace(e.key, std::move(mc));
     }
@@ -471,6 +523,8 @@ class Builder {
           if (tc->IsString() || tc->kind == CNode::Kind::kMap) rc->tool_choice = ToJson(*tc);
           else diag_->At(*tc, path + ".tool_choice", "expected auto, none, required, a tool name or a map, got " + Describe(*tc));
         }
+        GetResponseFormat(r, path, rc);
+        GetInt(r, path, "format_retries", &rc->format_retries, 0, 20);
         break;
       case RoleType::kExtract: {
         rc->from = Get(r, "from") ? GetExpr(r, path, "from", false) : Expr::Parse("last.content").value();

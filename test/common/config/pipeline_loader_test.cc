@@ -806,5 +806,58 @@ TEST(ConfigErrorTest, ToString) {
   EXPECT_EQ((ConfigError{"a.yaml", 2, "k", "odd", true}).ToString(), "a.yaml:2: k: warning: odd");
 }
 
+TEST_F(LoaderTest, ResponseFormatSchemasAreCheckedWhenLoading) {
+  const std::string path = Write(dir_, "rf.yaml", R"yaml(dataset: {path: data.jsonl}
+models: {m: {endpoints: [sim], model: x, logprobs: true, top_logprobs: 3}}
+roles:
+  good:
+    type: llm
+    model: m
+    response_format:
+      type: json_schema
+      schema: {type: object, properties: {score: {type: integer}}, required: [score]}
+  bad:
+    type: llm
+    model: m
+    response_format:
+      type: json_schema
+      json_schema:
+        name: verdict
+        schema: {type: object, properties: {score: {type: numbr}}}
+  odd:
+    type: llm
+    model: m
+    response_format: {type: xml}
+flow:
+  start: good
+  steps:
+    good: {role: good, next: bad}
+    bad: {role: bad, next: odd}
+    odd: {role: odd}
+)yaml");
+  LoadResult r = LoadPipeline(path);
+  EXPECT_FALSE(r.pipeline);
+  const std::string all = All(r.errors);
+  EXPECT_TRUE(Has(r.errors, path, 17, "roles.bad.response_format.json_schema.schema", "not a valid JSON Schema")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 21, "roles.odd.response_format.type", "json_object or json_schema")) << all;
+  EXPECT_EQ(r.errors.size(), 2u) << all;
+
+  LoadOptions parse_only;
+  parse_only.parse_only = true;
+  auto fixed = LoadPipeline(path, {"roles.bad.response_format.json_schema.schema.properties.score.type=number",
+                                   "roles.odd.response_format.type=json_object"});
+  ASSERT_TRUE(fixed.pipeline) << All(fixed.errors);
+  const RoleConfig& good = *fixed.pipeline->Role("good");
+  ASSERT_TRUE(good.response_schema);
+  EXPECT_EQ(good.response_format["json_schema"]["name"], "good");
+  EXPECT_EQ(good.response_format["json_schema"]["strict"], true);
+  EXPECT_TRUE(good.response_schema->Validate(Json::parse(R"({"score": 3})")).ok());
+  EXPECT_FALSE(good.response_schema->Validate(Json::parse(R"({"score": "3"})")).ok());
+  EXPECT_EQ(fixed.pipeline->Role("odd")->response_format["type"], "json_object");
+  EXPECT_FALSE(fixed.pipeline->Role("odd")->response_schema);
+  EXPECT_TRUE(fixed.pipeline->Model("m")->logprobs);
+  EXPECT_EQ(fixed.pipeline->Model("m")->top_logprobs, 3);
+}
+
 }  // namespace
 }  // namespace matrix::config

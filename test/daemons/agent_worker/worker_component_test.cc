@@ -9,6 +9,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -622,6 +623,111 @@ TEST_F(WorkerComponentTest, NestedFanOutInsideALoopRunsEveryRound) {
   }
   EXPECT_EQ(chat_->requests().size(), 16u);
   EXPECT_EQ(store_->objects(), 0u);
+}
+
+// Structured output: a verdict as JSON that must match a schema; the
+// model is asked for token logprobs and ids.
+constexpr char kVerdict[] = R"yaml(name: verdict
+dataset:
+  path: rows.jsonl
+  id_field: id
+run:
+  output_dir: out
+models:
+  m:
+    endpoints: [http://127.0.0.1:9/v1]
+    model: fake
+    logprobs: true
+    top_logprobs: 2
+    token_ids: true
+roles:
+  judge:
+    type: llm
+    model: m
+    prompt: "{{ input.q }}"
+    format_retries: 2
+    response_format:
+      type: json_schema
+      schema:
+        type: object
+        properties:
+          score: {type: integer, minimum: 1, maximum: 5}
+        required: [score]
+  read:
+    type: extract
+    from: last.content
+    json: true
+    fields: {score: score}
+flow:
+  start: judge
+  steps:
+    judge:
+      role: judge
+      next: read
+    read:
+      role: read
+      next: done
+)yaml";
+
+TEST_F(WorkerComponentTest, StructuredAnswersAreCheckedRetriedAndRecordedWithTokenData) {
+  // q0: a good verdict at once; q1: prose, then a verdict out of range, then
+  // a good one; q2: never valid.
+  std::map<std::string, int> calls;
+  std::mutex mu;
+  Start(3, [&](const llm::ChatRequest& req) {
+    const std::string q = req.body["messages"].back()["content"].get<std::string>();
+    int n;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      n = calls[q]++;
+    }
+    std::string content = R"({"score": 4})";
+    if (q == "question 1") content = n == 0 ? "I think it deserves a four." : n == 1 ? R"({"score": 9})" : content;
+    if (q == "question 2") content = "```json\n{\"score\": \"high\"}\n```";
+    llm::ChatResult r = llm::FakeChatService::Answer(content, 20, 5);
+    r.raw = {{"choices", {{{"token_ids", {11, 12, 13, 14, 15}},
+                           {"logprobs", {{"content", {{{"token", "{\""}, {"logprob", -0.25},
+                                                       {"top_logprobs", {{{"token", "{\""}, {"logprob", -0.25}},
+                                                                         {{"token", "The"}, {"logprob", -1.5}}}}}}}}}}}},
+             {"prompt_token_ids", {1, 2, 3}}};
+    return r;
+  }, kVerdict);
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 3 && broker_.outstanding() == 0; }, 30'000));
+  std::map<std::string, Json> by_id;
+  for (const Json& r : Records()) by_id[r["input"]["id"].get<std::string>()] = r;
+  EXPECT_EQ(by_id["q0"]["status"], "done");
+  EXPECT_EQ(by_id["q0"]["vars"]["score"], 4);
+  const Json& extra = by_id["q0"]["turns"][0]["extra"];
+  EXPECT_EQ(extra["token_ids"], Json::parse("[11, 12, 13, 14, 15]")) << extra.dump();
+  EXPECT_EQ(extra["prompt_token_ids"], Json::parse("[1, 2, 3]"));
+  EXPECT_EQ(extra["logprobs"], Json::parse("[-0.25]"));
+  EXPECT_EQ(extra["top_logprobs"][0][1]["token"], "The");
+  EXPECT_FALSE(extra.contains("format_retries"));
+
+  EXPECT_EQ(by_id["q1"]["status"], "done") << by_id["q1"].dump();
+  EXPECT_EQ(by_id["q1"]["vars"]["score"], 4);
+  EXPECT_EQ(by_id["q1"]["turns"][0]["extra"]["format_retries"], 2);
+  EXPECT_EQ(by_id["q1"]["turns"][0]["usage"]["completion_tokens"], 15);  // all three answers
+
+  EXPECT_EQ(by_id["q2"]["status"], "failed");
+  EXPECT_EQ(by_id["q2"]["reason"], "invalid_output") << by_id["q2"].dump();
+  EXPECT_NE(by_id["q2"]["error"].get<std::string>().find("after 3 answers"), std::string::npos);
+  EXPECT_NE(by_id["q2"]["turns"][0]["extra"]["format_error"].get<std::string>().find("score"), std::string::npos)
+      << by_id["q2"].dump();
+  // What was asked: the schema, logprobs and token ids; a retry with another seed.
+  const auto requests = chat_->requests();
+  ASSERT_EQ(requests.size(), 1u + 3u + 3u);
+  for (const auto& req : requests) {
+    EXPECT_EQ(req.body["response_format"]["type"], "json_schema");
+    EXPECT_EQ(req.body["response_format"]["json_schema"]["name"], "judge");
+    EXPECT_EQ(req.body["logprobs"], true);
+    EXPECT_EQ(req.body["top_logprobs"], 2);
+    EXPECT_EQ(req.body["return_token_ids"], true);
+  }
+  std::set<int64_t> seeds;
+  for (const auto& req : requests)
+    if (req.body["messages"].back()["content"] == "question 2") seeds.insert(req.body["seed"].get<int64_t>());
+  EXPECT_EQ(seeds.size(), 3u);
 }
 
 }  // namespace matrix::worker
