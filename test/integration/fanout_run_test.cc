@@ -108,6 +108,10 @@ TEST(FanOutRunTest, WorkersKilledMidGraphLoseNoTask) {
     EXPECT_EQ(r["status"], "done") << r.dump();
     EXPECT_EQ(r["vars"]["branches"].size(), 4u) << r.dump();
   }
+  // Steps the killed workers held (branches among them) were delivered again.
+  auto summary = ReadFile(dir.File("out/summary.json"));
+  ASSERT_TRUE(summary.ok());
+  EXPECT_GT(Json::parse(*summary)["broker"]["redelivered"].get<int64_t>(), 0) << *summary;
 }
 
 }  // namespace
