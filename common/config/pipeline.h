@@ -28,6 +28,8 @@
 //     max_concurrent_tasks: 1000  # tasks in flight per partition
 //     schedule: row               # row: a finished task's slot is refilled at once;
 //                                 # batch: the next batch waits for the whole last one
+//     records: all                # all | done: only tasks that ended done get their record
+//                                 # in p<N>.jsonl; the others a short line in dropped-p<N>.jsonl
 //     trials: 1                   # runs of each row (distinct task ids and seeds)
 //     max_attempts: 3             # deliveries of a task before it is written as lost
 //     offload_threshold_bytes: 512  # content above this goes to the object store
@@ -220,6 +222,12 @@ struct RunConfig {
   // do), for comparisons on identical settings.
   enum class Schedule { kRow, kBatch };
   Schedule schedule = Schedule::kRow;
+  // all: every task's full record in p<N>.jsonl. done: only the tasks that
+  // ended done there (the kept items of a curation); the others as short
+  // lines (id, status, reason, error, vars, counters, usage) in
+  // dropped-p<N>.jsonl, so that resume still knows them.
+  enum class Records { kAll, kDone };
+  Records records = Records::kAll;
   int trials = 1;
   int max_attempts = 3;
   int64_t offload_threshold_bytes = 512;

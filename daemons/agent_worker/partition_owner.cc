@@ -30,7 +30,7 @@ void Worker::Impl::HandleSink(uint64_t id) {
   }
   if (run.task.status == wire::TaskStatus::kRunning) return StartFanout(id);  // at a fan-out step
   if (run.task.branch) return OnBranchResult(id);
-  if (part->sink->Written(run.task.task_id)) {
+  if (part->Written(run.task.task_id)) {
     ++duplicates_;
     metrics_.duplicates_absorbed.Inc();
     // Its archived segments hold references too: load them, then free all.
@@ -113,8 +113,10 @@ void Worker::Impl::ReadmitStale() {
 void Worker::Impl::WriteRecord(TaskRun& run) {
   Partition* part = FindPartition(run.task.owner);
   wire::Task full = Expanded(run);
-  std::string line = RecordLine(full, run.resolved, clock_->WallMicros());
-  Partition::Blocked record{run.lease, std::move(full), std::move(line)};
+  const bool drop = part->dropped && full.status != wire::TaskStatus::kDone;
+  std::string line = drop ? DroppedRecordLine(full, clock_->WallMicros())
+                          : RecordLine(full, run.resolved, clock_->WallMicros());
+  Partition::Blocked record{run.lease, std::move(full), std::move(line), drop};
   // Behind records that wait for the output: keep the file's order and do not
   // hammer a full disk.
   if (!part->blocked.empty() || !TryWriteRecord(*part, record)) {
@@ -125,7 +127,8 @@ void Worker::Impl::WriteRecord(TaskRun& run) {
 
 bool Worker::Impl::TryWriteRecord(Partition& part, Partition::Blocked& record) {
   const int64_t now = clock_->NowNanos();
-  auto written = part.sink->WriteLine(record.full.task_id, wire::TaskStatusName(record.full.status), record.line);
+  PartitionSink& sink = record.dropped ? *part.dropped : *part.sink;
+  auto written = sink.WriteLine(record.full.task_id, wire::TaskStatusName(record.full.status), record.line);
   if (!written.ok()) {
     // The task stays whole and unacknowledged; admission pauses and the write
     // is retried with a back-off (RetryBlockedRecords) until the output takes it.

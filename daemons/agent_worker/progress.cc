@@ -136,7 +136,7 @@ void Worker::Impl::WriteProgress(bool final) {
     for (auto& p : partitions_) {
       if (p.marked_finished || !p.source->Finished()) continue;
       if (MakeDirs(config_.finished_dir).ok() &&
-          WriteFileAtomic(config_.finished_dir + "/" + p.owner, std::to_string(p.sink->written().size()) + "\n").ok())
+          WriteFileAtomic(config_.finished_dir + "/" + p.owner, std::to_string(p.WrittenCount()) + "\n").ok())
         p.marked_finished = true;
     }
   }
@@ -145,14 +145,18 @@ void Worker::Impl::WriteProgress(bool final) {
   for (const auto& p : partitions_) {
     std::map<std::string, int64_t> merged = p.inherited_counts;
     for (const auto& [status, n] : p.sink->counts()) merged[status] += n;
+    if (p.dropped)
+      for (const auto& [status, n] : p.dropped->counts()) merged[status] += n;
     Json counts = Json::object();
     for (const auto& [status, n] : merged) counts[status] = n;
     parts[p.owner] = {{"total", p.source->total_tasks()},
-                      {"preexisting", p.inherited_preexisting >= 0 ? p.inherited_preexisting : p.sink->preexisting()},
+                      {"preexisting", p.inherited_preexisting >= 0
+                                         ? p.inherited_preexisting
+                                         : p.sink->preexisting() + (p.dropped ? p.dropped->preexisting() : 0)},
                       {"skipped", p.source->skipped()},
                       {"admitted", p.source->admitted()},
                       {"in_flight", p.source->in_flight()},
-                      {"written", static_cast<int64_t>(p.sink->written().size())},
+                      {"written", p.WrittenCount()},
                       {"counts", counts},
                       {"finished", p.source->Finished()},
                       {"output", p.sink->path()}};

@@ -219,6 +219,33 @@ Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved
 
 }  // namespace
 
+std::string DroppedRecordLine(const wire::Task& task, int64_t finished_us) {
+  int64_t prompt = 0, completion = 0;
+  for (const auto& t : task.history) {
+    prompt += t.prompt_tokens;
+    completion += t.completion_tokens;
+  }
+  Json counters = Json::object();
+  for (const auto& [k, v] : task.counters) counters[k] = v;
+  Json rec = {{"task_id", task.task_id},
+              {"run_id", task.run_id},
+              {"pipeline", task.pipeline},
+              {"partition", task.partition},
+              {"row", task.row},
+              {"trial", task.trial},
+              {"attempt", task.attempt},
+              {"status", wire::TaskStatusName(task.status)},
+              {"reason", task.reason},
+              {"vars", VarsJson(task)},
+              {"counters", counters},
+              {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
+              {"created_us", task.created_us},
+              {"finished_us", finished_us},
+              {"duration_s", (finished_us - task.created_us) / 1e6}};
+  if (!task.error.empty()) rec["error"] = task.error;
+  return DumpJson(rec);
+}
+
 Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
   return Json::parse(RecordLine(task, resolved, finished_us));
 }

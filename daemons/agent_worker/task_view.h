@@ -61,6 +61,11 @@ Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finis
 // as it is). Parses to the same value as BuildRecord.
 std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t finished_us);
 
+// The short line of a task that did not end done, for run.records: done:
+// identity, status, reason, error, vars, counters and token usage; no input,
+// turns or spans.
+std::string DroppedRecordLine(const wire::Task& task, int64_t finished_us);
+
 // Reads vars as JSON values (stored as JSON text).
 Json VarValue(const wire::Task& task, const std::string& name);
 void SetVar(wire::Task& task, const std::string& name, const Json& value);

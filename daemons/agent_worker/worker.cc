@@ -124,6 +124,13 @@ Status Worker::Impl::Init() {
     part.owner = "p" + std::to_string(p);
     std::string out = config_.output_dir + "/" + part.owner + ".jsonl";
     MATRIX_ASSIGN_OR_RETURN(part.sink, PartitionSink::Open(out));
+    // Also when an earlier run of this output kept only what ended done.
+    const std::string dropped = config_.output_dir + "/dropped-" + part.owner + ".jsonl";
+    if (pipeline_->run.records == config::RunConfig::Records::kDone || FileExists(dropped)) {
+      MATRIX_ASSIGN_OR_RETURN(part.dropped, PartitionSink::Open(dropped));
+    }
+    std::unordered_set<std::string> written = part.sink->written();
+    if (part.dropped) written.insert(part.dropped->written().begin(), part.dropped->written().end());
     SourceConfig sc;
     sc.dataset_path = pipeline_->dataset.path;
     sc.partition = p;
@@ -132,9 +139,9 @@ Status Worker::Impl::Init() {
     sc.trials = static_cast<uint32_t>(pipeline_->run.trials);
     sc.max_concurrent = static_cast<size_t>(pipeline_->run.max_concurrent_tasks);
     sc.required_fields = pipeline_->dataset.required_fields;
-    MATRIX_ASSIGN_OR_RETURN(part.source, PartitionSource::Open(sc, part.sink->written()));
-    LOG_INFO << "partition " << part.owner << ": " << part.source->total_tasks() << " tasks, "
-             << part.sink->preexisting() << " already written to " << out;
+    MATRIX_ASSIGN_OR_RETURN(part.source, PartitionSource::Open(sc, written));
+    LOG_INFO << "partition " << part.owner << ": " << part.source->total_tasks() << " tasks, " << written.size()
+             << " already written to " << out << (part.dropped ? " and " + dropped : "");
     partitions_.push_back(std::move(part));
   }
 

@@ -86,12 +86,21 @@ class Worker::Impl final : public AgentHost {
     std::string owner;
     std::unique_ptr<PartitionSource> source;
     std::unique_ptr<PartitionSink> sink;
+    // run.records: done: the short lines of tasks that did not end done.
+    std::unique_ptr<PartitionSink> dropped;
+    bool Written(const std::string& task_id) const {
+      return sink->Written(task_id) || (dropped && dropped->Written(task_id));
+    }
+    int64_t WrittenCount() const {
+      return static_cast<int64_t>(sink->written().size() + (dropped ? dropped->written().size() : 0));
+    }
     // Records the output did not take (full disk, I/O error), oldest first:
     // their tasks stay unacknowledged until a retry writes them.
     struct Blocked {
       uint64_t lease = 0;
       wire::Task full;
       std::string line;
+      bool dropped = false;  // goes to the partition's `dropped` file
     };
     std::deque<Blocked> blocked;
     // From a predecessor of this worker in the same run (InheritProgress).

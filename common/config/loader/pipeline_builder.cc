@@ -340,6 +340,16 @@ class Builder {
         diag_->AtKey(*Get(r, "schedule"), Join(path, "schedule"), "must be 'row' or 'batch', not '" + schedule + "'");
       }
     }
+    std::string records;
+    if (GetString(r, path, "records", &records)) {
+      if (records == "all") {
+        run.records = RunConfig::Records::kAll;
+      } else if (records == "done") {
+        run.records = RunConfig::Records::kDone;
+      } else {
+        diag_->AtKey(*Get(r, "records"), Join(path, "records"), "must be 'all' or 'done', not '" + records + "'");
+      }
+    }
   }
 
   void BuildModels(CNode* models, Pipeline* p) {
