@@ -57,11 +57,15 @@ bool Worker::Impl::OverBudget(uint64_t id) {
   return true;
 }
 
-const config::StepConfig* Worker::Impl::FanoutOfJoin(const config::StepConfig* step) const {
+const config::StepConfig* Worker::Impl::FanoutOfJoin(const config::StepConfig* step) {
   if (!step) return nullptr;
-  for (const auto& [name, s] : pipeline_->flow.steps)
-    if (s.fanout && s.fanout->join == step->name) return &s;
-  return nullptr;
+  if (join_of_.empty()) {
+    join_of_.emplace(nullptr, nullptr);  // built
+    for (const auto& [name, s] : pipeline_->flow.steps)
+      if (s.fanout && !s.fanout->join.empty()) join_of_[pipeline_->Step(s.fanout->join)] = &s;
+  }
+  auto it = join_of_.find(step);
+  return it == join_of_.end() ? nullptr : it->second;
 }
 
 std::string Worker::Impl::QueueOf(const config::StepConfig& step, const wire::Task& task) const {
@@ -203,8 +207,12 @@ void Worker::Impl::CheckJoinDeadlines() {
 }
 
 void Worker::Impl::DropJoinsOf(const std::string& task_id) {
-  for (auto it = joins_.lower_bound(task_id + "@"); it != joins_.end() && it->first.rfind(task_id + "@", 0) == 0;)
-    it = joins_.erase(it);
+  // Its own waits ("<id>@...") and those of its branches' nested fan-outs ("<id>/...").
+  for (const char* sep : {"@", "/"}) {
+    const std::string prefix = task_id + sep;
+    for (auto it = joins_.lower_bound(prefix); it != joins_.end() && it->first.rfind(prefix, 0) == 0;)
+      it = joins_.erase(it);
+  }
 }
 
 void Worker::Impl::ResumeJoin(const std::string& key, const char* why) {

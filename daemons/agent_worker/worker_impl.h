@@ -230,7 +230,7 @@ class Worker::Impl final : public AgentHost {
   void CheckJoinDeadlines();
   void DropJoinsOf(const std::string& task_id);  // the task is admitted again
   // The fan-out step whose join `step` is; nullptr when none.
-  const config::StepConfig* FanoutOfJoin(const config::StepConfig* step) const;
+  const config::StepConfig* FanoutOfJoin(const config::StepConfig* step);
   // The queue of `step` (QueueFor), or the owner's sink for a fan-out step.
   std::string QueueOf(const config::StepConfig& step, const wire::Task& task) const;
   // The task's token budget: its branch share, or flow.max_tokens; 0 = none.
@@ -270,6 +270,7 @@ class Worker::Impl final : public AgentHost {
   std::unordered_map<uint64_t, TaskRun> runs_;
   // Parents waiting for their branches, by join key (fan_out.cc).
   std::map<std::string, Join> joins_;
+  std::unordered_map<const config::StepConfig*, const config::StepConfig*> join_of_;  // join step -> fan-out
   int64_t branches_started_ = 0, branches_dropped_ = 0;
   std::unordered_map<const config::StepConfig*, StepParts> parts_;
   uint64_t next_run_ = 1;
