@@ -77,6 +77,11 @@ struct SimConfig {
   // (messages with role "assistant").
   double user_stop_prob = 0.2;
   int user_max_turns = 12;
+  // Structured output (response_format json_object or json_schema): probability
+  // that a reply is deliberately broken, cut short (not JSON) or, for a schema
+  // with required properties, missing one (JSON that fails the schema), so that
+  // clients can exercise their retries. Drawn from the request seed.
+  double invalid_json_prob = 0.0;
 
   // --- Fault injection: independent per-request probabilities in [0, 1] ---
   double fault_429 = 0.0;        // 429 with Retry-After

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/base/hash.h"
+#include "common/base/json_schema.h"
 #include "daemons/llm_sim/sim_tools.h"
 
 namespace matrix::llm_sim {
@@ -19,6 +20,10 @@ constexpr uint64_t kTextStream = 2;
 constexpr uint64_t kAnswerStream = 3;
 constexpr uint64_t kToolStream = 4;
 constexpr uint64_t kUserStream = 5;
+constexpr uint64_t kStructuredStream = 6;
+constexpr uint64_t kInvalidJsonStream = 7;
+constexpr uint64_t kLogprobStream = 8;
+constexpr uint64_t kPromptIdStream = 9;
 
 // " ###STOP###" as completion tokens.
 const std::string_view kStopPieces[] = {" ###", "STOP", "###"};
@@ -104,6 +109,75 @@ Status OptBool(const Json& body, const char* name, bool* out) {
   return Status::Ok();
 }
 
+Status ParseResponseFormat(const Json& body, CompletionRequest* r) {
+  auto rf = body.find("response_format");
+  if (rf == body.end() || rf->is_null()) return Status::Ok();
+  if (!rf->is_object()) return InvalidArgument("'response_format' must be an object");
+  auto type = rf->find("type");
+  if (type == rf->end() || !type->is_string())
+    return InvalidArgument("'response_format.type' must be a string");
+  const std::string t = type->get<std::string>();
+  if (t == "text") return Status::Ok();
+  if (t == "json_object") {
+    r->response_format = ResponseFormat::kJsonObject;
+    return Status::Ok();
+  }
+  if (t != "json_schema")
+    return InvalidArgument("'response_format.type' must be text, json_object or json_schema, got '" + t +
+                           "'");
+  auto js = rf->find("json_schema");
+  if (js == rf->end() || !js->is_object())
+    return InvalidArgument("'response_format.json_schema' must be an object");
+  auto name = js->find("name");
+  if (name == js->end() || !name->is_string())
+    return InvalidArgument("'response_format.json_schema.name' must be a string");
+  Json schema = Json::object();
+  if (auto it = js->find("schema"); it != js->end() && !it->is_null()) {
+    if (!it->is_object()) return InvalidArgument("'response_format.json_schema.schema' must be an object");
+    schema = *it;
+  }
+  // A schema the server cannot compile is refused, as vLLM's guided decoding does.
+  StatusOr<JsonSchema> compiled = JsonSchema::Compile(schema);
+  if (!compiled.ok())
+    return InvalidArgument("'response_format.json_schema.schema': " + compiled.status().message());
+  r->response_format = ResponseFormat::kJsonSchema;
+  r->response_schema = std::move(schema);
+  return Status::Ok();
+}
+
+// Chat: "logprobs" true/false and "top_logprobs" N. Text completions: the
+// legacy "logprobs" N (N alternatives), or true with "top_logprobs".
+Status ParseLogprobs(ApiKind kind, const Json& body, CompletionRequest* r) {
+  const std::string range = "[0, " + std::to_string(kMaxTopLogprobs) + "]";
+  bool legacy_count = false;
+  if (auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
+    if (lp->is_boolean()) {
+      r->logprobs = lp->get<bool>();
+    } else if (kind == ApiKind::kText && IsIntegerJson(*lp)) {
+      std::optional<int64_t> n;
+      MATRIX_RETURN_IF_ERROR(OptInt(body, "logprobs", &n));
+      if (*n < 0 || *n > kMaxTopLogprobs)
+        return InvalidArgument("'logprobs' must be in " + range + ", got " + std::to_string(*n));
+      r->logprobs = true;
+      r->top_logprobs = *n;
+      legacy_count = true;
+    } else {
+      return InvalidArgument(kind == ApiKind::kChat ? "'logprobs' must be a boolean"
+                                                    : "'logprobs' must be an integer or a boolean");
+    }
+  }
+  std::optional<int64_t> top;
+  MATRIX_RETURN_IF_ERROR(OptInt(body, "top_logprobs", &top));
+  if (top) {
+    if (*top < 0 || *top > kMaxTopLogprobs)
+      return InvalidArgument("'top_logprobs' must be in " + range + ", got " + std::to_string(*top));
+    if (*top > 0 && !r->logprobs)
+      return InvalidArgument("'top_logprobs' needs 'logprobs' to be true");
+    if (!legacy_count) r->top_logprobs = *top;
+  }
+  return Status::Ok();
+}
+
 Status ParseTools(const Json& body, CompletionRequest* r, size_t* chars) {
   auto tools = body.find("tools");
   if (tools != body.end() && !tools->is_null()) {
@@ -175,6 +249,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
 
   size_t chars = 0;
   int64_t token_ids = -1;  // prompt given as token ids
+  const Json* id_prompt = nullptr;  // the list of ids then
   std::string canonical;
   if (kind == ApiKind::kChat) {
     auto messages = j.find("messages");
@@ -220,8 +295,10 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
       text = (*prompt)[0].get<std::string>();
     } else if (all_ints(*prompt)) {
       token_ids = static_cast<int64_t>(prompt->size());
+      id_prompt = &*prompt;
     } else if (prompt->is_array() && prompt->size() == 1 && all_ints((*prompt)[0])) {
       token_ids = static_cast<int64_t>((*prompt)[0].size());
+      id_prompt = &(*prompt)[0];
     } else {
       return InvalidArgument(
           "'prompt' must be a string, a list of one string, or a list of token ids");
@@ -258,6 +335,13 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
     if (!so->is_object()) return InvalidArgument("'stream_options' must be an object");
     MATRIX_RETURN_IF_ERROR(OptBool(*so, "include_usage", &r.include_usage));
   }
+  MATRIX_RETURN_IF_ERROR(ParseResponseFormat(j, &r));
+  MATRIX_RETURN_IF_ERROR(ParseLogprobs(kind, j, &r));
+  MATRIX_RETURN_IF_ERROR(OptBool(j, "return_token_ids", &r.return_token_ids));
+  if (r.return_token_ids && id_prompt != nullptr)
+    for (const Json& id : *id_prompt)
+      r.prompt_ids.push_back(id.is_number_unsigned() ? static_cast<int64_t>(id.get<uint64_t>())
+                                                     : id.get<int64_t>());
 
   r.prompt_tokens = token_ids >= 0 ? std::max<int64_t>(1, token_ids) : CountTokens(chars);
   const char* where = kind == ApiKind::kChat ? "messages" : "prompt";
@@ -502,6 +586,103 @@ bool PlanToolCalls(const CompletionRequest& r, const SimConfig& config, int64_t 
   return true;
 }
 
+// Keys of json_object replies.
+const char* const kJsonKeys[] = {"answer",   "reason", "summary", "title",  "label",
+                                 "category", "score",  "count",   "valid",  "confidence",
+                                 "notes",    "rating", "topic",   "status", "complete"};
+
+std::string FillerPhrase(SimRng* rng, int64_t words) {
+  std::string out;
+  for (int64_t i = 0; i < words; ++i) {
+    if (!out.empty()) out += ' ';
+    out += kWords[rng->Below(kWordCount)];
+  }
+  return out;
+}
+
+// A json_object reply: two to five keys with short phrases, numbers and booleans.
+Json JsonObjectReply(SimRng* rng) {
+  Json obj = Json::object();
+  const size_t keys = static_cast<size_t>(rng->Range(2, 5));
+  while (obj.size() < keys) {
+    const std::string key = kJsonKeys[rng->Below(sizeof(kJsonKeys) / sizeof(kJsonKeys[0]))];
+    if (obj.contains(key)) continue;
+    switch (rng->Below(4)) {
+      case 0:
+      case 1:
+        obj[key] = FillerPhrase(rng, rng->Range(1, 4));
+        break;
+      case 2:
+        obj[key] = rng->Below(2) == 0 ? Json(rng->Range(0, 100))
+                                      : Json(std::round(rng->Uniform() * 10000.0) / 100.0);
+        break;
+      default:
+        obj[key] = rng->Below(2) == 1;
+    }
+  }
+  return obj;
+}
+
+// Plans a response_format json_object / json_schema reply: the JSON split
+// into pieces like tool-call arguments, cut by max_tokens, and broken on
+// purpose with probability invalid_json_prob.
+void PlanStructured(const CompletionRequest& r, const SimConfig& config, int64_t limit,
+                    CompletionPlan* plan) {
+  SimRng rng(SubSeed(r.seed, kStructuredStream));
+  Json value;
+  if (r.response_format == ResponseFormat::kJsonSchema) {
+    FoundIds ids;
+    for (const ChatMessage& m : r.messages)
+      if (m.role == "user" || m.role == "tool") ScanIds(m.content, &ids);
+    value = ValueForSchema(r.response_schema, ids, &rng,
+                           FillerWords{kWords, static_cast<size_t>(kWordCount)});
+  } else {
+    value = JsonObjectReply(&rng);
+  }
+  std::string text = DumpJson(value);
+  SimRng break_rng(SubSeed(r.seed, kInvalidJsonStream));
+  if (break_rng.Uniform() < config.invalid_json_prob) {
+    plan->broken = true;
+    // Either a required property goes missing (JSON that fails the schema) or
+    // the text stops early (not JSON at all).
+    std::vector<std::string> present;
+    if (auto req = r.response_schema.find("required");
+        value.is_object() && req != r.response_schema.end() && req->is_array())
+      for (const Json& k : *req)
+        if (k.is_string() && value.contains(k.get<std::string>())) present.push_back(k.get<std::string>());
+    if (!present.empty() && break_rng.Below(2) == 0) {
+      value.erase(present[static_cast<size_t>(break_rng.Below(static_cast<int64_t>(present.size())))]);
+      text = DumpJson(value);
+    } else if (value.is_structured() || value.is_string()) {
+      // No proper prefix of an object, array or string is JSON.
+      size_t cut = std::max<size_t>(1, text.size() * static_cast<size_t>(break_rng.Range(25, 75)) / 100);
+      while (cut > 1 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+      text.resize(cut);
+    } else {
+      text = "[" + text;  // a bare number, boolean or null: an unclosed array
+    }
+  }
+  const std::vector<std::string> pieces = SplitPieces(text);
+  const int64_t cap = r.max_tokens ? std::min(*r.max_tokens, limit) : limit;
+  plan->finish_reason = "stop";
+  for (const std::string& piece : pieces) {
+    if (plan->completion_tokens() >= cap) {
+      plan->finish_reason = "length";
+      break;
+    }
+    plan->AddPiece(piece);
+  }
+  // A decoder that may not stop yet (min_tokens, ignore_eos) adds whitespace,
+  // which keeps the JSON valid.
+  int64_t target = std::min(cap, r.min_tokens);
+  if (r.ignore_eos) {
+    target = cap;
+    plan->finish_reason = "length";
+  }
+  while (plan->completion_tokens() < target) plan->AddPiece(" ");
+  plan->structured = true;
+}
+
 }  // namespace
 
 bool PlaysUser(const CompletionRequest& r) {
@@ -516,6 +697,10 @@ CompletionPlan PlanCompletion(const CompletionRequest& r, const SimConfig& confi
   CompletionPlan plan;
   const int64_t limit = std::max<int64_t>(1, config.max_model_len - r.prompt_tokens);
   if (PlanToolCalls(r, config, limit, &plan)) return plan;
+  if (r.response_format != ResponseFormat::kText) {
+    PlanStructured(r, config, limit, &plan);
+    return plan;
+  }
 
   SimRng length_rng(SubSeed(r.seed, kLengthStream));
   int64_t length = SampleOutputTokens(&length_rng, config.mean_output_tokens, config.tail_alpha);
@@ -579,11 +764,123 @@ CompletionPlan PlanCompletion(const CompletionRequest& r, const SimConfig& confi
 
 std::string ResponseIdPrefix(ApiKind kind) { return kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-"; }
 
+int64_t TokenId(std::string_view piece) {
+  return static_cast<int64_t>(Hash64(piece) % static_cast<uint64_t>(kVocabularySize));
+}
+
+TokenLogprob LogprobFor(uint64_t seed, int64_t index, std::string_view token, int64_t top) {
+  SimRng rng(SubSeed(SubSeed(seed, kLogprobStream) ^ Hash64(token), static_cast<uint64_t>(index) + 1));
+  // Probabilities of the most likely tokens, descending, summing to less than
+  // 1: the first takes 35-99 % of the mass, each next one part of what is left.
+  const int64_t n = std::max<int64_t>(top, 3);
+  std::vector<double> p(static_cast<size_t>(n));
+  p[0] = 0.35 + 0.64 * rng.Uniform();
+  double left = 1.0 - p[0];
+  for (size_t j = 1; j < p.size(); ++j) {
+    p[j] = std::min(p[j - 1], left * (0.1 + 0.5 * rng.Uniform()));
+    left -= p[j];
+  }
+  // The sampled token is usually the most likely one.
+  const double u = rng.Uniform();
+  const size_t rank = u < 0.8 ? 0 : u < 0.95 ? 1 : 2;
+  auto logprob_of = [](double x) { return std::round(std::log(x) * 1e6) / 1e6; };
+  TokenLogprob out;
+  out.token = std::string(token);
+  out.logprob = logprob_of(p[rank]);
+  const bool spaced = !token.empty() && token.front() == ' ';
+  std::set<std::string> used = {out.token};
+  for (size_t j = 0; j < static_cast<size_t>(top); ++j) {
+    if (j == rank) {
+      out.top.emplace_back(out.token, out.logprob);
+      continue;
+    }
+    std::string alt;
+    for (int tries = 0; tries < 64 && (alt.empty() || used.count(alt)); ++tries)
+      alt = (spaced ? " " : "") + std::string(kWords[rng.Below(kWordCount)]);
+    while (used.count(alt)) alt += "s";
+    used.insert(alt);
+    out.top.emplace_back(std::move(alt), logprob_of(p[j]));
+  }
+  return out;
+}
+
+namespace {
+
+// The text of completion token i as logprobs and token ids report it: the
+// piece, or for a tool call's header (an empty piece) the function name.
+std::string TokenText(const CompletionPlan& plan, int64_t i) {
+  for (const PlannedToolCall& c : plan.calls)
+    if (c.first == i) return c.name;
+  return std::string(plan.Pieces(i, i + 1));
+}
+
+Json Utf8Bytes(const std::string& s) {
+  Json out = Json::array();
+  for (unsigned char c : s) out.push_back(static_cast<int>(c));
+  return out;
+}
+
+// choices[].logprobs for completion tokens [from, to): {"content": [...]} for
+// chat, the legacy {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+// for text completions; null when the request did not ask.
+Json LogprobsJson(const CompletionRequest& r, const CompletionPlan& plan, int64_t from, int64_t to) {
+  if (!r.logprobs) return nullptr;
+  to = std::min(to, plan.completion_tokens());
+  if (r.kind == ApiKind::kChat) {
+    Json content = Json::array();
+    for (int64_t i = from; i < to; ++i) {
+      const TokenLogprob t = LogprobFor(r.seed, i, TokenText(plan, i), r.top_logprobs);
+      Json top = Json::array();
+      for (const auto& [token, logprob] : t.top)
+        top.push_back({{"token", token}, {"logprob", logprob}, {"bytes", Utf8Bytes(token)}});
+      content.push_back({{"token", t.token},
+                         {"logprob", t.logprob},
+                         {"bytes", Utf8Bytes(t.token)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  Json tokens = Json::array(), token_logprobs = Json::array(), top = Json::array(),
+       offsets = Json::array();
+  for (int64_t i = from; i < to; ++i) {
+    const TokenLogprob t = LogprobFor(r.seed, i, TokenText(plan, i), r.top_logprobs);
+    tokens.push_back(t.token);
+    token_logprobs.push_back(t.logprob);
+    Json alternatives = Json::object();
+    for (const auto& [token, logprob] : t.top) alternatives[token] = logprob;
+    top.push_back(std::move(alternatives));
+    offsets.push_back(i == 0 ? 0 : plan.ends[static_cast<size_t>(i - 1)]);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top)},
+          {"text_offset", std::move(offsets)}};
+}
+
+Json TokenIdsJson(const CompletionPlan& plan, int64_t from, int64_t to) {
+  Json ids = Json::array();
+  for (int64_t i = from; i < std::min(to, plan.completion_tokens()); ++i)
+    ids.push_back(TokenId(TokenText(plan, i)));
+  return ids;
+}
+
+// One id per prompt token counted: the request's own ids when the prompt was
+// ids, else ids drawn from the seed.
+Json PromptTokenIdsJson(const CompletionRequest& r) {
+  if (!r.prompt_ids.empty()) return r.prompt_ids;
+  Json ids = Json::array();
+  SimRng rng(SubSeed(r.seed, kPromptIdStream));
+  for (int64_t i = 0; i < r.prompt_tokens; ++i) ids.push_back(rng.Below(kVocabularySize));
+  return ids;
+}
+
+}  // namespace
+
 std::string RenderCompletion(const CompletionRequest& r, const CompletionPlan& plan,
                              const ResponseMeta& meta) {
   Json choice;
   choice["index"] = 0;
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = LogprobsJson(r, plan, 0, plan.completion_tokens());
   choice["finish_reason"] = plan.finish_reason;
   choice["stop_reason"] = nullptr;
   if (r.kind == ApiKind::kChat) {
@@ -616,23 +913,42 @@ std::string RenderCompletion(const CompletionRequest& r, const CompletionPlan& p
   body["model"] = r.model;
   body["choices"] = Json::array({std::move(choice)});
   body["usage"] = UsageJson(r, plan);
+  if (r.return_token_ids) {
+    // vLLM: prompt ids at the top of a chat response, inside the choice of a text completion.
+    body["choices"][0]["token_ids"] = TokenIdsJson(plan, 0, plan.completion_tokens());
+    if (r.kind == ApiKind::kChat) body["prompt_token_ids"] = PromptTokenIdsJson(r);
+    else body["choices"][0]["prompt_token_ids"] = PromptTokenIdsJson(r);
+  }
   return DumpJson(body);
 }
 
 StreamRenderer::StreamRenderer(const CompletionRequest* request, const CompletionPlan* plan,
                                ResponseMeta meta)
     : request_(request), plan_(plan), meta_(std::move(meta)) {
-  head_ = "data: {\"id\":" + DumpJson(meta_.id) + ",\"object\":" +
-          (request_->kind == ApiKind::kChat ? "\"chat.completion.chunk\"" : "\"text_completion\"") +
-          ",\"created\":" + std::to_string(meta_.created) + ",\"model\":" + DumpJson(request_->model) +
-          ",\"choices\":[{\"index\":0,";
+  prefix_ = "data: {\"id\":" + DumpJson(meta_.id) + ",\"object\":" +
+            (request_->kind == ApiKind::kChat ? "\"chat.completion.chunk\"" : "\"text_completion\"") +
+            ",\"created\":" + std::to_string(meta_.created) + ",\"model\":" + DumpJson(request_->model) +
+            ",";
+  head_ = prefix_ + "\"choices\":[{\"index\":0,";
+}
+
+std::string StreamRenderer::TokenFields(int64_t from, int64_t to) const {
+  std::string out = ",\"logprobs\":" + DumpJson(LogprobsJson(*request_, *plan_, from, to));
+  if (request_->return_token_ids) out += ",\"token_ids\":" + DumpJson(TokenIdsJson(*plan_, from, to));
+  return out;
 }
 
 std::string StreamRenderer::Tokens(int64_t from, int64_t to) {
   std::string out;
   const bool chat = request_->kind == ApiKind::kChat;
   if (chat && !role_sent_) {
-    out += head_ + "\"delta\":{\"role\":\"assistant\",\"content\":" +
+    // vLLM sends the prompt's token ids with the first chunk of a chat stream.
+    const std::string head =
+        request_->return_token_ids
+            ? prefix_ + "\"prompt_token_ids\":" + DumpJson(PromptTokenIdsJson(*request_)) +
+                  ",\"choices\":[{\"index\":0,"
+            : head_;
+    out += head + "\"delta\":{\"role\":\"assistant\",\"content\":" +
            (plan_->tool_call ? "null" : "\"\"") + "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
     role_sent_ = true;
   }
@@ -657,14 +973,20 @@ std::string StreamRenderer::Tokens(int64_t from, int64_t to) {
     }
     Json delta;
     delta["tool_calls"] = std::move(calls);
-    out += head_ + "\"delta\":" + DumpJson(delta) + ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    out += head_ + "\"delta\":" + DumpJson(delta) + TokenFields(from, to) + ",\"finish_reason\":null}]}\n\n";
     return out;
   }
   const std::string text = DumpJson(Json(std::string(plan_->Pieces(from, to))));
   if (chat) {
-    out += head_ + "\"delta\":{\"content\":" + text + "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    out += head_ + "\"delta\":{\"content\":" + text + "}" + TokenFields(from, to) +
+           ",\"finish_reason\":null}]}\n\n";
   } else {
-    out += head_ + "\"text\":" + text + ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    // vLLM sends the prompt's token ids in the first choice of a text stream.
+    std::string prompt_ids;
+    if (request_->return_token_ids && !prompt_ids_sent_)
+      prompt_ids = "\"prompt_token_ids\":" + DumpJson(PromptTokenIdsJson(*request_)) + ",";
+    prompt_ids_sent_ = true;
+    out += head_ + prompt_ids + "\"text\":" + text + TokenFields(from, to) + ",\"finish_reason\":null}]}\n\n";
   }
   return out;
 }

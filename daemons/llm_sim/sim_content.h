@@ -10,6 +10,21 @@
 // the reply mentions the scenario's identifiers and sometimes (always after
 // SimConfig::user_max_turns turns) ends with " ###STOP###".
 //
+// Structured output: "response_format" {"type": "json_object"} makes the reply
+// one JSON object (a few keys with filler strings, numbers and booleans);
+// {"type": "json_schema", "json_schema": {"name", "schema"}} makes it JSON
+// that satisfies the schema (ValueForSchema in sim_tools.h). The JSON is split
+// into completion tokens like tool-call arguments, so max_tokens can cut it
+// (finish_reason "length", invalid JSON); SimConfig::invalid_json_prob breaks
+// some replies on purpose. Such replies carry no multiple-choice answer; a
+// planned tool call still takes precedence.
+//
+// Logprobs: "logprobs": true (chat) with "top_logprobs" N, or "logprobs": N
+// (text completions), give every completion token a logprob <= 0 and N
+// alternatives sorted by logprob; "return_token_ids": true adds vLLM's
+// token_ids (a hash of each token into the Llama 3 vocabulary) and
+// prompt_token_ids. A tool call's header token stands for the function name.
+//
 // Determinism: the request seed is Hash64 of the canonical messages JSON (or
 // of the prompt); when the request carries "seed", that value seeds the hash,
 // so the same seed and messages give the same response while different
@@ -22,6 +37,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/base/json.h"
@@ -45,6 +61,14 @@ struct ToolSpec {
 
 enum class ToolChoice { kAuto, kNone, kRequired };
 
+enum class ResponseFormat { kText, kJsonObject, kJsonSchema };
+
+// Vocabulary size of the token ids the simulator reports (Llama 3's).
+inline constexpr int64_t kVocabularySize = 128256;
+
+// Most alternatives per token ("top_logprobs"), as vLLM's default max_logprobs.
+inline constexpr int64_t kMaxTopLogprobs = 20;
+
 struct CompletionRequest {
   ApiKind kind = ApiKind::kChat;
   std::string model;                  // as requested, else the served model name
@@ -64,6 +88,14 @@ struct CompletionRequest {
   std::optional<double> temperature;
   uint64_t seed = 0;
   int64_t prompt_tokens = 0;
+  ResponseFormat response_format = ResponseFormat::kText;
+  Json response_schema;  // json_schema.schema; null for json_object
+  bool logprobs = false;
+  int64_t top_logprobs = 0;  // alternatives per token, 0..kMaxTopLogprobs
+  bool return_token_ids = false;
+  // The prompt's token ids when a text completion's prompt was given as ids and
+  // return_token_ids is set; otherwise prompt_token_ids are derived from the seed.
+  std::vector<int64_t> prompt_ids;
 };
 
 // One tool call of a plan: pieces [first, end) of the plan; piece `first` is
@@ -86,6 +118,8 @@ struct CompletionPlan {
   std::vector<PlannedToolCall> calls;
   std::string finish_reason;  // "stop" | "length" | "tool_calls"
   char answer = 0;            // letter in "The answer is (X).", 0 when none
+  bool structured = false;    // JSON for response_format json_object / json_schema
+  bool broken = false;        // structured and broken on purpose (invalid_json_prob)
 
   int64_t completion_tokens() const { return static_cast<int64_t>(ends.size()); }
   const std::string& Text() const { return text; }
@@ -105,8 +139,10 @@ struct ResponseMeta {
 int64_t CountTokens(size_t chars);
 
 // Parses and validates a request body. InvalidArgument (HTTP 400) for invalid
-// JSON, missing or mistyped fields, and prompts that do not fit max_model_len
-// (the message then contains "maximum context length", as vLLM's does).
+// JSON, missing or mistyped fields (the message names the field, e.g.
+// 'response_format.type'), schemas that do not compile, top_logprobs outside
+// [0, 20], and prompts that do not fit max_model_len (the message then
+// contains "maximum context length", as vLLM's does).
 StatusOr<CompletionRequest> ParseCompletionRequest(ApiKind kind, std::string_view body,
                                                    const SimConfig& config);
 
@@ -138,12 +174,28 @@ void AppendFiller(SimRng* rng, int64_t count, CompletionPlan* plan);
 
 std::string ResponseIdPrefix(ApiKind kind);
 
+// Token id of a completion piece: a hash of its text into [0, kVocabularySize).
+int64_t TokenId(std::string_view piece);
+
+// The logprob of completion token `index` of a reply with seed `seed`, and its
+// `top` most likely alternatives sorted by logprob, descending (the token
+// itself among them when it ranks that high). Every logprob is <= 0 and their
+// probabilities sum to at most 1.
+struct TokenLogprob {
+  std::string token;
+  double logprob = 0;
+  std::vector<std::pair<std::string, double>> top;
+};
+TokenLogprob LogprobFor(uint64_t seed, int64_t index, std::string_view token, int64_t top);
+
 // Complete JSON body of a non-streaming response.
 std::string RenderCompletion(const CompletionRequest& request, const CompletionPlan& plan,
                              const ResponseMeta& meta);
 
 // SSE events ("data: {...}\n\n") of a streaming response. Tokens() covers
-// completion tokens [from, to); the first call also sends the assistant role.
+// completion tokens [from, to), with their logprobs and token ids when the
+// request asked; the first call also sends the assistant role (and, asked,
+// the prompt's token ids).
 // Finish() sends the finish_reason chunk, the usage chunk when asked, and
 // "data: [DONE]".
 class StreamRenderer {
@@ -153,13 +205,16 @@ class StreamRenderer {
   std::string Finish();
 
  private:
-  std::string Event(Json choice_delta_or_text, const char* finish_reason) const;
+  // `,"logprobs":...` and, when asked, `,"token_ids":[...]` of tokens [from, to).
+  std::string TokenFields(int64_t from, int64_t to) const;
 
   const CompletionRequest* request_;
   const CompletionPlan* plan_;
   ResponseMeta meta_;
-  std::string head_;  // `data: {"id":..,"object":..,"created":..,"model":..,"choices":[{"index":0,`
+  std::string prefix_;  // `data: {"id":..,"object":..,"created":..,"model":..,`
+  std::string head_;    // prefix_ + `"choices":[{"index":0,`
   bool role_sent_ = false;
+  bool prompt_ids_sent_ = false;
 };
 
 // A 200 body that a client cannot use: `variant` 0 is truncated JSON, 1 is

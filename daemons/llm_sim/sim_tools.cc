@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <set>
 
+#include "common/base/hash.h"
+
 namespace matrix::llm_sim {
 namespace {
 
@@ -217,10 +219,96 @@ std::string SchemaType(const Json& schema) {
   return {};
 }
 
+const Json& EmptySchema() {
+  static const Json kEmpty = Json::object();
+  return kEmpty;
+}
+
 struct Gen {
   const FoundIds& ids;
   SimRng* rng;
+  const Json& root;  // the whole schema: "$ref" targets resolve inside it
+  const char* const* words;
+  int64_t word_count;
+
+  std::string Word() const { return words[rng->Below(word_count)]; }
 };
+
+// From this depth on a value is as small as its schema allows (required
+// properties only, minItems items, options without "$ref" first), so that
+// recursive schemas end; past kMaxDepth objects and arrays are left empty.
+constexpr int kLeanDepth = 6;
+constexpr int kMaxDepth = 24;
+
+// Follows "$ref" chains ("#", "#/definitions/x", "#/$defs/x", any JSON
+// pointer into the schema). References that leave the document or do not
+// resolve give the empty (unconstrained) schema.
+const Json& Resolve(const Json& schema, const Gen& g) {
+  const Json* s = &schema;
+  for (int hops = 0; hops < 16 && s->is_object(); ++hops) {
+    auto ref = s->find("$ref");
+    if (ref == s->end() || !ref->is_string()) return *s;
+    const std::string& target = ref->get_ref<const std::string&>();
+    if (target.empty() || target[0] != '#') return EmptySchema();
+    try {
+      const Json::json_pointer pointer(target.substr(1));
+      if (!g.root.contains(pointer)) return EmptySchema();
+      s = &g.root.at(pointer);
+    } catch (const Json::exception&) {
+      return EmptySchema();
+    }
+  }
+  return s->is_object() ? *s : EmptySchema();
+}
+
+// `base` without `drop`, with the keywords of `part` laid over it;
+// "properties" and "required" are united rather than replaced.
+Json Merge(const Json& base, const char* drop, const Json& part) {
+  Json out = base;
+  out.erase(drop);
+  if (!part.is_object()) return out;
+  for (auto it = part.begin(); it != part.end(); ++it) {
+    if (it.key() == "properties" && it->is_object() && out.contains("properties") &&
+        out["properties"].is_object()) {
+      for (auto p = it->begin(); p != it->end(); ++p) out["properties"][p.key()] = p.value();
+    } else if (it.key() == "required" && it->is_array() && out.contains("required") &&
+               out["required"].is_array()) {
+      for (const Json& r : *it)
+        if (std::find(out["required"].begin(), out["required"].end(), r) == out["required"].end())
+          out["required"].push_back(r);
+    } else {
+      out[it.key()] = it.value();
+    }
+  }
+  return out;
+}
+
+// The type of the value to build: one of the non-null types the schema names
+// (chosen at random when it names several), "null" when that is the only
+// one, else inferred from the keywords present.
+std::string ChooseType(const Json& schema, const Gen& g) {
+  std::vector<std::string> types;
+  bool null_allowed = false;
+  if (auto t = schema.find("type"); t != schema.end()) {
+    const Json list = t->is_array() ? *t : Json::array({*t});
+    for (const Json& x : list) {
+      if (!x.is_string()) continue;
+      if (x == "null") null_allowed = true;
+      else types.push_back(x.get<std::string>());
+    }
+  }
+  if (types.size() == 1) return types[0];
+  if (!types.empty()) return types[static_cast<size_t>(g.rng->Below(static_cast<int64_t>(types.size())))];
+  if (null_allowed) return "null";
+  auto has = [&](const char* k) { return schema.contains(k); };
+  if (has("properties") || has("required") || has("additionalProperties") || has("minProperties"))
+    return "object";
+  if (has("items") || has("minItems") || has("maxItems") || has("uniqueItems")) return "array";
+  if (has("minimum") || has("maximum") || has("exclusiveMinimum") || has("exclusiveMaximum") ||
+      has("multipleOf"))
+    return "number";
+  return "string";
+}
 
 // A numeric keyword of the schema, clamped so that integer arithmetic on it is safe.
 double NumberOr(const Json& schema, const char* key, double def) {
@@ -229,10 +317,93 @@ double NumberOr(const Json& schema, const char* key, double def) {
   return std::clamp(v, -1e15, 1e15);
 }
 
+// Numeric bounds: "minimum"/"maximum", "exclusiveMinimum"/"exclusiveMaximum"
+// as numbers (draft 6 and later) or as booleans on the plain bound (draft 4).
+struct Bounds {
+  std::optional<double> lo, hi;
+  bool lo_open = false, hi_open = false;
+};
+
+Bounds BoundsOf(const Json& schema) {
+  Bounds b;
+  auto bound = [&](const char* plain, const char* exclusive, std::optional<double>* v, bool* open,
+                   bool lower) {
+    if (auto p = schema.find(plain); p != schema.end() && p->is_number()) *v = NumberOr(schema, plain, 0);
+    auto e = schema.find(exclusive);
+    if (e == schema.end()) return;
+    if (e->is_boolean()) {
+      *open = v->has_value() && e->get<bool>();
+    } else if (e->is_number()) {
+      const double x = NumberOr(schema, exclusive, 0);
+      if (!v->has_value() || (lower ? x >= **v : x <= **v)) {
+        *v = x;
+        *open = true;
+      }
+    }
+  };
+  bound("minimum", "exclusiveMinimum", &b.lo, &b.lo_open, true);
+  bound("maximum", "exclusiveMaximum", &b.hi, &b.hi_open, false);
+  return b;
+}
+
+Json IntegerFor(const Json& schema, const Gen& g) {
+  const Bounds b = BoundsOf(schema);
+  auto lower = [&] { return static_cast<int64_t>(b.lo_open ? std::floor(*b.lo) + 1 : std::ceil(*b.lo)); };
+  auto upper = [&] { return static_cast<int64_t>(b.hi_open ? std::ceil(*b.hi) - 1 : std::floor(*b.hi)); };
+  int64_t lo = 1, hi = 100;
+  if (b.lo && b.hi) {
+    lo = lower();
+    hi = upper();
+  } else if (b.lo) {
+    lo = lower();
+    hi = lo + 99;
+  } else if (b.hi) {
+    hi = upper();
+    lo = hi >= 1 ? 1 : hi - 99;
+  }
+  if (hi < lo) return lo;
+  const double step = NumberOr(schema, "multipleOf", 0);
+  if (step >= 1 && step == std::floor(step)) {
+    const int64_t m = static_cast<int64_t>(step);
+    const int64_t k_lo = static_cast<int64_t>(std::ceil(static_cast<double>(lo) / static_cast<double>(m)));
+    const int64_t k_hi = static_cast<int64_t>(std::floor(static_cast<double>(hi) / static_cast<double>(m)));
+    if (k_lo <= k_hi) return g.rng->Range(k_lo, k_hi) * m;
+  }
+  return g.rng->Range(lo, hi);
+}
+
+Json NumberFor(const Json& schema, const Gen& g) {
+  const Bounds b = BoundsOf(schema);
+  double lo = 0, hi = 100;
+  if (b.lo && b.hi) {
+    lo = *b.lo;
+    hi = *b.hi;
+  } else if (b.lo) {
+    lo = *b.lo;
+    hi = lo + 100;
+  } else if (b.hi) {
+    hi = *b.hi;
+    lo = hi >= 0 ? 0 : hi - 100;
+  }
+  if (hi < lo) return lo;
+  const double step = NumberOr(schema, "multipleOf", 0);
+  if (step > 0) {
+    const double k_lo = std::ceil(lo / step), k_hi = std::floor(hi / step);
+    if (k_lo <= k_hi && k_hi - k_lo < 1e12)
+      return static_cast<double>(g.rng->Range(static_cast<int64_t>(k_lo), static_cast<int64_t>(k_hi))) * step;
+  }
+  // Two decimals, as people write amounts; the midpoint when rounding lands on an open bound.
+  double v = std::round((lo + g.rng->Uniform() * (hi - lo)) * 100.0) / 100.0;
+  if (v < lo || v > hi || (b.lo_open && v <= lo) || (b.hi_open && v >= hi)) v = lo + (hi - lo) / 2;
+  return v;
+}
+
 Json ValueFor(const Json& schema, std::string_view name, const Gen& g, int depth, int64_t count_hint);
 
 Json ObjectFor(const Json& schema, const Gen& g, int depth) {
   Json obj = Json::object();
+  if (depth > kMaxDepth) return obj;
+  const bool lean = depth >= kLeanDepth;
   auto props = schema.find("properties");
   auto req = schema.find("required");
   const bool has_required = req != schema.end() && req->is_array();
@@ -240,15 +411,16 @@ Json ObjectFor(const Json& schema, const Gen& g, int depth) {
   if (has_required)
     for (const Json& r : *req)
       if (r.is_string()) required.insert(r.get<std::string>());
-  if (props != schema.end() && props->is_object()) {
+  const bool has_props = props != schema.end() && props->is_object();
+  if (has_props) {
     // "new_x" after "x", so that a replacement list matches the list it replaces.
     for (int pass = 0; pass < 2; ++pass) {
       for (auto it = props->begin(); it != props->end(); ++it) {
         const std::string& key = it.key();
         const bool renewal = StartsWith(key, "new_");
         if (renewal != (pass == 1)) continue;
-        const bool must = !has_required || required.count(key) > 0;
-        if (!must && g.rng->Uniform() >= 0.5) continue;
+        const bool must = required.count(key) > 0 || (!has_required && !lean);
+        if (!must && (lean || g.rng->Uniform() >= 0.5)) continue;
         int64_t hint = -1;
         if (renewal) {
           auto old = obj.find(key.substr(4));
@@ -260,7 +432,12 @@ Json ObjectFor(const Json& schema, const Gen& g, int depth) {
   }
   // Required names without a schema of their own still have to be present.
   for (const std::string& key : required)
-    if (!obj.contains(key)) obj[key] = ValueFor(Json::object(), key, g, depth + 1, -1);
+    if (!obj.contains(key)) obj[key] = ValueFor(EmptySchema(), key, g, depth + 1, -1);
+  // minProperties: the optional properties left out come back in order.
+  const size_t min_props = static_cast<size_t>(std::clamp(NumberOr(schema, "minProperties", 0), 0.0, 64.0));
+  if (has_props)
+    for (auto it = props->begin(); it != props->end() && obj.size() < min_props; ++it)
+      if (!obj.contains(it.key())) obj[it.key()] = ValueFor(it.value(), it.key(), g, depth + 1, -1);
   return obj;
 }
 
@@ -268,37 +445,64 @@ Json StringFor(const Json& schema, std::string_view name, const Gen& g) {
   auto format_it = schema.find("format");
   const std::string format =
       format_it != schema.end() && format_it->is_string() ? format_it->get<std::string>() : "";
+  const size_t min_len = static_cast<size_t>(std::clamp(NumberOr(schema, "minLength", 0), 0.0, 4096.0));
+  const double max_len = NumberOr(schema, "maxLength", -1);
+  auto fits = [&](const std::string& s) {
+    return s.size() >= min_len && (max_len < 0 || s.size() <= static_cast<size_t>(max_len));
+  };
   std::optional<PropertyId> id = IdForProperty(name);
   if (!id && format == "email") id = PropertyId{IdKind::kEmail, 0};
-  if (id) return IdValue(*id, g.ids, g.rng);
+  if (id) {
+    std::string v = IdValue(*id, g.ids, g.rng);
+    if (fits(v)) return v;
+  }
   char buf[64];
   if (format == "date" || format == "date-time") {
     std::snprintf(buf, sizeof(buf), "2025-%02d-%02d", static_cast<int>(g.rng->Range(1, 12)),
                   static_cast<int>(g.rng->Range(1, 28)));
     return format == "date" ? std::string(buf) : std::string(buf) + "T12:00:00Z";
   }
-  if (format == "uri") return std::string("https://example.com/") + PickOf(kWords, g.rng);
-  std::string s = PickOf(kWords, g.rng);
-  for (int64_t i = g.rng->Below(3); i > 0; --i) s += std::string(" ") + PickOf(kWords, g.rng);
-  const size_t min_len = static_cast<size_t>(std::clamp(NumberOr(schema, "minLength", 0), 0.0, 4096.0));
-  while (s.size() < min_len) s += std::string(" ") + PickOf(kWords, g.rng);
-  const double max_len = NumberOr(schema, "maxLength", -1);
-  if (max_len >= 0 && s.size() > static_cast<size_t>(max_len)) s.resize(static_cast<size_t>(max_len));
+  if (format == "uri") return std::string("https://example.com/") + g.Word();
+  if (format == "uuid") {
+    const std::string h = Hex64(g.rng->Next()) + Hex64(g.rng->Next());
+    return h.substr(0, 8) + "-" + h.substr(8, 4) + "-4" + h.substr(13, 3) + "-a" + h.substr(17, 3) +
+           "-" + h.substr(20, 12);
+  }
+  std::string s = g.Word();
+  for (int64_t i = g.rng->Below(3); i > 0; --i) s += " " + g.Word();
+  while (s.size() < min_len) s += " " + g.Word();
+  if (max_len >= 0 && s.size() > static_cast<size_t>(max_len)) {
+    s.resize(static_cast<size_t>(max_len));
+    while (s.size() > min_len && s.back() == ' ') s.pop_back();
+  }
   return s;
 }
 
 Json ArrayFor(const Json& schema, std::string_view name, const Gen& g, int depth, int64_t count_hint) {
   Json arr = Json::array();
-  const Json items = schema.contains("items") && schema["items"].is_object() ? schema["items"]
-                                                                              : Json::object();
-  const int64_t lo = std::clamp<int64_t>(static_cast<int64_t>(NumberOr(schema, "minItems", 1)), 0, 64);
-  const int64_t hi = std::max(lo, static_cast<int64_t>(NumberOr(schema, "maxItems", static_cast<double>(lo + 1))));
+  if (depth > kMaxDepth) return arr;
+  const bool lean = depth >= kLeanDepth;
+  // "items" as one schema for every element, or (draft 4-7 tuples) one schema per position.
+  auto items_it = schema.find("items");
+  const bool tuple = items_it != schema.end() && items_it->is_array();
+  const Json& items = items_it != schema.end() && items_it->is_object() ? Resolve(*items_it, g) : EmptySchema();
+  auto extra_it = schema.find("additionalItems");
+  const Json& extra = extra_it != schema.end() && extra_it->is_object() ? *extra_it : EmptySchema();
+  const bool has_min = schema.contains("minItems"), has_max = schema.contains("maxItems");
+  const int64_t min_items = std::clamp<int64_t>(static_cast<int64_t>(NumberOr(schema, "minItems", 0)), 0, 256);
+  const int64_t max_items = std::max<int64_t>(0, static_cast<int64_t>(NumberOr(schema, "maxItems", 0)));
+  int64_t lo = has_min ? min_items : lean ? 0 : 1;
+  if (tuple && !lean) lo = std::max<int64_t>(lo, static_cast<int64_t>(items_it->size()));
+  if (has_max) lo = std::min(lo, std::max(max_items, min_items));
+  const int64_t hi = has_max ? std::max(lo, max_items) : lo + 1;
   int64_t count = count_hint >= 0 ? std::clamp(count_hint, lo, hi)
+                  : lean          ? lo
                                   : g.rng->Range(lo, std::min(hi, lo + 2));
   count = std::min<int64_t>(count, std::max<int64_t>(lo, 16));
   const std::string item_type = SchemaType(items);
   std::optional<PropertyId> id = IdForProperty(name);
-  const bool id_items = id && !items.contains("enum") && (item_type.empty() || item_type == "string");
+  const bool id_items =
+      !tuple && id && !items.contains("enum") && (item_type.empty() || item_type == "string");
   if (id_items) {
     // Distinct identifiers from the conversation in random order, then synthetic ones.
     std::vector<std::string> seen;
@@ -320,42 +524,68 @@ Json ArrayFor(const Json& schema, std::string_view name, const Gen& g, int depth
     }
     return arr;
   }
-  for (int64_t i = 0; i < count; ++i) arr.push_back(ValueFor(items, name, g, depth + 1, -1));
+  auto unique_it = schema.find("uniqueItems");
+  const bool unique = unique_it != schema.end() && unique_it->is_boolean() && unique_it->get<bool>();
+  for (int64_t i = 0; i < count; ++i) {
+    const Json& item_schema =
+        !tuple ? items : i < static_cast<int64_t>(items_it->size()) ? (*items_it)[static_cast<size_t>(i)] : extra;
+    Json v = ValueFor(item_schema, name, g, depth + 1, -1);
+    // uniqueItems: a few more draws for a repeated element, then it is left out.
+    for (int retry = 0; unique && retry < 8 && std::find(arr.begin(), arr.end(), v) != arr.end(); ++retry)
+      v = ValueFor(item_schema, name, g, depth + 1, -1);
+    if (unique && std::find(arr.begin(), arr.end(), v) != arr.end()) continue;
+    arr.push_back(std::move(v));
+  }
   return arr;
 }
 
+bool OnlyNull(const Json& schema) {
+  auto t = schema.find("type");
+  if (t == schema.end()) return false;
+  if (t->is_string()) return *t == "null";
+  return t->is_array() && !t->empty() &&
+         std::all_of(t->begin(), t->end(), [](const Json& x) { return x == "null"; });
+}
+
+// One option of "anyOf"/"oneOf": never a null-only option when another
+// exists; at lean depths one without "$ref" when there is one, so that
+// recursive schemas end.
+const Json& ChooseOption(const Json& options, const Gen& g, int depth) {
+  std::vector<const Json*> plain, lean;
+  for (const Json& option : options) {
+    if (!option.is_object()) continue;
+    if (!OnlyNull(option)) plain.push_back(&option);
+    if (!option.contains("$ref")) lean.push_back(&option);
+  }
+  const std::vector<const Json*>& pool = depth >= kLeanDepth && !lean.empty() ? lean : plain;
+  if (pool.empty()) return options.front();
+  return *pool[static_cast<size_t>(g.rng->Below(static_cast<int64_t>(pool.size())))];
+}
+
 Json ValueFor(const Json& schema_in, std::string_view name, const Gen& g, int depth, int64_t count_hint) {
-  static const Json kEmpty = Json::object();
-  const Json& schema = schema_in.is_object() ? schema_in : kEmpty;
-  if (depth > 8) return std::string(PickOf(kWords, g.rng));
+  const Json& schema = Resolve(schema_in, g);
   if (auto e = schema.find("enum"); e != schema.end() && e->is_array() && !e->empty())
     return (*e)[static_cast<size_t>(g.rng->Below(static_cast<int64_t>(e->size())))];
   if (auto c = schema.find("const"); c != schema.end()) return *c;
-  std::string type = SchemaType(schema);
-  if (type.empty()) {
-    for (const char* alt : {"anyOf", "oneOf"}) {
-      auto any = schema.find(alt);
-      if (any == schema.end() || !any->is_array()) continue;
-      for (const Json& option : *any)
-        if (option.is_object() && SchemaType(option) != "null")
-          return ValueFor(option, name, g, depth + 1, count_hint);
+  if (depth <= kMaxDepth) {
+    // allOf: every part holds, so the parts are merged into one schema.
+    if (auto all = schema.find("allOf"); all != schema.end() && all->is_array()) {
+      Json merged = Merge(schema, "allOf", Json::object());
+      for (const Json& part : *all) merged = Merge(merged, "", Resolve(part, g));
+      return ValueFor(merged, name, g, depth + 1, count_hint);
     }
-    if (schema.contains("properties")) type = "object";
-    else if (schema.contains("items")) type = "array";
-    else type = "string";
+    for (const char* alt : {"anyOf", "oneOf"}) {
+      auto options = schema.find(alt);
+      if (options == schema.end() || !options->is_array() || options->empty()) continue;
+      const Json& option = Resolve(ChooseOption(*options, g, depth), g);
+      return ValueFor(Merge(schema, alt, option), name, g, depth + 1, count_hint);
+    }
   }
+  const std::string type = ChooseType(schema, g);
   if (type == "object") return ObjectFor(schema, g, depth);
   if (type == "array") return ArrayFor(schema, name, g, depth, count_hint);
-  if (type == "integer") {
-    const int64_t lo = static_cast<int64_t>(std::ceil(NumberOr(schema, "minimum", 1)));
-    const int64_t hi = static_cast<int64_t>(std::floor(NumberOr(schema, "maximum", static_cast<double>(lo + 99))));
-    return hi < lo ? lo : g.rng->Range(lo, hi);
-  }
-  if (type == "number") {
-    const double lo = NumberOr(schema, "minimum", 0), hi = NumberOr(schema, "maximum", lo + 100);
-    const double v = std::round((lo + g.rng->Uniform() * std::max(0.0, hi - lo)) * 100.0) / 100.0;
-    return std::clamp(v, lo, std::max(lo, hi));
-  }
+  if (type == "integer") return IntegerFor(schema, g);
+  if (type == "number") return NumberFor(schema, g);
   if (type == "boolean") return g.rng->Below(2) == 1;
   if (type == "null") return nullptr;
   return StringFor(schema, name, g);
@@ -436,10 +666,17 @@ std::string IdValue(PropertyId id, const FoundIds& ids, SimRng* rng) {
   return NamePart(seen[pick], id.part);
 }
 
+Json ValueForSchema(const Json& schema, const FoundIds& ids, SimRng* rng, const FillerWords& words) {
+  const bool own_words = words.words != nullptr && words.count > 0;
+  const Gen g{ids, rng, schema, own_words ? words.words : kWords,
+              own_words ? static_cast<int64_t>(words.count)
+                        : static_cast<int64_t>(sizeof(kWords) / sizeof(kWords[0]))};
+  return ValueFor(schema.is_object() ? schema : EmptySchema(), "", g, 0, -1);
+}
+
 Json ArgumentsForSchema(const Json& parameters, const FoundIds& ids, SimRng* rng) {
   if (!parameters.is_object()) return Json::object();
-  Gen g{ids, rng};
-  Json args = ValueFor(parameters, "", g, 0, -1);
+  Json args = ValueForSchema(parameters, ids, rng);
   return args.is_object() ? args : Json::object();
 }
 

@@ -4,14 +4,14 @@
 // ScanIds finds identifiers shaped like Tau2-bench's retail and airline data
 // in message text (order ids "#W1234567", user ids "sara_doe_496", 10-digit
 // item/product ids, emails, payment method ids "credit_card_1234567", 5-digit
-// zips, reservation ids "8JX2WO", "First Last" names). ArgumentsForSchema
-// builds a JSON object that satisfies a function's `parameters` schema
-// (required properties always, optional ones about half the time, types,
-// enums, array items, nested objects), filling properties whose name suggests
-// an identifier (order_id, item_ids, payment_method_id, zip, email, ...) with
-// identifiers seen earlier in the conversation, else with deterministic
-// synthetic ones of the same shape. ScenarioMention writes the sentences a
-// simulated customer uses to give its identifiers to an agent.
+// zips, reservation ids "8JX2WO", "First Last" names). ValueForSchema builds
+// a JSON value that satisfies a JSON schema; it answers both tool calls
+// (ArgumentsForSchema, a function's `parameters`) and structured output
+// (`response_format` json_schema). Properties whose name suggests an
+// identifier (order_id, item_ids, payment_method_id, zip, email, ...) get
+// identifiers seen earlier in the conversation, else deterministic synthetic
+// ones of the same shape. ScenarioMention writes the sentences a simulated
+// customer uses to give its identifiers to an agent.
 //
 // Thread-safety: free functions over value types; no shared state.
 #pragma once
@@ -66,10 +66,33 @@ std::optional<PropertyId> IdForProperty(std::string_view name);
 // seen), else a synthetic one of the same shape drawn from `rng`.
 std::string IdValue(PropertyId id, const FoundIds& ids, SimRng* rng);
 
+// Words for strings that have no identifier meaning; empty: short product
+// words ("blue", "leather", "express", ...).
+struct FillerWords {
+  const char* const* words = nullptr;
+  size_t count = 0;
+};
+
+// A JSON value that satisfies `schema`. Honoured: "type" (one name or a list:
+// one of the non-null types, null only when alone), "enum", "const",
+// "properties" with "required" (required always present, others with
+// probability 1/2, all of them when there is no "required" list),
+// "minProperties", "items" (one schema or a tuple, "additionalItems"),
+// "minItems"/"maxItems"/"uniqueItems", "minimum"/"maximum" and
+// "exclusiveMinimum"/"exclusiveMaximum" (number or draft-4 boolean forms),
+// "multipleOf", "minLength"/"maxLength", "format" (date, date-time, email,
+// uri, uuid), "anyOf"/"oneOf" (one option, not the null one when another
+// exists), "allOf" (merged), and "$ref" to any JSON pointer inside `schema`
+// ("#", "#/definitions/x", "#/$defs/x"). Recursive schemas end: from depth 6
+// on values are as small as the schema allows, options without "$ref" come
+// first, and past depth 24 objects and arrays are empty. Not honoured:
+// "pattern", "not", conditionals, "patternProperties", "contains".
+// Deterministic in (schema, ids, words, rng state).
+Json ValueForSchema(const Json& schema, const FoundIds& ids, SimRng* rng,
+                    const FillerWords& words = FillerWords());
+
 // A JSON object that satisfies `parameters` (an object schema; null or
-// non-object schemas give {}). Properties listed in `required` are always
-// present, others with probability 1/2 (all of them when the schema has no
-// `required` list). Deterministic in (parameters, ids, rng state).
+// non-object schemas give {}): ValueForSchema with product words.
 Json ArgumentsForSchema(const Json& parameters, const FoundIds& ids, SimRng* rng);
 
 // Words of one to a few sentences in which a customer gives the identifiers

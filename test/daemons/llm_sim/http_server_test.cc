@@ -241,6 +241,40 @@ TEST(LlmSimServerTest, BadRequestsGet400And404And405) {
   EXPECT_EQ(stats["responses_by_status"]["404"], 1);
 }
 
+TEST(LlmSimServerTest, StructuredOutputAndLogprobsOverHttp) {
+  Sim sim({"--speed", "50"});
+  ASSERT_STARTED(sim);
+  const Json format = Json::parse(R"({"type":"json_schema","json_schema":{"name":"grade","strict":true,
+      "schema":{"type":"object","properties":{"grade":{"enum":["A","B","C"]},"points":{"type":"integer","minimum":0,"maximum":10}},
+                "required":["grade","points"],"additionalProperties":false}}})");
+  std::string out;
+  ASSERT_EQ(sim.Post("/v1/chat/completions",
+                     ChatBody(kQuestion, {{"response_format", format},
+                                          {"logprobs", true},
+                                          {"top_logprobs", 3},
+                                          {"return_token_ids", true}}),
+                     &out),
+            0);
+  Json j = Json::parse(out);
+  Json reply = Json::parse(j["choices"][0]["message"]["content"].get<std::string>());
+  EXPECT_TRUE(reply["grade"] == "A" || reply["grade"] == "B" || reply["grade"] == "C") << reply;
+  EXPECT_TRUE(reply["points"].is_number_integer()) << reply;
+  const int64_t tokens = j["usage"]["completion_tokens"];
+  EXPECT_EQ(static_cast<int64_t>(j["choices"][0]["logprobs"]["content"].size()), tokens);
+  EXPECT_EQ(j["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 3u);
+  EXPECT_EQ(static_cast<int64_t>(j["choices"][0]["token_ids"].size()), tokens);
+  EXPECT_EQ(j["prompt_token_ids"].size(), j["usage"]["prompt_tokens"].get<size_t>());
+
+  ASSERT_EQ(sim.Post("/v1/chat/completions", ChatBody("hi", {{"response_format", {{"type", "yaml"}}}}), &out, "-i"),
+            0);
+  EXPECT_EQ(StatusOf(out), 400);
+  EXPECT_NE(BodyOf(out).find("response_format.type"), std::string::npos) << out;
+  ASSERT_EQ(sim.Post("/v1/chat/completions", ChatBody("hi", {{"logprobs", true}, {"top_logprobs", 21}}), &out, "-i"),
+            0);
+  EXPECT_EQ(StatusOf(out), 400);
+  EXPECT_NE(BodyOf(out).find("top_logprobs"), std::string::npos) << out;
+}
+
 TEST(LlmSimServerTest, LargeBodyWithExpectContinue) {
   Sim sim({"--speed", "20"});
   ASSERT_STARTED(sim);

@@ -67,6 +67,21 @@ TEST(SimConfigTest, ToolAndUserSimulationKnobs) {
   EXPECT_NE(SimUsage().find("--user-stop-prob"), std::string::npos);
 }
 
+TEST(SimConfigTest, InvalidJsonProbIsAProbability) {
+  auto def = Parse({});
+  ASSERT_TRUE(def.ok());
+  EXPECT_DOUBLE_EQ(def->invalid_json_prob, 0.0);
+  auto c = Parse({"--invalid-json-prob", "0.25"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_DOUBLE_EQ(c->invalid_json_prob, 0.25);
+  EXPECT_NE(SimUsage().find("--invalid-json-prob"), std::string::npos);
+  for (const char* bad : {"1.5", "-0.1", "often"}) {
+    auto b = Parse({"--invalid-json-prob", bad});
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_NE(b.status().message().find("invalid-json-prob"), std::string::npos) << b.status().message();
+  }
+}
+
 TEST(SimConfigTest, RejectsBadValuesNamingTheFlag) {
   const std::vector<std::vector<std::string>> bad = {
       {"--slots", "0"},           {"--slots", "many"},      {"--speed", "0"},

@@ -1,14 +1,16 @@
 // Unit tests of the content model (output lengths, determinism, the
-// multiple-choice answer sentence, tool calls, request validation, rendering)
-// and of the fault injector.
+// multiple-choice answer sentence, tool calls, structured output, logprobs and
+// token ids, request validation, rendering) and of the fault injector.
 #include "daemons/llm_sim/sim_content.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <regex>
 #include <set>
 
+#include "common/base/json_schema.h"
 #include "daemons/llm_sim/sim_faults.h"
 
 namespace matrix::llm_sim {
@@ -552,6 +554,436 @@ TEST(RenderTest, ErrorBodyIsOpenAiStyle) {
   EXPECT_EQ(j["error"]["message"], "bad");
   EXPECT_EQ(j["error"]["type"], "invalid_request_error");
   EXPECT_EQ(j["error"]["code"], 400);
+}
+
+// ------------------------------------------------------------ structured output
+
+Json SchemaFormat(const Json& schema) {
+  return {{"type", "json_schema"}, {"json_schema", {{"name", "reply"}, {"schema", schema}, {"strict", true}}}};
+}
+
+// Schemas of the shapes structured-output clients send.
+const std::vector<Json>& StructuredSchemas() {
+  static const std::vector<Json> kSchemas = {
+      // Nested objects, enums, integer ranges, optional properties.
+      Json::parse(R"({"type":"object","properties":{
+          "verdict":{"type":"string","enum":["yes","no","unsure"]},
+          "score":{"type":"integer","minimum":1,"maximum":10},
+          "detail":{"type":"object","properties":{
+              "reason":{"type":"string","minLength":5,"maxLength":40},
+              "weight":{"type":"number","exclusiveMinimum":0,"exclusiveMaximum":1},
+              "flags":{"type":"object","properties":{"urgent":{"type":"boolean"},"level":{"const":3}},
+                       "required":["urgent","level"]}},
+            "required":["reason","flags"]},
+          "comment":{"type":["string","null"]}},
+        "required":["verdict","score","detail"],"additionalProperties":false})"),
+      // Arrays with minItems/maxItems, unique enum items, tuples, multipleOf.
+      Json::parse(R"({"type":"object","properties":{
+          "steps":{"type":"array","items":{"type":"string","maxLength":30},"minItems":3,"maxItems":6},
+          "tags":{"type":"array","items":{"enum":["a","b","c"]},"minItems":2,"uniqueItems":true},
+          "point":{"type":"array","items":[{"type":"number"},{"type":"number"}],"minItems":2,"maxItems":2},
+          "none":{"type":"array","items":{"type":"integer"},"maxItems":0},
+          "even":{"type":"integer","multipleOf":2,"minimum":-9,"exclusiveMaximum":9}},
+        "required":["steps","tags","point","none","even"]})"),
+      // anyOf / oneOf with a null option, allOf.
+      Json::parse(R"({"type":"object","properties":{
+          "value":{"anyOf":[{"type":"integer","minimum":100,"maximum":200},{"type":"string","enum":["n/a"]}]},
+          "maybe":{"anyOf":[{"type":"string","maxLength":8},{"type":"null"}]},
+          "shape":{"oneOf":[
+              {"type":"object","properties":{"kind":{"const":"circle"},"r":{"type":"number","minimum":0}},
+               "required":["kind","r"],"additionalProperties":false},
+              {"type":"object","properties":{"kind":{"const":"square"},"side":{"type":"integer","minimum":1}},
+               "required":["kind","side"],"additionalProperties":false}]},
+          "both":{"allOf":[{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]},
+                           {"properties":{"b":{"type":"boolean"}},"required":["b"]}]}},
+        "required":["value","maybe","shape","both"]})"),
+      // $ref to $defs and definitions, and a recursive tree.
+      Json::parse(R"({"type":"object","$defs":{
+          "person":{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer","minimum":0,"maximum":120},
+                                                "address":{"$ref":"#/definitions/address"}},
+                    "required":["name","age","address"],"additionalProperties":false},
+          "node":{"type":"object","properties":{"label":{"type":"string"},
+                                              "children":{"type":"array","items":{"$ref":"#/$defs/node"},"maxItems":3}},
+                  "required":["label","children"]}},
+        "definitions":{"address":{"type":"object","properties":{"city":{"type":"string"},"zip":{"type":"string"}},
+                                  "required":["city","zip"]}},
+        "properties":{"people":{"type":"array","items":{"$ref":"#/$defs/person"},"minItems":1,"maxItems":4},
+                      "tree":{"$ref":"#/$defs/node"}},
+        "required":["people","tree"]})"),
+      // Recursion through a required property that anyOf can end with null.
+      Json::parse(R"({"$ref":"#/definitions/list","definitions":{"list":{"type":"object",
+          "properties":{"head":{"type":"integer"},"tail":{"anyOf":[{"$ref":"#/definitions/list"},{"type":"null"}]}},
+          "required":["head","tail"]}}})"),
+      // A root that is not an object.
+      Json::parse(R"({"type":"array","items":{"type":"object","properties":{"id":{"type":"integer","minimum":1},
+          "when":{"type":"string","format":"date"}},"required":["id","when"]},"minItems":2,"maxItems":5})"),
+  };
+  return kSchemas;
+}
+
+TEST(StructuredOutputTest, JsonSchemaRepliesSatisfyTheSchemaForManySeeds) {
+  SimConfig c;  // answer_mode "mc": structured replies still carry no answer sentence
+  for (size_t s = 0; s < StructuredSchemas().size(); ++s) {
+    const Json& schema = StructuredSchemas()[s];
+    auto compiled = JsonSchema::Compile(schema);
+    ASSERT_TRUE(compiled.ok()) << compiled.status().ToString();
+    std::set<std::string> distinct;
+    for (int seed = 0; seed < 150; ++seed) {
+      CompletionPlan plan = PlanFor(ChatBody({UserMessage(kQuestion)},
+                                             {{"seed", seed}, {"response_format", SchemaFormat(schema)}}),
+                                    c);
+      ASSERT_TRUE(plan.structured);
+      EXPECT_FALSE(plan.broken);
+      EXPECT_EQ(plan.finish_reason, "stop");
+      EXPECT_EQ(plan.answer, 0);
+      Json reply;
+      ASSERT_NO_THROW(reply = Json::parse(plan.Text())) << plan.Text();
+      Status valid = compiled->Validate(reply);
+      EXPECT_TRUE(valid.ok()) << "schema " << s << " seed " << seed << ": " << valid.ToString() << "\n"
+                              << plan.Text();
+      // One piece per completion token, about four bytes each.
+      EXPECT_EQ(plan.completion_tokens(), static_cast<int64_t>((plan.Text().size() + 3) / 4));
+      distinct.insert(plan.Text());
+    }
+    EXPECT_GT(distinct.size(), 20u) << "schema " << s;
+  }
+}
+
+TEST(StructuredOutputTest, OptionalPropertiesAndOptionsVary) {
+  std::map<std::string, int> seen;
+  for (int seed = 0; seed < 200; ++seed) {
+    Json reply = Json::parse(
+        PlanFor(ChatBody({UserMessage("q")}, {{"seed", seed}, {"response_format", SchemaFormat(StructuredSchemas()[0])}}))
+            .Text());
+    if (reply.contains("comment")) ++seen["comment"];
+    seen["verdict=" + reply["verdict"].get<std::string>()]++;
+    Json alt = Json::parse(
+        PlanFor(ChatBody({UserMessage("q")}, {{"seed", seed}, {"response_format", SchemaFormat(StructuredSchemas()[2])}}))
+            .Text());
+    seen[alt["value"].is_string() ? "value:string" : "value:integer"]++;
+    seen["shape=" + alt["shape"]["kind"].get<std::string>()]++;
+  }
+  EXPECT_GT(seen["comment"], 50);
+  EXPECT_LT(seen["comment"], 150);
+  for (const char* key : {"verdict=yes", "verdict=no", "verdict=unsure", "value:string", "value:integer",
+                          "shape=circle", "shape=square"})
+    EXPECT_GT(seen[key], 20) << key;
+}
+
+TEST(StructuredOutputTest, JsonObjectRepliesAreObjectsOfFillerWords) {
+  const std::string body_format = R"({"type":"json_object"})";
+  std::set<std::string> distinct;
+  for (int seed = 0; seed < 100; ++seed) {
+    CompletionPlan plan = PlanFor(
+        ChatBody({UserMessage(kQuestion)}, {{"seed", seed}, {"response_format", Json::parse(body_format)}}));
+    ASSERT_TRUE(plan.structured);
+    Json reply;
+    ASSERT_NO_THROW(reply = Json::parse(plan.Text())) << plan.Text();
+    ASSERT_TRUE(reply.is_object());
+    EXPECT_GE(reply.size(), 2u);
+    EXPECT_LE(reply.size(), 5u);
+    EXPECT_EQ(plan.Text().find("The answer is"), std::string::npos);
+    distinct.insert(plan.Text());
+  }
+  EXPECT_GT(distinct.size(), 90u);
+  // Same request, same reply.
+  const std::string body =
+      ChatBody({UserMessage("x")}, {{"seed", 5}, {"response_format", Json::parse(body_format)}});
+  EXPECT_EQ(PlanFor(body).Text(), PlanFor(body).Text());
+}
+
+TEST(StructuredOutputTest, MaxTokensCutsTheJson) {
+  const Json format = SchemaFormat(StructuredSchemas()[0]);
+  CompletionPlan full = PlanFor(ChatBody({UserMessage("q")}, {{"seed", 1}, {"response_format", format}}));
+  ASSERT_GT(full.completion_tokens(), 5);
+  CompletionPlan cut =
+      PlanFor(ChatBody({UserMessage("q")}, {{"seed", 1}, {"max_tokens", 5}, {"response_format", format}}));
+  EXPECT_EQ(cut.completion_tokens(), 5);
+  EXPECT_EQ(cut.finish_reason, "length");
+  EXPECT_EQ(cut.Text(), std::string(full.Pieces(0, 5)));
+  EXPECT_THROW(Json::parse(cut.Text()), Json::parse_error);
+  // min_tokens pads with whitespace, which keeps the JSON whole.
+  CompletionPlan padded = PlanFor(ChatBody(
+      {UserMessage("q")}, {{"seed", 1}, {"min_tokens", full.completion_tokens() + 7}, {"response_format", format}}));
+  EXPECT_EQ(padded.completion_tokens(), full.completion_tokens() + 7);
+  EXPECT_EQ(Json::parse(padded.Text()), Json::parse(full.Text()));
+}
+
+TEST(StructuredOutputTest, InvalidJsonProbBreaksReplies) {
+  SimConfig always;
+  always.invalid_json_prob = 1.0;
+  int unparsable = 0, missing_required = 0;
+  for (size_t s = 0; s < StructuredSchemas().size(); ++s) {
+    auto compiled = JsonSchema::Compile(StructuredSchemas()[s]);
+    ASSERT_TRUE(compiled.ok());
+    for (int seed = 0; seed < 40; ++seed) {
+      CompletionPlan plan = PlanFor(
+          ChatBody({UserMessage("q")}, {{"seed", seed}, {"response_format", SchemaFormat(StructuredSchemas()[s])}}),
+          always);
+      EXPECT_TRUE(plan.broken);
+      EXPECT_EQ(plan.finish_reason, "stop");
+      Json reply;
+      try {
+        reply = Json::parse(plan.Text());
+      } catch (const Json::parse_error&) {
+        ++unparsable;
+        continue;
+      }
+      EXPECT_FALSE(compiled->Validate(reply).ok()) << plan.Text();
+      ++missing_required;
+    }
+  }
+  EXPECT_GT(unparsable, 40);
+  EXPECT_GT(missing_required, 40);
+  // json_object replies break by being cut short.
+  for (int seed = 0; seed < 30; ++seed)
+    EXPECT_THROW(Json::parse(PlanFor(ChatBody({UserMessage("q")}, {{"seed", seed},
+                                                                   {"response_format", {{"type", "json_object"}}}}),
+                                     always)
+                                 .Text()),
+                 Json::parse_error);
+  // A rate in between breaks about that share; 0 (the default) none.
+  SimConfig some;
+  some.invalid_json_prob = 0.3;
+  int broken = 0;
+  for (int seed = 0; seed < 1000; ++seed)
+    broken += PlanFor(ChatBody({UserMessage("q")}, {{"seed", seed}, {"response_format", {{"type", "json_object"}}}}),
+                      some)
+                  .broken;
+  EXPECT_GT(broken, 240);
+  EXPECT_LT(broken, 360);
+}
+
+TEST(StructuredOutputTest, BadResponseFormatsAreRefusedNamingTheField) {
+  const std::vector<std::pair<Json, std::string>> bad = {
+      {Json::parse(R"({"type":"xml"})"), "response_format.type"},
+      {Json::parse(R"({"type":"regex"})"), "response_format.type"},
+      {Json::parse(R"({})"), "response_format.type"},
+      {Json::parse(R"("json_object")"), "response_format"},
+      {Json::parse(R"({"type":"json_schema"})"), "response_format.json_schema"},
+      {Json::parse(R"({"type":"json_schema","json_schema":{"schema":{"type":"object"}}})"),
+       "response_format.json_schema.name"},
+      {Json::parse(R"({"type":"json_schema","json_schema":{"name":"x","schema":[1]}})"),
+       "response_format.json_schema.schema"},
+      {Json::parse(R"({"type":"json_schema","json_schema":{"name":"x","schema":{"type":"colour"}}})"),
+       "response_format.json_schema.schema"},
+  };
+  for (const auto& [format, field] : bad) {
+    auto r = ParseCompletionRequest(ApiKind::kChat, ChatBody({UserMessage("q")}, {{"response_format", format}}),
+                                    SimConfig());
+    ASSERT_FALSE(r.ok()) << format.dump();
+    EXPECT_NE(r.status().message().find("'" + field), std::string::npos) << r.status().message();
+  }
+}
+
+TEST(StructuredOutputTest, TextFormatAndToolCallsKeepTheirBehaviour) {
+  const std::string plain = ChatBody({UserMessage(kQuestion)}, {{"seed", 3}});
+  const std::string text = ChatBody({UserMessage(kQuestion)}, {{"seed", 3}, {"response_format", {{"type", "text"}}}});
+  CompletionPlan a = PlanFor(plain), b = PlanFor(text);
+  EXPECT_EQ(a.Text(), b.Text());
+  EXPECT_FALSE(b.structured);
+  EXPECT_NE(b.answer, 0);
+  // A planned tool call wins over response_format.
+  CompletionPlan call = PlanFor(ChatBody({UserMessage("q")}, {{"tools", kTools},
+                                                              {"tool_choice", "required"},
+                                                              {"response_format", {{"type", "json_object"}}}}));
+  EXPECT_TRUE(call.tool_call);
+  EXPECT_FALSE(call.structured);
+  // Text completions accept response_format too.
+  CompletionRequest r = MustParse(R"({"prompt":"Rate this.","response_format":{"type":"json_object"}})",
+                                  SimConfig(), ApiKind::kText);
+  EXPECT_TRUE(Json::parse(PlanCompletion(r, SimConfig()).Text()).is_object());
+}
+
+// ------------------------------------------------------------ logprobs and token ids
+
+void ExpectSortedAlternatives(const Json& top, size_t n) {
+  ASSERT_EQ(top.size(), n);
+  for (size_t k = 0; k < top.size(); ++k) {
+    EXPECT_LE(top[k]["logprob"].get<double>(), 0.0);
+    if (k > 0) {
+      EXPECT_LE(top[k]["logprob"].get<double>(), top[k - 1]["logprob"].get<double>());
+    }
+  }
+}
+
+TEST(LogprobsTest, ChatEntriesCoverEveryCompletionToken) {
+  for (int seed = 0; seed < 20; ++seed) {
+    const int n = seed % 6;  // top_logprobs 0..5
+    CompletionRequest r = MustParse(ChatBody(
+        {UserMessage(kQuestion)},
+        {{"seed", seed}, {"logprobs", true}, {"top_logprobs", n}, {"return_token_ids", true}}));
+    CompletionPlan plan = PlanCompletion(r, SimConfig());
+    Json j = Json::parse(RenderCompletion(r, plan, {"chatcmpl-1", 1}));
+    const Json& content = j["choices"][0]["logprobs"]["content"];
+    ASSERT_EQ(static_cast<int64_t>(content.size()), j["usage"]["completion_tokens"].get<int64_t>());
+    std::string text;
+    for (const Json& e : content) {
+      const std::string token = e["token"];
+      text += token;
+      EXPECT_LE(e["logprob"].get<double>(), 0.0);
+      ASSERT_EQ(e["bytes"].size(), token.size());
+      for (size_t b = 0; b < token.size(); ++b) EXPECT_EQ(e["bytes"][b], static_cast<unsigned char>(token[b]));
+      ExpectSortedAlternatives(e["top_logprobs"], static_cast<size_t>(n));
+      // The chosen token, when among the alternatives, has its own logprob there.
+      for (const Json& alt : e["top_logprobs"])
+        if (alt["token"] == token) {
+          EXPECT_EQ(alt["logprob"], e["logprob"]);
+        }
+    }
+    EXPECT_EQ(text, plan.Text());
+    const Json& ids = j["choices"][0]["token_ids"];
+    ASSERT_EQ(static_cast<int64_t>(ids.size()), plan.completion_tokens());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      EXPECT_GE(ids[i].get<int64_t>(), 0);
+      EXPECT_LT(ids[i].get<int64_t>(), kVocabularySize);
+      EXPECT_EQ(ids[i], TokenId(content[i]["token"].get<std::string>()));
+    }
+    EXPECT_EQ(static_cast<int64_t>(j["prompt_token_ids"].size()), r.prompt_tokens);
+  }
+}
+
+TEST(LogprobsTest, MostTokensAreTheLikeliestAndValuesAreDeterministic) {
+  int top1 = 0, total = 0;
+  for (int i = 0; i < 2000; ++i) {
+    TokenLogprob t = LogprobFor(7, i, " word", 3);
+    ASSERT_EQ(t.top.size(), 3u);
+    top1 += t.top[0].first == " word";
+    ++total;
+    EXPECT_EQ(LogprobFor(7, i, " word", 3).logprob, t.logprob);
+    double mass = 0;
+    for (const auto& alt : t.top) mass += std::exp(alt.second);
+    EXPECT_LE(mass, 1.0 + 1e-6);
+  }
+  EXPECT_GT(top1, total * 7 / 10);
+  EXPECT_LT(top1, total * 9 / 10);
+}
+
+// Chat logprobs entries and token ids of a stream sent in chunks of `step` tokens.
+std::pair<Json, Json> StreamedLogprobs(const CompletionRequest& r, const CompletionPlan& plan, int64_t step,
+                                       Json* prompt_ids) {
+  StreamRenderer renderer(&r, &plan, {"id", 1});
+  std::string sse;
+  for (int64_t t = 0; t < plan.completion_tokens(); t += step)
+    sse += renderer.Tokens(t, std::min(t + step, plan.completion_tokens()));
+  sse += renderer.Finish();
+  Json entries = Json::array(), ids = Json::array();
+  for (const std::string& d : DataLines(sse)) {
+    if (d == "[DONE]") continue;
+    Json chunk = Json::parse(d);
+    if (chunk.contains("prompt_token_ids")) *prompt_ids = chunk["prompt_token_ids"];
+    if (chunk["choices"].empty()) continue;
+    const Json& choice = chunk["choices"][0];
+    if (choice.contains("prompt_token_ids")) *prompt_ids = choice["prompt_token_ids"];
+    if (choice["logprobs"].is_null()) continue;
+    if (r.kind == ApiKind::kChat) {
+      for (const Json& e : choice["logprobs"]["content"]) entries.push_back(e);
+    } else {
+      if (entries.is_array()) entries = Json::object();
+      for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+        for (const Json& e : choice["logprobs"][key]) entries[key].push_back(e);
+    }
+    for (const Json& id : choice["token_ids"]) ids.push_back(id);
+  }
+  return {entries, ids};
+}
+
+TEST(LogprobsTest, StreamChunksCarryTheSameLogprobsAsTheWholeResponse) {
+  SimConfig c;
+  c.tool_call_prob = 1.0;
+  const std::vector<std::string> bodies = {
+      ChatBody({UserMessage(kQuestion)},
+               {{"stream", true}, {"logprobs", true}, {"top_logprobs", 4}, {"return_token_ids", true}}),
+      ChatBody({UserMessage("q")}, {{"stream", true},
+                                    {"logprobs", true},
+                                    {"top_logprobs", 2},
+                                    {"return_token_ids", true},
+                                    {"response_format", SchemaFormat(StructuredSchemas()[3])}}),
+      // Tool calls: the argument pieces and one header token per call.
+      ChatBody({UserMessage("q")},
+               {{"stream", true}, {"logprobs", true}, {"return_token_ids", true}, {"tools", kTools}}),
+  };
+  for (const std::string& body : bodies) {
+    CompletionRequest r = MustParse(body, c);
+    CompletionPlan plan = PlanCompletion(r, c);
+    Json whole = Json::parse(RenderCompletion(r, plan, {"id", 1}));
+    for (int64_t step : {1, 3, 7}) {
+      Json prompt_ids;
+      auto [entries, ids] = StreamedLogprobs(r, plan, step, &prompt_ids);
+      EXPECT_EQ(entries, whole["choices"][0]["logprobs"]["content"]) << "step " << step;
+      EXPECT_EQ(ids, whole["choices"][0]["token_ids"]);
+      EXPECT_EQ(prompt_ids, whole["prompt_token_ids"]);
+    }
+    EXPECT_EQ(static_cast<int64_t>(whole["choices"][0]["logprobs"]["content"].size()), plan.completion_tokens());
+  }
+}
+
+TEST(LogprobsTest, TextCompletionsUseTheLegacyShape) {
+  CompletionRequest r = MustParse(R"({"prompt":[1,2,3,4,5],"max_tokens":16,"logprobs":3,"return_token_ids":true})",
+                                  SimConfig(), ApiKind::kText);
+  EXPECT_EQ(r.top_logprobs, 3);
+  CompletionPlan plan = PlanCompletion(r, SimConfig());
+  Json j = Json::parse(RenderCompletion(r, plan, {"cmpl-1", 1}));
+  const Json& choice = j["choices"][0];
+  const Json& lp = choice["logprobs"];
+  const size_t n = static_cast<size_t>(plan.completion_tokens());
+  ASSERT_EQ(lp["tokens"].size(), n);
+  ASSERT_EQ(lp["token_logprobs"].size(), n);
+  ASSERT_EQ(lp["top_logprobs"].size(), n);
+  ASSERT_EQ(lp["text_offset"].size(), n);
+  std::string text;
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(lp["text_offset"][i].get<size_t>(), text.size());
+    text += lp["tokens"][i].get<std::string>();
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 3u);
+  }
+  EXPECT_EQ(text, plan.Text());
+  EXPECT_EQ(choice["token_ids"].size(), n);
+  EXPECT_EQ(choice["prompt_token_ids"], Json::parse("[1,2,3,4,5]"));  // the prompt's own ids
+  // Streamed in chunks, the legacy arrays concatenate to the same.
+  CompletionRequest streamed = r;
+  streamed.stream = true;
+  Json prompt_ids;
+  auto [entries, ids] = StreamedLogprobs(streamed, plan, 3, &prompt_ids);
+  EXPECT_EQ(entries, lp);
+  EXPECT_EQ(ids, choice["token_ids"]);
+  EXPECT_EQ(prompt_ids, choice["prompt_token_ids"]);
+}
+
+TEST(LogprobsTest, OutOfRangeRequestsAreRefused) {
+  for (const Json& extra : {Json{{"logprobs", true}, {"top_logprobs", 21}}, Json{{"logprobs", true}, {"top_logprobs", -1}},
+                            Json{{"top_logprobs", 2}}, Json{{"logprobs", 2}}, Json{{"return_token_ids", "yes"}}}) {
+    auto r = ParseCompletionRequest(ApiKind::kChat, ChatBody({UserMessage("q")}, extra), SimConfig());
+    EXPECT_FALSE(r.ok()) << extra.dump();
+  }
+  auto legacy = ParseCompletionRequest(ApiKind::kText, R"({"prompt":"x","logprobs":21})", SimConfig());
+  ASSERT_FALSE(legacy.ok());
+  EXPECT_NE(legacy.status().message().find("'logprobs'"), std::string::npos);
+  auto ok = ParseCompletionRequest(ApiKind::kChat, ChatBody({UserMessage("q")}, {{"logprobs", true}, {"top_logprobs", 20}}),
+                                   SimConfig());
+  EXPECT_TRUE(ok.ok());
+}
+
+TEST(LogprobsTest, WithoutTheFieldsNothingChanges) {
+  for (bool stream : {false, true}) {
+    CompletionRequest r = MustParse(ChatBody({UserMessage(kQuestion)}, {{"stream", stream}, {"logprobs", false}}));
+    CompletionPlan plan = PlanCompletion(r, SimConfig());
+    Json j = Json::parse(RenderCompletion(r, plan, {"id", 1}));
+    EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
+    EXPECT_FALSE(j["choices"][0].contains("token_ids"));
+    EXPECT_FALSE(j.contains("prompt_token_ids"));
+    StreamRenderer renderer(&r, &plan, {"id", 1});
+    std::string sse = renderer.Tokens(0, plan.completion_tokens()) + renderer.Finish();
+    EXPECT_EQ(sse.find("token_ids"), std::string::npos);
+    for (const std::string& d : DataLines(sse)) {
+      if (d == "[DONE]") continue;
+      Json chunk = Json::parse(d);
+      if (!chunk["choices"].empty()) {
+        EXPECT_TRUE(chunk["choices"][0]["logprobs"].is_null());
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------ faults

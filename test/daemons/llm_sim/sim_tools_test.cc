@@ -10,6 +10,7 @@
 #include <regex>
 #include <set>
 
+#include "common/base/json_schema.h"
 #include "daemons/llm_sim/sim_content.h"
 
 namespace matrix::llm_sim {
@@ -230,6 +231,34 @@ TEST(ToolArgumentsTest, EnumsIntegersNumbersAndBooleansCoverTheirRange) {
   EXPECT_GE(min_amount, 0.5);
   EXPECT_LE(max_amount, 250);
   EXPECT_GT(max_amount - min_amount, 100);
+}
+
+TEST(ToolArgumentsTest, ReferencesAlternativesAndBoundsInParameters) {
+  // Parameters as pydantic and zod write them: $defs, anyOf with null, exclusive bounds.
+  const Json params = Json::parse(R"({"type":"object","$defs":{
+      "Line":{"type":"object","properties":{"item_id":{"type":"string"},"qty":{"type":"integer","exclusiveMinimum":0,"maximum":4}},
+              "required":["item_id","qty"]}},
+    "properties":{"order_id":{"type":"string"},
+                  "lines":{"type":"array","items":{"$ref":"#/$defs/Line"},"minItems":1,"maxItems":3},
+                  "note":{"anyOf":[{"type":"string","maxLength":20},{"type":"null"}]},
+                  "mode":{"type":["string","integer"],"enum":["fast","slow"]}},
+    "required":["order_id","lines","note","mode"]})");
+  auto schema = JsonSchema::Compile(params);
+  ASSERT_TRUE(schema.ok()) << schema.status().ToString();
+  FoundIds ids;
+  ScanIds("Order #W2378156, item 1151293680.", &ids);
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    SimRng rng(seed);
+    Json args = ArgumentsForSchema(params, ids, &rng);
+    EXPECT_TRUE(schema->Validate(args).ok()) << schema->Validate(args).ToString() << "\n" << args.dump();
+    EXPECT_EQ(args["order_id"], "#W2378156");
+    EXPECT_EQ(args["lines"][0]["item_id"], "1151293680");
+  }
+  // ValueForSchema answers any root type.
+  SimRng rng(1);
+  EXPECT_TRUE(ValueForSchema(Json::parse(R"({"type":"array","items":{"type":"boolean"},"minItems":2})"), ids, &rng)
+                  .is_array());
+  EXPECT_TRUE(ValueForSchema(Json::parse(R"({"type":"null"})"), ids, &rng).is_null());
 }
 
 TEST(ToolArgumentsTest, IdentifiersComeFromEarlierMessages) {
