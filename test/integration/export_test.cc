@@ -31,7 +31,9 @@ class ExportRunTest : public ::testing::Test {
     dir_ = new TempDir();
     std::string out;
     int rc = RunCommand(BinPath("matrix") + " run " + SourcePath("configs/coral.yaml") +
-                            " dataset.limit=12 simulator.speed=20 --output " + dir_->File("out") + " --quiet",
+                            " dataset.limit=12 simulator.speed=20 models.llama.logprobs=true models.llama.top_logprobs=2"
+                            " models.llama.token_ids=true --output " +
+                            dir_->File("out") + " --quiet",
                         &out);
     ASSERT_EQ(rc, 0) << out;
     for (const auto& r : ReadRecords(dir_->File("out"))) records_[r["task_id"].get<std::string>()] = r;
@@ -120,6 +122,21 @@ TEST_F(ExportRunTest, RlStepsCarryPromptResponseRewardAndUsage) {
     } else {
       EXPECT_EQ(line["prompt"].size(), 1u);
     }
+  }
+}
+
+TEST_F(ExportRunTest, RlLinesCarryTokenIdsAndLogprobs) {
+  auto lines = ReadLines(Export("rl"));
+  ASSERT_FALSE(lines.empty());
+  for (const auto& line : lines) {
+    const int64_t completion = line["usage"]["completion_tokens"].get<int64_t>();
+    ASSERT_TRUE(line.contains("logprobs")) << line.dump();
+    ASSERT_EQ(static_cast<int64_t>(line["logprobs"].size()), completion) << line.dump();
+    for (const auto& lp : line["logprobs"]) EXPECT_LE(lp.get<double>(), 0.0);
+    ASSERT_EQ(static_cast<int64_t>(line["token_ids"].size()), completion);
+    EXPECT_EQ(static_cast<int64_t>(line["prompt_token_ids"].size()), line["usage"]["prompt_tokens"].get<int64_t>());
+    ASSERT_EQ(static_cast<int64_t>(line["top_logprobs"].size()), completion);
+    EXPECT_EQ(line["top_logprobs"][0].size(), 2u);
   }
 }
 
