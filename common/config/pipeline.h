@@ -34,6 +34,8 @@
 //     max_attempts: 3             # deliveries of a task before it is written as lost
 //     offload_threshold_bytes: 512  # content above this goes to the object store
 //     output_dir: runs/<name>     # relative to the working directory
+//     output_compression: none    # none: records in p<N>.jsonl; zstd: p<N>.jsonl.zst,
+//                                 # one zstd frame per record (README)
 //     workers: 1                  # worker processes per node
 //     task_timeout_s: 3600        # a task running longer ends as failed
 //     seed: 0                     # base of the per-task seeds
@@ -232,6 +234,10 @@ struct RunConfig {
   int max_attempts = 3;
   int64_t offload_threshold_bytes = 512;
   std::string output_dir;  // "runs/<name>" when not set
+  // zstd: each record is its own zstd frame in p<N>.jsonl.zst (a valid .zst
+  // after every write, so durability and resume are those of plain lines).
+  enum class OutputCompression { kNone, kZstd };
+  OutputCompression output_compression = OutputCompression::kNone;
   int workers = 1;
   double task_timeout_s = 3600;
   uint64_t seed = 0;

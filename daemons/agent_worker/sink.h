@@ -1,8 +1,11 @@
-// PartitionSink: the output file of one partition, one JSON record per line.
+// PartitionSink: the output file of one partition, one JSON record per line,
+// plain (p<N>.jsonl) or zstd-compressed (p<N>.jsonl.zst, by the name).
 // The file is opened for append and locked (flock) by its one sink. Each
-// record is appended with a single write(2) of the whole line; a write that
-// fails half-way (full disk) is cut off again, and a crash leaves at most a
-// torn last line, which Open() detects and truncates.
+// record is appended with a single write(2) of the whole line, or of one
+// complete zstd frame holding it (never buffered across calls: a record is
+// in the file when Write returns); a write that fails half-way (full disk)
+// is cut off again, and a crash leaves at most a torn last line or frame,
+// which Open() detects and truncates.
 // Completion is idempotent: a task id already written is never written again
 // (redelivered or re-admitted copies are absorbed here).
 // Thread-safety: not thread-safe; owned by the worker's event loop.
@@ -16,14 +19,19 @@
 
 #include "common/base/json.h"
 #include "common/base/status.h"
+#include "common/base/zstd_lines.h"
 
 namespace matrix::worker {
 
 class PartitionSink {
  public:
   // Opens (creating) `path`, loads the ids already written and repairs a torn
-  // tail. Lines that are not JSON objects with a task_id are reported as an
-  // error naming the line. FailedPrecondition when another sink holds the file.
+  // tail. Plain lines that are not JSON objects with a task_id are warned
+  // about and ignored. A ".zst" path is read frame by frame: bytes that are
+  // not zstd, a frame that does not decode or a line that is not a record is
+  // DataLoss naming the file and the record. FailedPrecondition when another
+  // sink holds the file, or when the partition's file in the other format
+  // (p0.jsonl beside p0.jsonl.zst) holds records: one partition, one file.
   static StatusOr<std::unique_ptr<PartitionSink>> Open(const std::string& path);
   ~PartitionSink();
 
@@ -40,12 +48,14 @@ class PartitionSink {
   int64_t preexisting() const { return preexisting_; }
   int64_t repaired_bytes() const { return repaired_bytes_; }
   const std::string& path() const { return path_; }
+  bool compressed() const { return zstd_ != nullptr; }
 
  private:
   PartitionSink(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
 
   std::string path_;
   int fd_;
+  std::unique_ptr<ZstdFrameWriter> zstd_;  // set for a .zst file
   int64_t size_ = 0;  // bytes of whole records in the file
   std::unordered_set<std::string> written_;
   std::map<std::string, int64_t> counts_;

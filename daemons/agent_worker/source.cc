@@ -1,93 +1,17 @@
 #include "daemons/agent_worker/source.h"
 
-#include <zstd.h>
-
 #include <cstdio>
 #include <cstring>
 
 #include "common/base/json.h"
 #include "common/base/utf8.h"
+#include "common/base/zstd_lines.h"
 
 namespace matrix::worker {
 
 std::string MakeTaskId(uint64_t row, uint32_t trial) {
   return "r" + std::to_string(row) + ".t" + std::to_string(trial);
 }
-
-// Reads lines from a plain or zstd-compressed file.
-class LineReader {
- public:
-  static StatusOr<std::unique_ptr<LineReader>> Open(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) return NotFound("cannot open dataset " + path + ": " + std::strerror(errno));
-    auto r = std::unique_ptr<LineReader>(new LineReader(f));
-    if (path.size() > 4 && path.compare(path.size() - 4, 4, ".zst") == 0) r->zstd_ = ZSTD_createDStream();
-    return r;
-  }
-  ~LineReader() {
-    if (zstd_) ZSTD_freeDStream(zstd_);
-    std::fclose(file_);
-  }
-  // False at end of input. Sets *error on a decompression failure.
-  bool Next(std::string* line, std::string* error) {
-    while (true) {
-      size_t nl = buf_.find('\n', pos_);
-      if (nl != std::string::npos) {
-        line->assign(buf_, pos_, nl - pos_);
-        pos_ = nl + 1;
-        return true;
-      }
-      buf_.erase(0, pos_);
-      pos_ = 0;
-      if (!Fill(error)) {
-        if (buf_.empty()) return false;
-        *line = std::move(buf_);
-        buf_.clear();
-        return true;
-      }
-    }
-  }
-
- private:
-  explicit LineReader(FILE* f) : file_(f) {}
-  bool Fill(std::string* error) {
-    char in[1 << 16];
-    if (!zstd_) {
-      size_t n = std::fread(in, 1, sizeof(in), file_);
-      if (n == 0) return false;
-      buf_.append(in, n);
-      return true;
-    }
-    while (true) {
-      if (zin_pos_ == zin_.size()) {
-        size_t n = std::fread(in, 1, sizeof(in), file_);
-        if (n == 0) return false;
-        zin_.assign(in, n);
-        zin_pos_ = 0;
-      }
-      ZSTD_inBuffer ib{zin_.data(), zin_.size(), zin_pos_};
-      std::string out(1 << 17, '\0');
-      ZSTD_outBuffer ob{out.data(), out.size(), 0};
-      size_t rc = ZSTD_decompressStream(zstd_, &ob, &ib);
-      zin_pos_ = ib.pos;
-      if (ZSTD_isError(rc)) {
-        *error = std::string("zstd: ") + ZSTD_getErrorName(rc);
-        return false;
-      }
-      if (ob.pos > 0) {
-        buf_.append(out.data(), ob.pos);
-        return true;
-      }
-    }
-  }
-
-  FILE* file_;
-  ZSTD_DStream* zstd_ = nullptr;
-  std::string zin_;
-  size_t zin_pos_ = 0;
-  std::string buf_;
-  size_t pos_ = 0;
-};
 
 PartitionSource::PartitionSource(SourceConfig config, std::unordered_set<std::string> done_ids)
     : config_(std::move(config)), done_(std::move(done_ids)) {}

@@ -17,6 +17,10 @@
 
 #include "common/base/status.h"
 
+namespace matrix {
+class LineReader;
+}
+
 namespace matrix::worker {
 
 struct SourceConfig {
@@ -32,8 +36,6 @@ struct SourceConfig {
 // Stable task id: derived from the dataset row (1-based line) and trial, so a
 // rerun gives the same id whatever the partition count.
 std::string MakeTaskId(uint64_t row, uint32_t trial);
-
-class LineReader;
 
 class PartitionSource {
  public:

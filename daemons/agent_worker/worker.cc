@@ -123,6 +123,7 @@ Status Worker::Impl::Init() {
     part.index = p;
     part.owner = "p" + std::to_string(p);
     std::string out = config_.output_dir + "/" + part.owner + ".jsonl";
+    if (pipeline_->run.output_compression == config::RunConfig::OutputCompression::kZstd) out += ".zst";
     MATRIX_ASSIGN_OR_RETURN(part.sink, PartitionSink::Open(out));
     // Also when an earlier run of this output kept only what ended done.
     const std::string dropped = config_.output_dir + "/dropped-" + part.owner + ".jsonl";

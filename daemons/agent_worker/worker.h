@@ -53,7 +53,7 @@ struct WorkerConfig {
   // "host:port" serving GET /metrics (port 0: any free port), published in
   // <run_dir>/endpoints/<worker_id>.metrics; empty: metrics are not served.
   std::string metrics_bind;
-  std::string output_dir;             // <output_dir>/<partition>.jsonl
+  std::string output_dir;             // <output_dir>/<partition>.jsonl[.zst]
   std::vector<uint32_t> partitions;   // partitions whose source and sink this worker hosts
   std::vector<std::string> roles;     // roles served; empty = every role of the pipeline
   uint32_t sink_capacity = 1024;      // concurrent sink writes per partition

@@ -14,21 +14,23 @@
 
 #include "common/base/files.h"
 #include "common/base/json.h"
+#include "common/base/zstd_lines.h"
 #include "common/config/pipeline.h"
 #include "common/config/pipeline_loader.h"
 
 namespace matrix::cli {
 namespace {
 
-// The partition files p<N>.jsonl, in partition order.
+// The partition files p<N>.jsonl and p<N>.jsonl.zst, in partition order.
 std::vector<std::string> RecordFiles(const std::string& dir) {
   std::vector<std::pair<long, std::string>> found;
   DIR* d = opendir(dir.c_str());
   if (!d) return {};
   while (dirent* e = readdir(d)) {
     std::string name = e->d_name;
-    if (name.size() < 8 || name[0] != 'p' || name.compare(name.size() - 6, 6, ".jsonl") != 0) continue;
-    std::string digits = name.substr(1, name.size() - 7);
+    const std::string base = IsZstdPath(name) ? name.substr(0, name.size() - 4) : name;
+    if (base.size() < 8 || base[0] != 'p' || base.compare(base.size() - 6, 6, ".jsonl") != 0) continue;
+    std::string digits = base.substr(1, base.size() - 7);
     if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
     found.push_back({std::strtol(digits.c_str(), nullptr, 10), dir + "/" + name});
   }
@@ -324,15 +326,15 @@ StatusOr<ExportCounts> ExportRun(const ExportOptions& options, std::ostream& out
     pipeline = std::move(*loaded);
   }
   const std::vector<std::string> files = RecordFiles(options.output_dir);
-  if (files.empty()) return NotFound("no p*.jsonl records in " + options.output_dir);
+  if (files.empty()) return NotFound("no p*.jsonl or p*.jsonl.zst records in " + options.output_dir);
   Opening opening(pipeline ? &*pipeline : nullptr);
   StatsAccumulator stats;
   ExportCounts counts;
   for (const auto& path : files) {
-    std::ifstream in(path);
-    std::string line;
+    MATRIX_ASSIGN_OR_RETURN(auto in, LineReader::Open(path));
+    std::string line, error;
     int64_t line_no = 0;
-    while (std::getline(in, line)) {
+    while (in->Next(&line, &error)) {
       ++line_no;
       if (line.empty()) continue;
       Json record = Json::parse(line, nullptr, false);
@@ -348,6 +350,7 @@ StatusOr<ExportCounts> ExportRun(const ExportOptions& options, std::ostream& out
       if (n == 0) ++counts.skipped;
       counts.lines += n;
     }
+    if (!error.empty()) return DataLoss(path + " after line " + std::to_string(line_no) + ": " + error);
   }
   if (options.format == "stats") {
     out << DumpJson(stats.ToJson(), 2) << "\n";

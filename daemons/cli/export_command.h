@@ -1,5 +1,5 @@
 // `matrix export OUTPUT_DIR --format sft|rl|stats [--out FILE] [--pipeline FILE]`:
-// turns the records of a run (<OUTPUT_DIR>/p*.jsonl) into training data or a
+// turns the records of a run (<OUTPUT_DIR>/p*.jsonl[.zst]) into training data or a
 // latency and token breakdown.
 //
 //   sft    one JSON line per (task, conversation agent): {"task_id", "agent",
@@ -38,7 +38,7 @@
 namespace matrix::cli {
 
 struct ExportOptions {
-  std::string output_dir;              // where the run wrote p*.jsonl
+  std::string output_dir;              // where the run wrote p*.jsonl or p*.jsonl.zst
   std::string format;                  // "sft", "rl" or "stats"
   std::string out_path;                // "" or "-": standard output
   std::string pipeline_path;           // optional; see the file comment
@@ -52,7 +52,7 @@ struct ExportCounts {
 };
 
 // Writes the export to `out`. InvalidArgument for an unknown format,
-// NotFound when the directory holds no p*.jsonl, DataLoss naming the file and
+// NotFound when the directory holds no p*.jsonl[.zst], DataLoss naming the file and
 // line of a record that is not JSON, FailedPrecondition when --pipeline does
 // not load.
 StatusOr<ExportCounts> ExportRun(const ExportOptions& options, std::ostream& out);

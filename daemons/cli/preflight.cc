@@ -13,7 +13,7 @@
 
 namespace matrix::cli {
 
-std::vector<std::string> Preflight(const config::Pipeline& pipeline, const std::string& output_dir) {
+std::vector<std::string> Preflight(const config::Pipeline& pipeline, const std::string& output_dir, bool overwrite) {
   std::vector<std::string> problems;
   for (const auto& [name, model] : pipeline.models) {
     if (model.api_key_env.empty() && model.api_key_file.empty()) continue;
@@ -38,11 +38,23 @@ std::vector<std::string> Preflight(const config::Pipeline& pipeline, const std::
     if (::access(dir.c_str(), W_OK | X_OK) != 0)
       problems.push_back("output directory " + output_dir + ": " + dir + " is not writable (" +
                          std::strerror(errno) + ")");
-    // Record files another run is writing now (its sinks hold their locks).
+    // Record files another run is writing now (its sinks hold their locks),
+    // and records in the format this run does not write: a partition's
+    // records go to one file, p<N>.jsonl or p<N>.jsonl.zst.
+    const bool zstd = pipeline.run.output_compression == config::RunConfig::OutputCompression::kZstd;
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec)) {
       const std::string path = entry.path().string();
-      if (entry.path().extension() != ".jsonl") continue;
+      const std::string name = entry.path().filename().string();
+      const bool is_zst = name.size() > 10 && name.compare(name.size() - 10, 10, ".jsonl.zst") == 0;
+      if (entry.path().extension() != ".jsonl" && !is_zst) continue;
+      std::error_code size_ec;
+      if (!overwrite && is_zst != zstd && name[0] == 'p' && entry.file_size(size_ec) > 0 && !size_ec)
+        problems.push_back("output " + path + " holds " + (is_zst ? "zstd" : "plain") +
+                           " records but run.output_compression is " + (zstd ? "zstd" : "none") +
+                           ": convert it (`zstd " + (is_zst ? "-d --rm " : "--rm ") + path +
+                           "`), or set run.output_compression=" + (is_zst ? "zstd" : "none") +
+                           ", --overwrite or another --output");
       int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) continue;
       if (::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK)

@@ -45,6 +45,11 @@ Status ClearRunState(const std::string& run_dir) {
   return Status::Ok();
 }
 
+// How the run's record files end: ".jsonl", or ".jsonl.zst" (run.output_compression).
+std::string RecordSuffix(const config::Pipeline& pipeline) {
+  return pipeline.run.output_compression == config::RunConfig::OutputCompression::kZstd ? ".jsonl.zst" : ".jsonl";
+}
+
 std::string HostName() {
   char name[256] = {};
   return ::gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0' ? name : "localhost";
@@ -83,7 +88,7 @@ int RunPipeline(const RunOptions& opt) {
   const PriceTable prices = PricesOf(pipeline);
   std::string output_dir = opt.output_dir.empty() ? pipeline.run.output_dir : opt.output_dir;
   // What a worker would die of at start is refused here, once, with the reason.
-  if (auto problems = Preflight(pipeline, output_dir); !problems.empty()) {
+  if (auto problems = Preflight(pipeline, output_dir, opt.overwrite); !problems.empty()) {
     for (const auto& p : problems) std::cerr << "error: " << p << "\n";
     return 2;
   }
@@ -92,7 +97,8 @@ int RunPipeline(const RunOptions& opt) {
   if (opt.overwrite) {
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec))
-      if (entry.path().extension() == ".jsonl" || entry.path().filename() == "summary.json")
+      if (entry.path().extension() == ".jsonl" || entry.path().filename() == "summary.json" ||
+          (entry.path().extension() == ".zst" && entry.path().stem().extension() == ".jsonl"))
         std::filesystem::remove(entry.path(), ec);
     if (ec) LOG_WARN << "could not clear " << output_dir << ": " << ec.message();
   }
@@ -103,7 +109,7 @@ int RunPipeline(const RunOptions& opt) {
       return 1;
     }
     std::cerr << "matrix run: retrying " << *dropped << " failed or lost tasks (their records moved to "
-              << output_dir << "/*.jsonl.retried)\n";
+              << output_dir << "/*" << RecordSuffix(pipeline) << ".retried)\n";
   }
   if (Status st = MakeDirs(output_dir); !st.ok()) {
     std::cerr << "error: " << st.message() << "\n";
@@ -371,7 +377,8 @@ int RunPipeline(const RunOptions& opt) {
     }
     std::cerr << line << "\n";
   }
-  std::cerr << "  output:       " << output_dir << "/p*.jsonl, " << output_dir << "/summary.json\n";
+  std::cerr << "  output:       " << output_dir << "/p*" << RecordSuffix(pipeline) << ", " << output_dir
+            << "/summary.json\n";
   const int64_t failed = s["by_status"].value("failed", int64_t{0});
   const int64_t lost = s["by_status"].value("lost", int64_t{0});
   if (interrupted) {

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "common/base/files.h"
+#include "common/base/zstd_lines.h"
 #include "common/config/pipeline.h"
 
 namespace matrix::cli {
@@ -26,6 +27,14 @@ std::vector<std::string> ListFiles(const std::string& dir, const std::string& su
       out.push_back(dir + "/" + name);
   }
   closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The record files of an output directory: *.jsonl and *.jsonl.zst.
+std::vector<std::string> RecordFiles(const std::string& dir) {
+  std::vector<std::string> out = ListFiles(dir, ".jsonl");
+  for (auto& f : ListFiles(dir, ".jsonl.zst")) out.push_back(std::move(f));
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -92,10 +101,11 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& 
   std::map<std::string, std::pair<double, int64_t>> num_vars;    // sum, count
   std::set<std::string> ids;
   double duration_sum = 0;
-  for (const auto& path : ListFiles(output_dir, ".jsonl")) {
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) {
+  for (const auto& path : RecordFiles(output_dir)) {
+    auto in = LineReader::Open(path);
+    if (!in.ok()) continue;  // removed since it was listed
+    std::string line, error;
+    while ((*in)->Next(&line, &error)) {
       Json rec = Json::parse(line, nullptr, false);
       if (rec.is_discarded() || !rec.is_object()) {
         ++bad_lines;
@@ -134,6 +144,7 @@ StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& 
         }
       }
     }
+    if (!error.empty()) ++bad_lines;  // a damaged .zst: the rest of the file is unreadable
   }
   Json rates = Json::object();
   for (const auto& [k, v] : bool_vars) rates[k] = records ? static_cast<double>(v.first) / records : 0.0;
@@ -209,10 +220,14 @@ StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
   int64_t dropped = 0;
   std::error_code ec;
   std::vector<std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec))
-    if (entry.path().extension() == ".jsonl") files.push_back(entry.path().string());
+  for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() == ".jsonl" ||
+        (name.size() > 10 && name.compare(name.size() - 10, 10, ".jsonl.zst") == 0))
+      files.push_back(entry.path().string());
+  }
   for (const auto& path : files) {
-    MATRIX_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
+    MATRIX_ASSIGN_OR_RETURN(std::string data, ReadLinesFile(path));
     std::string keep, retried;
     size_t pos = 0;
     while (pos < data.size()) {
@@ -225,6 +240,16 @@ StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
       pos = end;
     }
     if (retried.empty()) continue;
+    const int64_t n = static_cast<int64_t>(std::count(retried.begin(), retried.end(), '\n'));
+    if (IsZstdPath(path)) {
+      // The same format as the records: p0.jsonl.zst.retried is a .zst too.
+      ZstdFrameWriter zstd;
+      std::string frame;
+      MATRIX_RETURN_IF_ERROR(zstd.Compress(retried, &frame));
+      retried = std::move(frame);
+      MATRIX_RETURN_IF_ERROR(zstd.Compress(keep, &frame));
+      keep = std::move(frame);
+    }
     {
       std::ofstream out(path + ".retried", std::ios::app | std::ios::binary);
       out << retried;
@@ -232,7 +257,7 @@ StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
       if (!out) return Unavailable("cannot write " + path + ".retried");
     }
     MATRIX_RETURN_IF_ERROR(WriteFileAtomic(path, keep, 0644));
-    dropped += static_cast<int64_t>(std::count(retried.begin(), retried.end(), '\n'));
+    dropped += n;
   }
   return dropped;
 }

@@ -60,7 +60,7 @@ std::optional<double> ProjectCost(double so_far, int64_t written_this_run, int64
 // (six below 0.01).
 std::string FormatMoney(double amount, const std::string& currency);
 
-// Reads every `*.jsonl` in output_dir and summarises: records, duplicates,
+// Reads every `*.jsonl` and `*.jsonl.zst` in output_dir and summarises: records, duplicates,
 // counts by status and reason, the rate of every boolean variable
 // (agreement, correct, ...), the mean of numeric ones, tokens, turns. With
 // prices, also "cost" of the records' tokens (the turns' usage by model):
@@ -69,9 +69,10 @@ std::string FormatMoney(double amount, const std::string& currency);
 // and "unpriced_models" when some model with tokens has no price.
 StatusOr<Json> SummarizeOutput(const std::string& output_dir, const PriceTable& prices = {});
 
-// For `matrix run --retry-failed`: rewrites every `*.jsonl` in output_dir
-// without its `failed` and `lost` records (each file replaced atomically; the
-// records taken out are appended to `<file>.retried`), so the next run admits
+// For `matrix run --retry-failed`: rewrites every `*.jsonl` (and
+// `*.jsonl.zst`, compressed again) in output_dir without its `failed` and
+// `lost` records (each file replaced atomically; the records taken out are
+// appended to `<file>.retried`, in the file's format), so the next run admits
 // exactly those tasks again. Returns how many records were taken out.
 StatusOr<int64_t> DropFailedRecords(const std::string& output_dir);
 

@@ -2,7 +2,9 @@
 // conversations, RL steps and the stats breakdown checked field by field
 // against the records they come from.
 #include <fstream>
+#include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,7 @@
 
 #include "common/base/files.h"
 #include "common/base/json.h"
+#include "common/base/zstd_lines.h"
 #include "test/integration/run_util.h"
 #include "test/support/test_util.h"
 
@@ -188,6 +191,65 @@ TEST_F(ExportRunTest, StatsAddUpToTheRecords) {
   int64_t role_prompt = 0;
   for (const auto& [role, by_model] : stats["tokens_by_role"].items()) role_prompt += by_model["llama"]["prompt_tokens"].get<int64_t>();
   EXPECT_EQ(role_prompt, prompt);
+}
+
+// run.output_compression=zstd: p0.jsonl.zst, one frame per record, is read by
+// the zstd CLI, `matrix export`, the run summary and a resumed run; a run
+// writing the other format into the same output is refused before it starts.
+TEST(ZstdOutputTest, CompressedRecordsExportAndResumeWithoutDuplicates) {
+  TempDir dir;
+  const std::string matrix = BinPath("matrix");
+  auto run = [&](int limit, const std::string& compression) {
+    return matrix + " run " + SourcePath("configs/coral.yaml") + " dataset.limit=" + std::to_string(limit) +
+           " run.output_compression=" + compression + " simulator.speed=20 --output " + dir.File("out") + " --quiet";
+  };
+  std::string out;
+  ASSERT_EQ(RunCommand(run(30, "zstd"), &out), 0) << out;
+  const std::string path = dir.File("out/p0.jsonl.zst");
+  ASSERT_TRUE(FileExists(path));
+  EXPECT_FALSE(FileExists(dir.File("out/p0.jsonl")));
+  std::string decoded;
+  if (RunCommand("command -v zstd") == 0) {
+    ASSERT_EQ(RunCommand("zstd -dc " + path, &decoded), 0) << decoded;
+  } else {
+    decoded = *ReadLinesFile(path);
+  }
+  std::set<std::string> ids;
+  for (size_t pos = 0, nl; (nl = decoded.find('\n', pos)) != std::string::npos; pos = nl + 1) {
+    auto rec = ParseJson(decoded.substr(pos, nl - pos), "record");
+    ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+    ids.insert((*rec)["task_id"].get<std::string>());
+  }
+  EXPECT_EQ(ids.size(), 30u);
+  EXPECT_EQ(std::count(decoded.begin(), decoded.end(), '\n'), 30);
+  EXPECT_EQ(ReadRecords(dir.File("out")).size(), 30u);
+  EXPECT_EQ(Json::parse(*ReadFile(dir.File("out/summary.json")))["records"], 30);
+
+  ASSERT_EQ(RunCommand(matrix + " export " + dir.File("out") + " --format sft --out " + dir.File("sft.jsonl"), &out), 0)
+      << out;
+  EXPECT_NE(out.find("matrix export: 30 records"), std::string::npos) << out;
+  EXPECT_GE(ReadLines(dir.File("sft.jsonl")).size(), 30u);
+
+  // Resume: the same run writes nothing; more rows append frames.
+  const std::string before = *ReadFile(path);
+  ASSERT_EQ(RunCommand(run(30, "zstd"), &out), 0) << out;
+  EXPECT_EQ(*ReadFile(path), before);
+  Json summary = Json::parse(*ReadFile(dir.File("out/summary.json")));
+  EXPECT_EQ(summary["resumed_from_earlier_runs"], 30);
+  EXPECT_EQ(summary["written_this_run"], 0);
+  ASSERT_EQ(RunCommand(run(40, "zstd"), &out), 0) << out;
+  std::vector<std::string> dups;
+  EXPECT_EQ(TaskIds(ReadRecords(dir.File("out")), &dups).size(), 40u);
+  EXPECT_TRUE(dups.empty());
+  EXPECT_EQ(ReadFile(path)->compare(0, before.size(), before), 0) << "appended, not rewritten";
+
+  // One partition, one file: plain records are not added beside them.
+  EXPECT_EQ(RunCommand(run(40, "none"), &out), 2) << out;
+  EXPECT_NE(out.find("run.output_compression"), std::string::npos) << out;
+  EXPECT_FALSE(FileExists(dir.File("out/p0.jsonl")));
+  EXPECT_EQ(RunCommand(matrix + " validate " + SourcePath("configs/coral.yaml") + " run.output_compression=gzip", &out),
+            1);
+  EXPECT_NE(out.find("run.output_compression"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -2,11 +2,20 @@
 
 #include <dirent.h>
 
-#include <fstream>
+#include <gtest/gtest.h>
 
+#include "common/base/zstd_lines.h"
 #include "test/support/test_util.h"
 
 namespace matrix::testing {
+
+namespace {
+// p*.jsonl and p*.jsonl.zst (not p*.jsonl.retried).
+bool IsRecordFile(const std::string& name) {
+  const std::string base = IsZstdPath(name) ? name.substr(0, name.size() - 4) : name;
+  return base.size() >= 7 && base.substr(base.size() - 6) == ".jsonl";
+}
+}  // namespace
 
 std::vector<Json> ReadRecords(const std::string& dir) {
   std::vector<Json> out;
@@ -14,10 +23,12 @@ std::vector<Json> ReadRecords(const std::string& dir) {
   if (!d) return out;
   while (dirent* e = readdir(d)) {
     std::string name = e->d_name;
-    if (name.size() < 7 || name.substr(name.size() - 6) != ".jsonl") continue;
-    std::ifstream in(dir + "/" + name);
-    std::string line;
-    while (std::getline(in, line)) out.push_back(Json::parse(line));
+    if (!IsRecordFile(name)) continue;
+    auto in = LineReader::Open(dir + "/" + name);
+    if (!in.ok()) continue;
+    std::string line, error;
+    while ((*in)->Next(&line, &error)) out.push_back(Json::parse(line));
+    EXPECT_EQ(error, "") << name;
   }
   closedir(d);
   return out;
@@ -29,10 +40,12 @@ size_t CountRecords(const std::string& dir) {
   if (!d) return 0;
   while (dirent* e = readdir(d)) {
     std::string name = e->d_name;
-    if (name.size() < 7 || name.substr(name.size() - 6) != ".jsonl") continue;
-    std::ifstream in(dir + "/" + name);
-    std::string line;
-    while (std::getline(in, line)) n += !in.eof();  // the last line counts only once its newline is written
+    if (!IsRecordFile(name)) continue;
+    auto in = LineReader::Open(dir + "/" + name);
+    if (!in.ok()) continue;
+    std::string line, error;
+    // The last line counts only once its newline (and, compressed, its whole frame) is written.
+    while ((*in)->Next(&line, &error)) n += (*in)->last_line_complete();
   }
   closedir(d);
   return n;

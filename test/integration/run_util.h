@@ -10,10 +10,10 @@
 
 namespace matrix::testing {
 
-// Reads every record of every p*.jsonl under dir.
+// Reads every record of every p*.jsonl and p*.jsonl.zst under dir.
 std::vector<Json> ReadRecords(const std::string& dir);
 
-// Counts the whole lines of every p*.jsonl under dir without parsing them:
+// Counts the whole lines of every p*.jsonl[.zst] under dir without parsing them:
 // for polling while a sink may be half-way through writing a record.
 size_t CountRecords(const std::string& dir);
 

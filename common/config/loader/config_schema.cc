@@ -10,7 +10,7 @@ const std::vector<std::string> kTopKeys = {"name", "description", "params", "sim
 const std::vector<std::string> kDatasetKeys = {"path", "limit", "partitions", "id_field",
                                                "required_fields"};
 const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "schedule", "trials", "max_attempts",
-                                           "offload_threshold_bytes", "output_dir", "workers",
+                                           "offload_threshold_bytes", "output_dir", "output_compression", "workers",
                                            "task_timeout_s", "seed", "records"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",

@@ -350,6 +350,17 @@ class Builder {
         diag_->AtKey(*Get(r, "records"), Join(path, "records"), "must be 'all' or 'done', not '" + records + "'");
       }
     }
+    std::string compression;
+    if (GetString(r, path, "output_compression", &compression)) {
+      if (compression == "none") {
+        run.output_compression = RunConfig::OutputCompression::kNone;
+      } else if (compression == "zstd") {
+        run.output_compression = RunConfig::OutputCompression::kZstd;
+      } else {
+        diag_->AtKey(*Get(r, "output_compression"), Join(path, "output_compression"),
+                     "must be 'none' or 'zstd', not '" + compression + "'");
+      }
+    }
   }
 
   void BuildModels(CNode* models, Pipeline* p) {

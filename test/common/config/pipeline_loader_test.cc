@@ -859,5 +859,16 @@ flow:
   EXPECT_EQ(fixed.pipeline->Model("m")->top_logprobs, 3);
 }
 
+TEST_F(LoaderTest, OutputCompressionIsNoneOrZstd) {
+  EXPECT_EQ(LoadOk(kMinimal).run.output_compression, RunConfig::OutputCompression::kNone);
+  EXPECT_EQ(LoadOk(kMinimal, {"run.output_compression=zstd"}).run.output_compression,
+            RunConfig::OutputCompression::kZstd);
+  const std::string path = dir_.File("p.yaml");
+  LoadResult r = Load("p.yaml", std::string(kMinimal) + "run:\n  output_compression: gzip\n");
+  EXPECT_FALSE(r.pipeline.has_value());
+  EXPECT_TRUE(Has(r.errors, path, 20, "run.output_compression", "must be 'none' or 'zstd', not 'gzip'"))
+      << All(r.errors);
+}
+
 }  // namespace
 }  // namespace matrix::config

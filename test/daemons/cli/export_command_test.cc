@@ -4,12 +4,14 @@
 #include "daemons/cli/export_command.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "common/base/files.h"
 #include "common/base/json.h"
+#include "common/base/zstd_lines.h"
 #include "test/support/test_util.h"
 
 namespace matrix::cli {
@@ -226,6 +228,32 @@ TEST_F(ExportTest, CommandWritesTheFileWhole) {
   EXPECT_FALSE(FileExists(opt.out_path + ".partial"));
   opt.format = "nope";
   EXPECT_EQ(ExportCommand(opt), 2);
+}
+
+TEST_F(ExportTest, ReadsZstdRecordFilesInPartitionOrder) {
+  ExportCounts plain;
+  const auto expected = Export("sft", "", &plain);
+  // p0 compressed, one frame per record, then a damaged p1.jsonl.zst.
+  const std::string text = *ReadFile(dir_.File("p0.jsonl"));
+  std::string frames, frame;
+  ZstdFrameWriter zstd;
+  for (size_t pos = 0, nl; (nl = text.find('\n', pos)) != std::string::npos; pos = nl + 1) {
+    ASSERT_TRUE(zstd.Compress(text.substr(pos, nl + 1 - pos), &frame).ok());
+    frames += frame;
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("p0.jsonl.zst"), frames).ok());
+  ASSERT_EQ(std::remove(dir_.File("p0.jsonl").c_str()), 0);
+  ExportCounts counts;
+  EXPECT_EQ(Export("sft", "", &counts), expected);
+  EXPECT_EQ(counts.records, plain.records);
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("p1.jsonl.zst"), frame + "not zstd").ok());
+  ExportOptions opt;
+  opt.output_dir = dir_.path();
+  opt.format = "sft";
+  std::ostringstream out;
+  auto bad = ExportRun(opt, out);
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("p1.jsonl.zst after line 1"), std::string::npos) << bad.status().message();
 }
 
 }  // namespace
