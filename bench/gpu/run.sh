@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# On the GPU machine: a real model server (../shared/gpu: a random-weight
+# Llama-3.1-8B-shaped model behind an OpenAI-compatible API), measured alone
+# at CONC clients with prompts like the pipeline's, then `matrix run` of one
+# LLM call per row at the same concurrency, alternating PAIRS times. Prints a
+# table; writes JSON under OUT_DIR.
+#
+#   bench/gpu/bundle                              # here: binaries + libraries + server scripts
+#   bench/gpu/run.sh [BUNDLE_DIR] [OUT_DIR]       # there (CONC=256 ROWS=512 MAX_TOKENS=256 PAIRS=2)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BUNDLE="$(cd "${1:-$ROOT/bench/gpu/.bundle}" && pwd)"
+OUT_DIR="${2:-/tmp/matrix-gpu}"
+CONC="${CONC:-256}" ROWS="${ROWS:-512}" MAX_TOKENS="${MAX_TOKENS:-256}" PAIRS="${PAIRS:-2}" WORDS="${WORDS:-40}"
+MODEL_DIR="${MODEL_DIR:-/tmp/llama8b-rand}"
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+
+if [[ ! -f "$MODEL_DIR/config.json" ]]; then python3 "$BUNDLE/server/make_model.py" "$MODEL_DIR" >"$OUT_DIR/make_model.log" 2>&1; fi
+python3 "$BUNDLE/server/oai_server.py" --model "$MODEL_DIR" --port 8000 \
+  --cb-config '{"use_cuda_graph": true, "max_memory_percent": 0.6}' >"$OUT_DIR/server.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+  curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && break
+  kill -0 $SERVER_PID 2>/dev/null || { tail -20 "$OUT_DIR/server.log"; exit 1; }
+  sleep 1
+done
+
+# Rows whose prompts match bench_client.py's ("Request i: write a long story
+# about" + WORDS made-up words).
+python3 - "$ROWS" "$WORDS" >"$OUT_DIR/rows.jsonl" <<'PY'
+import json, random, sys
+rows, words = int(sys.argv[1]), int(sys.argv[2])
+rnd = random.Random(1)
+syl = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
+for i in range(rows):
+    w = ["".join(rnd.choice(syl) for _ in range(rnd.randint(1, 3))) for _ in range(words)]
+    print(json.dumps({"id": f"q{i}", "i": i, "words": " ".join(w)}))
+PY
+
+for pair in $(seq "$PAIRS"); do
+  python3 "$BUNDLE/server/bench_client.py" --base http://127.0.0.1:8000 --conc "$CONC" --rounds $((ROWS / CONC)) \
+    --max-tokens "$MAX_TOKENS" --prompt-words "$WORDS" --no-stream --level-timeout 600 \
+    --json-out "$OUT_DIR/server_$pair.json" >"$OUT_DIR/server_$pair.log" 2>&1
+  rm -rf "$OUT_DIR/matrix_$pair"
+  /usr/bin/time -f "%e %U %S" -o "$OUT_DIR/matrix_$pair.time" env LD_LIBRARY_PATH="$BUNDLE/lib" \
+    "$BUNDLE/bin/matrix" run "$ROOT/bench/pipelines/one_call.yaml" dataset.path="$OUT_DIR/rows.jsonl" \
+    "models.gpu.endpoints=[http://127.0.0.1:8000/v1]" run.max_concurrent_tasks="$CONC" \
+    models.gpu.sampling.max_tokens="$MAX_TOKENS" models.gpu.sampling.min_tokens="$MAX_TOKENS" \
+    --output "$OUT_DIR/matrix_$pair" --quiet >"$OUT_DIR/matrix_$pair.log" 2>&1
+done
+
+python3 - "$OUT_DIR" "$PAIRS" <<'PY'
+import json, sys
+out, pairs = sys.argv[1], int(sys.argv[2])
+rows, res = [], {"pairs": []}
+for p in range(1, pairs + 1):
+    lvl = json.loads(open(f"{out}/server_{p}.json").read().strip().splitlines()[-1])
+    server_tps = lvl["output_tok_per_s"]
+    m = json.load(open(f"{out}/matrix_{p}/summary.json"))
+    wall, user, sys_ = map(float, open(f"{out}/matrix_{p}.time").read().split())
+    res["pairs"].append({"server": lvl, "matrix": {k: m[k] for k in ("records", "completion_tokens", "completion_tokens_per_s", "elapsed_s")},
+                         "matrix_cpu_s": user + sys_})
+    ratio = m["completion_tokens_per_s"] / server_tps if server_tps else float("nan")
+    rows.append(f"| {p} | {server_tps:,.0f} | {m['completion_tokens_per_s']:,.0f} | {ratio:.2f} | {1000 * (user + sys_) / max(1, m['records']):.2f} ms |")
+print("\n| pair | server alone, completion tok/s | matrix run, completion tok/s | ratio | CPU per LLM call (matrix, all processes) |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))
+json.dump(res, open(f"{out}/gpu.json", "w"), indent=1)
+PY
