@@ -22,7 +22,7 @@ python3 "$BUNDLE/server/oai_server.py" --model "$MODEL_DIR" --port 8000 \
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
-  curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && break
+  python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2)' 2>/dev/null && break
   kill -0 $SERVER_PID 2>/dev/null || { tail -20 "$OUT_DIR/server.log"; exit 1; }
   sleep 1
 done
@@ -44,8 +44,11 @@ for pair in $(seq "$PAIRS"); do
     --max-tokens "$MAX_TOKENS" --prompt-words "$WORDS" --no-stream --level-timeout 600 \
     --json-out "$OUT_DIR/server_$pair.json" >"$OUT_DIR/server_$pair.log" 2>&1
   rm -rf "$OUT_DIR/matrix_$pair"
-  /usr/bin/time -f "%e %U %S" -o "$OUT_DIR/matrix_$pair.time" env LD_LIBRARY_PATH="$BUNDLE/lib" \
-    "$BUNDLE/bin/matrix" run "$ROOT/bench/pipelines/one_call.yaml" dataset.path="$OUT_DIR/rows.jsonl" \
+  # Wall, user and system seconds of matrix and every process it started.
+  python3 -c 'import os, subprocess, sys, time
+t = time.time(); rc = subprocess.run(sys.argv[2:]).returncode; c = os.times()
+open(sys.argv[1], "w").write(f"{time.time() - t} {c.children_user} {c.children_system}\n"); sys.exit(rc)' \
+    "$OUT_DIR/matrix_$pair.time" env LD_LIBRARY_PATH="$BUNDLE/lib" "$BUNDLE/bin/matrix" run "$ROOT/bench/pipelines/one_call.yaml" dataset.path="$OUT_DIR/rows.jsonl" \
     "models.gpu.endpoints=[http://127.0.0.1:8000/v1]" run.max_concurrent_tasks="$CONC" \
     models.gpu.sampling.max_tokens="$MAX_TOKENS" models.gpu.sampling.min_tokens="$MAX_TOKENS" \
     --output "$OUT_DIR/matrix_$pair" --quiet >"$OUT_DIR/matrix_$pair.log" 2>&1
