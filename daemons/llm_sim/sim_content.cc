@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 #include <set>
 
 #include "common/base/hash.h"
@@ -623,6 +624,34 @@ Json JsonObjectReply(SimRng* rng) {
   return obj;
 }
 
+// Free text in a structured reply grows to the reply's sampled length, as a
+// model's would: strings the schema leaves open (no enum, const, format,
+// pattern or maxLength), in objects and arrays, get `words` more filler words
+// shared among them. Others stay as ValueForSchema made them.
+void GrowFreeText(Json* value, const Json& schema, int64_t words, SimRng* rng) {
+  std::vector<std::string*> open;
+  std::function<void(Json*, const Json&, int)> walk = [&](Json* v, const Json& sc, int depth) {
+    if (depth > 8 || !sc.is_object()) return;
+    if (v->is_string()) {
+      for (const char* k : {"enum", "const", "format", "pattern", "maxLength", "$ref", "anyOf", "oneOf", "allOf"})
+        if (sc.contains(k)) return;
+      open.push_back(v->get_ptr<std::string*>());
+    } else if (v->is_object() && sc.contains("properties") && sc["properties"].is_object()) {
+      for (auto& [k, child] : v->items())
+        if (sc["properties"].contains(k)) walk(&child, sc["properties"][k], depth + 1);
+    } else if (v->is_array() && sc.contains("items") && sc["items"].is_object()) {
+      for (auto& child : *v) walk(&child, sc["items"], depth + 1);
+    }
+  };
+  walk(value, schema, 0);
+  if (open.empty()) return;
+  for (int64_t i = 0; i < words; ++i) {
+    std::string* s = open[static_cast<size_t>(rng->Below(static_cast<int64_t>(open.size())))];
+    if (!s->empty()) s->push_back(' ');
+    s->append(kWords[rng->Below(kWordCount)]);
+  }
+}
+
 // Plans a response_format json_object / json_schema reply: the JSON split
 // into pieces like tool-call arguments, cut by max_tokens, and broken on
 // purpose with probability invalid_json_prob.
@@ -636,6 +665,12 @@ void PlanStructured(const CompletionRequest& r, const SimConfig& config, int64_t
       if (m.role == "user" || m.role == "tool") ScanIds(m.content, &ids);
     value = ValueForSchema(r.response_schema, ids, &rng,
                            FillerWords{kWords, static_cast<size_t>(kWordCount)});
+    // The reply's length follows the configured (long-tailed) distribution
+    // where the schema leaves room for text; about 1.5 tokens per word.
+    SimRng length_rng(SubSeed(r.seed, kLengthStream));
+    const int64_t wanted = SampleOutputTokens(&length_rng, config.mean_output_tokens, config.tail_alpha);
+    const int64_t have = CountTokens(DumpJson(value).size());
+    if (wanted > have) GrowFreeText(&value, r.response_schema, (wanted - have) * 2 / 3, &rng);
   } else {
     value = JsonObjectReply(&rng);
   }

@@ -649,6 +649,35 @@ TEST(StructuredOutputTest, JsonSchemaRepliesSatisfyTheSchemaForManySeeds) {
   }
 }
 
+TEST(StructuredOutputTest, FreeTextGrowsToLongTailedLengthsAndStillMatches) {
+  // Question extraction: open strings and a list of steps take the reply's
+  // sampled length; the verdict schema (enums, integers) stays short.
+  const Json extraction = Json::parse(R"({"type":"object","properties":{
+      "question":{"type":"string","minLength":1},"answer":{"type":"string"},
+      "steps":{"type":"array","items":{"type":"string"},"minItems":1,"maxItems":5},
+      "label":{"enum":["a","b"]},"code":{"type":"string","maxLength":4}},
+    "required":["question","answer","steps","label","code"]})");
+  auto compiled = JsonSchema::Compile(extraction);
+  ASSERT_TRUE(compiled.ok());
+  SimConfig c;
+  c.mean_output_tokens = 200;
+  c.tail_alpha = 1.5;
+  std::vector<int64_t> lengths;
+  for (int seed = 0; seed < 400; ++seed) {
+    CompletionPlan plan = PlanFor(ChatBody({UserMessage("doc")}, {{"seed", seed}, {"response_format",
+                                                                                    SchemaFormat(extraction)}}),
+                                  c);
+    Json reply = Json::parse(plan.Text());
+    ASSERT_TRUE(compiled->Validate(reply).ok()) << plan.Text();
+    EXPECT_LE(reply["code"].get<std::string>().size(), 4u);
+    lengths.push_back(plan.completion_tokens());
+  }
+  std::sort(lengths.begin(), lengths.end());
+  const int64_t median = lengths[lengths.size() / 2], p99 = lengths[lengths.size() * 99 / 100];
+  EXPECT_GT(median, 40);  // Lomax, mean 200, shape 1.5: median about 59
+  EXPECT_GT(p99, 4 * median) << "median " << median << " p99 " << p99;
+}
+
 TEST(StructuredOutputTest, OptionalPropertiesAndOptionsVary) {
   std::map<std::string, int> seen;
   for (int seed = 0; seed < 200; ++seed) {
