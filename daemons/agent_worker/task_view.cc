@@ -187,11 +187,12 @@ void AppendSeconds(std::string* out, int64_t us) {
 }
 
 // Record fields other than spans and input.
-Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
+Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved, int64_t finished_us,
+                                bool with_turns = true) {
   Json turns = Json::array();
   int64_t prompt = 0, completion = 0;
   for (const auto& t : task.history) {
-    turns.push_back(TurnJson(t, resolved, true));
+    if (with_turns) turns.push_back(TurnJson(t, resolved, true));
     prompt += t.prompt_tokens;
     completion += t.completion_tokens;
   }
@@ -208,11 +209,11 @@ Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved
               {"reason", task.reason},
               {"vars", VarsJson(task)},
               {"counters", counters},
-              {"turns", turns},
               {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
               {"created_us", task.created_us},
               {"finished_us", finished_us},
               {"duration_s", (finished_us - task.created_us) / 1e6}};
+  if (with_turns) rec["turns"] = std::move(turns);
   if (!task.error.empty()) rec["error"] = task.error;
   return rec;
 }
@@ -220,29 +221,7 @@ Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved
 }  // namespace
 
 std::string DroppedRecordLine(const wire::Task& task, int64_t finished_us) {
-  int64_t prompt = 0, completion = 0;
-  for (const auto& t : task.history) {
-    prompt += t.prompt_tokens;
-    completion += t.completion_tokens;
-  }
-  Json counters = Json::object();
-  for (const auto& [k, v] : task.counters) counters[k] = v;
-  Json rec = {{"task_id", task.task_id},
-              {"run_id", task.run_id},
-              {"pipeline", task.pipeline},
-              {"partition", task.partition},
-              {"row", task.row},
-              {"trial", task.trial},
-              {"attempt", task.attempt},
-              {"status", wire::TaskStatusName(task.status)},
-              {"reason", task.reason},
-              {"vars", VarsJson(task)},
-              {"counters", counters},
-              {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
-              {"created_us", task.created_us},
-              {"finished_us", finished_us},
-              {"duration_s", (finished_us - task.created_us) / 1e6}};
-  if (!task.error.empty()) rec["error"] = task.error;
+  Json rec = RecordWithoutSpansAndInput(task, Resolved(), finished_us, /*with_turns=*/false);
   return DumpJson(rec);
 }
 

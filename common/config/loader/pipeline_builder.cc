@@ -184,6 +184,23 @@ class Builder {
     *out = ToJson(*n);
   }
 
+  // A string that must be one of `choices` (in the order the error lists them).
+  template <typename T>
+  void GetChoice(const CNode& map, const std::string& path, const std::string& key,
+                 const std::vector<std::pair<std::string, T>>& choices, T* out) {
+    std::string value;
+    if (!GetString(map, path, key, &value)) return;
+    std::string names;
+    for (const auto& [name, v] : choices) {
+      if (name == value) {
+        *out = v;
+        return;
+      }
+      names += (names.empty() ? "'" : choices.back().first == name ? " or '" : ", '") + name + "'";
+    }
+    diag_->AtKey(*Get(map, key), Join(path, key), "must be " + names + ", not '" + value + "'");
+  }
+
   // response_format of an llm role: {type: text | json_object | json_schema};
   // a json_schema's schema (under json_schema.schema, or `schema` directly)
   // must be a valid JSON Schema: it is compiled here, once.
@@ -330,37 +347,13 @@ class Builder {
     GetInt(r, path, "workers", &run.workers, 1, 4096);
     GetDouble(r, path, "task_timeout_s", &run.task_timeout_s, false);
     GetInt(r, path, "seed", &run.seed, 0, std::numeric_limits<int64_t>::max());
-    std::string schedule;
-    if (GetString(r, path, "schedule", &schedule)) {
-      if (schedule == "row") {
-        run.schedule = RunConfig::Schedule::kRow;
-      } else if (schedule == "batch") {
-        run.schedule = RunConfig::Schedule::kBatch;
-      } else {
-        diag_->AtKey(*Get(r, "schedule"), Join(path, "schedule"), "must be 'row' or 'batch', not '" + schedule + "'");
-      }
-    }
-    std::string records;
-    if (GetString(r, path, "records", &records)) {
-      if (records == "all") {
-        run.records = RunConfig::Records::kAll;
-      } else if (records == "done") {
-        run.records = RunConfig::Records::kDone;
-      } else {
-        diag_->AtKey(*Get(r, "records"), Join(path, "records"), "must be 'all' or 'done', not '" + records + "'");
-      }
-    }
-    std::string compression;
-    if (GetString(r, path, "output_compression", &compression)) {
-      if (compression == "none") {
-        run.output_compression = RunConfig::OutputCompression::kNone;
-      } else if (compression == "zstd") {
-        run.output_compression = RunConfig::OutputCompression::kZstd;
-      } else {
-        diag_->AtKey(*Get(r, "output_compression"), Join(path, "output_compression"),
-                     "must be 'none' or 'zstd', not '" + compression + "'");
-      }
-    }
+    GetChoice(r, path, "schedule", {{"row", RunConfig::Schedule::kRow}, {"batch", RunConfig::Schedule::kBatch}},
+              &run.schedule);
+    GetChoice(r, path, "records", {{"all", RunConfig::Records::kAll}, {"done", RunConfig::Records::kDone}},
+              &run.records);
+    GetChoice(r, path, "output_compression",
+              {{"none", RunConfig::OutputCompression::kNone}, {"zstd", RunConfig::OutputCompression::kZstd}},
+              &run.output_compression);
   }
 
   void BuildModels(CNode* models, Pipeline* p) {
@@ -730,19 +723,10 @@ class Builder {
         GetDouble(*f, fp, "deadline_s", &fc.deadline_s, /*allow_zero=*/true);
         fc.value = GetExpr(*f, fp, "value", false);
         fc.score = GetExpr(*f, fp, "score", false);
-        std::string combine = "none";
-        GetString(*f, fp, "combine", &combine);
-        static const std::map<std::string, FanoutConfig::Combine> kCombine = {
-            {"none", FanoutConfig::Combine::kNone},
-            {"concat", FanoutConfig::Combine::kConcat},
-            {"vote", FanoutConfig::Combine::kVote},
-            {"best", FanoutConfig::Combine::kBest}};
-        if (auto c = kCombine.find(combine); c != kCombine.end()) {
-          fc.combine = c->second;
-        } else {
-          diag_->At(*f->Find("combine"), fp + ".combine",
-                    "unknown combine '" + combine + "' (none, concat, vote, best)");
-        }
+        GetChoice(*f, fp, "combine",
+                  {{"none", FanoutConfig::Combine::kNone}, {"concat", FanoutConfig::Combine::kConcat},
+                   {"vote", FanoutConfig::Combine::kVote}, {"best", FanoutConfig::Combine::kBest}},
+                  &fc.combine);
         if (fc.combine == FanoutConfig::Combine::kBest && !fc.score)
           diag_->AtKey(*f, fp, "combine: best needs a score expression");
         GetString(*f, fp, "var", &fc.var);

@@ -157,7 +157,8 @@ flow:
   EXPECT_FALSE(r.pipeline);
   const std::string all = All(r.errors);
   EXPECT_TRUE(Has(r.errors, path, 14, "flow.steps.fan.fanout.first", "more than the 3 branches")) << all;
-  EXPECT_TRUE(Has(r.errors, path, 15, "flow.steps.fan.fanout.combine", "unknown combine 'majority'")) << all;
+  EXPECT_TRUE(Has(r.errors, path, 15, "flow.steps.fan.fanout.combine",
+                  "must be 'none', 'concat', 'vote' or 'best', not 'majority'")) << all;
   EXPECT_TRUE(Has(r.errors, path, 19, "flow.steps.other.fanout.join", "already the join of fan-out step 'fan'")) << all;
 }
 
