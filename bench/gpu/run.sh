@@ -2,11 +2,13 @@
 # On the GPU machine: a real model server (../shared/gpu: a random-weight
 # Llama-3.1-8B-shaped model behind an OpenAI-compatible API), measured alone
 # at CONC clients with prompts like the pipeline's, then `matrix run` of one
-# LLM call per row at the same concurrency, alternating PAIRS times. Prints a
-# table; writes JSON under OUT_DIR.
+# LLM call per row at the same concurrency, alternating PAIRS times; then the
+# same rows over 2, 4 and 8 `matrix node`s of this host sharing the server
+# (NODES). Prints tables; writes JSON under OUT_DIR.
 #
 #   bench/gpu/bundle                              # here: binaries + libraries + server scripts
-#   bench/gpu/run.sh [BUNDLE_DIR] [OUT_DIR]       # there (CONC=256 ROWS=512 MAX_TOKENS=256 PAIRS=2)
+#   bench/gpu/run.sh [BUNDLE_DIR] [OUT_DIR]       # there (CONC=256 ROWS=512 MAX_TOKENS=256 PAIRS=2
+#                                                 #        NODES="2 4 8")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUNDLE="$(cd "${1:-$ROOT/bench/gpu/.bundle}" && pwd)"
@@ -54,7 +56,27 @@ open(sys.argv[1], "w").write(f"{time.time() - t} {c.children_user} {c.children_s
     --output "$OUT_DIR/matrix_$pair" --quiet >"$OUT_DIR/matrix_$pair.log" 2>&1
 done
 
-python3 - "$OUT_DIR" "$PAIRS" <<'PY'
+# The same rows spread over N `matrix node`s on this host (loopback, CURVE,
+# one partition each, 256 tasks in flight in all), sharing the one server.
+for n in ${NODES:-2 4 8}; do
+  run="$OUT_DIR/nodes_$n.run" out="$OUT_DIR/nodes_$n"
+  rm -rf "$run" "$out"
+  LD_LIBRARY_PATH="$BUNDLE/lib" "$BUNDLE/bin/matrix" keys "$run" >/dev/null
+  python3 -c 'import os, subprocess, sys, time
+n, out, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+t = time.time()
+procs = [subprocess.Popen([a.replace("{i}", str(i)).replace("{n}", str(i + 1)) for a in argv],
+                          stdout=subprocess.DEVNULL, stderr=open(f"{out}.node{i}.log", "w")) for i in range(n)]
+rc = max(p.wait() for p in procs); c = os.times()
+open(out + ".time", "w").write(f"{time.time() - t} {c.children_user} {c.children_system}\n"); sys.exit(rc)' \
+    "$n" "$out" env LD_LIBRARY_PATH="$BUNDLE/lib" "$BUNDLE/bin/matrix" node --run-dir "$run" --output "$out" \
+    --node "n{n}" --node-index "{i}" --nodes "$n" --bind-host 127.0.0.1 --job "gpu$n" --grace-s 5 \
+    "$ROOT/bench/pipelines/one_call.yaml" dataset.path="$OUT_DIR/rows.jsonl" dataset.partitions="$n" \
+    run.max_concurrent_tasks=$((CONC / n)) "models.gpu.endpoints=[http://127.0.0.1:8000/v1]" \
+    models.gpu.sampling.max_tokens="$MAX_TOKENS" models.gpu.sampling.min_tokens="$MAX_TOKENS"
+done
+
+python3 - "$OUT_DIR" "$PAIRS" "${NODES:-2 4 8}" <<'PY'
 import json, sys
 out, pairs = sys.argv[1], int(sys.argv[2])
 rows, res = [], {"pairs": []}
@@ -68,6 +90,20 @@ for p in range(1, pairs + 1):
     ratio = m["completion_tokens_per_s"] / server_tps if server_tps else float("nan")
     rows.append(f"| {p} | {server_tps:,.0f} | {m['completion_tokens_per_s']:,.0f} | {ratio:.2f} | {1000 * (user + sys_) / max(1, m['records']):.2f} ms |")
 print("\n| pair | server alone, completion tok/s | matrix run, completion tok/s | ratio | CPU per LLM call (matrix, all processes) |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))
+servers = sorted(p["server"]["output_tok_per_s"] for p in res["pairs"])
+server = servers[len(servers) // 2]
+rows = []
+for n in sys.argv[3].split():
+    recs = [json.loads(l) for f in sorted(__import__("glob").glob(f"{out}/nodes_{n}/p*.jsonl")) for l in open(f)]
+    wall, user, sys_ = map(float, open(f"{out}/nodes_{n}.time").read().split())
+    tokens = sum(r["usage"]["completion_tokens"] for r in recs)
+    done = sum(r["status"] == "done" for r in recs)
+    res.setdefault("nodes", []).append({"nodes": int(n), "records": len(recs), "done": done, "wall_s": wall,
+                                         "completion_tokens": tokens, "cpu_s": user + sys_})
+    rows.append(f"| {n} | {done} of {len(recs)} | {tokens / wall:,.0f} | {tokens / wall / server:.2f} | {1000 * (user + sys_) / max(1, len(recs)):.2f} ms |")
+print(f"\n| matrix nodes | records done | completion tok/s (wall, start to end) | of the server alone ({server:,.0f}) | CPU per LLM call |")
 print("|---|---|---|---|---|")
 print("\n".join(rows))
 json.dump(res, open(f"{out}/gpu.json", "w"), indent=1)
