@@ -105,13 +105,13 @@ ZstdFrameWriter::ZstdFrameWriter(int level) : cctx_(ZSTD_createCCtx()) {
 ZstdFrameWriter::~ZstdFrameWriter() { ZSTD_freeCCtx(cctx_); }
 
 Status ZstdFrameWriter::Compress(std::string_view data, std::string* frame) {
-  frame->resize(ZSTD_compressBound(data.size()));
-  const size_t n = ZSTD_compress2(cctx_, frame->data(), frame->size(), data.data(), data.size());
-  if (ZSTD_isError(n)) {
-    frame->clear();
-    return Internal(std::string("zstd compression: ") + ZSTD_getErrorName(n));
-  }
-  frame->resize(n);
+  // Into a reused buffer, then copied at its size: frames are kept (record
+  // writes, cached store objects), and compressBound is larger than the input.
+  scratch_.resize(ZSTD_compressBound(data.size()));
+  const size_t n = ZSTD_compress2(cctx_, scratch_.data(), scratch_.size(), data.data(), data.size());
+  frame->clear();
+  if (ZSTD_isError(n)) return Internal(std::string("zstd compression: ") + ZSTD_getErrorName(n));
+  frame->assign(scratch_.data(), n);
   return Status::Ok();
 }
 

@@ -66,6 +66,7 @@ class ZstdFrameWriter {
 
  private:
   ZSTD_CCtx_s* cctx_;
+  std::string scratch_;
 };
 
 // Walks a buffer of concatenated zstd frames (a record file read whole),

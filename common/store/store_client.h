@@ -58,7 +58,7 @@ namespace matrix::store {
 struct StoreClientOptions {
   int64_t request_timeout_ms = 5000;      // per attempt
   int max_retries = 3;                    // resends after the first attempt
-  int64_t cache_bytes = int64_t{256} << 20;  // local LRU cache of payloads; 0: off
+  int64_t cache_bytes = int64_t{128} << 20;  // local LRU cache of payloads; 0: off
   size_t max_batch = 256;                 // items per Put / Get / Free message
   int64_t max_batch_bytes = int64_t{64} << 20;  // payload bytes per Put message
   int64_t max_object_bytes = int64_t{64} << 20;  // larger puts fail locally

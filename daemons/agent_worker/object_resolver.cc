@@ -4,9 +4,11 @@
 
 #include "daemons/agent_worker/worker_impl.h"
 
+#include <cstring>
 #include <unordered_set>
 
 #include "common/base/log.h"
+#include "common/base/zstd_lines.h"
 
 namespace matrix::worker {
 
@@ -39,7 +41,10 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
     };
     if (!got.ok()) return give_up(got.status());
     for (size_t i = 0; i < wanted.size() && i < got->size(); ++i) {
-      auto segment = wire::DecodeTask((*got)[i], config_.max_message_bytes);
+      std::string inflated;
+      Status unpacked = InflateSegment((*got)[i], &inflated);
+      if (!unpacked.ok()) return give_up(unpacked);
+      auto segment = wire::DecodeTask(inflated.empty() ? (*got)[i] : inflated, config_.max_message_bytes);
       if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
       r.loading_segments.emplace(wanted[i].id, std::make_pair(wanted[i], std::move(*segment)));
     }
@@ -182,7 +187,11 @@ void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // LoadArchive() follows one round further.
   segment.archive = run.archive_loaded ? run.segments : task.archive;
   ++archived_segments_;
-  store_->Put(wire::EncodeTask(segment), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
+  // Segments stay in the store for the task's lifetime: compressed (spans and
+  // turns of one task repeat their names), they take a fraction of the memory.
+  std::string encoded = wire::EncodeTask(segment), frame;
+  if (!segment_zstd_.Compress(encoded, &frame).ok() || frame.size() >= encoded.size()) frame = std::move(encoded);
+  store_->Put(std::move(frame), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     TaskRun& r = it->second;
@@ -201,6 +210,27 @@ void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
     }  // on failure the segment simply stays inline
     SubmitRun(id);
   });
+}
+
+Status Worker::Impl::InflateSegment(const std::string& stored, std::string* out) {
+  // A zstd frame starts 28 b5 2f fd; an encoded task starts with its root
+  // offset, never that large.
+  static constexpr unsigned char kMagic[4] = {0x28, 0xb5, 0x2f, 0xfd};
+  out->clear();
+  if (stored.size() < 4 || std::memcmp(stored.data(), kMagic, 4) != 0) return Status::Ok();
+  size_t whole = 0;
+  Status st = ForEachZstdFrame(
+      stored,
+      [&](std::string_view content, size_t) {
+        if (out->size() + content.size() > config_.max_message_bytes)
+          return DataLoss("archived segment inflates past max_message_bytes");
+        out->append(content);
+        return Status::Ok();
+      },
+      &whole);
+  if (st.ok() && whole != stored.size()) st = DataLoss("archived segment: a torn zstd frame");
+  if (!st.ok()) return DataLoss("archived segment: " + st.message());
+  return Status::Ok();
 }
 
 void Worker::Impl::FreeRefs(const wire::Task& task) {

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/base/log_limiter.h"
+#include "common/base/zstd_lines.h"
 #include "common/config/pipeline.h"
 #include "common/llm/llm_client.h"
 #include "common/metrics/metrics.h"
@@ -193,6 +194,9 @@ class Worker::Impl final : public AgentHost {
   // The task with its archived history and spans put back in front.
   static wire::Task Expanded(const TaskRun& run);
   void FreeRefs(const wire::Task& task);
+  // The encoded segment of a stored (possibly zstd-compressed) one; *out
+  // stays empty when `stored` is not compressed.
+  Status InflateSegment(const std::string& stored, std::string* out);
 
   // ---- partition_owner.cc: admission, records, re-admission.
   Partition* FindPartition(const std::string& owner);
@@ -268,6 +272,7 @@ class Worker::Impl final : public AgentHost {
   std::vector<std::string> served_roles_;
 
   std::unordered_map<uint64_t, TaskRun> runs_;
+  ZstdFrameWriter segment_zstd_{-3};  // archived segments, compressed (a fast level)
   // Parents waiting for their branches, by join key (fan_out.cc).
   std::map<std::string, Join> joins_;
   std::unordered_map<const config::StepConfig*, const config::StepConfig*> join_of_;  // join step -> fan-out
