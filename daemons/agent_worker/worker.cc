@@ -282,6 +282,9 @@ Status Worker::Impl::Run() {
     Admit();
     FlushSubmits();
     store_->Tick();
+    // Completions the tick ran (cache hits) may have finished steps: their
+    // submissions go now, not after the poll below times out.
+    FlushSubmits();
     SyncStoreMetrics();
     if (store_->sockets_generation() != store_generation) build_poller();
     poller.Poll(store_->PollTimeoutMs(draining_ ? 20 : 50));
