@@ -216,7 +216,10 @@ TEST(FaultTest, AFullDiskPausesTheRunLoudlyAndItCompletesWhenSpaceReturns) {
   const double cpu0 = CpuSeconds(worker);
   std::this_thread::sleep_for(std::chrono::seconds(5));
   const double cpu = CpuSeconds(worker) - cpu0;
-  EXPECT_LT(cpu, 1.0) << "the worker burned CPU while the disk was full";
+  // Tasks already admitted still finish their conversations, which costs
+  // some CPU (more under ASan and a busy machine); a loop spinning on the
+  // full disk would use all 5 s.
+  EXPECT_LT(cpu, 2.5) << "the worker burned CPU while the disk was full";
   auto progress = ReadFile(dir.File("run/progress/worker-0.json"));
   ASSERT_TRUE(progress.ok());
   EXPECT_NE(progress->find("No space left on device"), std::string::npos) << *progress;
