@@ -57,13 +57,7 @@ bool Worker::Impl::OverBudget(uint64_t id) {
   return true;
 }
 
-const config::StepConfig* Worker::Impl::FanoutOfJoin(const config::StepConfig* step) {
-  if (!step) return nullptr;
-  if (join_of_.empty()) {
-    join_of_.emplace(nullptr, nullptr);  // built
-    for (const auto& [name, s] : pipeline_->flow.steps)
-      if (s.fanout && !s.fanout->join.empty()) join_of_[pipeline_->Step(s.fanout->join)] = &s;
-  }
+const config::StepConfig* Worker::Impl::FanoutOfJoin(const config::StepConfig* step) const {
   auto it = join_of_.find(step);
   return it == join_of_.end() ? nullptr : it->second;
 }
@@ -160,13 +154,15 @@ void Worker::Impl::OnBranchResult(uint64_t id) {
       Json value = Json::parse(v, nullptr, false);
       summary["vars"][k] = value.is_discarded() ? Json(v) : value;
     }
-    Json ctx = BuildContext(full, run.resolved, kCtxAll);
+    // The context is built only for the expressions that read it.
+    const Json ctx = fan.value || fan.score ? BuildContext(full, run.resolved, kCtxAll) : Json();
     if (fan.value) {
       auto v = fan.value->Eval(ctx);
       summary["value"] = v.ok() ? *v : Json(nullptr);
       if (!v.ok()) summary["value_error"] = v.status().message();
     } else {
-      summary["value"] = ctx["last_turn"].is_object() ? ctx["last_turn"]["content"] : Json(nullptr);
+      summary["value"] = full.history.empty() ? Json(nullptr)
+                                              : Json(ContentText(full.history.back().content, run.resolved));
     }
     if (fan.score) {
       auto v = fan.score->Eval(ctx);
@@ -293,9 +289,14 @@ void Worker::Impl::ResumeJoin(const std::string& key, const char* why) {
     runs_[id].next_role = QueueOf(*join_step, runs_[id].task);
     return OffloadAndSubmit(id);
   }
-  // No join step: the fan-out's own `next` and `set` apply now.
+  // No join step: the fan-out's own `next` and `set` apply now, with the
+  // stored content fetched first when they read it (as for a delivery).
   runs_[id].step = nullptr;
-  Fetch(id, [this, &step](uint64_t rid) { RouteAndSubmit(rid, step); });
+  if (PartsOf(&step).route & (kCtxInput | kCtxHistory)) {
+    Fetch(id, [this, &step](uint64_t rid) { RouteAndSubmit(rid, step); });
+  } else {
+    RouteAndSubmit(id, step);
+  }
 }
 
 }  // namespace matrix::worker

@@ -76,6 +76,8 @@ Status Worker::Impl::Init() {
     crash_counts_ = CrashMarker::ReadCrashes(dir);
   }
   if (const char* fault = std::getenv("MATRIX_FAULT_ABORT_ON_INPUT")) abort_on_input_ = fault;
+  for (const auto& [name, s] : pipeline_->flow.steps)
+    if (s.fanout && !s.fanout->join.empty()) join_of_[pipeline_->Step(s.fanout->join)] = &s;
   transport::SocketOptions opts;
   opts.identity = identity_;
   opts.max_message_bytes = static_cast<int64_t>(config_.max_message_bytes);

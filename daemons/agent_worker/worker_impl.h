@@ -234,7 +234,7 @@ class Worker::Impl final : public AgentHost {
   void CheckJoinDeadlines();
   void DropJoinsOf(const std::string& task_id);  // the task is admitted again
   // The fan-out step whose join `step` is; nullptr when none.
-  const config::StepConfig* FanoutOfJoin(const config::StepConfig* step);
+  const config::StepConfig* FanoutOfJoin(const config::StepConfig* step) const;
   // The queue of `step` (QueueFor), or the owner's sink for a fan-out step.
   std::string QueueOf(const config::StepConfig& step, const wire::Task& task) const;
   // The task's token budget: its branch share, or flow.max_tokens; 0 = none.
@@ -275,7 +275,7 @@ class Worker::Impl final : public AgentHost {
   ZstdFrameWriter segment_zstd_{-3};  // archived segments, compressed (a fast level)
   // Parents waiting for their branches, by join key (fan_out.cc).
   std::map<std::string, Join> joins_;
-  std::unordered_map<const config::StepConfig*, const config::StepConfig*> join_of_;  // join step -> fan-out
+  std::unordered_map<const config::StepConfig*, const config::StepConfig*> join_of_;  // join step -> fan-out (Init)
   int64_t branches_started_ = 0, branches_dropped_ = 0;
   std::unordered_map<const config::StepConfig*, StepParts> parts_;
   uint64_t next_run_ = 1;

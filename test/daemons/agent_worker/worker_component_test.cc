@@ -268,6 +268,14 @@ llm::ChatResult LongAnswer(const llm::ChatRequest& req) {
                                       std::string(100, 'x'));
 }
 
+// An HTTP 400 answer with the server's text.
+llm::ChatResult BadRequest(const std::string& text) {
+  llm::ChatResult bad;
+  bad.status = InvalidArgument("HTTP 400: " + text);
+  bad.http_status = 400;
+  return bad;
+}
+
 TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRecordsAreWritten) {
   Start(5, LongAnswer);
   ASSERT_TRUE(broker_.Receive(15'000)) << "no registration";
@@ -315,10 +323,7 @@ TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRec
 TEST_F(WorkerComponentTest, AModelErrorEndsOnlyItsTaskWithAReason) {
   Start(4, [](const llm::ChatRequest& req) {
     if (req.body.dump().find("question 2") == std::string::npos) return LongAnswer(req);
-    llm::ChatResult bad;
-    bad.status = InvalidArgument("HTTP 400: context length exceeded");
-    bad.http_status = 400;
-    return bad;
+    return BadRequest("context length exceeded");
   });
   ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 4 && broker_.outstanding() == 0; }, 30'000));
   std::map<std::string, Json> by_id;
@@ -505,10 +510,7 @@ TEST_F(WorkerComponentTest, FanOutRunsEveryBranchAndTheJoinSeesAndCombinesThem) 
 TEST_F(WorkerComponentTest, AFailedBranchIsReportedToTheJoinWhichStillRuns) {
   Start(1, [](const llm::ChatRequest& req) {
     if (req.body.dump().find("sample 1") == std::string::npos) return Sampler(req);
-    llm::ChatResult bad;
-    bad.status = InvalidArgument("HTTP 400: bad request");
-    bad.http_status = 400;
-    return bad;
+    return BadRequest("bad request");
   }, kBestOfFour);
   ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 1 && broker_.outstanding() == 0; }, 30'000));
   const Json r = Records()[0];
