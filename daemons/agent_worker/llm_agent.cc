@@ -204,24 +204,17 @@ class LlmAgent final : public Agent {
       if (call.format_attempts > 0) extra["format_retries"] = call.format_attempts;
       if (!format.ok()) extra["format_error"] = format.message();
       if (!extra.empty()) turn->extra = DumpJson(extra);
-      bool conversation = call.conversation;
-      if (!format.ok()) {
-        // The answer is kept in the record, with why it was refused.
-        return host.Complete(
-            call.run_id,
-            StepOutcome::Failed("invalid_output", "step '" + call.step + "' model '" + call.model + "': " +
-                                                      format.message() + " (after " +
-                                                      std::to_string(call.format_attempts + 1) + " answers)"),
-            [turn](wire::Task& task) {
-              task.counters["tokens"] += turn->prompt_tokens + turn->completion_tokens;
-              task.history.push_back(std::move(*turn));
-              task.counters["llm_calls"]++;
-            });
-      }
-      host.Complete(call.run_id, StepOutcome::Continue(), [turn, conversation](wire::Task& task) {
+      // A refused answer is kept in the record too, with why it was refused.
+      const bool counts_as_turn = call.conversation && format.ok();
+      StepOutcome outcome = format.ok() ? StepOutcome::Continue()
+                                        : StepOutcome::Failed("invalid_output",
+                                                              "step '" + call.step + "' model '" + call.model + "': " +
+                                                                  format.message() + " (after " +
+                                                                  std::to_string(call.format_attempts + 1) + " answers)");
+      host.Complete(call.run_id, std::move(outcome), [turn, counts_as_turn](wire::Task& task) {
         task.counters["tokens"] += turn->prompt_tokens + turn->completion_tokens;
         task.history.push_back(std::move(*turn));
-        if (conversation) task.counters["turns"]++;
+        if (counts_as_turn) task.counters["turns"]++;
         task.counters["llm_calls"]++;
       });
     });
