@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "common/base/files.h"
 
@@ -119,7 +120,10 @@ Status ForEachZstdFrame(std::string_view data,
                         const std::function<Status(std::string_view content, size_t end)>& on_frame,
                         size_t* whole_bytes) {
   *whole_bytes = 0;
-  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  // One decoder per thread: creating one allocates and clears its window
+  // buffers, which costs more than decoding a small frame.
+  thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  if (!dctx) return Internal("zstd: no decoder");
   std::string content;
   size_t pos = 0;
   while (pos < data.size()) {
@@ -129,24 +133,32 @@ Status ForEachZstdFrame(std::string_view data,
       if (IsTornTail(rest, size)) break;
       return DataLoss(std::string("not a zstd frame (") + ZSTD_getErrorName(size) + ")");
     }
-    content.clear();
     ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-    ZSTD_inBuffer ib{rest.data(), size, 0};
     // Frames written whole (ZSTD_compress2, the zstd CLI on a file) say how
-    // big they decode; streamed ones do not, and the buffer doubles.
+    // big they decode and are decoded in one call into a buffer of that size;
+    // streamed ones do not, and the buffer doubles. A declared size is only
+    // believed up to kOneShotMax: the frame's header is outside data.
+    constexpr unsigned long long kOneShotMax = 64ull << 20;
     const unsigned long long known = ZSTD_getFrameContentSize(rest.data(), size);
-    size_t want = known < (1ull << 32) ? static_cast<size_t>(known) + 1 : ZSTD_DStreamOutSize();
-    size_t rc = 1;
-    while (rc != 0) {
-      const size_t have = content.size();
-      content.resize(have + std::max({want, have, ZSTD_DStreamOutSize()}));
-      want = 0;
-      ZSTD_outBuffer ob{content.data() + have, content.size() - have, 0};
-      rc = ZSTD_decompressStream(dctx.get(), &ob, &ib);
-      content.resize(have + ob.pos);
-      if (ZSTD_isError(rc)) return DataLoss(std::string("a zstd frame that does not decode (") + ZSTD_getErrorName(rc) + ")");
-      if (rc != 0 && ib.pos == ib.size && ob.pos == 0)
-        return DataLoss("a zstd frame that ends early");
+    if (known <= kOneShotMax) {
+      content.resize(static_cast<size_t>(known));
+      const size_t n = ZSTD_decompressDCtx(dctx.get(), content.data(), content.size(), rest.data(), size);
+      if (ZSTD_isError(n)) return DataLoss(std::string("a zstd frame that does not decode (") + ZSTD_getErrorName(n) + ")");
+      if (n != known) return DataLoss("a zstd frame shorter than it says");
+    } else {
+      content.clear();
+      ZSTD_inBuffer ib{rest.data(), size, 0};
+      size_t rc = 1;
+      while (rc != 0) {
+        const size_t have = content.size();
+        content.resize(have + std::max(have, ZSTD_DStreamOutSize()));
+        ZSTD_outBuffer ob{content.data() + have, content.size() - have, 0};
+        rc = ZSTD_decompressStream(dctx.get(), &ob, &ib);
+        content.resize(have + ob.pos);
+        if (ZSTD_isError(rc)) return DataLoss(std::string("a zstd frame that does not decode (") + ZSTD_getErrorName(rc) + ")");
+        if (rc != 0 && ib.pos == ib.size && ob.pos == 0)
+          return DataLoss("a zstd frame that ends early");
+      }
     }
     MATRIX_RETURN_IF_ERROR(on_frame(content, pos + size));
     pos += size;

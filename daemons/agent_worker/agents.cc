@@ -136,7 +136,7 @@ class NoopAgent final : public Agent {
 class ExtractAgent final : public Agent {
  public:
   unsigned ContextParts(const config::RoleConfig& role) const override {
-    return role.from ? ExprParts(role.from) : static_cast<unsigned>(kCtxHistory);
+    return role.from ? ExprParts(role.from) : static_cast<unsigned>(kCtxLast);
   }
   void Run(const StepContext& s, AgentHost& host) const override {
     const config::RoleConfig& role = s.role;

@@ -292,7 +292,7 @@ void Worker::Impl::ResumeJoin(const std::string& key, const char* why) {
   // No join step: the fan-out's own `next` and `set` apply now, with the
   // stored content fetched first when they read it (as for a delivery).
   runs_[id].step = nullptr;
-  if (PartsOf(&step).route & (kCtxInput | kCtxHistory)) {
+  if (PartsOf(&step).route & kCtxStored) {
     Fetch(id, [this, &step](uint64_t rid) { RouteAndSubmit(rid, step); });
   } else {
     RouteAndSubmit(id, step);

@@ -124,7 +124,13 @@ wire::Turn TurnFrom(llm::ChatResult& res, const std::string& step, const std::st
 
 class LlmAgent final : public Agent {
  public:
-  unsigned ContextParts(const config::RoleConfig&) const override { return kCtxAll; }
+  // What its templates read, and every turn when it carries the conversation.
+  unsigned ContextParts(const config::RoleConfig& role) const override {
+    unsigned parts = role.conversation ? static_cast<unsigned>(kCtxTurns) : 0u;
+    if (role.system) parts |= ContextPartsFor(role.system->source());
+    if (role.prompt) parts |= ContextPartsFor(role.prompt->source());
+    return parts;
+  }
 
   void Run(const StepContext& s, AgentHost& host) const override {
     const config::Pipeline& pipeline = host.pipeline();

@@ -85,7 +85,7 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
   });
 }
 
-void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
+void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then, bool whole) {
   TaskRun& run = runs_[id];
   // True when the task goes on (a record is still written, with unresolved
   // content marked in it); false when it ended here (the run may be gone).
@@ -99,7 +99,7 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then) {
     LOG_WARN << "task " << it->second.task.task_id << ": " << st.ToString();
     return true;
   };
-  if (!run.archive_loaded && !run.task.archive.empty()) {
+  if (whole && !run.archive_loaded && !run.task.archive.empty()) {
     // First the archived segments, then (second pass) the content they reference.
     LoadArchive(id, run.task.archive, [this, then, fail](uint64_t rid, const Status& st) {
       if (!st.ok() && !fail(rid, st)) return;
@@ -167,9 +167,11 @@ void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // lists every older one, so a conversation's hop carries at most one turn,
   // its spans and one reference, at 2 turns as at 2,000 (bench/run bytes).
   // Spans alone (steps that add no turn) wait for kMaxInlineSpans, so a
-  // no-op hop rarely pays for a segment. Steps that read the history load it
-  // from the store (usually this worker's cache) in two rounds.
-  constexpr size_t kMaxInlineTurns = 1, kKeepTurns = 0, kMaxInlineSpans = 12;
+  // no-op hop rarely pays for a segment. The newest turn stays with the task,
+  // so a step that reads only `last_turn` (or `last`, when it is that turn)
+  // loads nothing; steps that read the history load it from the store
+  // (usually this worker's cache) in two or three rounds.
+  constexpr size_t kMaxInlineTurns = 1, kKeepTurns = 1, kMaxInlineSpans = 12;
   TaskRun& run = runs_[id];
   wire::Task& task = run.task;
   // An ending task is expanded by its owner: nothing to archive.

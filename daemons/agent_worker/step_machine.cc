@@ -87,8 +87,8 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
   if (r.task.enqueue_us > 0 && r.start_us >= r.task.enqueue_us)
     role_metrics.queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
   const StepParts& parts = PartsOf(r.step);
-  if ((parts.role | parts.route) & (kCtxInput | kCtxHistory)) {
-    Fetch(id, [this](uint64_t rid) { StartRole(rid); });
+  if ((parts.role | parts.route) & kCtxStored) {
+    Fetch(id, [this](uint64_t rid) { StartRole(rid); }, ReadsArchive(r.task, parts.role | parts.route));
   } else {
     StartRole(id);
   }
@@ -97,9 +97,10 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
 void Worker::Impl::StartRole(uint64_t id) {
   TaskRun& run = runs_[id];
   unsigned parts = PartsOf(run.step).role;
-  wire::Task full = (parts & kCtxHistory) ? Expanded(run) : wire::Task();
-  const wire::Task& view = (parts & kCtxHistory) ? full : run.task;
-  Json ctx = parts ? BuildContext(view, run.resolved, parts) : Json::object();
+  const bool expand = run.archive_loaded && (parts & (kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns));
+  wire::Task full = expand ? Expanded(run) : wire::Task();
+  const wire::Task& view = expand ? full : run.task;
+  Json ctx = (parts & kCtxAll) ? BuildContext(view, run.resolved, parts & kCtxAll) : Json::object();
   StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
   // The agent ends the step (Complete), now or from a callback; `run` may be
   // gone once Run() returns.
@@ -190,7 +191,7 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   wire::Task& task = run.task;
   unsigned route_parts = PartsOf(&routing).route;
   Json route_ctx = Json::object();
-  if (route_parts & kCtxHistory) {
+  if (run.archive_loaded && (route_parts & (kCtxHistory | kCtxLast | kCtxLastTurn))) {
     route_ctx = BuildContext(Expanded(run), run.resolved, route_parts);
   } else if (route_parts) {
     route_ctx = BuildContext(task, run.resolved, route_parts);

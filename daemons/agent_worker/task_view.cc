@@ -1,5 +1,6 @@
 #include "daemons/agent_worker/task_view.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace matrix::worker {
@@ -99,57 +100,63 @@ unsigned ContextPartsFor(const std::string& text) {
   if (has("input")) parts |= kCtxInput;
   if (has("vars") || has("branches")) parts |= kCtxVars;
   if (has("counters")) parts |= kCtxCounters;
-  if (has("history") || has("conversation") || has("last") || has("last_turn")) parts |= kCtxHistory;
+  if (has("history") || has("conversation")) parts |= kCtxHistory;
+  if (has("last")) parts |= kCtxLast;
+  if (has("last_turn")) parts |= kCtxLastTurn;
   if (has("task") || has("step")) parts |= kCtxTask;
   return parts;
 }
 
+bool ReadsArchive(const wire::Task& task, unsigned parts) {
+  if (task.archive.empty()) return false;
+  if (parts & (kCtxHistory | kCtxTurns)) return true;
+  if ((parts & kCtxLastTurn) && task.history.empty()) return true;
+  if (parts & kCtxLast)
+    return std::none_of(task.history.begin(), task.history.end(), [](const wire::Turn& t) { return t.conversation; });
+  return false;
+}
+
 Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned parts) {
-  if (parts != kCtxAll) {
-    Json ctx = Json::object();
-    if (parts & kCtxInput) ctx["input"] = InputJson(task, resolved);
-    if (parts & kCtxVars) {
-      ctx["vars"] = VarsJson(task);
-      if (ctx["vars"].contains("branches")) ctx["branches"] = ctx["vars"]["branches"];
-    }
-    if (parts & kCtxCounters) {
-      Json counters = Json::object();
-      for (const auto& [k, v] : task.counters) counters[k] = v;
-      ctx["counters"] = std::move(counters);
-    }
-    if (parts & (kCtxHistory | kCtxTask)) {
-      Json full = BuildContext(task, resolved, kCtxAll);
-      for (const char* k : {"history", "conversation", "last", "last_turn", "task", "step"}) ctx[k] = full[k];
-    }
-    return ctx;
+  Json ctx = Json::object();
+  if (parts & kCtxInput) ctx["input"] = InputJson(task, resolved);
+  if (parts & kCtxVars) {
+    ctx["vars"] = VarsJson(task);
+    if (ctx["vars"].contains("branches")) ctx["branches"] = ctx["vars"]["branches"];
   }
-  Json history = Json::array();
-  Json conversation = Json::array();
-  for (const auto& t : task.history) {
-    Json j = TurnJson(t, resolved, false);
-    if (t.conversation) conversation.push_back(j);
-    history.push_back(std::move(j));
+  if (parts & kCtxCounters) {
+    Json counters = Json::object();
+    for (const auto& [k, v] : task.counters) counters[k] = v;
+    ctx["counters"] = std::move(counters);
   }
-  Json counters = Json::object();
-  for (const auto& [k, v] : task.counters) counters[k] = v;
-  Json ctx = {{"input", InputJson(task, resolved)},
-              {"vars", VarsJson(task)},
-              {"counters", counters},
-              {"task",
-               {{"id", task.task_id},
-                {"row", task.row},
-                {"trial", task.trial},
-                {"attempt", task.attempt},
-                {"partition", task.partition}}},
-              {"step", task.step}};
-  if (ctx["vars"].contains("branches")) ctx["branches"] = ctx["vars"]["branches"];
-  if (task.branch)
-    ctx["task"]["branch"] = {{"index", task.branch->index}, {"count", task.branch->count},
-                             {"parent", task.branch->parent_task_id}};
-  ctx["last"] = conversation.empty() ? Json(nullptr) : conversation.back();
-  ctx["last_turn"] = history.empty() ? Json(nullptr) : history.back();
-  ctx["history"] = std::move(history);
-  ctx["conversation"] = std::move(conversation);
+  if (parts & kCtxTask) {
+    ctx["task"] = {{"id", task.task_id},
+                   {"row", task.row},
+                   {"trial", task.trial},
+                   {"attempt", task.attempt},
+                   {"partition", task.partition}};
+    if (task.branch)
+      ctx["task"]["branch"] = {{"index", task.branch->index}, {"count", task.branch->count},
+                               {"parent", task.branch->parent_task_id}};
+    ctx["step"] = task.step;
+  }
+  if (parts & kCtxHistory) {
+    Json history = Json::array();
+    Json conversation = Json::array();
+    for (const auto& t : task.history) {
+      Json j = TurnJson(t, resolved, false);
+      if (t.conversation) conversation.push_back(j);
+      history.push_back(std::move(j));
+    }
+    ctx["history"] = std::move(history);
+    ctx["conversation"] = std::move(conversation);
+  }
+  // The newest turns, found from the end: only they are turned into JSON.
+  if (parts & kCtxLast) {
+    auto it = std::find_if(task.history.rbegin(), task.history.rend(), [](const wire::Turn& t) { return t.conversation; });
+    ctx["last"] = it == task.history.rend() ? Json(nullptr) : TurnJson(*it, resolved, false);
+  }
+  if (parts & kCtxLastTurn)
+    ctx["last_turn"] = task.history.empty() ? Json(nullptr) : TurnJson(task.history.back(), resolved, false);
   return ctx;
 }
 

@@ -43,12 +43,23 @@ enum ContextPart : unsigned {
   kCtxInput = 1,
   kCtxVars = 2,
   kCtxCounters = 4,
-  kCtxHistory = 8,  // history, conversation, last, last_turn
+  kCtxHistory = 8,  // history, conversation: every turn
   kCtxTask = 16,    // task, step
-  kCtxAll = 31,
+  kCtxLast = 32,      // last: the newest conversation turn
+  kCtxLastTurn = 64,  // last_turn: the newest turn
+  kCtxAll = 127,
+  // Not a context entry: the agent reads every turn from the task itself
+  // (an llm role's conversation), so the archived history is loaded.
+  kCtxTurns = 128,
 };
+// Parts whose values live in the store (input and turn contents): a step
+// that reads one fetches first.
+constexpr unsigned kCtxStored = kCtxInput | kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns;
 // The parts an expression's source text may read (by its identifiers).
 unsigned ContextPartsFor(const std::string& expression_text);
+// Whether reading `parts` of `task` needs its archived history: every turn
+// is read, or last / last_turn are not among the turns the task carries.
+bool ReadsArchive(const wire::Task& task, unsigned parts);
 
 Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned parts = kCtxAll);
 

@@ -183,7 +183,9 @@ class Worker::Impl final : public AgentHost {
   }
 
   // ---- object_resolver.cc: stored content of a task.
-  void Fetch(uint64_t id, std::function<void(uint64_t)> then);
+  // With whole = false the archived history is not loaded: only the input
+  // and the turns the task carries are resolved.
+  void Fetch(uint64_t id, std::function<void(uint64_t)> then, bool whole = true);
   // Reads the archive segments `wanted` and every older one they list, and
   // puts their turns and spans (oldest first) in front of the run's history;
   // `then` gets the first error, if any.

@@ -103,8 +103,47 @@ TEST_F(CoralAgentsTest, ChatBodyShowsOwnTurnsAsAssistantAndOthersAsUser) {
 TEST(ContextPartsTest, ReadsOnlyWhatAnExpressionNames) {
   EXPECT_EQ(ContextPartsFor("counters.steps >= 100"), static_cast<unsigned>(kCtxCounters));
   EXPECT_EQ(ContextPartsFor("vars.a == input.answer"), static_cast<unsigned>(kCtxVars | kCtxInput));
-  EXPECT_EQ(ContextPartsFor("last.content =~ 'x'"), static_cast<unsigned>(kCtxHistory));
+  EXPECT_EQ(ContextPartsFor("last.content =~ 'x'"), static_cast<unsigned>(kCtxLast));
+  EXPECT_EQ(ContextPartsFor("last_turn.content"), static_cast<unsigned>(kCtxLastTurn));
+  EXPECT_EQ(ContextPartsFor("history | length"), static_cast<unsigned>(kCtxHistory));
   EXPECT_EQ(ContextPartsFor("vars.last_answer"), static_cast<unsigned>(kCtxVars));
+}
+
+// last and last_turn are read from the turns a task carries when they are
+// there; anything else that reads turns needs the archived history.
+TEST(ContextPartsTest, TheArchiveIsLoadedOnlyWhenTheCarriedTurnsDoNotSuffice) {
+  wire::Task task;
+  EXPECT_FALSE(ReadsArchive(task, kCtxHistory | kCtxTurns));  // nothing archived
+  task.archive.push_back(wire::ObjectRef{"node-0", 7, 100, 0});
+  EXPECT_TRUE(ReadsArchive(task, kCtxHistory));
+  EXPECT_TRUE(ReadsArchive(task, kCtxTurns));
+  EXPECT_TRUE(ReadsArchive(task, kCtxLastTurn));
+  EXPECT_FALSE(ReadsArchive(task, kCtxInput | kCtxVars));
+  wire::Turn extractor;
+  extractor.conversation = false;
+  task.history.push_back(extractor);
+  EXPECT_FALSE(ReadsArchive(task, kCtxLastTurn));
+  EXPECT_TRUE(ReadsArchive(task, kCtxLast));  // the newest conversation turn is archived
+  wire::Turn spoken;
+  spoken.conversation = true;
+  task.history.insert(task.history.begin(), spoken);
+  EXPECT_FALSE(ReadsArchive(task, kCtxLast | kCtxLastTurn));
+}
+
+// Only the newest turns are built for last and last_turn.
+TEST(ContextPartsTest, LastAndLastTurnAreTheNewestConversationTurnAndTheNewestTurn) {
+  wire::Task task;
+  wire::Turn a, b;
+  a.conversation = true;
+  a.content.text = "spoken";
+  b.conversation = false;
+  b.content.text = "aside";
+  task.history = {a, b};
+  Json ctx = BuildContext(task, Resolved(), kCtxLast | kCtxLastTurn);
+  EXPECT_EQ(ctx["last"]["content"], "spoken");
+  EXPECT_EQ(ctx["last_turn"]["content"], "aside");
+  EXPECT_FALSE(ctx.contains("history"));
+  EXPECT_EQ(BuildContext(wire::Task(), Resolved(), kCtxLast)["last"], nullptr);
 }
 
 // The record line embeds a one-line JSON input as it is, writes the spans by
