@@ -72,11 +72,14 @@ async def chat(session, url, model, messages, sampling, stats, retries=4):
 
 
 def question_text(row):
+    # Byte for byte what configs/coral.yaml's prompt template renders, so that
+    # a simulator run with --ignore-seed true gives both the same workload.
     options = "".join(f"{'ABCDEFGHIJ'[i]}. {o}\n" for i, o in enumerate(row["options"]))
-    return f"{row['question']}\n{options}"
+    return f"{row['question']}\n{options}\n"
 
 
 async def run_task(session, args, row, stats, out):
+    started = time.monotonic() - args.start
     question = question_text(row)
     history = []  # (role, text)
     answers = {}
@@ -103,7 +106,8 @@ async def run_task(session, args, row, stats, out):
         status, reason = "failed", str(e)
     record = {"task_id": str(row.get("question_id")), "status": status, "reason": reason,
               "turns": [{"role": r, "content": t} for r, t in history], "answers": answers,
-              "correct": reason == "agreement" and answers.get("student") == row.get("answer")}
+              "correct": reason == "agreement" and answers.get("student") == row.get("answer"),
+              "start_s": round(started, 4), "end_s": round(time.monotonic() - args.start, 4)}
     out.write(json.dumps(record) + "\n")
 
 
@@ -119,7 +123,7 @@ async def main(args):
     connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
     timeout = aiohttp.ClientTimeout(total=120)
     start_cpu = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.monotonic()
+    start = args.start = time.monotonic()
     queue = iter(rows)
     with open(args.out, "w") as out:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -60,7 +60,7 @@ def run_python(work, endpoint, tasks, in_flight, i):
     out = os.path.join(work, f"python-{i}.jsonl")
     before = children_cpu()
     t0 = time.monotonic()
-    res = subprocess.run([PYTHON, os.path.join(ROOT, "bench/coral_asyncio.py"), "--endpoint",
+    res = subprocess.run([PYTHON, os.environ.get("CORAL_PY", os.path.join(ROOT, "bench/coral_asyncio.py")), "--endpoint",
                           f"http://{endpoint}/v1", "--dataset", os.path.join(ROOT, "test/data/mmlu_pro_2000.jsonl"),
                           "--limit", str(tasks), "--concurrency", str(in_flight), "--out", out],
                          capture_output=True, text=True)

@@ -36,6 +36,7 @@ bool ConcurrencyLimiter::OnSuccess(int64_t start_ns, int64_t now_ns) {
                   (1 - options_.latency_weight) * static_cast<double>(mean_latency_ns_);
     mean_latency_ns_ = std::max<int64_t>(1, std::llround(mean));
   }
+  slowest_latency_ns_ = std::max(sample, slowest_latency_ns_ - slowest_latency_ns_ / 2048);
   ++successes_;
   overload_share_ *= 1 - options_.share_weight;
   if (!options_.enabled) return false;

@@ -59,6 +59,9 @@ class ConcurrencyLimiter {
   int cap() const;
   // Moving average of success latencies; 0 until one was measured.
   int64_t mean_latency_ns() const { return mean_latency_ns_; }
+  // The longest success latency of late: a maximum that fades by 1/2048 with
+  // each success, so one slow answer is remembered for thousands of calls.
+  int64_t slowest_latency_ns() const { return slowest_latency_ns_; }
   // Successful attempts seen so far.
   int64_t successes() const { return successes_; }
   // Moving share of overload answers among recent outcomes, in [0, 1].
@@ -79,6 +82,7 @@ class ConcurrencyLimiter {
   AimdOptions options_;
   double limit_;
   int64_t mean_latency_ns_ = 0;
+  int64_t slowest_latency_ns_ = 0;
   int64_t successes_ = 0;
   double overload_share_ = 0;
   bool decreased_ = false;        // a decrease has happened

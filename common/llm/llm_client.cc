@@ -157,8 +157,10 @@ struct Pool {
 };
 
 // How long one attempt may take. A user request's first attempt waits at
-// most patience_factor times the endpoint's mean success latency (at least
-// min_patience_s), each further attempt twice as long as the one before, and
+// most patience_factor times the endpoint's mean success latency, and at
+// least twice the longest answer it gave lately (long generations of a
+// long-tailed length distribution are not cut off and asked again) and
+// min_patience_s; each further attempt twice as long as the one before, and
 // never more than timeout_s: a request the server forgot (hung) is retried
 // after seconds, while a slow, legitimate one still gets the whole timeout
 // after a few tries. Until the endpoint has answered kPatienceWarmup requests
@@ -205,7 +207,8 @@ double AttemptTimeoutSeconds(const Call& call, const Pool& pool) {
   // The first answers come before the endpoint is loaded and say little about
   // how long answers take under load: no patience until the mean is settled.
   if (mean_ns <= 0 || limiter.successes() < kPatienceWarmup) return timeout;
-  double patience = std::max(pool.cfg.min_patience_s, pool.cfg.patience_factor * static_cast<double>(mean_ns) / 1e9);
+  double patience = std::max({pool.cfg.min_patience_s, pool.cfg.patience_factor * static_cast<double>(mean_ns) / 1e9,
+                              2 * static_cast<double>(limiter.slowest_latency_ns()) / 1e9});
   for (int i = 1; i < call.attempts && patience < timeout; ++i) patience *= 2;
   return std::min(timeout, patience);
 }

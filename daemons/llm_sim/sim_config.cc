@@ -41,6 +41,8 @@ const FlagDoc kFlagDocs[] = {
     {"parallel-tool-prob", "probability of 2-3 parallel tool calls when allowed [0.1]"},
     {"user-stop-prob", "playing a user (system has ###STOP###): probability of ending with ###STOP### [0.2]"},
     {"user-max-turns", "playing a user: always end with ###STOP### after this many own turns [12]"},
+    {"ignore-seed", "draw every choice from the request's messages alone, not its seed: orchestrators that send "
+                    "the same messages get the same answers and lengths [false]"},
     {"invalid-json-prob", "probability of a broken structured-output reply (cut short or missing a required property) [0]"},
     {"fault-429", "probability of 429 + Retry-After [0]"},
     {"fault-500", "probability of 500 [0]"},
@@ -122,6 +124,7 @@ StatusOr<SimConfig> ParseSimConfig(int argc, char** argv, bool* help) {
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "user-stop-prob", &c.user_stop_prob));
   MATRIX_RETURN_IF_ERROR(GetInteger(flags, "user-max-turns", &c.user_max_turns));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "invalid-json-prob", &c.invalid_json_prob));
+  c.ignore_seed = flags.GetBool("ignore-seed");
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-429", &c.fault_429));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-500", &c.fault_500));
   MATRIX_RETURN_IF_ERROR(GetDouble(flags, "fault-503", &c.fault_503));

@@ -82,6 +82,9 @@ struct SimConfig {
   // with required properties, missing one (JSON that fails the schema), so that
   // clients can exercise their retries. Drawn from the request seed.
   double invalid_json_prob = 0.0;
+  // Draws depend on the messages only: two orchestrators sending the same
+  // conversations (seeded or not) get the same workload, compared side by side.
+  bool ignore_seed = false;
 
   // --- Fault injection: independent per-request probabilities in [0, 1] ---
   double fault_429 = 0.0;        // 429 with Retry-After

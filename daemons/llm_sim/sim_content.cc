@@ -363,7 +363,7 @@ StatusOr<CompletionRequest> ParseFields(ApiKind kind, const Json& j, const SimCo
                            std::to_string(r.prompt_tokens) +
                            " input tokens. Please reduce the length of the input " + where + ".");
   }
-  r.seed = seed ? Hash64(canonical, static_cast<uint64_t>(*seed)) : Hash64(canonical);
+  r.seed = seed && !config.ignore_seed ? Hash64(canonical, static_cast<uint64_t>(*seed)) : Hash64(canonical);
   return r;
 }
 

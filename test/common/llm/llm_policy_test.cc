@@ -596,6 +596,23 @@ TEST(ConcurrencyLimiterTest, MeanLatencyIsAMovingAverage) {
   EXPECT_EQ(limiter.window_ns(), 220'000'000);
 }
 
+// The longest answer is remembered long after the mean forgot it, so that an
+// attempt's patience covers the long end of a long-tailed length distribution.
+TEST(ConcurrencyLimiterTest, TheSlowestLatencyFadesSlowly) {
+  FakeClock clock;
+  ConcurrencyLimiter limiter(Aimd(8));
+  EXPECT_EQ(limiter.slowest_latency_ns(), 0);
+  SucceedAfter(limiter, clock, 4000);
+  for (int i = 0; i < 100; ++i) SucceedAfter(limiter, clock, 100);
+  EXPECT_LT(limiter.mean_latency_ns(), 200'000'000);
+  EXPECT_GT(limiter.slowest_latency_ns(), 3'800'000'000);  // 4 s * (1 - 1/2048)^100
+  EXPECT_LT(limiter.slowest_latency_ns(), 4'000'000'000);
+  for (int i = 0; i < 20000; ++i) SucceedAfter(limiter, clock, 100);
+  EXPECT_EQ(limiter.slowest_latency_ns(), 100'000'000);  // faded down to what answers take now
+  SucceedAfter(limiter, clock, 600);
+  EXPECT_EQ(limiter.slowest_latency_ns(), 600'000'000);
+}
+
 TEST(ConcurrencyLimiterTest, LatencyAboveTargetStopsGrowthAndShrinksGently) {
   FakeClock clock;
   AimdOptions o = Aimd(32);
