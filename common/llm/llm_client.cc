@@ -311,6 +311,7 @@ class LlmClient::Impl {
   static int OnCurlSocket(CURL* easy, curl_socket_t s, int what, void* userp, void* socketp);
   static int OnCurlTimer(CURLM* multi, long timeout_ms, void* userp);
   void RunCurlTimerIfDue();
+  void SweepPatience(int64_t now_ns);
   void WakeUp();  // any thread
   CURL* TakeEasy();
   void ReleaseEasy(CURL* easy);
@@ -325,6 +326,7 @@ class LlmClient::Impl {
   int wake_fd_ = -1;   // work for the client thread (Submit, SetEndpoints, Shutdown)
   int epoll_fd_ = -1;  // the wake fd and every socket libcurl asked to watch
   int64_t curl_timer_due_ns_ = -1;  // steady clock; -1: none (client thread)
+  int64_t next_sweep_ns_ = 0;       // next SweepPatience() (client thread)
   std::vector<std::unique_ptr<Pool>> pools_;        // immutable after Init
   std::unordered_map<std::string, Pool*> by_name_;  // immutable after Init
   mutable std::mutex endpoints_mu_;                 // guards growth of Pool::endpoints
@@ -681,6 +683,28 @@ void LlmClient::Impl::RunCurlTimerIfDue() {
   }
 }
 
+void LlmClient::Impl::SweepPatience(int64_t now_ns) {
+  // Patience is judged while the attempt runs, not fixed when it starts: the
+  // longest answer of late grows while long generations finish, so an early
+  // attempt is not cut off by what the first, short answers suggested.
+  if (now_ns < next_sweep_ns_) return;
+  next_sweep_ns_ = now_ns + kTimerPollMs * 1'000'000LL;
+  std::vector<std::pair<Call*, double>> late;
+  for (auto& [raw, owned] : live_) {
+    if (raw->easy == nullptr || raw->health_probe) continue;
+    const double patience = AttemptTimeoutSeconds(*raw, *raw->pool);
+    if (static_cast<double>(now_ns - raw->attempt_start_ns) > patience * 1e9) late.emplace_back(raw, patience);
+  }
+  for (auto [call, patience] : late) {
+    if (call->easy == nullptr) continue;
+    curl_multi_remove_handle(multi_, call->easy);
+    ReleaseEasy(call->easy);
+    call->easy = nullptr;
+    std::snprintf(call->errbuf, sizeof(call->errbuf), "no answer within %.1f s", patience);
+    OnAttemptDone(call, CURLE_OPERATION_TIMEDOUT, 0);
+  }
+}
+
 void LlmClient::Impl::Run() {
   std::vector<Submission> batch;
   std::vector<EndpointUpdate> updates;
@@ -701,6 +725,7 @@ void LlmClient::Impl::Run() {
     if (stop) break;
 
     FireTimers(clock_->NowNanos());
+    SweepPatience(clock_->NowNanos());
     SendDueProbes(clock_->NowNanos());
     ExpireUnserved(clock_->NowNanos());
     DispatchAll(clock_->NowNanos());
@@ -744,6 +769,7 @@ int LlmClient::Impl::PollTimeoutMs(int64_t now_ns) const {
       for (const Call* call : pool->waiting) next = std::min(next, UnservedDeadline(*pool, *call));
     }
   }
+  if (!live_.empty()) next = std::min(next, next_sweep_ns_);  // attempts' patience
   if (next == INT64_MAX) return kMaxPollMs;
   int64_t ms = next <= now_ns ? 0 : (next - now_ns + 999'999) / 1'000'000;
   return static_cast<int>(std::min<int64_t>(ms, kTimerPollMs));
@@ -1000,7 +1026,11 @@ CURL* LlmClient::Impl::PrepareEasy(Call* call, const Pool& pool, const Endpoint&
   curl_easy_setopt(e, CURLOPT_PRIVATE, call);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(AttemptTimeoutSeconds(*call, pool) * 1000)));
+  // The hard limit; SweepPatience() gives up sooner on a user request the
+  // server seems to have forgotten.
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(std::ceil((call->health_probe ? AttemptTimeoutSeconds(*call, pool)
+                                                                    : pool.cfg.timeout_s) * 1000)));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::ceil(pool.cfg.connect_timeout_s * 1000)));
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
