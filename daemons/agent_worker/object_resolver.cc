@@ -24,6 +24,19 @@ wire::Task Worker::Impl::Expanded(const TaskRun& run) {
   return full;
 }
 
+wire::Task Worker::Impl::HistoryView(TaskRun& run) {
+  // The spans are set aside while the task is copied: nothing a step reads.
+  std::vector<wire::Span> spans = std::move(run.task.spans);
+  wire::Task view = run.task;
+  run.task.spans = std::move(spans);
+  if (!run.archived_turns.empty()) {
+    view.history.reserve(run.archived_turns.size() + view.history.size());
+    view.history.insert(view.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
+  }
+  if (run.archive_loaded && !run.segments.empty()) view.archive = run.segments;
+  return view;
+}
+
 void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
                                std::function<void(uint64_t, const Status&)> then) {
   // The task carries its newest segment; each segment lists every older one

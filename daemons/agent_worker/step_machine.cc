@@ -98,7 +98,7 @@ void Worker::Impl::StartRole(uint64_t id) {
   TaskRun& run = runs_[id];
   unsigned parts = PartsOf(run.step).role;
   const bool expand = run.archive_loaded && (parts & (kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns));
-  wire::Task full = expand ? Expanded(run) : wire::Task();
+  wire::Task full = expand ? HistoryView(run) : wire::Task();
   const wire::Task& view = expand ? full : run.task;
   Json ctx = (parts & kCtxAll) ? BuildContext(view, run.resolved, parts & kCtxAll) : Json::object();
   StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
@@ -192,7 +192,7 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   unsigned route_parts = PartsOf(&routing).route;
   Json route_ctx = Json::object();
   if (run.archive_loaded && (route_parts & (kCtxHistory | kCtxLast | kCtxLastTurn))) {
-    route_ctx = BuildContext(Expanded(run), run.resolved, route_parts);
+    route_ctx = BuildContext(HistoryView(run), run.resolved, route_parts);
   } else if (route_parts) {
     route_ctx = BuildContext(task, run.resolved, route_parts);
   }

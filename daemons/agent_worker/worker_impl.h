@@ -195,6 +195,9 @@ class Worker::Impl final : public AgentHost {
   void ArchiveAndSubmit(uint64_t id);
   // The task with its archived history and spans put back in front.
   static wire::Task Expanded(const TaskRun& run);
+  // The same without spans (no step reads them): what a step's context and
+  // agent see.
+  static wire::Task HistoryView(TaskRun& run);
   void FreeRefs(const wire::Task& task);
   // The encoded segment of a stored (possibly zstd-compressed) one; *out
   // stays empty when `stored` is not compressed.
