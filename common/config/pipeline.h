@@ -52,7 +52,8 @@
 //       outage_s: 600             # while no endpoint can be reached, requests wait this long
 //                                 # (connection failures use no retries), then fail
 //       patience_factor: 8        # an attempt waits at most this times the endpoint's mean
-//                                 # answer time (>= 3 s, doubling per retry, <= timeout_s); 0: timeout_s
+//                                 # answer time, and at least twice its longest answer of late
+//                                 # (>= 3 s, doubling per retry, <= timeout_s); 0: timeout_s
 //       max_retries: 4            # on 429 / 5xx / timeouts
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
