@@ -1028,9 +1028,7 @@ CURL* LlmClient::Impl::PrepareEasy(Call* call, const Pool& pool, const Endpoint&
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   // The hard limit; SweepPatience() gives up sooner on a user request the
   // server seems to have forgotten.
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(std::ceil((call->health_probe ? AttemptTimeoutSeconds(*call, pool)
-                                                                    : pool.cfg.timeout_s) * 1000)));
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(pool.cfg.timeout_s * 1000)));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::ceil(pool.cfg.connect_timeout_s * 1000)));
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

@@ -14,13 +14,17 @@ namespace matrix::worker {
 
 using config::RoleType;
 
+void Worker::Impl::PrependArchive(const TaskRun& run, bool with_spans, wire::Task* task) {
+  if (!run.archived_turns.empty())
+    task->history.insert(task->history.begin(), run.archived_turns.begin(), run.archived_turns.end());
+  if (with_spans && !run.archived_spans.empty())
+    task->spans.insert(task->spans.begin(), run.archived_spans.begin(), run.archived_spans.end());
+  if (run.archive_loaded && !run.segments.empty()) task->archive = run.segments;  // every segment, to free
+}
+
 wire::Task Worker::Impl::Expanded(const TaskRun& run) {
   wire::Task full = run.task;
-  if (!run.archived_turns.empty())
-    full.history.insert(full.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
-  if (!run.archived_spans.empty())
-    full.spans.insert(full.spans.begin(), run.archived_spans.begin(), run.archived_spans.end());
-  if (run.archive_loaded && !run.segments.empty()) full.archive = run.segments;  // every segment, to free
+  PrependArchive(run, /*with_spans=*/true, &full);
   return full;
 }
 
@@ -29,11 +33,7 @@ wire::Task Worker::Impl::HistoryView(TaskRun& run) {
   std::vector<wire::Span> spans = std::move(run.task.spans);
   wire::Task view = run.task;
   run.task.spans = std::move(spans);
-  if (!run.archived_turns.empty()) {
-    view.history.reserve(run.archived_turns.size() + view.history.size());
-    view.history.insert(view.history.begin(), run.archived_turns.begin(), run.archived_turns.end());
-  }
-  if (run.archive_loaded && !run.segments.empty()) view.archive = run.segments;
+  PrependArchive(run, /*with_spans=*/false, &view);
   return view;
 }
 

@@ -97,10 +97,10 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
 void Worker::Impl::StartRole(uint64_t id) {
   TaskRun& run = runs_[id];
   unsigned parts = PartsOf(run.step).role;
-  const bool expand = run.archive_loaded && (parts & (kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns));
+  const bool expand = run.archive_loaded && (parts & kCtxTurnParts);
   wire::Task full = expand ? HistoryView(run) : wire::Task();
   const wire::Task& view = expand ? full : run.task;
-  Json ctx = (parts & kCtxAll) ? BuildContext(view, run.resolved, parts & kCtxAll) : Json::object();
+  Json ctx = BuildContext(view, run.resolved, parts);
   StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
   // The agent ends the step (Complete), now or from a callback; `run` may be
   // gone once Run() returns.
@@ -191,7 +191,7 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   wire::Task& task = run.task;
   unsigned route_parts = PartsOf(&routing).route;
   Json route_ctx = Json::object();
-  if (run.archive_loaded && (route_parts & (kCtxHistory | kCtxLast | kCtxLastTurn))) {
+  if (run.archive_loaded && (route_parts & kCtxTurnParts)) {
     route_ctx = BuildContext(HistoryView(run), run.resolved, route_parts);
   } else if (route_parts) {
     route_ctx = BuildContext(task, run.resolved, route_parts);

@@ -52,9 +52,12 @@ enum ContextPart : unsigned {
   // (an llm role's conversation), so the archived history is loaded.
   kCtxTurns = 128,
 };
+// Parts that read turns: the task's view holds its archived history when
+// one of them needed it (ReadsArchive).
+constexpr unsigned kCtxTurnParts = kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns;
 // Parts whose values live in the store (input and turn contents): a step
 // that reads one fetches first.
-constexpr unsigned kCtxStored = kCtxInput | kCtxHistory | kCtxLast | kCtxLastTurn | kCtxTurns;
+constexpr unsigned kCtxStored = kCtxInput | kCtxTurnParts;
 // The parts an expression's source text may read (by its identifiers).
 unsigned ContextPartsFor(const std::string& expression_text);
 // Whether reading `parts` of `task` needs its archived history: every turn

@@ -198,6 +198,8 @@ class Worker::Impl final : public AgentHost {
   // The same without spans (no step reads them): what a step's context and
   // agent see.
   static wire::Task HistoryView(TaskRun& run);
+  // Puts the run's archived turns (and spans, when asked) in front of `task`'s.
+  static void PrependArchive(const TaskRun& run, bool with_spans, wire::Task* task);
   void FreeRefs(const wire::Task& task);
   // The encoded segment of a stored (possibly zstd-compressed) one; *out
   // stays empty when `stored` is not compressed.

@@ -56,6 +56,15 @@ TEST(SimConfigTest, ParsesEveryKind) {
   EXPECT_DOUBLE_EQ(c->step_ms_per_seq, 0.5);
 }
 
+TEST(SimConfigTest, TheSeedIsUsedUnlessToldToIgnoreIt) {
+  auto plain = Parse({});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->ignore_seed);
+  auto ignoring = Parse({"--ignore-seed", "true"});
+  ASSERT_TRUE(ignoring.ok()) << ignoring.status().ToString();
+  EXPECT_TRUE(ignoring->ignore_seed);
+}
+
 TEST(SimConfigTest, ToolAndUserSimulationKnobs) {
   auto c = Parse({"--text-after-tool-prob", "0.5", "--parallel-tool-prob=0.25", "--user-stop-prob", "0.05",
                   "--user-max-turns", "30"});

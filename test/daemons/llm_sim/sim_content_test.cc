@@ -137,6 +137,18 @@ TEST(DeterminismTest, DifferentMessagesOrSeedGiveDifferentText) {
   EXPECT_NE(s1, s2);
 }
 
+// --ignore-seed: two clients sending the same messages with different seeds
+// (or none) get the same answer, so orchestrators compare on one workload.
+TEST(DeterminismTest, IgnoringTheSeedLeavesOnlyTheMessages) {
+  SimConfig config;
+  config.ignore_seed = true;
+  const Json msgs = {UserMessage("same question")};
+  const std::string s1 = PlanFor(ChatBody(msgs, {{"seed", 1}}), config).Text();
+  EXPECT_EQ(s1, PlanFor(ChatBody(msgs, {{"seed", 2}}), config).Text());
+  EXPECT_EQ(s1, PlanFor(ChatBody(msgs), config).Text());
+  EXPECT_NE(s1, PlanFor(ChatBody({UserMessage("another question")}, {{"seed", 1}}), config).Text());
+}
+
 TEST(DeterminismTest, KeyOrderDoesNotMatter) {
   const std::string a = R"({"messages":[{"role":"user","content":"hi there"}],"model":"m"})";
   const std::string b = R"({"model":"m","messages":[{"content":"hi there","role":"user"}]})";
