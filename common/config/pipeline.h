@@ -39,6 +39,9 @@
 //     workers: 1                  # worker processes per node
 //     task_timeout_s: 3600        # a task running longer ends as failed
 //     seed: 0                     # base of the per-task seeds
+//     local_steps_in_place: true  # a worker that serves the next step's role runs a
+//                                 # local step (extract, compare, filter, noop, message)
+//                                 # at once, without a hop through the broker
 //   models:
 //     <model>:
 //       endpoints: [sim]          # REQUIRED. http(s) base URLs like http://10.0.0.5:8000/v1,
@@ -55,6 +58,9 @@
 //                                 # answer time, and at least twice its longest answer of late
 //                                 # (>= 3 s, doubling per retry, <= timeout_s); 0: timeout_s
 //       max_retries: 4            # on 429 / 5xx / timeouts
+//       breaker_cooldown_s: 10    # an endpoint whose circuit breaker opened (5 failures in
+//                                 # a row) rests this long, then gets a health probe (and
+//                                 # another every breaker_cooldown_s until one succeeds)
 //       requests_per_s: 0         # client-side rate limit per endpoint; 0 = none
 //       sticky: false             # route a task's calls to the same endpoint
 //       sampling: {}              # merged into the request body (temperature, max_tokens...)
@@ -242,6 +248,12 @@ struct RunConfig {
   int workers = 1;
   double task_timeout_s = 3600;
   uint64_t seed = 0;
+  // A worker that serves the next step's role runs a local step (one whose
+  // agent finishes before returning: extract, compare, filter, noop,
+  // message) in place, up to kMaxStepsInPlace in a row, instead of handing
+  // the task to the broker: no hop, no queue. false sends every step through
+  // the broker (the hop benchmark measures that).
+  bool local_steps_in_place = true;
 };
 
 // What a model's tokens cost (models.<name>.price).
@@ -262,6 +274,7 @@ struct ModelConfig {
   double outage_s = 600;
   double patience_factor = 8;
   int max_retries = 4;
+  double breaker_cooldown_s = 10;
   double requests_per_s = 0;
   bool sticky = false;
   Json sampling = Json::object();

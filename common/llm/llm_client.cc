@@ -269,19 +269,30 @@ CURLcode g_curl_init_code = CURLE_OK;
 
 class LlmClient::Impl {
  public:
-  explicit Impl(const Clock* clock) : clock_(clock), rng_(std::random_device{}()) {}
+  Impl(const Clock* clock, ClientLoop loop)
+      : clock_(clock), own_thread_(loop == ClientLoop::kOwnThread), rng_(std::random_device{}()) {}
   ~Impl();
 
   Status Init(std::vector<PoolConfig> pools);
   void Submit(ChatRequest req);
   Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls);
   size_t Drain(std::vector<ChatResult>* out);
-  int notify_fd() const { return event_fd_; }
+  int notify_fd() const { return own_thread_ ? event_fd_ : epoll_fd_; }
+  int Pump(bool ready);
   void Shutdown();
   std::vector<LlmClient::EndpointStats> Stats() const;
 
  private:
+  // The client thread's loop (kOwnThread); Pump() is one round of it.
   void Run();
+  // Takes what Submit and SetEndpoints queued; false once shutting down.
+  bool TakeWork();
+  // Timers, patience, probes, expiries, dispatch and libcurl's timer.
+  void DoDueWork();
+  // How long the loop may wait for a socket, ms.
+  int WaitMs() const;
+  // Waits up to `timeout_ms` for libcurl's sockets, drives them, reaps.
+  void HandleSockets(int timeout_ms);
   void Accept(Submission sub);
   int AddEndpoint(Pool& pool, EndpointUrl url, bool needs_probe, int64_t now_ns);
   void ApplyEndpoints(EndpointUpdate update, int64_t now_ns);
@@ -321,6 +332,15 @@ class LlmClient::Impl {
   }
 
   const Clock* clock_;
+  const bool own_thread_;  // kOwnThread; else every call is on the caller's loop thread
+  // kCallerLoop: Pump() and Shutdown() hold pump_mu_; cancelled_ once
+  // CancelEverything() has run; the thread that pumps (a Submit there needs
+  // no wake-up: the loop pumps next).
+  std::mutex pump_mu_;
+  bool cancelled_ = false;
+  std::atomic<std::thread::id> loop_thread_{};
+  std::vector<Submission> batch_;          // TakeWork's scratch
+  std::vector<EndpointUpdate> applying_;   // TakeWork's scratch
   CURLM* multi_ = nullptr;
   int event_fd_ = -1;  // results waiting (the caller polls it)
   int wake_fd_ = -1;   // work for the client thread (Submit, SetEndpoints, Shutdown)
@@ -461,7 +481,7 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
   curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
   UpdateConnectionLimits();
 
-  thread_ = std::thread([this] { Run(); });
+  if (own_thread_) thread_ = std::thread([this] { Run(); });
   return Status::Ok();
 }
 
@@ -523,6 +543,14 @@ void LlmClient::Impl::Shutdown() {
   }
   std::lock_guard<std::mutex> lock(join_mu_);
   if (thread_.joinable()) thread_.join();
+  if (!own_thread_) {
+    std::lock_guard<std::mutex> pump(pump_mu_);
+    if (!cancelled_) {
+      cancelled_ = true;
+      TakeWork();  // what was submitted and not yet taken is cancelled too
+      CancelEverything();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -580,7 +608,7 @@ void LlmClient::Impl::PushResult(ChatResult result) {
   std::lock_guard<std::mutex> lock(done_mu_);
   bool was_empty = done_.empty();
   done_.push_back(std::move(result));
-  if (was_empty) {
+  if (was_empty && own_thread_) {
     uint64_t one = 1;
     ssize_t n = ::write(event_fd_, &one, sizeof(one));
     (void)n;  // EAGAIN only when the counter is saturated: still readable
@@ -592,9 +620,11 @@ size_t LlmClient::Impl::Drain(std::vector<ChatResult>* out) {
   size_t n = done_.size();
   for (ChatResult& r : done_) out->push_back(std::move(r));
   done_.clear();
-  uint64_t value;
-  ssize_t ignored = ::read(event_fd_, &value, sizeof(value));
-  (void)ignored;  // EAGAIN when nothing was signalled
+  if (own_thread_) {
+    uint64_t value;
+    ssize_t ignored = ::read(event_fd_, &value, sizeof(value));
+    (void)ignored;  // EAGAIN when nothing was signalled
+  }
   return n;
 }
 
@@ -636,6 +666,9 @@ int64_t SteadyNanos() {
 }  // namespace
 
 void LlmClient::Impl::WakeUp() {
+  // On the caller's loop, a submission made on the loop's thread goes out at
+  // its next Pump(); one from elsewhere wakes the loop through the epoll set.
+  if (!own_thread_ && std::this_thread::get_id() == loop_thread_.load(std::memory_order_relaxed)) return;
   const uint64_t one = 1;
   (void)!::write(wake_fd_, &one, sizeof one);
 }
@@ -705,59 +738,85 @@ void LlmClient::Impl::SweepPatience(int64_t now_ns) {
   }
 }
 
-void LlmClient::Impl::Run() {
-  std::vector<Submission> batch;
-  std::vector<EndpointUpdate> updates;
+bool LlmClient::Impl::TakeWork() {
+  bool stop;
+  {
+    std::lock_guard<std::mutex> lock(submit_mu_);
+    batch_.swap(submitted_);
+    applying_.swap(updates_);
+    stop = stopping_;
+  }
+  for (EndpointUpdate& u : applying_) ApplyEndpoints(std::move(u), clock_->NowNanos());
+  applying_.clear();
+  for (Submission& sub : batch_) Accept(std::move(sub));
+  batch_.clear();
+  return !stop;
+}
+
+void LlmClient::Impl::DoDueWork() {
+  FireTimers(clock_->NowNanos());
+  SweepPatience(clock_->NowNanos());
+  SendDueProbes(clock_->NowNanos());
+  ExpireUnserved(clock_->NowNanos());
+  DispatchAll(clock_->NowNanos());
+  RunCurlTimerIfDue();
+}
+
+int LlmClient::Impl::WaitMs() const {
+  int timeout = PollTimeoutMs(clock_->NowNanos());
+  if (curl_timer_due_ns_ >= 0) {
+    const int64_t left = std::max<int64_t>(0, curl_timer_due_ns_ - SteadyNanos());
+    timeout = static_cast<int>(std::min<int64_t>(timeout, (left + 999'999) / 1'000'000));
+  }
+  return timeout;
+}
+
+void LlmClient::Impl::HandleSockets(int timeout_ms) {
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
-  while (true) {
-    bool stop;
-    {
-      std::lock_guard<std::mutex> lock(submit_mu_);
-      batch.swap(submitted_);
-      updates.swap(updates_);
-      stop = stopping_;
+  const int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout_ms);
+  if (n < 0 && errno != EINTR) {
+    LOG_ERROR << "llm client: epoll_wait: " << std::strerror(errno);
+    if (own_thread_) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == wake_fd_) {
+      uint64_t count = 0;
+      (void)!::read(wake_fd_, &count, sizeof count);
+      continue;
     }
-    for (EndpointUpdate& u : updates) ApplyEndpoints(std::move(u), clock_->NowNanos());
-    updates.clear();
-    for (Submission& sub : batch) Accept(std::move(sub));
-    batch.clear();
-    if (stop) break;
+    const uint32_t e = events[i].events;
+    const int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                      ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+    int running = 0;
+    CURLMcode mc = curl_multi_socket_action(multi_, fd, flags, &running);
+    if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
+  }
+  ReapFinished();
+}
 
-    FireTimers(clock_->NowNanos());
-    SweepPatience(clock_->NowNanos());
-    SendDueProbes(clock_->NowNanos());
-    ExpireUnserved(clock_->NowNanos());
-    DispatchAll(clock_->NowNanos());
-    RunCurlTimerIfDue();
-
-    int timeout = PollTimeoutMs(clock_->NowNanos());
-    if (curl_timer_due_ns_ >= 0) {
-      const int64_t left = std::max<int64_t>(0, curl_timer_due_ns_ - SteadyNanos());
-      timeout = static_cast<int>(std::min<int64_t>(timeout, (left + 999'999) / 1'000'000));
-    }
-    const int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout);
-    if (n < 0 && errno != EINTR) {
-      LOG_ERROR << "llm client: epoll_wait: " << std::strerror(errno);
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd == wake_fd_) {
-        uint64_t count = 0;
-        (void)!::read(wake_fd_, &count, sizeof count);
-        continue;
-      }
-      const uint32_t e = events[i].events;
-      const int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
-                        ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
-      int running = 0;
-      CURLMcode mc = curl_multi_socket_action(multi_, fd, flags, &running);
-      if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
-    }
-    ReapFinished();
+void LlmClient::Impl::Run() {
+  while (TakeWork()) {
+    DoDueWork();
+    HandleSockets(WaitMs());
   }
   CancelEverything();
+}
+
+int LlmClient::Impl::Pump(bool ready) {
+  if (own_thread_) return -1;
+  std::lock_guard<std::mutex> lock(pump_mu_);
+  if (cancelled_) return -1;
+  loop_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  if (!TakeWork()) {
+    cancelled_ = true;
+    CancelEverything();
+    return -1;
+  }
+  if (ready) HandleSockets(0);
+  DoDueWork();
+  return WaitMs();
 }
 
 int LlmClient::Impl::PollTimeoutMs(int64_t now_ns) const {
@@ -1317,8 +1376,8 @@ LlmClient::LlmClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LlmClient::~LlmClient() = default;
 
 StatusOr<std::unique_ptr<LlmClient>> LlmClient::Create(std::vector<PoolConfig> pools,
-                                                       const Clock* clock) {
-  auto impl = std::make_unique<Impl>(clock);
+                                                       const Clock* clock, ClientLoop loop) {
+  auto impl = std::make_unique<Impl>(clock, loop);
   Status st = impl->Init(std::move(pools));
   if (!st.ok()) return st;
   return std::unique_ptr<LlmClient>(new LlmClient(std::move(impl)));
@@ -1330,6 +1389,7 @@ Status LlmClient::SetEndpoints(const std::string& pool, std::vector<std::string>
 }
 size_t LlmClient::Drain(std::vector<ChatResult>* out) { return impl_->Drain(out); }
 int LlmClient::notify_fd() const { return impl_->notify_fd(); }
+int LlmClient::Pump(bool ready) { return impl_->Pump(ready); }
 void LlmClient::Shutdown() { impl_->Shutdown(); }
 std::vector<LlmClient::EndpointStats> LlmClient::Stats() const { return impl_->Stats(); }
 

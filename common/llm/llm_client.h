@@ -1,11 +1,18 @@
 // LlmClient: asynchronous OpenAI-compatible chat-completions client for the
 // worker's event loop.
 //
-// One client serves every model pool of a pipeline. It owns one thread that
-// drives all HTTP transfers (thousands at once, keep-alive connections reused
-// across requests). The event loop hands requests over with Submit() and
-// collects results with Drain() when notify_fd() polls readable, so the loop
-// never blocks on the network.
+// One client serves every model pool of a pipeline. It drives all HTTP
+// transfers (thousands at once, keep-alive connections reused across
+// requests) through libcurl's socket interface and one epoll set, so a
+// wake-up costs what the ready sockets cost, not what the open ones do. It
+// runs either on a thread of its own (ClientLoop::kOwnThread: the event loop
+// hands requests over with Submit() and collects results with Drain() when
+// notify_fd() polls readable) or on the caller's event loop
+// (ClientLoop::kCallerLoop, what the worker uses: notify_fd() is the
+// client's epoll set, which the loop polls with its own sockets; the loop
+// calls Pump() every round and waits at most what Pump() returned, then
+// Drain()s). Either way the loop never blocks on the network; on the
+// caller's loop no request or result crosses a thread.
 //
 // Per pool: requests go to the endpoint with the fewest outstanding requests
 // (ties round-robin), or, with `sticky`, to the endpoint a request's
@@ -75,10 +82,13 @@
 // API keys are sent as "Authorization: Bearer <key>" and never appear in
 // results, status messages, logs or Stats().
 //
-// Lifecycle: Create() starts the thread; Shutdown() (or the destructor) stops
-// it and completes every outstanding request with kCancelled.
+// Lifecycle: Create() starts the thread (kOwnThread); Shutdown() (or the
+// destructor) stops it and completes every outstanding request with
+// kCancelled.
 // Thread-safety: Submit, SetEndpoints, Drain, notify_fd, Stats and Shutdown
-// may be called from any thread. Shutdown must not race the destructor.
+// may be called from any thread; Shutdown must not race the destructor.
+// kCallerLoop: Pump() from one thread at a time (the loop's); a Submit or
+// SetEndpoints from another thread wakes the loop through notify_fd().
 #pragma once
 
 #include <cstdint>
@@ -205,6 +215,9 @@ struct EndpointStats {
   double concurrency_limit = 0;
 };
 
+// Where the client's work runs (see the LlmClient comment).
+enum class ClientLoop { kOwnThread, kCallerLoop };
+
 // What the worker needs from a chat-completions client: requests in, results
 // out through an eventfd. LlmClient serves it over HTTP; FakeChatService
 // (fake_chat_service.h) answers from a function, for tests of its callers.
@@ -218,8 +231,13 @@ class ChatService {
   virtual Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls) = 0;
   // Appends completed results to *out, clears notify_fd, returns how many.
   virtual size_t Drain(std::vector<ChatResult>* out) = 0;
-  // Polls readable while results are waiting.
+  // Polls readable while results are waiting (or, for a client on the
+  // caller's loop, while Pump(true) has sockets to serve).
   virtual int notify_fd() const = 0;
+  // A client without a thread of its own does its work here, on the loop's
+  // thread: `ready` when notify_fd() polled readable. Returns how long the
+  // loop may wait before the next call, ms; -1: no limit (nothing to do).
+  virtual int Pump(bool ready) { return -1; }
   // Every request still open completes with kCancelled. Idempotent.
   virtual void Shutdown() = 0;
   virtual std::vector<EndpointStats> Stats() const = 0;
@@ -231,7 +249,8 @@ class LlmClient final : public ChatService {
   // Internal when libcurl or the eventfd cannot be set up.
   // REQUIRES: clock outlives the client.
   static StatusOr<std::unique_ptr<LlmClient>> Create(std::vector<PoolConfig> pools,
-                                                     const Clock* clock);
+                                                     const Clock* clock,
+                                                     ClientLoop loop = ClientLoop::kOwnThread);
   ~LlmClient() override;
   LlmClient(const LlmClient&) = delete;
   LlmClient& operator=(const LlmClient&) = delete;
@@ -252,8 +271,15 @@ class LlmClient final : public ChatService {
   // appended. Non-blocking.
   size_t Drain(std::vector<ChatResult>* out) override;
 
-  // eventfd that polls readable while results are waiting.
+  // kOwnThread: an eventfd that polls readable while results are waiting.
+  // kCallerLoop: the client's epoll set, readable while sockets are ready.
   int notify_fd() const override;
+
+  // kCallerLoop: takes what was submitted, serves the ready sockets (when
+  // `ready`), fires due timers and starts what can start; results are then
+  // waiting for Drain(). Returns the longest wait until the next call, ms
+  // (-1 after Shutdown). kOwnThread: does nothing and returns -1.
+  int Pump(bool ready) override;
 
   // Stops the client thread; every request still queued, waiting for a retry or
   // in flight completes with kCancelled and can be drained. Idempotent.

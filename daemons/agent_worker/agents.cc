@@ -129,12 +129,14 @@ unsigned ExprParts(const std::optional<config::Expr>& e) { return e ? ContextPar
 
 class NoopAgent final : public Agent {
  public:
+  bool EndsInRun(const config::RoleConfig&) const override { return true; }
   unsigned ContextParts(const config::RoleConfig&) const override { return 0; }
   void Run(const StepContext& s, AgentHost& host) const override { host.Complete(s.run_id, StepOutcome::Continue()); }
 };
 
 class ExtractAgent final : public Agent {
  public:
+  bool EndsInRun(const config::RoleConfig&) const override { return true; }
   unsigned ContextParts(const config::RoleConfig& role) const override {
     return role.from ? ExprParts(role.from) : static_cast<unsigned>(kCtxLast);
   }
@@ -182,6 +184,7 @@ class ExtractAgent final : public Agent {
 
 class CompareAgent final : public Agent {
  public:
+  bool EndsInRun(const config::RoleConfig&) const override { return true; }
   unsigned ContextParts(const config::RoleConfig& role) const override {
     return ExprParts(role.left) | ExprParts(role.right);
   }
@@ -213,6 +216,7 @@ class CompareAgent final : public Agent {
 
 class FilterAgent final : public Agent {
  public:
+  bool EndsInRun(const config::RoleConfig&) const override { return true; }
   unsigned ContextParts(const config::RoleConfig& role) const override { return ExprParts(role.condition); }
   void Run(const StepContext& s, AgentHost& host) const override {
     if (!s.role.condition) return host.Complete(s.run_id, StepOutcome::Continue());
@@ -225,6 +229,7 @@ class FilterAgent final : public Agent {
 // A fixed turn, spoken as `as` (a greeting the conversation starts with).
 class MessageAgent final : public Agent {
  public:
+  bool EndsInRun(const config::RoleConfig&) const override { return true; }
   unsigned ContextParts(const config::RoleConfig& role) const override {
     return role.content && role.content->source().find("{{") == std::string::npos ? 0u
                                                                                    : static_cast<unsigned>(kCtxAll);

@@ -249,6 +249,7 @@ class RewardAgent final : public Agent {
     return kCtxAll;
   }
   std::string EnvRole(const config::RoleConfig& role) const override { return role.env; }
+  bool EndsInRun(const config::RoleConfig& role) const override { return role.env.empty(); }
 
   void Run(const StepContext& s, AgentHost& host) const override {
     if (s.role.env.empty()) return RunRewardExpr(s, host);

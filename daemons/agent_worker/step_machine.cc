@@ -4,6 +4,8 @@
 
 #include "daemons/agent_worker/worker_impl.h"
 
+#include <algorithm>
+
 #include "common/base/hash.h"
 #include "common/base/log.h"
 
@@ -219,8 +221,40 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   }
   const config::StepConfig* step = pipeline_->Step(next.target);
   task.step = next.target;
+  if (step && RunInPlace(id, *step)) return;
   run.next_role = step ? QueueOf(*step, task) : next.target;
   OffloadAndSubmit(id);
+}
+
+bool Worker::Impl::RunInPlace(uint64_t id, const config::StepConfig& step) {
+  TaskRun& run = runs_[id];
+  if (!pipeline_->run.local_steps_in_place || draining_ || run.steps_in_place >= kMaxStepsInPlace) return false;
+  const config::RoleConfig* role = pipeline_->Role(step.role);
+  const Agent* agent = role ? AgentOf(*role) : nullptr;
+  if (!agent || !agent->EndsInRun(*role) || FanoutOfJoin(&step) != nullptr) return false;
+  if (std::find(served_roles_.begin(), served_roles_.end(), step.role) == served_roles_.end()) return false;
+  if (QueueOf(step, run.task) != step.role) return false;  // bound elsewhere, or a fan-out
+  // The step before ends here (as OffloadAndSubmit would count it) and this
+  // one starts at once: no queue, no hop, the lease stays the delivery's.
+  if (run.step) {
+    role_in_flight_[run.step->role]--;
+    RoleMetrics(run.step->role).in_flight.Dec();
+  }
+  ++run.steps_in_place;
+  run.step = &step;
+  run.role = role;
+  run.agent = agent;
+  run.start_us = clock_->WallMicros();
+  run.task.enqueue_us = run.start_us;
+  role_in_flight_[step.role]++;
+  RoleMetrics(step.role).in_flight.Inc();
+  const StepParts& parts = PartsOf(&step);
+  if ((parts.role | parts.route) & kCtxStored) {
+    Fetch(id, [this](uint64_t rid) { StartRole(rid); }, ReadsArchive(run.task, parts.role | parts.route));
+  } else {
+    StartRole(id);
+  }
+  return true;
 }
 
 void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason,

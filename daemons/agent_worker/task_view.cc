@@ -216,6 +216,7 @@ Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved
               {"reason", task.reason},
               {"vars", VarsJson(task)},
               {"counters", counters},
+              {"hops", task.hops},
               {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
               {"created_us", task.created_us},
               {"finished_us", finished_us},

@@ -57,11 +57,14 @@ Status Worker::Impl::CreateLlmClient() {
     p.outage_s = model.outage_s;
     p.patience_factor = model.patience_factor;
     p.max_retries = model.max_retries;
+    p.breaker_cooldown_s = model.breaker_cooldown_s;
     p.sticky = model.sticky;
     pools.push_back(std::move(p));
   }
   if (pools.empty()) return Status::Ok();
-  MATRIX_ASSIGN_OR_RETURN(auto client, llm::LlmClient::Create(std::move(pools), clock_));
+  // On this loop: no request or result crosses a thread.
+  MATRIX_ASSIGN_OR_RETURN(auto client,
+                          llm::LlmClient::Create(std::move(pools), clock_, llm::ClientLoop::kCallerLoop));
   llm_ = std::move(client);
   return Status::Ok();
 }
@@ -289,7 +292,11 @@ Status Worker::Impl::Run() {
     FlushSubmits();
     SyncStoreMetrics();
     if (store_->sockets_generation() != store_generation) build_poller();
-    poller.Poll(store_->PollTimeoutMs(draining_ ? 20 : 50));
+    int timeout_ms = store_->PollTimeoutMs(draining_ ? 20 : 50);
+    // The LLM calls of this round go out now; its timers bound the wait.
+    const int llm_wait_ms = llm_ ? llm_->Pump(false) : -1;
+    if (llm_wait_ms >= 0) timeout_ms = std::min(timeout_ms, llm_wait_ms);
+    poller.Poll(timeout_ms);
     int64_t now = clock_->NowNanos();
     if ((sig_idx >= 0 && poller.Readable(sig_idx)) || (stop_requested_ && !draining_)) {
       int sig = sig_idx >= 0 ? ReadSignal(config_.signal_fd) : 0;
@@ -317,7 +324,10 @@ Status Worker::Impl::Run() {
     bool store_readable = false;
     for (int idx : store_idx) store_readable |= poller.Readable(idx);
     if (store_readable) store_->OnReadable();
-    if (llm_idx >= 0 && poller.Readable(llm_idx)) OnLlmResults();
+    if (llm_) {
+      if (poller.Readable(llm_idx)) llm_->Pump(true);
+      OnLlmResults();
+    }
     if (envs_) {
       if (env_idx >= 0 && poller.Readable(env_idx)) envs_->OnReadable();
       // Deadlines are seconds long: a scan of the sessions every 10 ms is enough.

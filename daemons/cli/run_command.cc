@@ -156,7 +156,7 @@ int RunPipeline(const RunOptions& opt) {
     for (const auto& ep : model.endpoints)
       if (ep == "sim") sim_models.push_back(name);
   if (!sim_models.empty()) {
-    ChildSpec sim{"llm-sim", {bin + "/matrix-llm-sim", "--listen", "127.0.0.1:0", "--run-dir", run_dir, "--name", "llm-sim"}};
+    ChildSpec sim{"llm-sim", {bin + "/matrix-llm-sim", "--listen", "127.0.0.1:0", "--run-dir", run_dir, "--name", "llm-sim"}, ""};
     for (auto& f : SimulatorFlags(pipeline)) sim.argv.push_back(f);
     if (!start(sim)) return 1;
     auto ep = WaitEndpointFile(run_dir, "llm-sim", 15000);
@@ -167,9 +167,9 @@ int RunPipeline(const RunOptions& opt) {
   std::string store_ep = "ipc://" + run_dir + "/store.sock";
   std::string broker_ep = "ipc://" + run_dir + "/broker.sock";
   if (!start({"store", {bin + "/matrix-store", "--bind", store_ep, "--run-dir", run_dir, "--name", "store",
-                        "--spill-dir", run_dir + "/spill"}}))
+                        "--spill-dir", run_dir + "/spill"}, ""}))
     return 1;
-  if (!start({"broker", {bin + "/matrix-broker", "--bind", broker_ep, "--run-dir", run_dir, "--name", "broker"}}))
+  if (!start({"broker", {bin + "/matrix-broker", "--bind", broker_ep, "--run-dir", run_dir, "--name", "broker"}, ""}))
     return 1;
   if (!WaitEndpointFile(run_dir, "store", 15000).ok()) return fail("the store did not start", "store");
   if (!WaitEndpointFile(run_dir, "broker", 15000).ok()) return fail("the broker did not start", "broker");
@@ -185,7 +185,7 @@ int RunPipeline(const RunOptions& opt) {
     ChildSpec spec{name,
                    {bin + "/matrix-worker", "--pipeline", pipeline.source_path, "--broker", broker_ep, "--store",
                     store_ep, "--output-dir", output_dir, "--run-dir", run_dir, "--id", name, "--grace-s",
-                    std::to_string(opt.grace_s)}};
+                    std::to_string(opt.grace_s)}, ""};
     if (!parts.empty()) {
       spec.argv.push_back("--partitions");
       spec.argv.push_back(parts);

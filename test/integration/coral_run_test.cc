@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
 
 #include "common/base/files.h"
 #include "test/integration/run_util.h"
@@ -62,6 +63,56 @@ TEST(CoralRunTest, EndToEndWritesOneRecordPerTaskWithEveryField) {
   EXPECT_GT(s["total_tokens"].get<int64_t>(), 0);
   EXPECT_TRUE(s["rates"].contains("agreement"));
   EXPECT_FALSE(s.contains("cost")) << "no price, no cost";
+}
+
+// Local steps (extract, compare, noop) run in place on the worker that ran
+// the step before: the same records, spans and variables as when every step
+// goes through the broker, with far fewer hops. (The simulator answers from
+// the messages alone, so both runs hold the same conversations.)
+TEST(CoralRunTest, LocalStepsInPlaceGiveTheSameRecordsWithFewerHops) {
+  TempDir dir;
+  std::map<std::string, Json> by_mode[2];
+  int64_t messages[2] = {0, 0};
+  for (int in_place = 0; in_place < 2; ++in_place) {
+    const std::string out = dir.File(in_place ? "in-place" : "hops");
+    std::string log;
+    ASSERT_EQ(RunCommand(Matrix() + " run " + Coral() + " dataset.limit=40 run.max_concurrent_tasks=20 " + kFastSim[0] +
+                             " simulator.ignore_seed=true run.local_steps_in_place=" + (in_place ? "true" : "false") +
+                             " --output " + out +
+                             " --quiet",
+                         &log),
+              0)
+        << log;
+    for (auto& r : ReadRecords(out)) by_mode[in_place][r["task_id"].get<std::string>()] = r;
+    auto summary = ReadFile(out + "/summary.json");
+    ASSERT_TRUE(summary.ok());
+    messages[in_place] = Json::parse(*summary)["broker"]["messages"].get<int64_t>();
+  }
+  ASSERT_EQ(by_mode[0].size(), 40u);
+  ASSERT_EQ(by_mode[1].size(), 40u);
+  for (const auto& [id, hop] : by_mode[0]) {
+    ASSERT_TRUE(by_mode[1].count(id)) << id;
+    const Json& local = by_mode[1].at(id);
+    EXPECT_EQ(local["status"], "done") << local.dump();
+    EXPECT_EQ(local["status"], hop["status"]) << id;
+    EXPECT_EQ(local["reason"], hop["reason"]) << id;
+    EXPECT_EQ(local["vars"], hop["vars"]) << id;
+    EXPECT_EQ(local["counters"], hop["counters"]) << id;
+    EXPECT_EQ(local["turns"].size(), hop["turns"].size()) << id;
+    // One span per step either way; a step run in place waited in no queue.
+    const int64_t steps = local["counters"]["steps"].get<int64_t>();
+    ASSERT_EQ(static_cast<int64_t>(local["spans"].size()), steps) << id;
+    ASSERT_EQ(static_cast<int64_t>(hop["spans"].size()), steps) << id;
+    for (const auto& sp : local["spans"]) {
+      if (sp["role"] == "parse_teacher" || sp["role"] == "agree") {
+        EXPECT_EQ(sp["enqueue_us"], sp["start_us"]) << id;
+      }
+    }
+    // Every step a hop, or only the LLM steps (and admission and the sink).
+    EXPECT_GT(hop["hops"].get<int64_t>(), steps) << id;
+    EXPECT_LT(local["hops"].get<int64_t>(), steps * 2 / 3 + 2) << id;
+  }
+  EXPECT_LT(messages[1] * 3, messages[0] * 2) << messages[1] << " broker messages in place, " << messages[0];
 }
 
 TEST(CoralRunTest, PricedModelReportsCostInSummaryAndStatus) {

@@ -89,7 +89,9 @@ TEST(MultiNodeTest, ThreeNodesShareWorkObjectsAndModelServers) {
   for (int i = 0; i < 3; ++i) {
     nodes.push_back(StartNode(run, out, i, 3, "t1", 5, kTasks,
                               {"run.max_concurrent_tasks=80", "roles.teacher.concurrency=6",
-                               "roles.student.concurrency=6"},
+                               "roles.student.concurrency=6",
+                               // The killed server is probed again well before the run ends.
+                               "models.llama.breaker_cooldown_s=2"},
                               dir.File("n" + std::to_string(i + 1) + ".log")));
   }
   // Work and objects cross nodes.

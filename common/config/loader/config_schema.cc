@@ -11,10 +11,10 @@ const std::vector<std::string> kDatasetKeys = {"path", "limit", "partitions", "i
                                                "required_fields"};
 const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "schedule", "trials", "max_attempts",
                                            "offload_threshold_bytes", "output_dir", "output_compression", "workers",
-                                           "task_timeout_s", "seed", "records"};
+                                           "task_timeout_s", "seed", "records", "local_steps_in_place"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",
-                                             "outage_s", "patience_factor", "max_retries", "requests_per_s", "sticky", "sampling",
+                                             "outage_s", "patience_factor", "max_retries", "breaker_cooldown_s", "requests_per_s", "sticky", "sampling",
                                              "logprobs", "top_logprobs", "token_ids", "price"};
 const std::vector<std::string> kPriceKeys = {"input_per_million", "output_per_million", "currency"};
 const std::vector<std::string> kRoleCommonKeys = {"type", "concurrency"};

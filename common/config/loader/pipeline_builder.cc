@@ -347,6 +347,7 @@ class Builder {
     GetInt(r, path, "workers", &run.workers, 1, 4096);
     GetDouble(r, path, "task_timeout_s", &run.task_timeout_s, false);
     GetInt(r, path, "seed", &run.seed, 0, std::numeric_limits<int64_t>::max());
+    GetBool(r, path, "local_steps_in_place", &run.local_steps_in_place);
     GetChoice(r, path, "schedule", {{"row", RunConfig::Schedule::kRow}, {"batch", RunConfig::Schedule::kBatch}},
               &run.schedule);
     GetChoice(r, path, "records", {{"all", RunConfig::Records::kAll}, {"done", RunConfig::Records::kDone}},
@@ -403,6 +404,7 @@ class Builder {
       GetDouble(m, path, "outage_s", &mc.outage_s, false);
       GetDouble(m, path, "patience_factor", &mc.patience_factor, true);
       GetInt(m, path, "max_retries", &mc.max_retries, 0, 100);
+      GetDouble(m, path, "breaker_cooldown_s", &mc.breaker_cooldown_s, false);
       GetDouble(m, path, "requests_per_s", &mc.requests_per_s, true);
       GetBool(m, path, "sticky", &mc.sticky);
       GetMap(m, path, "sampling", &mc.sampling);

@@ -1,6 +1,10 @@
 // Component tests for LlmClient against real HTTP servers on loopback: the
 // scripted TestHttpServer (precise control of statuses, headers, delays and
 // dropped connections) and, when it has been built, matrix-llm-sim.
+//
+// Every test runs twice (test/common/llm/CMakeLists.txt): with the client on
+// its own thread, and with MATRIX_TEST_LLM_CALLER_LOOP=1 on a loop the test
+// runs (LoopDriver), the way the worker drives it.
 #include "common/llm/llm_client.h"
 
 #include <arpa/inet.h>
@@ -13,10 +17,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <thread>
 
@@ -58,15 +64,70 @@ ChatRequest MakeRequest(uint64_t tag, const std::string& pool = "m",
   return r;
 }
 
-std::unique_ptr<LlmClient> MakeClient(std::vector<PoolConfig> pools,
-                                      const Clock* clock = SystemClock::Get()) {
-  auto c = LlmClient::Create(std::move(pools), clock);
-  EXPECT_TRUE(c.ok()) << c.status().ToString();
-  return c.ok() ? std::move(c).value() : nullptr;
+bool CallerLoop() {
+  const char* v = std::getenv("MATRIX_TEST_LLM_CALLER_LOOP");
+  return v != nullptr && std::string(v) == "1";
 }
 
-// Waits on notify_fd the way the worker's loop does, until `n` results arrived
-// or `timeout_ms` passed.
+// An event loop of the test's own for a kCallerLoop client, as the worker's:
+// Pump(false), poll notify_fd() as long as Pump allows (at most 20 ms, the
+// worker's other work bounds its waits too), Pump(readable).
+class LoopDriver {
+ public:
+  explicit LoopDriver(LlmClient* client)
+      : thread_([this, client] {
+          while (!stop_.load()) {
+            int wait = client->Pump(false);
+            if (wait < 0 || wait > 20) wait = 20;
+            pollfd p{client->notify_fd(), POLLIN, 0};
+            const bool ready = ::poll(&p, 1, wait) == 1;
+            client->Pump(ready);
+          }
+        }) {}
+  ~LoopDriver() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Stops the client's loop (if any) before the client goes.
+struct ClientDeleter {
+  mutable std::shared_ptr<LoopDriver> driver;
+  void operator()(LlmClient* client) const {
+    driver.reset();
+    delete client;
+  }
+};
+using ClientPtr = std::unique_ptr<LlmClient, ClientDeleter>;
+
+ClientPtr MakeClient(std::vector<PoolConfig> pools, const Clock* clock = SystemClock::Get()) {
+  const ClientLoop mode = CallerLoop() ? ClientLoop::kCallerLoop : ClientLoop::kOwnThread;
+  auto c = LlmClient::Create(std::move(pools), clock, mode);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  if (!c.ok()) return ClientPtr(nullptr, ClientDeleter{});
+  LlmClient* client = std::move(c).value().release();
+  ClientDeleter deleter;
+  if (mode == ClientLoop::kCallerLoop) deleter.driver = std::make_shared<LoopDriver>(client);
+  return ClientPtr(client, std::move(deleter));
+}
+
+// Waits up to `ms` for results: on notify_fd, the way the worker's loop does,
+// when the client has its own thread; with the client on a LoopDriver, whose
+// thread polls notify_fd, results give this thread no signal: it naps.
+void WaitReady(LlmClient& client, int ms) {
+  if (CallerLoop()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(ms, 1)));
+    return;
+  }
+  pollfd p{client.notify_fd(), POLLIN, 0};
+  ::poll(&p, 1, ms);
+}
+
+// Until `n` results arrived or `timeout_ms` passed.
 std::vector<ChatResult> WaitResults(LlmClient& client, size_t n, int timeout_ms = 20000) {
   std::vector<ChatResult> out;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -75,8 +136,7 @@ std::vector<ChatResult> WaitResults(LlmClient& client, size_t n, int timeout_ms 
                     deadline - std::chrono::steady_clock::now())
                     .count();
     if (left <= 0) break;
-    pollfd p{client.notify_fd(), POLLIN, 0};
-    ::poll(&p, 1, static_cast<int>(left));
+    WaitReady(client, static_cast<int>(left));
     client.Drain(&out);
   }
   return out;
@@ -208,6 +268,7 @@ TEST(LlmClientTest, ReturnsToolCalls) {
 }
 
 TEST(LlmClientTest, NotifyFdSignalsWaitingResultsAndDrainClearsIt) {
+  if (CallerLoop()) GTEST_SKIP() << "on the caller's loop notify_fd() is the client's epoll set";
   TestHttpServer server([](const HttpRequest&) { return Ok(); });
   auto client = MakeClient({MakePool({server.base_url()})});
   ASSERT_TRUE(client);
@@ -620,8 +681,7 @@ TEST(LlmClientTest, ConcurrencyCapIsNeverExceeded) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (results.size() < 30 && std::chrono::steady_clock::now() < deadline) {
     max_seen_in_flight = std::max(max_seen_in_flight, client->Stats()[0].in_flight);
-    pollfd p{client->notify_fd(), POLLIN, 0};
-    ::poll(&p, 1, 5);
+    WaitReady(*client, 5);
     client->Drain(&results);
   }
   ASSERT_EQ(results.size(), 30u);
@@ -715,8 +775,7 @@ TEST(LlmClientTest, AdaptiveLimitBacksOffUnderSustained429sAndClimbsBack) {
     while (std::chrono::steady_clock::now() < deadline) {
       while (submitted - results.size() < 2 * kCap) client->Submit(MakeRequest(submitted++));
       if (done()) return true;
-      pollfd p{client->notify_fd(), POLLIN, 0};
-      ::poll(&p, 1, 2);
+      WaitReady(*client, 2);
       client->Drain(&results);
     }
     return false;
@@ -1556,8 +1615,7 @@ TEST(LlmClientSimTest, Sustained429sKeepConcurrencyFarBelowTheCap) {
     LlmClient::EndpointStats s = client->Stats()[0];
     if (s.concurrency_limit <= kCap / 8) came_down = true;
     if (came_down) max_in_flight_after = std::max(max_in_flight_after, s.in_flight);
-    pollfd p{client->notify_fd(), POLLIN, 0};
-    ::poll(&p, 1, 2);
+    WaitReady(*client, 2);
     client->Drain(&results);
   }
   ASSERT_EQ(results.size(), n);
