@@ -1,11 +1,38 @@
 #include "common/transport/transport.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <zmq.h>
 
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <set>
 #include <thread>
+
+// libzmq checks whether the process has forked (getpid() against the pid it
+// saved) every time one of its threads signals another, and glibc makes
+// every getpid() a system call: about 35 per LLM call across the daemons.
+// Programs linked with this library answer getpid() from a cached value
+// instead, forgotten in the child of every fork() (pthread_atfork). A child
+// made by a raw clone() must not call getpid() before exec (the sandbox's
+// child uses raw system calls).
+namespace {
+std::atomic<pid_t> g_cached_pid{0};
+void ForgetCachedPid() { g_cached_pid.store(0, std::memory_order_relaxed); }
+}  // namespace
+
+extern "C" pid_t getpid() {
+  pid_t pid = g_cached_pid.load(std::memory_order_relaxed);
+  if (pid != 0) return pid;
+  static std::once_flag registered;
+  std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, &ForgetCachedPid); });
+  pid = static_cast<pid_t>(::syscall(SYS_getpid));
+  g_cached_pid.store(pid, std::memory_order_relaxed);
+  return pid;
+}
 
 namespace matrix::transport {
 namespace {

@@ -84,7 +84,12 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
     if (model->top_logprobs > 0) body["top_logprobs"] = model->top_logprobs;
     if (model->token_ids) body["return_token_ids"] = true;
   }
-  if (!body.contains("seed")) body["seed"] = (task.seed + task.hops) & 0x7fffffff;
+  // The step's number, not the hop's: the same seed wherever the steps ran.
+  if (!body.contains("seed")) {
+    auto steps = task.counters.find("steps");
+    const int64_t step = steps == task.counters.end() ? 0 : steps->second;
+    body["seed"] = (task.seed + static_cast<uint64_t>(step)) & 0x7fffffff;
+  }
   return body;
 }
 

@@ -67,8 +67,8 @@ TEST(CoralRunTest, EndToEndWritesOneRecordPerTaskWithEveryField) {
 
 // Local steps (extract, compare, noop) run in place on the worker that ran
 // the step before: the same records, spans and variables as when every step
-// goes through the broker, with far fewer hops. (The simulator answers from
-// the messages alone, so both runs hold the same conversations.)
+// goes through the broker, with far fewer hops. A request's seed is its
+// step's number, not its hop's, so both runs hold the same conversations.
 TEST(CoralRunTest, LocalStepsInPlaceGiveTheSameRecordsWithFewerHops) {
   TempDir dir;
   std::map<std::string, Json> by_mode[2];
@@ -77,8 +77,7 @@ TEST(CoralRunTest, LocalStepsInPlaceGiveTheSameRecordsWithFewerHops) {
     const std::string out = dir.File(in_place ? "in-place" : "hops");
     std::string log;
     ASSERT_EQ(RunCommand(Matrix() + " run " + Coral() + " dataset.limit=40 run.max_concurrent_tasks=20 " + kFastSim[0] +
-                             " simulator.ignore_seed=true run.local_steps_in_place=" + (in_place ? "true" : "false") +
-                             " --output " + out +
+                             " run.local_steps_in_place=" + (in_place ? "true" : "false") + " --output " + out +
                              " --quiet",
                          &log),
               0)
