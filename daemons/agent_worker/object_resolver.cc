@@ -40,62 +40,92 @@ wire::Task Worker::Impl::HistoryView(TaskRun& run) {
 void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
                                std::function<void(uint64_t, const Status&)> then) {
   // The task carries its newest segment; each segment lists every older one
-  // (oldest first), so two rounds fetch any history, and a segment archived
+  // (oldest first), so two rounds read any history, and a segment archived
   // where its predecessors were not loaded adds a round per such link. A
-  // segment is asked for once and a missing one fails the Get: the rounds end.
-  store_->Get(wanted, [this, id, wanted, then](StatusOr<std::vector<std::string>> got) {
-    auto it = runs_.find(id);
-    if (it == runs_.end()) return;
-    TaskRun& r = it->second;
-    auto give_up = [&](const Status& st) {
-      r.archive_loaded = true;  // a record is still written, without what is missing
-      r.loading_segments.clear();
-      then(id, st);
-    };
-    if (!got.ok()) return give_up(got.status());
-    for (size_t i = 0; i < wanted.size() && i < got->size(); ++i) {
-      std::string inflated;
-      Status unpacked = InflateSegment((*got)[i], &inflated);
-      if (!unpacked.ok()) return give_up(unpacked);
-      auto segment = wire::DecodeTask(inflated.empty() ? (*got)[i] : inflated, config_.max_message_bytes);
-      if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
-      r.loading_segments.emplace(wanted[i].id, std::make_pair(wanted[i], std::move(*segment)));
-    }
-    std::vector<wire::ObjectRef> more;  // listed and not read yet
-    std::unordered_set<uint64_t> asked;
+  // segment is asked for once and a missing one fails the Get: the rounds
+  // end. Segments this worker archived or read lately come decoded from
+  // segment_cache_; the others from the store.
+  while (!wanted.empty()) {
+    TaskRun& r = runs_[id];
+    std::vector<wire::ObjectRef> fetch;
     for (const auto& ref : wanted) {
-      auto seg = r.loading_segments.find(ref.id);
-      if (seg == r.loading_segments.end()) continue;
-      for (const auto& older : seg->second.second.archive)
-        if (!r.loading_segments.count(older.id) && asked.insert(older.id).second) more.push_back(older);
-    }
-    if (!more.empty()) return LoadArchive(id, std::move(more), then);
-    // Oldest first: a segment's turns follow those of every segment it lists.
-    // Depth first, iteratively: a linked chain may be thousands long.
-    std::unordered_set<uint64_t> placed;
-    std::vector<std::pair<uint64_t, bool>> stack;  // (segment id, its older ones already pushed)
-    for (auto head = r.task.archive.rbegin(); head != r.task.archive.rend(); ++head) stack.push_back({head->id, false});
-    while (!stack.empty()) {
-      auto [seg_id, expanded] = stack.back();
-      stack.pop_back();
-      auto seg = r.loading_segments.find(seg_id);
-      if (seg == r.loading_segments.end()) continue;
-      wire::Task& segment = seg->second.second;
-      if (!expanded) {
-        if (!placed.insert(seg_id).second) continue;
-        stack.push_back({seg_id, true});
-        for (auto older = segment.archive.rbegin(); older != segment.archive.rend(); ++older)
-          if (!placed.count(older->id)) stack.push_back({older->id, false});
-        continue;
+      if (const wire::Task* cached = segment_cache_.Find(ref.id)) {
+        r.loading_segments.emplace(ref.id, std::make_pair(ref, *cached));
+      } else {
+        fetch.push_back(ref);
       }
-      for (auto& t : segment.history) r.archived_turns.push_back(std::move(t));
-      for (auto& sp : segment.spans) r.archived_spans.push_back(std::move(sp));
-      r.segments.push_back(seg->second.first);
     }
-    r.loading_segments.clear();
-    r.archive_loaded = true;
-    then(id, Status::Ok());
-  });
+    if (!fetch.empty()) {
+      store_->Get(fetch, [this, id, wanted, fetch, then](StatusOr<std::vector<std::string>> got) {
+        auto it = runs_.find(id);
+        if (it == runs_.end()) return;
+        TaskRun& r = it->second;
+        auto give_up = [&](const Status& st) {
+          r.archive_loaded = true;  // a record is still written, without what is missing
+          r.loading_segments.clear();
+          then(id, st);
+        };
+        if (!got.ok()) return give_up(got.status());
+        for (size_t i = 0; i < fetch.size() && i < got->size(); ++i) {
+          std::string inflated;
+          Status unpacked = InflateSegment((*got)[i], &inflated);
+          if (!unpacked.ok()) return give_up(unpacked);
+          const std::string& encoded = inflated.empty() ? (*got)[i] : inflated;
+          auto segment = wire::DecodeTask(encoded, config_.max_message_bytes);
+          if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
+          segment_cache_.Put(fetch[i].id, *segment, encoded.size());
+          r.loading_segments.emplace(fetch[i].id, std::make_pair(fetch[i], std::move(*segment)));
+        }
+        std::vector<wire::ObjectRef> more = OlderSegments(r, wanted);
+        if (more.empty()) return PlaceArchive(id, then);
+        LoadArchive(id, std::move(more), then);
+      });
+      return;
+    }
+    wanted = OlderSegments(r, wanted);
+  }
+  PlaceArchive(id, then);
+}
+
+std::vector<wire::ObjectRef> Worker::Impl::OlderSegments(const TaskRun& r, const std::vector<wire::ObjectRef>& read) {
+  std::vector<wire::ObjectRef> more;  // listed and not read yet
+  std::unordered_set<uint64_t> asked;
+  for (const auto& ref : read) {
+    auto seg = r.loading_segments.find(ref.id);
+    if (seg == r.loading_segments.end()) continue;
+    for (const auto& older : seg->second.second.archive)
+      if (!r.loading_segments.count(older.id) && asked.insert(older.id).second) more.push_back(older);
+  }
+  return more;
+}
+
+void Worker::Impl::PlaceArchive(uint64_t id, const std::function<void(uint64_t, const Status&)>& then) {
+  TaskRun& r = runs_[id];
+  // Oldest first: a segment's turns follow those of every segment it lists.
+  // Depth first, iteratively: a linked chain may be thousands long.
+  std::unordered_set<uint64_t> placed;
+  std::vector<std::pair<uint64_t, bool>> stack;  // (segment id, its older ones already pushed)
+  for (auto head = r.task.archive.rbegin(); head != r.task.archive.rend(); ++head) stack.push_back({head->id, false});
+  while (!stack.empty()) {
+    auto [seg_id, expanded] = stack.back();
+    stack.pop_back();
+    auto seg = r.loading_segments.find(seg_id);
+    if (seg == r.loading_segments.end()) continue;
+    wire::Task& segment = seg->second.second;
+    if (!expanded) {
+      if (!placed.insert(seg_id).second) continue;
+      stack.push_back({seg_id, true});
+      for (auto older = segment.archive.rbegin(); older != segment.archive.rend(); ++older)
+        if (!placed.count(older->id)) stack.push_back({older->id, false});
+      continue;
+    }
+    for (auto& t : segment.history) r.archived_turns.push_back(std::move(t));
+    for (auto& sp : segment.spans) r.archived_spans.push_back(std::move(sp));
+    r.segments.push_back(seg->second.first);
+  }
+  r.loading_segments.clear();
+  r.archive_loaded = true;
+  then(id, Status::Ok());
 }
 
 void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then, bool whole) {
@@ -208,8 +238,11 @@ void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // Segments stay in the store for the task's lifetime: compressed (spans and
   // turns of one task repeat their names), they take a fraction of the memory.
   std::string encoded = wire::EncodeTask(segment), frame;
+  const size_t encoded_bytes = encoded.size();
   if (!segment_zstd_.Compress(encoded, &frame).ok() || frame.size() >= encoded.size()) frame = std::move(encoded);
-  store_->Put(std::move(frame), [this, id, turns, spans](StatusOr<wire::ObjectRef> ref) {
+  auto decoded = std::make_shared<wire::Task>(std::move(segment));
+  store_->Put(std::move(frame), [this, id, turns, spans, encoded_bytes, decoded](StatusOr<wire::ObjectRef> ref) {
+    if (ref.ok()) segment_cache_.Put(ref->id, std::move(*decoded), encoded_bytes);  // the task's next step reads it
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     TaskRun& r = it->second;
@@ -254,6 +287,7 @@ Status Worker::Impl::InflateSegment(const std::string& stored, std::string* out)
 void Worker::Impl::FreeRefs(const wire::Task& task) {
   auto refs = CollectRefs(task);
   refs.insert(refs.end(), task.archive.begin(), task.archive.end());
+  for (const auto& ref : task.archive) segment_cache_.Erase(ref.id);
   if (!refs.empty()) store_->Free(std::move(refs));
 }
 

@@ -42,6 +42,7 @@
 #include "daemons/agent_worker/agents.h"
 #include "daemons/agent_worker/crash_marker.h"
 #include "daemons/agent_worker/env_pool.h"
+#include "daemons/agent_worker/segment_cache.h"
 #include "daemons/agent_worker/sink.h"
 #include "daemons/agent_worker/source.h"
 #include "daemons/agent_worker/task_view.h"
@@ -198,6 +199,10 @@ class Worker::Impl final : public AgentHost {
   // `then` gets the first error, if any.
   void LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
                    std::function<void(uint64_t, const Status&)> then);
+  // The segments that those in `read` list and the run has not read yet.
+  static std::vector<wire::ObjectRef> OlderSegments(const TaskRun& r, const std::vector<wire::ObjectRef>& read);
+  // Puts the segments read into the run's archive, oldest first; then `then`.
+  void PlaceArchive(uint64_t id, const std::function<void(uint64_t, const Status&)>& then);
   void OffloadAndSubmit(uint64_t id);
   void ArchiveAndSubmit(uint64_t id);
   // The task with its archived history and spans put back in front.
@@ -287,6 +292,7 @@ class Worker::Impl final : public AgentHost {
 
   std::unordered_map<uint64_t, TaskRun> runs_;
   ZstdFrameWriter segment_zstd_{-3};  // archived segments, compressed (a fast level)
+  SegmentCache segment_cache_{16 << 20};  // decoded segments this worker archived or read
   // Parents waiting for their branches, by join key (fan_out.cc).
   std::map<std::string, Join> joins_;
   std::unordered_map<const config::StepConfig*, const config::StepConfig*> join_of_;  // join step -> fan-out (Init)
