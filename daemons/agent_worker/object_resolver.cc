@@ -43,8 +43,8 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
   // (oldest first), so two rounds read any history, and a segment archived
   // where its predecessors were not loaded adds a round per such link. A
   // segment is asked for once and a missing one fails the Get: the rounds
-  // end. Segments this worker archived or read lately come decoded from
-  // segment_cache_; the others from the store.
+  // end. Segments with turns that this worker archived or read lately come
+  // decoded from segment_cache_; the others from the store.
   while (!wanted.empty()) {
     TaskRun& r = runs_[id];
     std::vector<wire::ObjectRef> fetch;
@@ -73,7 +73,7 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
           const std::string& encoded = inflated.empty() ? (*got)[i] : inflated;
           auto segment = wire::DecodeTask(encoded, config_.max_message_bytes);
           if (!segment.ok()) return give_up(DataLoss("archived segment: " + segment.status().message()));
-          segment_cache_.Put(fetch[i].id, *segment, encoded.size());
+          if (!segment->history.empty()) segment_cache_.Put(fetch[i].id, *segment);
           r.loading_segments.emplace(fetch[i].id, std::make_pair(fetch[i], std::move(*segment)));
         }
         std::vector<wire::ObjectRef> more = OlderSegments(r, wanted);
@@ -238,11 +238,12 @@ void Worker::Impl::ArchiveAndSubmit(uint64_t id) {
   // Segments stay in the store for the task's lifetime: compressed (spans and
   // turns of one task repeat their names), they take a fraction of the memory.
   std::string encoded = wire::EncodeTask(segment), frame;
-  const size_t encoded_bytes = encoded.size();
   if (!segment_zstd_.Compress(encoded, &frame).ok() || frame.size() >= encoded.size()) frame = std::move(encoded);
-  auto decoded = std::make_shared<wire::Task>(std::move(segment));
-  store_->Put(std::move(frame), [this, id, turns, spans, encoded_bytes, decoded](StatusOr<wire::ObjectRef> ref) {
-    if (ref.ok()) segment_cache_.Put(ref->id, std::move(*decoded), encoded_bytes);  // the task's next step reads it
+  // Kept decoded for the task's next step, when it holds turns (steps read
+  // turns; spans only the record, once).
+  auto decoded = turns > 0 ? std::make_shared<wire::Task>(std::move(segment)) : nullptr;
+  store_->Put(std::move(frame), [this, id, turns, spans, decoded](StatusOr<wire::ObjectRef> ref) {
+    if (ref.ok() && decoded) segment_cache_.Put(ref->id, std::move(*decoded));
     auto it = runs_.find(id);
     if (it == runs_.end()) return;
     TaskRun& r = it->second;
