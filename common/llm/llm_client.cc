@@ -16,6 +16,11 @@
 // kept in an epoll set) and when its next timeout is (CURLMOPT_TIMERFUNCTION),
 // so a wake-up costs in proportion to the sockets that are ready, not to the
 // thousands of connections open.
+// "The client thread" is the client's own thread (kOwnThread) or, on the
+// caller's loop (kCallerLoop), whichever thread calls Pump(), under
+// `pump_mu_`: each Pump() is one round of the loop above, its epoll_wait
+// never waits (the caller's poll did), and the wake eventfd is written only
+// by threads other than the one that pumps.
 // Invariants (client thread):
 //   - every live Call is in exactly one place: a pool's `waiting` queue, the
 //     timer heap, or the multi handle (call->easy != nullptr); every probe is
