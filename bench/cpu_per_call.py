@@ -25,6 +25,14 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def children_switches():
+    """Context switches (voluntary and not) of every reaped child: each one a
+    thread that went to sleep or was woken, the cost of handing work between
+    threads and processes."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_nvcsw + r.ru_nivcsw
+
+
 def start_sim(bin_dir, work, flags):
     port_file = os.path.join(work, "sim.port")
     log = open(os.path.join(work, "sim.log"), "w")
@@ -43,7 +51,7 @@ DATASET = os.path.join(ROOT, "test/data/mmlu_pro_2000.jsonl")
 
 def run_matrix(bin_dir, work, endpoint, tasks, in_flight, i, dataset=DATASET):
     out = os.path.join(work, f"matrix-{i}")
-    before = children_cpu()
+    before, switches = children_cpu(), children_switches()
     t0 = time.monotonic()
     res = subprocess.run([os.path.join(bin_dir, "matrix"), "run", os.path.join(ROOT, "configs/coral.yaml"),
                           f"dataset.path={dataset}", f"dataset.limit={tasks}", f"run.max_concurrent_tasks={in_flight}",
@@ -59,14 +67,14 @@ def run_matrix(bin_dir, work, endpoint, tasks, in_flight, i, dataset=DATASET):
     spans = [(r["created_us"], r["finished_us"]) for f in glob.glob(os.path.join(out, "p*.jsonl"))
              for r in map(json.loads, open(f))]
     tasks_s = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e6 if spans else 0
-    return {"who": "matrix", "cpu_s": cpu, "llm_calls": calls, "completion_tokens": summary["completion_tokens"],
+    return {"who": "matrix", "cpu_s": cpu, "switches": children_switches() - switches, "llm_calls": calls, "completion_tokens": summary["completion_tokens"],
             "elapsed_s": summary["elapsed_s"], "tasks_s": tasks_s, "wall_s": wall,
             "tasks": sum(summary["by_status"].values())}
 
 
 def run_python(work, endpoint, tasks, in_flight, i, dataset=DATASET):
     out = os.path.join(work, f"python-{i}.jsonl")
-    before = children_cpu()
+    before, switches = children_cpu(), children_switches()
     t0 = time.monotonic()
     res = subprocess.run([PYTHON, os.environ.get("CORAL_PY", os.path.join(ROOT, "bench/coral_asyncio.py")), "--endpoint",
                           f"http://{endpoint}/v1", "--dataset", dataset,
@@ -79,12 +87,13 @@ def run_python(work, endpoint, tasks, in_flight, i, dataset=DATASET):
     r = json.loads(res.stdout.strip().splitlines()[-1])
     spans = [(x["start_s"], x["end_s"]) for x in map(json.loads, open(out))]
     tasks_s = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0
-    return {"who": "python", "cpu_s": cpu, "llm_calls": r["llm_calls"], "completion_tokens": r["completion_tokens"],
+    return {"who": "python", "cpu_s": cpu, "switches": children_switches() - switches, "llm_calls": r["llm_calls"], "completion_tokens": r["completion_tokens"],
             "elapsed_s": r["elapsed_s"], "tasks_s": tasks_s, "wall_s": wall, "tasks": r["tasks"]}
 
 
 def derived(r):
     r["cpu_ms_per_call"] = 1000 * r["cpu_s"] / max(1, r["llm_calls"])
+    r["switches_per_call"] = r["switches"] / max(1, r["llm_calls"])
     r["cpu_ms_per_1k_completion_tokens"] = 1e6 * r["cpu_s"] / max(1, r["completion_tokens"])
     # Over the whole command (start-up and shutdown included), and over the
     # tasks' own span (first admitted to last finished): what a long run sees.
