@@ -40,8 +40,9 @@
 //     task_timeout_s: 3600        # a task running longer ends as failed
 //     seed: 0                     # base of the per-task seeds
 //     local_steps_in_place: true  # a worker that serves the next step's role runs a
-//                                 # local step (extract, compare, filter, noop, message)
-//                                 # at once, without a hop through the broker
+//                                 # local step (extract, compare, filter, noop, message,
+//                                 # reward by expression) at once, without a hop through
+//                                 # the broker
 //   models:
 //     <model>:
 //       endpoints: [sim]          # REQUIRED. http(s) base URLs like http://10.0.0.5:8000/v1,
@@ -250,7 +251,7 @@ struct RunConfig {
   uint64_t seed = 0;
   // A worker that serves the next step's role runs a local step (one whose
   // agent finishes before returning: extract, compare, filter, noop,
-  // message) in place, up to kMaxStepsInPlace in a row, instead of handing
+  // message, reward by expression) in place, up to kMaxStepsInPlace in a row, instead of handing
   // the task to the broker: no hop, no queue. false sends every step through
   // the broker (the hop benchmark measures that).
   bool local_steps_in_place = true;

@@ -76,9 +76,7 @@ void Worker::Impl::LoadArchive(uint64_t id, std::vector<wire::ObjectRef> wanted,
           if (!segment->history.empty()) segment_cache_.Put(fetch[i].id, *segment);
           r.loading_segments.emplace(fetch[i].id, std::make_pair(fetch[i], std::move(*segment)));
         }
-        std::vector<wire::ObjectRef> more = OlderSegments(r, wanted);
-        if (more.empty()) return PlaceArchive(id, then);
-        LoadArchive(id, std::move(more), then);
+        LoadArchive(id, OlderSegments(r, wanted), then);  // none left: placed at once
       });
       return;
     }
@@ -171,11 +169,7 @@ void Worker::Impl::Fetch(uint64_t id, std::function<void(uint64_t)> then, bool w
 
 void Worker::Impl::OffloadAndSubmit(uint64_t id) {
   TaskRun& run = runs_[id];
-  if (run.step) {
-    role_in_flight_[run.step->role]--;
-    RoleMetrics(run.step->role).in_flight.Dec();
-  }
-  run.step = nullptr;  // in-flight accounting done once
+  EndStepCount(run);
   size_t threshold = pipeline_->run.offload_threshold_bytes;
   auto offload = [&](wire::Content* content, auto locate) {
     if (content->ref || content->text.size() <= threshold) return;

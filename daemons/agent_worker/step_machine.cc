@@ -83,17 +83,31 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
     FailTask(id, wire::TaskStatus::kFailed, "unknown_step", "step '" + r.task.step + "' is not in the pipeline");
     return;
   }
+  if (r.task.enqueue_us > 0 && r.start_us >= r.task.enqueue_us) {
+    RoleMetrics(r.step->role)
+        .queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
+  }
+  BeginStep(id);
+}
+
+void Worker::Impl::BeginStep(uint64_t id) {
+  TaskRun& r = runs_[id];
   role_in_flight_[r.step->role]++;
-  const metrics::WorkerRoleMetrics& role_metrics = RoleMetrics(r.step->role);
-  role_metrics.in_flight.Inc();
-  if (r.task.enqueue_us > 0 && r.start_us >= r.task.enqueue_us)
-    role_metrics.queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
+  RoleMetrics(r.step->role).in_flight.Inc();
   const StepParts& parts = PartsOf(r.step);
   if ((parts.role | parts.route) & kCtxStored) {
     Fetch(id, [this](uint64_t rid) { StartRole(rid); }, ReadsArchive(r.task, parts.role | parts.route));
   } else {
     StartRole(id);
   }
+}
+
+void Worker::Impl::EndStepCount(TaskRun& run) {
+  if (run.step) {
+    role_in_flight_[run.step->role]--;
+    RoleMetrics(run.step->role).in_flight.Dec();
+  }
+  run.step = nullptr;  // counted once
 }
 
 void Worker::Impl::StartRole(uint64_t id) {
@@ -234,26 +248,16 @@ bool Worker::Impl::RunInPlace(uint64_t id, const config::StepConfig& step) {
   if (!agent || !agent->EndsInRun(*role) || FanoutOfJoin(&step) != nullptr) return false;
   if (std::find(served_roles_.begin(), served_roles_.end(), step.role) == served_roles_.end()) return false;
   if (QueueOf(step, run.task) != step.role) return false;  // bound elsewhere, or a fan-out
-  // The step before ends here (as OffloadAndSubmit would count it) and this
-  // one starts at once: no queue, no hop, the lease stays the delivery's.
-  if (run.step) {
-    role_in_flight_[run.step->role]--;
-    RoleMetrics(run.step->role).in_flight.Dec();
-  }
+  // The step before ends here and this one starts at once: no queue, no
+  // hop, the lease stays the delivery's.
+  EndStepCount(run);
   ++run.steps_in_place;
   run.step = &step;
   run.role = role;
   run.agent = agent;
   run.start_us = clock_->WallMicros();
   run.task.enqueue_us = run.start_us;
-  role_in_flight_[step.role]++;
-  RoleMetrics(step.role).in_flight.Inc();
-  const StepParts& parts = PartsOf(&step);
-  if ((parts.role | parts.route) & kCtxStored) {
-    Fetch(id, [this](uint64_t rid) { StartRole(rid); }, ReadsArchive(run.task, parts.role | parts.route));
-  } else {
-    StartRole(id);
-  }
+  BeginStep(id);
   return true;
 }
 

@@ -147,7 +147,12 @@ class Worker::Impl final : public AgentHost {
   // ---- step_machine.cc: one step of a delivered task.
   void OnDelivery(const wire::DeliverItem& item, std::string_view payload);
   void OnLlmResults();
+  // Counts the run's step (run.step, role, agent set) in flight, fetches
+  // what it reads, then StartRole().
+  void BeginStep(uint64_t id);
   void StartRole(uint64_t id);
+  // The run's step is no longer in flight (once; run.step is cleared).
+  void EndStepCount(TaskRun& run);
   void FinishStep(uint64_t id);
   // Chooses the task's next step by `routing`'s transitions (and `set`),
   // then ends the task or hands it on.
