@@ -39,10 +39,9 @@
 //     workers: 1                  # worker processes per node
 //     task_timeout_s: 3600        # a task running longer ends as failed
 //     seed: 0                     # base of the per-task seeds
-//     local_steps_in_place: true  # a worker that serves the next step's role runs a
-//                                 # local step (extract, compare, filter, noop, message,
-//                                 # reward by expression) at once, without a hop through
-//                                 # the broker
+//     max_steps_in_place: 32    # steps a worker that serves the next step's role runs
+//                                 # at once, without a hop through the broker: local steps
+//                                 # and LLM steps without tools; 0: every step hops
 //   models:
 //     <model>:
 //       endpoints: [sim]          # REQUIRED. http(s) base URLs like http://10.0.0.5:8000/v1,
@@ -249,12 +248,14 @@ struct RunConfig {
   int workers = 1;
   double task_timeout_s = 3600;
   uint64_t seed = 0;
-  // A worker that serves the next step's role runs a local step (one whose
-  // agent finishes before returning: extract, compare, filter, noop,
-  // message, reward by expression) in place, up to kMaxStepsInPlace in a row, instead of handing
-  // the task to the broker: no hop, no queue. false sends every step through
-  // the broker (the hop benchmark measures that).
-  bool local_steps_in_place = true;
+  // A worker that serves the next step's role runs it in place, without a
+  // hop through the broker, up to this many steps per delivery: local steps
+  // (extract, compare, filter, noop, message, reward by expression) and LLM
+  // steps without tools, while the role has room under its concurrency here.
+  // A hop refreshes the broker's copy of the task, which a lost worker's
+  // tasks resume from. 0 sends every step through the broker (the hop
+  // benchmark measures that).
+  int max_steps_in_place = 32;
 };
 
 // What a model's tokens cost (models.<name>.price).

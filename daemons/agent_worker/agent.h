@@ -111,7 +111,7 @@ class Agent {
   virtual std::string EnvRole(const config::RoleConfig& role) const { return ""; }
   // Run() always ends the step before it returns, using nothing but the
   // task (no model, no environment, no program): the worker may run such a
-  // step in place, right after the step before it (run.local_steps_in_place).
+  // step in place, right after the step before it (run.max_steps_in_place).
   virtual bool EndsInRun(const config::RoleConfig& role) const { return false; }
   virtual void Run(const StepContext& step, AgentHost& host) const = 0;
 };

@@ -240,24 +240,39 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   OffloadAndSubmit(id);
 }
 
-bool Worker::Impl::RunInPlace(uint64_t id, const config::StepConfig& step) {
-  TaskRun& run = runs_[id];
-  if (!pipeline_->run.local_steps_in_place || draining_ || run.steps_in_place >= kMaxStepsInPlace) return false;
+bool Worker::Impl::InPlace(const TaskRun& run, const config::StepConfig& step) {
+  if (draining_ || run.steps_in_place >= pipeline_->run.max_steps_in_place || in_place_depth_ >= kMaxLocalChain)
+    return false;
   const config::RoleConfig* role = pipeline_->Role(step.role);
   const Agent* agent = role ? AgentOf(*role) : nullptr;
-  if (!agent || !agent->EndsInRun(*role) || FanoutOfJoin(&step) != nullptr) return false;
+  if (!agent || FanoutOfJoin(&step) != nullptr) return false;
+  if (!agent->EndsInRun(*role) && !(role->type == RoleType::kLlm && agent->EnvRole(*role).empty())) return false;
   if (std::find(served_roles_.begin(), served_roles_.end(), step.role) == served_roles_.end()) return false;
   if (QueueOf(step, run.task) != step.role) return false;  // bound elsewhere, or a fan-out
+  // The run's own step leaves the count before this one enters it.
+  auto in_flight = role_in_flight_.find(step.role);
+  int64_t busy = in_flight == role_in_flight_.end() ? 0 : in_flight->second;
+  if (run.step && run.step->role == step.role) --busy;
+  return busy < role->concurrency;
+}
+
+bool Worker::Impl::RunInPlace(uint64_t id, const config::StepConfig& step) {
+  TaskRun& run = runs_[id];
+  if (!InPlace(run, step)) return false;
   // The step before ends here and this one starts at once: no queue, no
   // hop, the lease stays the delivery's.
   EndStepCount(run);
   ++run.steps_in_place;
   run.step = &step;
-  run.role = role;
-  run.agent = agent;
+  run.role = pipeline_->Role(step.role);
+  run.agent = AgentOf(*run.role);
   run.start_us = clock_->WallMicros();
   run.task.enqueue_us = run.start_us;
+  // A local step ends inside BeginStep, and its successor may start inside
+  // that: the depth of that nesting is bounded.
+  ++in_place_depth_;
   BeginStep(id);
+  --in_place_depth_;
   return true;
 }
 
@@ -270,6 +285,13 @@ void Worker::Impl::FailTask(uint64_t id, wire::TaskStatus status, const std::str
   run.next_role = "sink:" + run.task.owner;
   std::string holder = ReleaseEnvs(run.task);
   if (!holder.empty()) run.next_role = StickyRole(kReleaseRole, holder);
+  // This worker owns the task's partition: its record is written here, with
+  // no hop to this worker's own sink.
+  if (holder.empty() && !run.task.branch && pipeline_->run.max_steps_in_place > 0 && FindPartition(run.task.owner)) {
+    EndStepCount(run);
+    run.sink = true;
+    return HandleSink(id);
+  }
   OffloadAndSubmit(id);
 }
 

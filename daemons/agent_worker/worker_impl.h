@@ -127,7 +127,7 @@ class Worker::Impl final : public AgentHost {
     // While LoadArchive() runs: segments read so far, by object id.
     std::unordered_map<uint64_t, std::pair<wire::ObjectRef, wire::Task>> loading_segments;
     int64_t start_us = 0;
-    int steps_in_place = 0;  // local steps run right after another one (RunInPlace)
+    int steps_in_place = 0;  // steps run right after another one (RunInPlace)
     int pending_puts = 0;
     std::string next_role;
   };
@@ -157,12 +157,18 @@ class Worker::Impl final : public AgentHost {
   // Chooses the task's next step by `routing`'s transitions (and `set`),
   // then ends the task or hands it on.
   void RouteAndSubmit(uint64_t id, const config::StepConfig& routing);
-  // Runs `step` here and now when its agent ends in Run() and this worker
-  // serves its role (run.local_steps_in_place); false when the task must go
-  // through the broker. At most kMaxStepsInPlace in a row, so a loop of local
-  // steps still hops (and the stack stays shallow).
+  // Runs `step` here and now, without a hop through the broker, when
+  // InPlace() allows it; false when the task must go through the broker.
   bool RunInPlace(uint64_t id, const config::StepConfig& step);
-  static constexpr int kMaxStepsInPlace = 8;
+  // Whether this worker may run `step` of `run`'s task in place: it serves
+  // the step's role, the role has room under its concurrency here, the
+  // step is local or an LLM step without tools (nothing bound to another
+  // worker: no environment session, fan-out or join), the run has not used
+  // run.max_steps_in_place, and fewer than kMaxLocalChain steps run nested
+  // (local steps end inside the step before them: the stack stays shallow).
+  bool InPlace(const TaskRun& run, const config::StepConfig& step);
+  static constexpr int kMaxLocalChain = 8;
+  int in_place_depth_ = 0;
   void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
   // Ends the task's environment sessions held here; returns the worker
   // holding another one ("" when none), where the task goes next.

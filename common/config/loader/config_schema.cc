@@ -11,7 +11,7 @@ const std::vector<std::string> kDatasetKeys = {"path", "limit", "partitions", "i
                                                "required_fields"};
 const std::vector<std::string> kRunKeys = {"max_concurrent_tasks", "schedule", "trials", "max_attempts",
                                            "offload_threshold_bytes", "output_dir", "output_compression", "workers",
-                                           "task_timeout_s", "seed", "records", "local_steps_in_place"};
+                                           "task_timeout_s", "seed", "records", "max_steps_in_place"};
 const std::vector<std::string> kModelKeys = {"endpoints", "model", "api_key_env", "api_key_file",
                                              "max_concurrency_per_endpoint", "timeout_s",
                                              "outage_s", "patience_factor", "max_retries", "breaker_cooldown_s", "requests_per_s", "sticky", "sampling",

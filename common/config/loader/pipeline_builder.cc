@@ -347,7 +347,7 @@ class Builder {
     GetInt(r, path, "workers", &run.workers, 1, 4096);
     GetDouble(r, path, "task_timeout_s", &run.task_timeout_s, false);
     GetInt(r, path, "seed", &run.seed, 0, std::numeric_limits<int64_t>::max());
-    GetBool(r, path, "local_steps_in_place", &run.local_steps_in_place);
+    GetInt(r, path, "max_steps_in_place", &run.max_steps_in_place, 0, 1000000);
     GetChoice(r, path, "schedule", {{"row", RunConfig::Schedule::kRow}, {"batch", RunConfig::Schedule::kBatch}},
               &run.schedule);
     GetChoice(r, path, "records", {{"all", RunConfig::Records::kAll}, {"done", RunConfig::Records::kDone}},

@@ -32,7 +32,7 @@ using testing::TempDir;
 
 // Two LLM roles take turns on a question for `steps` steps; answers are long
 // enough to be offloaded to the store and conversations long enough to be
-// archived in segments.
+// archived in segments. Every step is a hop through the broker.
 constexpr char kPipeline[] = R"(name: component
 dataset:
   path: rows.jsonl
@@ -44,6 +44,7 @@ run:
   offload_threshold_bytes: 64
   output_dir: out
   workers: 1
+  max_steps_in_place: 0
 models:
   m:
     endpoints: [http://127.0.0.1:9/v1]
@@ -317,6 +318,39 @@ TEST_F(WorkerComponentTest, TasksRunEveryStepThroughOffloadAndArchiveAndTheirRec
   // Content was offloaded and archived, and everything was freed at the end.
   EXPECT_GT(store_->stats().puts, 0);
   EXPECT_GT(store_->stats().gets, 0);
+  EXPECT_EQ(store_->objects(), 0u) << store_->bytes() << " bytes left in the store";
+}
+
+TEST_F(WorkerComponentTest, StepsInPlaceHopEveryFewStepsAndKeepTheRecordsWhole) {
+  // Up to 4 steps in place per delivery: admission runs steps 1-4, each
+  // delivery one step and 4 more (5-9, 10-14, 15-19, 20), and the owner
+  // writes the record where the task ended.
+  std::string pipeline = kPipeline;
+  pipeline.replace(pipeline.find("max_steps_in_place: 0"), 21, "max_steps_in_place: 4");
+  Start(5, LongAnswer, pipeline.c_str());
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 5 && broker_.outstanding() == 0; }, 30'000))
+      << Records().size() << " records, " << broker_.outstanding() << " leases outstanding";
+  for (const Json& r : Records()) {
+    EXPECT_EQ(r["status"], "done") << r.dump();
+    ASSERT_EQ(r["turns"].size(), 20u) << r.dump();
+    for (size_t t = 0; t < 20; ++t) {
+      const std::string content = r["turns"][t]["content"].get<std::string>();
+      EXPECT_EQ(content.rfind(r["task_id"].get<std::string>() + " turn ", 0), 0u) << t << ": " << content;
+    }
+    EXPECT_EQ(r["hops"], 4) << r.dump();
+  }
+  // Steps 5 and 15 are `ask`, 10 and 20 `reply`; no record went through the broker.
+  EXPECT_EQ(broker_.delivered_by_role().at("ask"), 10);
+  EXPECT_EQ(broker_.delivered_by_role().at("reply"), 10);
+  EXPECT_EQ(broker_.delivered_by_role().count("sink"), 0u);
+  EXPECT_EQ(broker_.double_acks(), 0);
+  // Each call saw the whole conversation so far, wherever its step ran.
+  std::map<std::string, size_t> seen;
+  for (const auto& req : chat_->requests()) {
+    const size_t n = req.body["messages"].size();
+    EXPECT_EQ(n, seen[req.sticky_key] + 1) << req.sticky_key;
+    seen[req.sticky_key] = n;
+  }
   EXPECT_EQ(store_->objects(), 0u) << store_->bytes() << " bytes left in the store";
 }
 
