@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/base/status.h"
 
@@ -18,5 +20,11 @@ std::string DumpJson(const Json& j, int indent = -1);
 
 // `what` names the input in the error ("data/x.jsonl line 17").
 StatusOr<Json> ParseJson(const std::string& text, const std::string& what);
+
+// The members named in `keys` of the JSON object `text`, parsed; the other
+// members are only checked (balanced brackets, well-formed strings), not
+// parsed, which makes reading a few fields of a large record cheap. A
+// discarded Json (is_discarded()) when `text` is not such an object.
+Json ParseJsonMembers(std::string_view text, const std::vector<std::string_view>& keys);
 
 }  // namespace matrix

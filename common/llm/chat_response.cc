@@ -68,7 +68,7 @@ StatusOr<ParsedCompletion> ParseChatCompletion(const std::string& body) {
       out.completion_tokens = TokenCount(*usage, "completion_tokens");
     }
     Json only_first = Json::array();
-    only_first.push_back(first);
+    only_first.push_back(std::move((*choices)[0]));  // `first` is not read after this
     doc["choices"] = std::move(only_first);
     out.raw = std::move(doc);
     return out;
