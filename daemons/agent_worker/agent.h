@@ -24,7 +24,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/base/clock.h"
@@ -92,6 +94,11 @@ class AgentHost {
   virtual EnvPool* envs() = 0;
 };
 
+// Renderings of a task's prompt templates, by template: the text when the
+// template reads only `input` (which never changes), nullopt when it reads
+// more and is rendered at each step.
+using PromptMemo = std::unordered_map<const void*, std::optional<std::string>>;
+
 struct StepContext {
   uint64_t run_id = 0;
   const config::StepConfig& step;
@@ -100,6 +107,9 @@ struct StepContext {
   const wire::Task& view;    // the task with archived history in front (when read)
   const Resolved& resolved;  // stored content, by object id
   const Json& ctx;           // the context parts ContextParts() asked for
+  // Prompts that read nothing but the task's input, rendered by an earlier
+  // step of this task on this worker (BuildChatBody); nullptr: none kept.
+  PromptMemo* prompts = nullptr;
 };
 
 class Agent {

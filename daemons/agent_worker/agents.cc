@@ -21,17 +21,33 @@ unsigned RouteContextParts(const config::StepConfig& step) {
   return parts;
 }
 
+namespace {
+
+StatusOr<std::string> RenderPrompt(const config::Template& tmpl, const Json& ctx, PromptMemo* prompts) {
+  if (prompts == nullptr) return tmpl.Render(ctx);
+  auto kept = prompts->find(&tmpl);
+  if (kept != prompts->end() && kept->second) return *kept->second;
+  MATRIX_ASSIGN_OR_RETURN(std::string text, tmpl.Render(ctx));
+  if (kept == prompts->end()) {
+    const bool input_only = (ContextPartsFor(tmpl.source()) & ~static_cast<unsigned>(kCtxInput)) == 0;
+    prompts->emplace(&tmpl, input_only ? std::optional<std::string>(text) : std::nullopt);
+  }
+  return text;
+}
+
+}  // namespace
+
 StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
                              const config::RoleConfig& role, const wire::Task& task,
-                             const Resolved& resolved, const Json& ctx) {
+                             const Resolved& resolved, const Json& ctx, PromptMemo* prompts) {
   Json messages = Json::array();
   if (role.system) {
-    MATRIX_ASSIGN_OR_RETURN(std::string system, role.system->Render(ctx));
-    messages.push_back({{"role", "system"}, {"content", system}});
+    MATRIX_ASSIGN_OR_RETURN(std::string system, RenderPrompt(*role.system, ctx, prompts));
+    messages.push_back({{"role", "system"}, {"content", std::move(system)}});
   }
   if (role.prompt) {
-    MATRIX_ASSIGN_OR_RETURN(std::string prompt, role.prompt->Render(ctx));
-    messages.push_back({{"role", "user"}, {"content", prompt}});
+    MATRIX_ASSIGN_OR_RETURN(std::string prompt, RenderPrompt(*role.prompt, ctx, prompts));
+    messages.push_back({{"role", "user"}, {"content", std::move(prompt)}});
   }
   if (role.conversation) {
     // Tool calls and their results are seen only by the role that made them.

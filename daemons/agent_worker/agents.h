@@ -23,10 +23,12 @@ struct StepConfig;
 
 namespace matrix::worker {
 
-// Chat-completions request body for an llm role (without "model").
+// Chat-completions request body for an llm role (without "model"). With
+// `prompts`, a template that reads only the input is rendered once per task
+// and kept there for the task's later steps.
 StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
                              const config::RoleConfig& role, const wire::Task& task,
-                             const Resolved& resolved, const Json& ctx);
+                             const Resolved& resolved, const Json& ctx, PromptMemo* prompts = nullptr);
 
 // A failed expression or role configuration, as the step's outcome.
 StepOutcome RoleError(const StepContext& step, const Status& status);

@@ -134,7 +134,7 @@ class LlmAgent final : public Agent {
 
   void Run(const StepContext& s, AgentHost& host) const override {
     const config::Pipeline& pipeline = host.pipeline();
-    auto body = BuildChatBody(pipeline, s.step.role, s.role, s.view, s.resolved, s.ctx);
+    auto body = BuildChatBody(pipeline, s.step.role, s.role, s.view, s.resolved, s.ctx, s.prompts);
     if (!body.ok()) {
       return host.Complete(s.run_id, StepOutcome::Failed("prompt_error", "step '" + s.step.name + "': " +
                                                                                body.status().message()));

@@ -117,7 +117,7 @@ void Worker::Impl::StartRole(uint64_t id) {
   wire::Task full = expand ? HistoryView(run) : wire::Task();
   const wire::Task& view = expand ? full : run.task;
   Json ctx = BuildContext(view, run.resolved, parts);
-  StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx};
+  StepContext step{id, *run.step, *run.role, run.task, view, run.resolved, ctx, &run.prompts};
   // The agent ends the step (Complete), now or from a callback; `run` may be
   // gone once Run() returns.
   run.agent->Run(step, *this);

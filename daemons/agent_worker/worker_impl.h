@@ -128,6 +128,7 @@ class Worker::Impl final : public AgentHost {
     std::unordered_map<uint64_t, std::pair<wire::ObjectRef, wire::Task>> loading_segments;
     int64_t start_us = 0;
     int steps_in_place = 0;  // steps run right after another one (RunInPlace)
+    PromptMemo prompts;      // prompts rendered from the input alone, for the next steps
     int pending_puts = 0;
     std::string next_role;
   };

@@ -100,6 +100,35 @@ TEST_F(CoralAgentsTest, ChatBodyShowsOwnTurnsAsAssistantAndOthersAsUser) {
   EXPECT_EQ((*ext)["temperature"], 0);
 }
 
+TEST_F(CoralAgentsTest, PromptsThatReadOnlyTheInputAreRenderedOncePerTask) {
+  PromptMemo prompts;
+  AddTurn("teacher", "I think 4. The answer is (B).");
+  auto first = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, Ctx(), &prompts);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  // The system prompt and the question are kept; a context with another
+  // input (which a task never has) shows that they were not rendered again.
+  EXPECT_EQ(prompts.size(), 2u);
+  for (const auto& [tmpl, text] : prompts) EXPECT_TRUE(text.has_value());
+  Json other = Ctx();
+  other["input"]["question"] = "3+3?";
+  AddTurn("student", "Maybe 5? The answer is (C).");
+  auto again = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, other, &prompts);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)["messages"][1], (*first)["messages"][1]);
+  EXPECT_EQ((*again)["messages"].size(), (*first)["messages"].size() + 1);
+  // The extractor's prompt reads the last turn: rendered at every step.
+  auto ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx(), &prompts);
+  ASSERT_TRUE(ext.ok());
+  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("Maybe 5?"), std::string::npos);
+  AddTurn("teacher", "No, 4. The answer is (B).");
+  ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx(), &prompts);
+  ASSERT_TRUE(ext.ok());
+  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
+  const config::RoleConfig& extractor = *pipeline_.Role("extractor");
+  ASSERT_TRUE(prompts.count(&*extractor.prompt));
+  EXPECT_FALSE(prompts.at(&*extractor.prompt).has_value());
+}
+
 TEST(ContextPartsTest, ReadsOnlyWhatAnExpressionNames) {
   EXPECT_EQ(ContextPartsFor("counters.steps >= 100"), static_cast<unsigned>(kCtxCounters));
   EXPECT_EQ(ContextPartsFor("vars.a == input.answer"), static_cast<unsigned>(kCtxVars | kCtxInput));
