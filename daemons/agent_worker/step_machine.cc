@@ -87,7 +87,29 @@ void Worker::Impl::OnDelivery(const wire::DeliverItem& item, std::string_view pa
     RoleMetrics(r.step->role)
         .queue_wait_seconds.Observe(static_cast<double>(r.start_us - r.task.enqueue_us) / 1e6);
   }
+  if (pipeline_->run.max_steps_in_place > 0 && RunsInPlace(*r.role) && RoleBusy(r.step->role) >= r.role->concurrency) {
+    waiting_[r.step->role].push_back(id);
+    ++waiting_count_;
+    return;
+  }
   BeginStep(id);
+}
+
+void Worker::Impl::StartWaiting() {
+  if (waiting_count_ == 0) return;
+  for (auto& [role_name, queue] : waiting_) {
+    const config::RoleConfig* role = pipeline_->Role(role_name);
+    while (!queue.empty() && (!role || RoleBusy(role_name) < role->concurrency)) {
+      const uint64_t id = queue.front();
+      queue.pop_front();
+      --waiting_count_;
+      auto it = runs_.find(id);
+      if (it == runs_.end()) continue;
+      Handling handling(crash_, it->second.task.task_id);
+      it->second.start_us = clock_->WallMicros();
+      BeginStep(id);
+    }
+  }
 }
 
 void Worker::Impl::BeginStep(uint64_t id) {
@@ -250,20 +272,29 @@ void Worker::Impl::RouteAndSubmit(uint64_t id, const config::StepConfig& routing
   OffloadAndSubmit(id);
 }
 
+bool Worker::Impl::RunsInPlace(const config::RoleConfig& role) const {
+  const Agent* agent = AgentOf(role);
+  return agent && (agent->EndsInRun(role) || (role.type == RoleType::kLlm && agent->EnvRole(role).empty()));
+}
+
+int64_t Worker::Impl::RoleBusy(const std::string& role, const TaskRun* leaving) const {
+  auto in_flight = role_in_flight_.find(role);
+  int64_t busy = in_flight == role_in_flight_.end() ? 0 : in_flight->second;
+  if (leaving && leaving->step && leaving->step->role == role) --busy;
+  return busy;
+}
+
 bool Worker::Impl::InPlace(const TaskRun& run, const config::StepConfig& step) {
   if (draining_ || run.steps_in_place >= pipeline_->run.max_steps_in_place || in_place_depth_ >= kMaxLocalChain)
     return false;
   const config::RoleConfig* role = pipeline_->Role(step.role);
-  const Agent* agent = role ? AgentOf(*role) : nullptr;
-  if (!agent || FanoutOfJoin(&step) != nullptr) return false;
-  if (!agent->EndsInRun(*role) && !(role->type == RoleType::kLlm && agent->EnvRole(*role).empty())) return false;
+  if (!role || !RunsInPlace(*role) || FanoutOfJoin(&step) != nullptr) return false;
   if (std::find(served_roles_.begin(), served_roles_.end(), step.role) == served_roles_.end()) return false;
   if (QueueOf(step, run.task) != step.role) return false;  // bound elsewhere, or a fan-out
-  // The run's own step leaves the count before this one enters it.
-  auto in_flight = role_in_flight_.find(step.role);
-  int64_t busy = in_flight == role_in_flight_.end() ? 0 : in_flight->second;
-  if (run.step && run.step->role == step.role) --busy;
-  return busy < role->concurrency;
+  // Delivered steps waiting for the role go first.
+  auto waiting = waiting_.find(step.role);
+  if (waiting != waiting_.end() && !waiting->second.empty()) return false;
+  return RoleBusy(step.role, &run) < role->concurrency;
 }
 
 bool Worker::Impl::RunInPlace(uint64_t id, const config::StepConfig& step) {

@@ -284,6 +284,7 @@ Status Worker::Impl::Run() {
   std::vector<std::string> frames;
   while (true) {
     RetryBlockedRecords();
+    StartWaiting();
     Admit();
     FlushSubmits();
     store_->Tick();

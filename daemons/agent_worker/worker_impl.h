@@ -170,6 +170,17 @@ class Worker::Impl final : public AgentHost {
   bool InPlace(const TaskRun& run, const config::StepConfig& step);
   static constexpr int kMaxLocalChain = 8;
   int in_place_depth_ = 0;
+  // Whether steps of `role` may run in place: local ones and llm ones
+  // without tools (nothing bound to a worker's environment).
+  bool RunsInPlace(const config::RoleConfig& role) const;
+  // Steps of `role` in flight here, the step `run` is leaving excluded.
+  int64_t RoleBusy(const std::string& role, const TaskRun* leaving = nullptr) const;
+  // A delivered step whose role is at its concurrency here waits: the
+  // broker's credit does not see the steps run in place that took the room.
+  // They start oldest first as steps of the role end (StartWaiting).
+  std::unordered_map<std::string, std::deque<uint64_t>> waiting_;
+  size_t waiting_count_ = 0;
+  void StartWaiting();
   void FailTask(uint64_t id, wire::TaskStatus status, const std::string& reason, const std::string& error);
   // Ends the task's environment sessions held here; returns the worker
   // holding another one ("" when none), where the task goes next.

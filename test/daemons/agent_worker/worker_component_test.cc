@@ -354,6 +354,32 @@ TEST_F(WorkerComponentTest, StepsInPlaceHopEveryFewStepsAndKeepTheRecordsWhole) 
   EXPECT_EQ(store_->objects(), 0u) << store_->bytes() << " bytes left in the store";
 }
 
+TEST_F(WorkerComponentTest, StepsInPlaceKeepEachRoleUnderItsConcurrency) {
+  // Two steps of a role at a time: the tasks admitted after the first two
+  // go through the broker, and what it delivers waits for room here.
+  std::string pipeline = kPipeline;
+  pipeline.replace(pipeline.find("max_steps_in_place: 0"), 21, "max_steps_in_place: 4");
+  pipeline.replace(pipeline.find("max_concurrent_tasks: 3"), 23, "max_concurrent_tasks: 5");
+  for (const char* role : {"  ask:\n    type: llm\n", "  reply:\n    type: llm\n"}) {
+    const size_t at = pipeline.find(role) + std::string(role).size();
+    pipeline.insert(at, "    concurrency: 2\n");
+  }
+  Start(5, LongAnswer, pipeline.c_str());
+  chat_->Hold(true);
+  ASSERT_TRUE(broker_.Serve([&] { return broker_.delivered_by_role().count("ask") && chat_->held() >= 2; }, 10'000));
+  broker_.Serve([] { return false; }, 300);
+  EXPECT_EQ(chat_->held(), 2u) << "calls of `ask` in flight";
+  chat_->Hold(false);
+  chat_->Release();
+  ASSERT_TRUE(broker_.Serve([&] { return Records().size() == 5 && broker_.outstanding() == 0; }, 30'000))
+      << Records().size() << " records, " << broker_.outstanding() << " leases outstanding";
+  for (const Json& r : Records()) {
+    EXPECT_EQ(r["status"], "done") << r.dump();
+    EXPECT_EQ(r["turns"].size(), 20u);
+  }
+  EXPECT_EQ(broker_.double_acks(), 0);
+}
+
 TEST_F(WorkerComponentTest, AModelErrorEndsOnlyItsTaskWithAReason) {
   Start(4, [](const llm::ChatRequest& req) {
     if (req.body.dump().find("question 2") == std::string::npos) return LongAnswer(req);
