@@ -39,7 +39,7 @@
 //     workers: 1                  # worker processes per node
 //     task_timeout_s: 3600        # a task running longer ends as failed
 //     seed: 0                     # base of the per-task seeds
-//     max_steps_in_place: 32    # steps a worker that serves the next step's role runs
+//     max_steps_in_place: 32      # steps a worker that serves the next step's role runs
 //                                 # at once, without a hop through the broker: local steps
 //                                 # and LLM steps without tools; 0: every step hops
 //   models:
