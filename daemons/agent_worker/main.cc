@@ -3,9 +3,10 @@
 //   matrix-worker --pipeline FILE --broker EP --store EP --output-dir DIR
 //                 [--run-dir DIR] [--id NAME] [--partitions 0,3] [--roles a,b]
 //                 [--metrics HOST:PORT] [--nodes-dir RUN/nodes --keys-dir RUN]
-//                 [key.path=value ...]
+//                 [--sole-worker] [key.path=value ...]
 // --metrics (default 127.0.0.1:0, "" to disable) serves /metrics and, with
 // --run-dir, publishes the address in <run-dir>/endpoints/<id>.metrics.
+// --sole-worker: no other worker serves this run (WorkerConfig::sole_worker).
 #include <signal.h>
 
 #include <cerrno>
@@ -40,7 +41,8 @@ int main(int argc, char** argv) {
   auto flags = Flags::Parse(argc, argv, {"pipeline", "broker", "store", "output-dir", "run-dir", "run-id", "id",
                                          "node", "partitions", "roles", "grace-s", "heartbeat-ms", "metrics",
                                          "log-level", "nodes-dir", "keys-dir", "job", "models-dir",
-                                         "progress-ms", "finished-dir", "stop-signal"});
+                                         "progress-ms", "finished-dir", "stop-signal", "sole-worker"},
+                            {"sole-worker"});
   if (!flags.ok()) {
     LOG_ERROR << flags.status().message();
     return 2;
@@ -81,6 +83,7 @@ int main(int argc, char** argv) {
   config.heartbeat_ms = static_cast<uint32_t>(flags->GetInt("heartbeat-ms", config.heartbeat_ms));
   config.signal_fd = *sigfd;
   config.nodes_dir = flags->Get("nodes-dir");
+  config.sole_worker = flags->GetBool("sole-worker");
   config.job_id = flags->Get("job");
   config.models_dir = flags->Get("models-dir");
   config.progress_ms = static_cast<int>(flags->GetInt("progress-ms", config.progress_ms));

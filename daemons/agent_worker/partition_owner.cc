@@ -234,10 +234,10 @@ void Worker::Impl::Admit() {
       const config::StepConfig* start = pipeline_->Step(t.step);
       run.next_role = start ? QueueOf(*start, t) : t.step;
       const uint64_t id = NewRun(std::move(run));
-      // The first step runs here when it may (InPlace). A task that was being
-      // handled when a worker died goes through the broker, whose deliveries
-      // count such deaths (OnDelivery).
-      if (start && abort_on_input_.empty() && !crash_counts_.count(adm.task_id)) {
+      // The only worker of its run starts the first step here when it may
+      // (InPlace). A task that was being handled when a worker died goes
+      // through the broker, whose deliveries count such deaths (OnDelivery).
+      if (config_.sole_worker && start && abort_on_input_.empty() && !crash_counts_.count(adm.task_id)) {
         Handling handling(crash_, adm.task_id);
         if (RunInPlace(id, *start)) continue;
       }

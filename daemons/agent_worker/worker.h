@@ -65,6 +65,11 @@ struct WorkerConfig {
   // <node>/endpoints/store (objects of other nodes are fetched there), and
   // the job's keys for CURVE to the broker and the stores. Unset: one node.
   std::string nodes_dir;
+  // No other worker serves this run (`matrix run` with one worker): the
+  // tasks it admits have nowhere else to go, so their first step runs here
+  // in place. Otherwise that step goes through the broker, which spreads the
+  // tasks over the workers (and nodes) with credit.
+  bool sole_worker = false;
   std::optional<transport::CurveKeyPair> keys;
   // Model servers registered at run time: <models_dir>/<model>/<host>_<port>
   // files each holding a base URL. A model whose pipeline endpoints are

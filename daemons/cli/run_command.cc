@@ -190,6 +190,7 @@ int RunPipeline(const RunOptions& opt) {
       spec.argv.push_back("--partitions");
       spec.argv.push_back(parts);
     }
+    if (workers == 1) spec.argv.push_back("--sole-worker");
     for (const auto& o : overrides) spec.argv.push_back(o);
     if (!start(spec)) return 1;
     worker_names.push_back(name);

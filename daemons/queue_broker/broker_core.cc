@@ -307,7 +307,10 @@ void BrokerCore::Dispatch(std::vector<Outgoing>* out) {
     size_t& rr = rr_[role];
     size_t idle_rounds = 0;
     // Round-robin over workers, one batch per worker per round, until the
-    // queue is empty or nobody has credit.
+    // queue is empty or nobody has credit. A batch is at most an even share
+    // of what was queued: a burst (a partition's admissions) is spread over
+    // the workers, where its tasks may stay for many steps (steps in place).
+    const size_t share = list.empty() ? 0 : (q.size() + list.size() - 1) / list.size();
     while (!q.empty() && !list.empty() && idle_rounds < list.size()) {
       const std::string& wid = list[rr % list.size()];
       rr++;
@@ -318,7 +321,7 @@ void BrokerCore::Dispatch(std::vector<Outgoing>* out) {
         continue;
       }
       idle_rounds = 0;
-      HandOut(wid, w, role, std::min<size_t>({credit, q.size(), config_.max_batch}), slot, out);
+      HandOut(wid, w, role, std::min<size_t>({credit, q.size(), config_.max_batch, share}), slot, out);
     }
     // The rest goes to peers or waits for credit (an ack re-marks the role
     // ready, and so does a peer's heartbeat while work waits).

@@ -114,6 +114,30 @@ TEST(CoralRunTest, StepsInPlaceGiveTheSameRecordsWithFewerHops) {
   EXPECT_LT(messages[1] * 5, messages[0]) << messages[1] << " broker messages in place, " << messages[0];
 }
 
+TEST(CoralRunTest, TwoWorkersShareTheTasksWhileStepsRunInPlace) {
+  // The first step goes through the broker, which spreads the admitted tasks
+  // over both workers; each task then runs its steps where it landed.
+  TempDir dir;
+  std::string log;
+  ASSERT_EQ(RunCommand(Matrix() + " run " + Coral() + " dataset.limit=40 run.max_concurrent_tasks=40 " + kFastSim[0] +
+                           " --workers 2 --output " + dir.File("out") + " --quiet",
+                       &log),
+            0)
+      << log;
+  auto records = ReadRecords(dir.File("out"));
+  ASSERT_EQ(records.size(), 40u);
+  std::map<std::string, int> tasks_by_worker;  // of each task's first step
+  for (const auto& r : records) {
+    EXPECT_EQ(r["status"], "done") << r.dump();
+    ASSERT_FALSE(r["spans"].empty());
+    const std::string worker = r["spans"][0]["worker"].get<std::string>();
+    tasks_by_worker[worker.substr(0, worker.find('.'))]++;
+  }
+  ASSERT_EQ(tasks_by_worker.size(), 2u) << log;
+  EXPECT_GE(tasks_by_worker["worker-0"], 10);
+  EXPECT_GE(tasks_by_worker["worker-1"], 10);
+}
+
 TEST(CoralRunTest, PricedModelReportsCostInSummaryAndStatus) {
   TempDir dir;
   std::string out;

@@ -210,6 +210,7 @@ class WorkerComponentTest : public ::testing::Test {
     wc.output_dir = dir_.File("out");
     wc.partitions = {0};
     wc.grace_s = 5;
+    wc.sole_worker = true;
     WorkerServices services;
     auto chat = std::make_unique<llm::FakeChatService>(std::move(respond));
     auto store = std::make_unique<store::FakeObjectStore>(wc.node);
