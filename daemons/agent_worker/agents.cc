@@ -37,6 +37,15 @@ StatusOr<std::string> RenderPrompt(const config::Template& tmpl, const Json& ctx
 
 }  // namespace
 
+bool PromptsKept(const config::RoleConfig& role, const PromptMemo& prompts) {
+  auto kept = [&](const std::optional<config::Template>& t) {
+    if (!t) return true;
+    auto it = prompts.find(&*t);
+    return it != prompts.end() && it->second.has_value();
+  };
+  return kept(role.system) && kept(role.prompt);
+}
+
 StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
                              const config::RoleConfig& role, const wire::Task& task,
                              const Resolved& resolved, const Json& ctx, PromptMemo* prompts) {

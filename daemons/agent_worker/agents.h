@@ -30,6 +30,10 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
                              const config::RoleConfig& role, const wire::Task& task,
                              const Resolved& resolved, const Json& ctx, PromptMemo* prompts = nullptr);
 
+// Whether every template BuildChatBody renders for `role` is kept in
+// `prompts`: its context then needs no input.
+bool PromptsKept(const config::RoleConfig& role, const PromptMemo& prompts);
+
 // A failed expression or role configuration, as the step's outcome.
 StepOutcome RoleError(const StepContext& step, const Status& status);
 // reward with `expr`.

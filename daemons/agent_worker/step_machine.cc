@@ -137,14 +137,8 @@ void Worker::Impl::StartRole(uint64_t id) {
   unsigned parts = PartsOf(run.step).role;
   // An llm role reads the input only through its templates: once they are
   // kept rendered, the input row is not parsed again.
-  if (run.role->type == RoleType::kLlm && (parts & kCtxInput)) {
-    auto kept = [&](const std::optional<config::Template>& t) {
-      if (!t) return true;
-      auto it = run.prompts.find(&*t);
-      return it != run.prompts.end() && it->second.has_value();
-    };
-    if (kept(run.role->system) && kept(run.role->prompt)) parts &= ~static_cast<unsigned>(kCtxInput);
-  }
+  if (run.role->type == RoleType::kLlm && (parts & kCtxInput) && PromptsKept(*run.role, run.prompts))
+    parts &= ~static_cast<unsigned>(kCtxInput);
   const bool expand = run.archive_loaded && (parts & kCtxTurnParts);
   wire::Task full = expand ? HistoryView(run) : wire::Task();
   const wire::Task& view = expand ? full : run.task;

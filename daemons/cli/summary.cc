@@ -229,6 +229,7 @@ StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
         (name.size() > 10 && name.compare(name.size() - 10, 10, ".jsonl.zst") == 0))
       files.push_back(entry.path().string());
   }
+  const std::vector<std::string_view> kStatus = {"status"};
   for (const auto& path : files) {
     MATRIX_ASSIGN_OR_RETURN(std::string data, ReadLinesFile(path));
     std::string keep, retried;
@@ -237,7 +238,7 @@ StatusOr<int64_t> DropFailedRecords(const std::string& output_dir) {
       size_t nl = data.find('\n', pos);
       const size_t end = nl == std::string::npos ? data.size() : nl + 1;
       std::string_view line(data.data() + pos, end - pos);
-      Json rec = ParseJsonMembers(line, {"status"});
+      Json rec = ParseJsonMembers(line, kStatus);
       const std::string status = rec.is_object() ? rec.value("status", "") : "";
       (status == "failed" || status == "lost" ? retried : keep).append(line);
       pos = end;
