@@ -293,6 +293,26 @@ Status Socket::Send(Frames&& frames) {
 
 bool Socket::TryRecv(Frames* frames) { return RecvMessage(sock_, ZMQ_DONTWAIT, frames); }
 
+bool Socket::HasInput() const {
+  int events = 0;
+  size_t len = sizeof events;
+  return zmq_getsockopt(sock_, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN) != 0;
+}
+
+int Socket::fd() const {
+  int fd = -1;
+  size_t len = sizeof fd;
+  return zmq_getsockopt(sock_, ZMQ_FD, &fd, &len) == 0 ? fd : -1;
+}
+
+Status Socket::WatchOn(EventLoop& loop, std::function<void()> on_input) {
+  // ZMQ_FD signals edges of ZeroMQ's internal state, not readable bytes: the
+  // loop asks ZMQ_EVENTS before it waits and after each turn.
+  const int notify = fd();
+  if (notify < 0) return Internal("zmq_getsockopt(ZMQ_FD) on " + endpoint_ + ": " + zmq_strerror(zmq_errno()));
+  return loop.WatchEdge(notify, [this] { return HasInput(); }, std::move(on_input));
+}
+
 int Poller::AddSocket(Socket* socket) {
   items_.push_back({socket->raw(), -1});
   return static_cast<int>(items_.size() - 1);

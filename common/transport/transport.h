@@ -15,10 +15,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "common/base/event_loop.h"
 #include "common/base/status.h"
 
 namespace matrix::transport {
@@ -82,6 +84,14 @@ class Socket {
   bool TryRecv(Frames* frames);
   const std::string& endpoint() const { return endpoint_; }
   void* raw() const { return sock_; }
+  // Whether a message waits to be received (ZMQ_EVENTS); never blocks.
+  bool HasInput() const;
+  // Runs `on_input` on `loop` whenever a message waits, until the socket is
+  // unwatched (loop.Unwatch(socket.fd())) or destroyed. `on_input` receives
+  // with TryRecv() and may leave messages for the next turn.
+  Status WatchOn(EventLoop& loop, std::function<void()> on_input);
+  // ZeroMQ's notification fd (ZMQ_FD): readable only as a hint, see WatchOn.
+  int fd() const;
 
   // Servers: watch this socket's failed handshakes (a peer without CURVE,
   // with the wrong server key, or refused by the ZAP handler).

@@ -1,9 +1,8 @@
-// StoreServer: the ROUTER event loop of matrix-store. Single-threaded apart
-// from Stop(), which only sets a flag and writes an eventfd, and the metrics
-// server's HTTP threads, which only read the metrics registry.
+// StoreServer: matrix-store's ROUTER socket on an EventLoop. Single-threaded
+// apart from Stop() (the loop's thread-safe Stop) and the metrics server's
+// HTTP threads, which only read the metrics registry.
 #include "daemons/object_store/store_server.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,7 +28,7 @@ namespace {
 
 // Envelopes are small (ids and checksums); payloads travel in their own frames.
 constexpr size_t kMaxEnvelopeBytes = 4 << 20;
-// Messages handled per RunOnce before the signal and sweep are looked at again.
+// Messages handled per turn before the signal and the sweep are looked at again.
 constexpr int kMaxMessagesPerIteration = 4096;
 
 // A peer's routing identity (any bytes) as log text.
@@ -86,13 +85,26 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Create(StoreConfig config,
 
   std::unique_ptr<StoreServer> server(new StoreServer(std::move(config), clock, std::move(table).value()));
   server->socket_ = std::move(socket).value();
-  server->wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (server->wake_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
-  server->poller_ = std::make_unique<transport::Poller>();
-  server->socket_index_ = server->poller_->AddSocket(server->socket_.get());
-  server->wake_index_ = server->poller_->AddFd(server->wake_fd_);
-  if (server->config_.signal_fd >= 0)
-    server->signal_index_ = server->poller_->AddFd(server->config_.signal_fd);
+  MATRIX_ASSIGN_OR_RETURN(server->loop_, EventLoop::Create(clock));
+  StoreServer* self = server.get();
+  MATRIX_RETURN_IF_ERROR(server->socket_->WatchOn(*server->loop_, [self] {
+    transport::Frames frames;
+    for (int i = 0; i < kMaxMessagesPerIteration && self->socket_->TryRecv(&frames); ++i) self->HandleMessage(frames);
+    self->UpdateMetrics();
+  }));
+  if (server->config_.signal_fd >= 0) {
+    MATRIX_RETURN_IF_ERROR(server->loop_->WatchSignals(server->config_.signal_fd, [self](int sig) {
+      // A signalfd names the signal; any other fd (a pipe, an eventfd in
+      // tests) simply counts as a stop request.
+      if (sig > 0) {
+        LOG_INFO << "received signal " << sig << ", shutting down";
+      } else {
+        LOG_INFO << "stop requested";
+      }
+      self->Stop();
+    }));
+  }
+  server->loop_->Every(int64_t{server->config_.sweep_interval_ms} * 1'000'000, [self] { self->Sweep(); });
 
   // Metrics first: once the store's endpoint file exists, everything is up.
   if (!server->config_.metrics_bind.empty()) {
@@ -118,13 +130,10 @@ StoreServer::StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr
       clock_(clock),
       table_(std::move(table)),
       metrics_(std::make_unique<Metrics>(*clock)) {
-  next_sweep_ms_ = clock_->NowMillis() + config_.sweep_interval_ms;
   metrics_->set.memory_budget_bytes.Set(static_cast<double>(config_.memory_budget_bytes));
 }
 
-StoreServer::~StoreServer() {
-  if (wake_fd_ >= 0) ::close(wake_fd_);
-}
+StoreServer::~StoreServer() = default;
 
 const std::string& StoreServer::endpoint() const { return socket_->endpoint(); }
 
@@ -132,12 +141,7 @@ std::string StoreServer::metrics_address() const {
   return metrics_->server ? metrics_->server->address() : std::string();
 }
 
-void StoreServer::Stop() {
-  stop_.store(true);
-  uint64_t one = 1;
-  ssize_t n = ::write(wake_fd_, &one, sizeof(one));
-  (void)n;
-}
+void StoreServer::Stop() { loop_->Stop(); }
 
 Status StoreServer::Run() {
   LOG_INFO << "store " << config_.name << " of node " << config_.node << " serving on "
@@ -146,48 +150,22 @@ Status StoreServer::Run() {
                                 : std::string())
            << " (memory budget " << config_.memory_budget_bytes << " bytes, spill dir "
            << (config_.spill_dir.empty() ? "none" : config_.spill_dir) << ")";
-  while (!stop_.load()) {
-    int64_t wait = std::clamp<int64_t>(next_sweep_ms_ - clock_->NowMillis(), 0, 1000);
-    RunOnce(static_cast<int>(wait));
-  }
+  loop_->Run();
   LOG_INFO << "store stopping: " << StatsJson();
   return Status::Ok();
 }
 
-void StoreServer::RunOnce(int timeout_ms) {
-  if (poller_->Poll(timeout_ms)) {
-    if (poller_->Readable(wake_index_)) {
-      uint64_t v;
-      ssize_t n = ::read(wake_fd_, &v, sizeof(v));
-      (void)n;
-    }
-    if (signal_index_ >= 0 && poller_->Readable(signal_index_)) {
-      // A signalfd names the signal; any other fd (a pipe, an eventfd in
-      // tests) simply counts as a stop request.
-      if (int sig = ReadSignal(config_.signal_fd); sig > 0) {
-        LOG_INFO << "received signal " << sig << ", shutting down";
-      } else {
-        LOG_INFO << "stop requested";
-      }
-      stop_.store(true);
-    }
-  }
-  // Drained even when the poll reported nothing: ZeroMQ sockets may hold
-  // messages that arrived between polls.
-  transport::Frames frames;
-  for (int i = 0; i < kMaxMessagesPerIteration && socket_->TryRecv(&frames); ++i) HandleMessage(frames);
+void StoreServer::RunOnce(int timeout_ms) { loop_->RunOnce(int64_t{timeout_ms} * 1'000'000); }
 
+void StoreServer::Sweep() {
   const int64_t now = clock_->NowMillis();
-  if (now >= next_sweep_ms_) {
-    int64_t expired = table_->ExpireOlderThan(now);
-    if (expired > 0) {
-      LOG_INFO << "expired " << expired << " objects nobody freed";
-    }
-    if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
-      LOG_WARN << "refused " << refused << " connection(s) in the handshake: no CURVE or not the job's keys";
-      metrics_->set.auth_failures.Inc(static_cast<double>(refused));
-    }
-    next_sweep_ms_ = now + config_.sweep_interval_ms;
+  int64_t expired = table_->ExpireOlderThan(now);
+  if (expired > 0) {
+    LOG_INFO << "expired " << expired << " objects nobody freed";
+  }
+  if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
+    LOG_WARN << "refused " << refused << " connection(s) in the handshake: no CURVE or not the job's keys";
+    metrics_->set.auth_failures.Inc(static_cast<double>(refused));
   }
   UpdateMetrics();
 }

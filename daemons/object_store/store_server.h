@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common/base/clock.h"
+#include "common/base/event_loop.h"
 #include "common/base/log_limiter.h"
 #include "common/base/status.h"
 #include "daemons/object_store/object_table.h"
@@ -37,7 +38,6 @@
 namespace matrix::transport {
 class Context;
 class Socket;
-class Poller;
 }  // namespace matrix::transport
 
 namespace matrix::store {
@@ -65,12 +65,12 @@ class StoreServer {
   // Serves until the signal fd is readable or Stop() is called; returns OK
   // on such a clean stop.
   Status Run();
-  // One loop iteration: waits up to timeout_ms for messages, handles all
-  // that are queued, runs the expiry sweep when due. Tests drive it directly.
+  // One turn of the loop: runs the expiry sweep when due, waits up to
+  // timeout_ms for messages and handles those queued. Tests drive it directly.
   void RunOnce(int timeout_ms);
   // Makes Run() return soon. Safe from any thread and from signal handlers.
   void Stop();
-  bool stopping() const { return stop_.load(); }
+  bool stopping() const { return loop_->stopping(); }
 
   // The bound endpoint (the real port for "tcp://host:*").
   const std::string& endpoint() const;
@@ -87,6 +87,8 @@ class StoreServer {
   StoreServer(StoreConfig config, const Clock* clock, std::unique_ptr<ObjectTable> table);
   void Malformed(const std::string& peer, const std::string& why);
   void Reply(std::vector<std::string> frames);
+  // Frees expired objects and counts refused handshakes (every sweep_interval_ms).
+  void Sweep();
   // Brings the metrics up to date with the table's and the server's counts.
   void UpdateMetrics();
 
@@ -94,17 +96,11 @@ class StoreServer {
   const Clock* clock_;
   std::unique_ptr<ObjectTable> table_;
   std::unique_ptr<transport::Socket> socket_;
-  std::unique_ptr<transport::Poller> poller_;
-  int socket_index_ = -1;
-  int signal_index_ = -1;
-  int wake_fd_ = -1;  // eventfd written by Stop()
-  int wake_index_ = -1;
-  int64_t next_sweep_ms_ = 0;
+  std::unique_ptr<EventLoop> loop_;
   PeerLogLimiter malformed_log_;  // one warning per peer per 10 s
   StoreServerStats stats_;
   struct Metrics;
   std::unique_ptr<Metrics> metrics_;
-  std::atomic<bool> stop_{false};
 };
 
 }  // namespace matrix::store

@@ -1,6 +1,7 @@
-// BrokerServer: the ROUTER event loop of matrix-broker, single-threaded apart
-// from Stop() (an atomic flag) and the metrics server's own HTTP threads,
-// which only read the metrics registry.
+// BrokerServer: matrix-broker's ROUTER socket and peer links on one
+// EventLoop, single-threaded apart from Stop() (the loop's own thread-safe
+// Stop) and the metrics server's own HTTP threads, which only read the
+// metrics registry.
 #include "daemons/queue_broker/broker_server.h"
 
 #include <algorithm>
@@ -112,6 +113,7 @@ StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Create(BrokerServerConfig 
     if (!zap.ok() && zap.code() != StatusCode::kFailedPrecondition) return zap;  // already running: fine
     opts = transport::CurveServerOptions(*server->config_.keys, opts);
   }
+  MATRIX_ASSIGN_OR_RETURN(server->loop_, EventLoop::Create(clock));
   MATRIX_ASSIGN_OR_RETURN(server->socket_, transport::Socket::Bind(*ctx, transport::Socket::Kind::kRouter,
                                                                   server->config_.bind, opts));
   if (server->config_.keys) MATRIX_RETURN_IF_ERROR(server->socket_->WatchHandshakeFailures());
@@ -197,74 +199,60 @@ void BrokerServer::SendAll(std::vector<Outgoing>& out) {
 }
 
 Status BrokerServer::Run() {
-  transport::Poller poller;
-  int sock_idx = 0, sig_idx = -1;
-  std::vector<std::pair<int, Link*>> link_idx;
-  auto build_poller = [&] {
-    poller = transport::Poller();
-    sock_idx = poller.AddSocket(socket_.get());
-    sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
-    link_idx.clear();
-    for (auto& [name, link] : links_) link_idx.emplace_back(poller.AddSocket(link->socket.get()), link.get());
-  };
-  build_poller();
-  std::vector<std::string> frames;
-  std::vector<Outgoing> out;
-  int64_t last_tick = clock_->NowNanos();
-  int64_t last_discovery = 0;
-  const int64_t started_ns = clock_->NowNanos();
-  while (!stop_) {
-    // Ticks run on idle loops too, so expiry and metrics do not wait for traffic.
-    if (poller.Poll(50)) {
-      for (auto& [idx, link] : link_idx) {
-        if (!poller.Readable(idx)) continue;
-        for (int i = 0; i < 1024 && link->socket->TryRecv(&frames); ++i) HandleLinkMessage(*link, frames);
-      }
-      if (sig_idx >= 0 && poller.Readable(sig_idx)) {
-        int sig = ReadSignal(config_.signal_fd);
-        LOG_INFO << "signal " << sig << ": broker stopping with " << core_.LeaseCount() << " leases out";
-        break;
-      }
-      if (poller.Readable(sock_idx)) {
-        // Dispatch after every few messages rather than after draining the
-        // socket, so workers run one batch while the next is being routed.
-        for (int i = 0; i < 4096 && socket_->TryRecv(&frames); ++i) {
-          HandleMessage(frames);
-          if (i % 8 == 7) {
-            core_.Dispatch(&out);
-            SendAll(out);
-          }
-        }
+  MATRIX_RETURN_IF_ERROR(socket_->WatchOn(*loop_, [this] {
+    // Dispatch after every few messages rather than after draining the
+    // socket, so workers run one batch while the next is being routed.
+    for (int i = 0; i < 4096 && socket_->TryRecv(&frames_); ++i) {
+      HandleMessage(frames_);
+      if (i % 8 == 7) {
+        core_.Dispatch(&out_);
+        SendAll(out_);
       }
     }
-    core_.Dispatch(&out);
-    SendAll(out);
-    int64_t now = clock_->NowNanos();
-    // Peers: every second while the job starts, then every 5 s.
-    const int64_t discovery_ns = now - started_ns < 30'000'000'000 ? 1'000'000'000 : 5'000'000'000;
-    if (!config_.nodes_dir.empty() && now - last_discovery > discovery_ns) {
-      last_discovery = now;
-      if (DiscoverPeers()) build_poller();
-    }
-    if (!links_.empty()) SendUpstreamAcks();
-    if (now - last_tick > 100'000'000) {
-      last_tick = now;
-      core_.Tick();
-      if (!links_.empty()) TendLinks();
-      if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
-        if (auth_failures_ < 20) {
-          LOG_WARN << "refused " << refused << " connection(s) to " << socket_->endpoint()
-                   << " in the handshake: no CURVE or not the job's keys";
-        }
-        auth_failures_ += refused;
-        metrics_->set.auth_failures.Inc(static_cast<double>(refused));
-      }
-      for (const auto& w : core_.WorkersNeedingHeartbeat())
-        out.push_back({w, wire::Control{config_.core.broker_id, wire::HeartbeatMsg{}}, {}});
-      SendAll(out);
-      UpdateMetrics();
-    }
+  }));
+  if (config_.signal_fd >= 0) {
+    MATRIX_RETURN_IF_ERROR(loop_->WatchSignals(config_.signal_fd, [this](int sig) {
+      LOG_INFO << "signal " << sig << ": broker stopping with " << core_.LeaseCount() << " leases out";
+      loop_->Stop();
+    }));
   }
+  // What the messages of a turn made dispatchable goes out before the wait.
+  loop_->EachTurn([this] {
+    core_.Dispatch(&out_);
+    SendAll(out_);
+    if (!links_.empty()) SendUpstreamAcks();
+    return int64_t{-1};
+  });
+  // Expiry, links and metrics run on idle loops too, every 100 ms.
+  const EventLoop::TimerId tick = loop_->Every(100'000'000, [this] {
+    core_.Tick();
+    if (!links_.empty()) TendLinks();
+    if (int64_t refused = socket_->TakeHandshakeFailures(); refused > 0) {
+      if (auth_failures_ < 20) {
+        LOG_WARN << "refused " << refused << " connection(s) to " << socket_->endpoint()
+                 << " in the handshake: no CURVE or not the job's keys";
+      }
+      auth_failures_ += refused;
+      metrics_->set.auth_failures.Inc(static_cast<double>(refused));
+    }
+    for (const auto& w : core_.WorkersNeedingHeartbeat())
+      out_.push_back({w, wire::Control{config_.core.broker_id, wire::HeartbeatMsg{}}, {}});
+    SendAll(out_);
+    UpdateMetrics();
+  });
+  EventLoop::TimerId discovery = 0;
+  if (!config_.nodes_dir.empty()) {
+    // Peers: every second while the job starts, then every 5 s.
+    DiscoverPeers();
+    const int64_t started_ns = clock_->NowNanos();
+    discovery = loop_->Every(1'000'000'000, [this, started_ns, seconds = 0]() mutable {
+      ++seconds;
+      if (clock_->NowNanos() - started_ns < 30'000'000'000 || seconds % 5 == 0) DiscoverPeers();
+    });
+  }
+  loop_->Run();
+  loop_->Cancel(tick);
+  loop_->Cancel(discovery);
   return Status::Ok();
 }
 
@@ -300,7 +288,7 @@ void BrokerServer::UpdateMetrics() {
   }
 }
 
-bool BrokerServer::DiscoverPeers() {
+void BrokerServer::DiscoverPeers() {
   // One listing of the node directories, then only the chosen neighbours'
   // endpoint files: a scan costs the same few reads with 10 nodes or 1,000.
   std::vector<std::string> names;
@@ -316,13 +304,12 @@ bool BrokerServer::DiscoverPeers() {
     auto ep = ReadFile(config_.nodes_dir + "/" + node + "/endpoints/broker");
     if (ep.ok() && !Trim(*ep).empty()) wanted["link:" + node] = Trim(*ep);
   }
-  bool changed = false;
   for (auto it = links_.begin(); it != links_.end();) {
     auto w = wanted.find(it->first);
     if (w == wanted.end() || w->second != it->second->endpoint) {
       LOG_INFO << "peer link to " << it->second->node << " closed";
+      loop_->Unwatch(it->second->socket->fd());
       it = links_.erase(it);
-      changed = true;
     } else {
       ++it;
     }
@@ -344,11 +331,17 @@ bool BrokerServer::DiscoverPeers() {
     link->endpoint = endpoint;
     link->socket = std::move(*sock);
     link->last_heard_ns = clock_->NowNanos();
+    Link* raw = link.get();
+    Status watched = raw->socket->WatchOn(*loop_, [this, raw] {
+      for (int i = 0; i < 1024 && raw->socket->TryRecv(&frames_); ++i) HandleLinkMessage(*raw, frames_);
+    });
+    if (!watched.ok()) {
+      LOG_WARN << "cannot watch the link to peer " << name << ": " << watched.message();
+      continue;
+    }
     LOG_INFO << "peer link to " << link->node << " at " << endpoint;
     links_[name] = std::move(link);
-    changed = true;
   }
-  return changed;
 }
 
 void BrokerServer::SendOnLink(Link& link, const wire::Control& control) {

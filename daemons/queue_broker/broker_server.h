@@ -1,7 +1,7 @@
 // BrokerServer: matrix-broker's event loop. Owns the ROUTER socket workers
 // and clients connect to, decodes and verifies every message, drives
 // BrokerCore, and sends deliveries and heartbeats. Stops on SIGTERM/SIGINT
-// (polled as a signalfd) or Stop(). Exports BrokerMetrics (refreshed every
+// (a signalfd on the loop) or Stop(). Exports BrokerMetrics (refreshed every
 // loop tick, ~100 ms) and, when `metrics_bind` is set, serves them at
 // http://<metrics_bind>/metrics.
 // With `nodes_dir`, links to peer brokers (see schemas/control.fbs, BROKER <->
@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/base/clock.h"
+#include "common/base/event_loop.h"
 #include "common/base/log_limiter.h"
 #include "common/base/status.h"
 #include "common/transport/transport.h"
@@ -60,7 +61,7 @@ class BrokerServer {
   ~BrokerServer();
   // Runs until a signal or Stop(). Returns OK on a clean stop.
   Status Run();
-  void Stop() { stop_ = true; }
+  void Stop() { loop_->Stop(); }
   const std::string& endpoint() const;
   // "host:port" of the metrics server; empty when metrics are not served.
   std::string metrics_address() const;
@@ -77,8 +78,8 @@ class BrokerServer {
   void Malformed(const std::string& peer, const std::string& why);
   void HandleLinkMessage(Link& link, std::vector<std::string>& frames);
   void SendAll(std::vector<Outgoing>& out);
-  // Re-reads the peers in nodes_dir; true when the set of links changed.
-  bool DiscoverPeers();
+  // Re-reads the peers in nodes_dir; links come and go on the loop.
+  void DiscoverPeers();
   // Registers, heartbeats and reconnects links (every loop tick, ~100 ms).
   void TendLinks();
   // Acknowledges to peers the tasks handed on since the last call.
@@ -93,7 +94,9 @@ class BrokerServer {
   BrokerCore core_;
   struct Metrics;
   std::unique_ptr<Metrics> metrics_;
-  std::atomic<bool> stop_{false};
+  std::unique_ptr<EventLoop> loop_;
+  std::vector<std::string> frames_;  // the handlers' receive buffer
+  std::vector<Outgoing> out_;        // what a turn sends
   PeerLogLimiter malformed_log_;  // one warning per peer per 10 s
   std::map<std::string, std::unique_ptr<Link>> links_;  // by link name "link:<node>"
   transport::Context* ctx_ = nullptr;
