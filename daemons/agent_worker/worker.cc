@@ -71,6 +71,7 @@ Status Worker::Impl::CreateLlmClient() {
 
 Status Worker::Impl::Init() {
   started_us_ = clock_->WallMicros();
+  MATRIX_ASSIGN_OR_RETURN(loop_, EventLoop::Create(clock_));
   if (!config_.run_dir.empty()) {
     const std::string dir = config_.run_dir + "/progress";
     MATRIX_ASSIGN_OR_RETURN(crash_, CrashMarker::Open(dir, config_.worker_id));
@@ -261,98 +262,100 @@ void Worker::Impl::RefreshModelEndpoints() {
   }
 }
 
+void Worker::Impl::WatchStoreSockets() {
+  for (int fd : store_fds_) loop_->Unwatch(fd);
+  store_fds_.clear();
+  for (transport::Socket* s : store_->sockets()) {
+    Status st = s->WatchOn(*loop_, [this] { store_->OnReadable(); });
+    if (st.ok()) store_fds_.push_back(s->fd());
+    else LOG_ERROR << "cannot watch the store socket to " << s->endpoint() << ": " << st.message();
+  }
+  store_generation_ = store_->sockets_generation();
+}
+
+void Worker::Impl::BeginDrain(int sig) {
+  if (draining_) {
+    LOG_WARN << "second signal: exiting now";
+    loop_->Stop();
+    return;
+  }
+  LOG_INFO << (sig ? "signal " + std::to_string(sig) : std::string("stop requested")) << ": draining "
+           << runs_.size() << " running tasks for up to " << config_.grace_s << " s";
+  draining_ = true;
+  drain_deadline_ns_ = clock_->NowNanos() + static_cast<int64_t>(config_.grace_s * 1e9);
+  for (auto& p : partitions_) p.source->Close();
+  Register(true);
+}
+
+int64_t Worker::Impl::Turn() {
+  RetryBlockedRecords();
+  StartWaiting();
+  Admit();
+  FlushSubmits();
+  store_->Tick();
+  // Completions the tick ran (cache hits) may have finished steps: their
+  // submissions go now, not after the wait.
+  FlushSubmits();
+  SyncStoreMetrics();
+  if (store_->sockets_generation() != store_generation_) WatchStoreSockets();
+  int64_t wait_ms = store_->PollTimeoutMs(draining_ ? 20 : 50);
+  if (llm_) {
+    // The LLM calls of this turn go out now; its timers bound the wait.
+    const int llm_wait_ms = llm_->Pump(false);
+    if (llm_wait_ms >= 0) wait_ms = std::min<int64_t>(wait_ms, llm_wait_ms);
+    OnLlmResults();
+  }
+  const int64_t now = clock_->NowNanos();
+  if (stop_requested_ && !draining_) BeginDrain(0);
+  if (envs_ && now - last_env_tick_ns_ >= 10'000'000) {
+    // Deadlines are seconds long: a scan of the sessions every 10 ms is enough.
+    last_env_tick_ns_ = now;
+    envs_->Tick();
+    SyncEnvMetrics();
+  }
+  const int64_t hb_ns = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
+  if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
+  if (now - last_recv_ns_ > 3 * hb_ns) {
+    LOG_WARN << "no word from the broker for " << (now - last_recv_ns_) / 1'000'000 << " ms; registering again";
+    Register(draining_);
+    last_recv_ns_ = now;
+  }
+  if (now - last_progress_ns_ > static_cast<int64_t>(config_.progress_ms) * 1'000'000) {
+    last_progress_ns_ = now;
+    RefreshModelEndpoints();
+    ReadmitStale();
+    CheckJoinDeadlines();
+    WriteProgress(false);
+  }
+  if (draining_ && (runs_.empty() || now > drain_deadline_ns_)) loop_->Stop();
+  return wait_ms * 1'000'000;
+}
+
 Status Worker::Impl::Run() {
-  transport::Poller poller;
-  int broker_idx = 0, llm_idx = -1, sig_idx = -1, env_idx = -1;
-  std::vector<int> store_idx;
-  uint64_t store_generation = 0;
-  // Rebuilt when the store client opens a connection to another node's store.
-  auto build_poller = [&] {
-    poller = transport::Poller();
-    broker_idx = poller.AddSocket(broker_.get());
-    store_idx.clear();
-    for (transport::Socket* s : store_->sockets()) store_idx.push_back(poller.AddSocket(s));
-    llm_idx = llm_ ? poller.AddFd(llm_->notify_fd()) : -1;
-    env_idx = envs_ ? poller.AddFd(envs_->fd()) : -1;
-    sig_idx = config_.signal_fd >= 0 ? poller.AddFd(config_.signal_fd) : -1;
-    store_generation = store_->sockets_generation();
-  };
-  build_poller();
+  std::vector<std::string> frames;
+  MATRIX_RETURN_IF_ERROR(broker_->WatchOn(*loop_, [this, &frames] {
+    // Hand each delivered batch on before reading the next, so the broker
+    // works on our submissions while we run the next batch (pipelining).
+    for (int i = 0; i < 1024 && broker_->TryRecv(&frames); ++i) {
+      OnBrokerMessage(frames);
+      store_->Tick();
+      FlushSubmits();
+    }
+  }));
+  WatchStoreSockets();
+  if (llm_) {
+    MATRIX_RETURN_IF_ERROR(loop_->Watch(llm_->notify_fd(), EPOLLIN, [this](uint32_t) {
+      llm_->Pump(true);
+      OnLlmResults();
+    }));
+  }
+  if (envs_) MATRIX_RETURN_IF_ERROR(loop_->Watch(envs_->fd(), EPOLLIN, [this](uint32_t) { envs_->OnReadable(); }));
+  if (config_.signal_fd >= 0)
+    MATRIX_RETURN_IF_ERROR(loop_->WatchSignals(config_.signal_fd, [this](int sig) { BeginDrain(sig); }));
+  loop_->EachTurn([this] { return Turn(); });
   Register(false);
   last_recv_ns_ = clock_->NowNanos();
-  const int64_t hb_ns = static_cast<int64_t>(config_.heartbeat_ms) * 1'000'000;
-  std::vector<std::string> frames;
-  while (true) {
-    RetryBlockedRecords();
-    StartWaiting();
-    Admit();
-    FlushSubmits();
-    store_->Tick();
-    // Completions the tick ran (cache hits) may have finished steps: their
-    // submissions go now, not after the poll below times out.
-    FlushSubmits();
-    SyncStoreMetrics();
-    if (store_->sockets_generation() != store_generation) build_poller();
-    int timeout_ms = store_->PollTimeoutMs(draining_ ? 20 : 50);
-    // The LLM calls of this round go out now; its timers bound the wait.
-    const int llm_wait_ms = llm_ ? llm_->Pump(false) : -1;
-    if (llm_wait_ms >= 0) timeout_ms = std::min(timeout_ms, llm_wait_ms);
-    poller.Poll(timeout_ms);
-    int64_t now = clock_->NowNanos();
-    if ((sig_idx >= 0 && poller.Readable(sig_idx)) || (stop_requested_ && !draining_)) {
-      int sig = sig_idx >= 0 ? ReadSignal(config_.signal_fd) : 0;
-      if (draining_) {
-        LOG_WARN << "second signal: exiting now";
-        break;
-      }
-      LOG_INFO << (sig ? "signal " + std::to_string(sig) : std::string("stop requested")) << ": draining "
-               << runs_.size() << " running tasks for up to "
-               << config_.grace_s << " s";
-      draining_ = true;
-      drain_deadline_ns_ = now + static_cast<int64_t>(config_.grace_s * 1e9);
-      for (auto& p : partitions_) p.source->Close();
-      Register(true);
-    }
-    if (poller.Readable(broker_idx)) {
-      // Hand each delivered batch on before reading the next, so the broker
-      // works on our submissions while we run the next batch (pipelining).
-      for (int i = 0; i < 1024 && broker_->TryRecv(&frames); ++i) {
-        OnBrokerMessage(frames);
-        store_->Tick();
-        FlushSubmits();
-      }
-    }
-    bool store_readable = false;
-    for (int idx : store_idx) store_readable |= poller.Readable(idx);
-    if (store_readable) store_->OnReadable();
-    if (llm_) {
-      if (poller.Readable(llm_idx)) llm_->Pump(true);
-      OnLlmResults();
-    }
-    if (envs_) {
-      if (env_idx >= 0 && poller.Readable(env_idx)) envs_->OnReadable();
-      // Deadlines are seconds long: a scan of the sessions every 10 ms is enough.
-      if (now - last_env_tick_ns_ >= 10'000'000) {
-        last_env_tick_ns_ = now;
-        envs_->Tick();
-        SyncEnvMetrics();
-      }
-    }
-    if (now - last_send_ns_ > hb_ns) Send(wire::Control{identity_, wire::HeartbeatMsg{}});
-    if (now - last_recv_ns_ > 3 * hb_ns) {
-      LOG_WARN << "no word from the broker for " << (now - last_recv_ns_) / 1'000'000 << " ms; registering again";
-      Register(draining_);
-      last_recv_ns_ = now;
-    }
-    if (now - last_progress_ns_ > static_cast<int64_t>(config_.progress_ms) * 1'000'000) {
-      last_progress_ns_ = now;
-      RefreshModelEndpoints();
-      ReadmitStale();
-      CheckJoinDeadlines();
-      WriteProgress(false);
-    }
-    if (draining_ && (runs_.empty() || now > drain_deadline_ns_)) break;
-  }
+  loop_->Run();
   // Hand back whatever is still running; the broker redelivers it.
   for (auto& [id, run] : runs_) Ack(run.lease, /*requeue=*/true);
   runs_.clear();

@@ -29,6 +29,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/base/event_loop.h"
 #include "common/base/log_limiter.h"
 #include "common/base/zstd_lines.h"
 #include "common/config/pipeline.h"
@@ -66,7 +67,11 @@ class Worker::Impl final : public AgentHost {
 
   Status Init();
   Status Run();
-  void Stop() { stop_requested_ = true; }
+  // Any thread: the loop starts draining in its next turn.
+  void Stop() {
+    stop_requested_ = true;
+    if (loop_) loop_->Wake();
+  }
   void HandleBrokerMessage(std::vector<std::string>& frames) {
     OnBrokerMessage(frames);
     FlushSubmits();
@@ -144,6 +149,12 @@ class Worker::Impl final : public AgentHost {
   void Ack(uint64_t lease, bool requeue = false);
   void Malformed(const std::string& what);  // counts it; logs it at most every 10 s
   void RefreshModelEndpoints();
+  // Each turn of the loop before it waits: admission, submissions, the
+  // store's and the LLM client's due work, heartbeats, progress, the drain's
+  // end. Returns how long the loop may wait, ns.
+  int64_t Turn();
+  void BeginDrain(int sig);  // a stop signal (0: Stop()); a second one exits at once
+  void WatchStoreSockets();  // (re)watches store_->sockets() on loop_
 
   // ---- step_machine.cc: one step of a delivered task.
   void OnDelivery(const wire::DeliverItem& item, std::string_view payload);
@@ -326,6 +337,11 @@ class Worker::Impl final : public AgentHost {
   std::string submit_bundle_;  // payloads of submit_batch_, packed
   size_t bundle_capacity_ = 0;
 
+  // The worker's one event loop: broker and store sockets, the LLM client's
+  // notify fd, environment pipes and the stop signal.
+  std::unique_ptr<EventLoop> loop_;
+  std::vector<int> store_fds_;     // the store sockets watched on loop_
+  uint64_t store_generation_ = 0;  // store_->sockets_generation() they came from
   std::atomic<bool> stop_requested_{false};
   bool draining_ = false;
   int64_t drain_deadline_ns_ = 0;
