@@ -31,17 +31,26 @@ EventLoop::~EventLoop() {
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
-Status EventLoop::Watch(int fd, uint32_t events, FdHandler handler) {
+namespace {
+
+// EPOLL_CTL_ADD or _MOD as the kernel's set has it: a number closed and
+// reused behind the loop's back may be there already, or gone from it.
+Status Control(int epoll_fd, int fd, uint32_t events, bool known) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  const bool known = fds_.count(fd) > 0;
-  if (::epoll_ctl(epoll_fd_, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
-    // A number closed and reused behind our back may still be in the set.
-    const int err = errno;
-    if (known || err != EEXIST || ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0)
-      return Internal("epoll_ctl on fd " + std::to_string(fd) + ": " + std::strerror(err));
-  }
+  if (::epoll_ctl(epoll_fd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) == 0) return Status::Ok();
+  const int err = errno;
+  if ((err == ENOENT || err == EEXIST) &&
+      ::epoll_ctl(epoll_fd, known ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0)
+    return Status::Ok();
+  return Internal("epoll_ctl on fd " + std::to_string(fd) + ": " + std::strerror(err));
+}
+
+}  // namespace
+
+Status EventLoop::Watch(int fd, uint32_t events, FdHandler handler) {
+  MATRIX_RETURN_IF_ERROR(Control(epoll_fd_, fd, events, fds_.count(fd) > 0));
   fds_[fd] = std::make_shared<FdWatch>(FdWatch{events, std::move(handler)});
   return Status::Ok();
 }
@@ -50,11 +59,7 @@ Status EventLoop::Modify(int fd, uint32_t events) {
   auto it = fds_.find(fd);
   if (it == fds_.end()) return NotFound("fd " + std::to_string(fd) + " is not watched");
   if (it->second->events == events) return Status::Ok();
-  epoll_event ev{};
-  ev.events = events;
-  ev.data.fd = fd;
-  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0)
-    return Internal("epoll_ctl on fd " + std::to_string(fd) + ": " + std::strerror(errno));
+  MATRIX_RETURN_IF_ERROR(Control(epoll_fd_, fd, events, true));
   it->second->events = events;
   return Status::Ok();
 }

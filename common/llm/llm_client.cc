@@ -13,14 +13,13 @@
 //   wake-up (the wake eventfd, written by Submit/SetEndpoints/Shutdown) ->
 //   curl_multi_socket_action on each ready socket -> reap finished transfers.
 // libcurl tells the thread which sockets to watch (CURLMOPT_SOCKETFUNCTION,
-// kept in an epoll set) and when its next timeout is (CURLMOPT_TIMERFUNCTION),
-// so a wake-up costs in proportion to the sockets that are ready, not to the
-// thousands of connections open.
-// "The client thread" is the client's own thread (kOwnThread) or, on the
-// caller's loop (kCallerLoop), whichever thread calls Pump(), under
-// `pump_mu_`: each Pump() is one round of the loop above, its epoll_wait
-// never waits (the caller's poll did), and the wake eventfd is written only
-// by threads other than the one that pumps.
+// watched on the EventLoop) and when its next timeout is
+// (CURLMOPT_TIMERFUNCTION), so a wake-up costs in proportion to the sockets
+// that are ready, not to the thousands of connections open.
+// "The client thread" is the thread of the EventLoop the client runs on: its
+// own (no loop given to Create) or the caller's, whose turns call Pump(),
+// under `pump_mu_`, and whose handlers serve the sockets. The loop's wake-up
+// is written only by threads other than the loop's.
 // Invariants (client thread):
 //   - every live Call is in exactly one place: a pool's `waiting` queue, the
 //     timer heap, or the multi handle (call->easy != nullptr); every probe is
@@ -274,30 +273,32 @@ CURLcode g_curl_init_code = CURLE_OK;
 
 class LlmClient::Impl {
  public:
-  Impl(const Clock* clock, ClientLoop loop)
-      : clock_(clock), own_thread_(loop == ClientLoop::kOwnThread), rng_(std::random_device{}()) {}
+  Impl(const Clock* clock, EventLoop* loop)
+      : clock_(clock), loop_(loop), own_thread_(loop == nullptr), rng_(std::random_device{}()) {}
   ~Impl();
 
   Status Init(std::vector<PoolConfig> pools);
   void Submit(ChatRequest req);
   Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls);
   size_t Drain(std::vector<ChatResult>* out);
-  int notify_fd() const { return own_thread_ ? event_fd_ : epoll_fd_; }
-  int Pump(bool ready);
+  int notify_fd() const { return own_thread_ ? event_fd_ : -1; }
+  int Pump();
   void Shutdown();
   std::vector<LlmClient::EndpointStats> Stats() const;
 
  private:
-  // The client thread's loop (kOwnThread); Pump() is one round of it.
+  // The client's own thread: turns of its own loop until Shutdown.
   void Run();
+  // One turn's work before the loop waits; false once shutting down.
+  bool Turn();
   // Takes what Submit and SetEndpoints queued; false once shutting down.
   bool TakeWork();
   // Timers, patience, probes, expiries, dispatch and libcurl's timer.
   void DoDueWork();
   // How long the loop may wait for a socket, ms.
   int WaitMs() const;
-  // Waits up to `timeout_ms` for libcurl's sockets, drives them, reaps.
-  void HandleSockets(int timeout_ms);
+  // A socket libcurl watches is ready: drives it, reaps what finished.
+  void OnSocketReady(curl_socket_t s, uint32_t events);
   void Accept(Submission sub);
   int AddEndpoint(Pool& pool, EndpointUrl url, bool needs_probe, int64_t now_ns);
   void ApplyEndpoints(EndpointUpdate update, int64_t now_ns);
@@ -337,19 +338,18 @@ class LlmClient::Impl {
   }
 
   const Clock* clock_;
-  const bool own_thread_;  // kOwnThread; else every call is on the caller's loop thread
-  // kCallerLoop: Pump() and Shutdown() hold pump_mu_; cancelled_ once
-  // CancelEverything() has run; the thread that pumps (a Submit there needs
-  // no wake-up: the loop pumps next).
+  EventLoop* loop_;        // the loop the client runs on: own_loop_ or the caller's
+  std::unique_ptr<EventLoop> own_loop_;
+  const bool own_thread_;  // on own_loop_; else every call is on the caller's loop thread
+  // On the caller's loop: Pump() and Shutdown() hold pump_mu_; cancelled_
+  // once CancelEverything() has run.
   std::mutex pump_mu_;
   bool cancelled_ = false;
-  std::atomic<std::thread::id> loop_thread_{};
+  std::unordered_set<curl_socket_t> watched_;  // sockets libcurl has on loop_
   std::vector<Submission> batch_;          // TakeWork's scratch
   std::vector<EndpointUpdate> applying_;   // TakeWork's scratch
   CURLM* multi_ = nullptr;
-  int event_fd_ = -1;  // results waiting (the caller polls it)
-  int wake_fd_ = -1;   // work for the client thread (Submit, SetEndpoints, Shutdown)
-  int epoll_fd_ = -1;  // the wake fd and every socket libcurl asked to watch
+  int event_fd_ = -1;  // own thread: results waiting (the caller polls it)
   int64_t curl_timer_due_ns_ = -1;  // steady clock; -1: none (client thread)
   int64_t next_sweep_ns_ = 0;       // next SweepPatience() (client thread)
   std::vector<std::unique_ptr<Pool>> pools_;        // immutable after Init
@@ -467,17 +467,12 @@ Status LlmClient::Impl::Init(std::vector<PoolConfig> pools) {
     pools_.push_back(std::move(pool));
   }
 
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (event_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
-  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) return Internal(std::string("epoll_create1: ") + std::strerror(errno));
-  epoll_event wake{};
-  wake.events = EPOLLIN;
-  wake.data.fd = wake_fd_;
-  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &wake) != 0)
-    return Internal(std::string("epoll_ctl: ") + std::strerror(errno));
+  if (own_thread_) {
+    event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (event_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+    MATRIX_ASSIGN_OR_RETURN(own_loop_, EventLoop::Create(clock_));
+    loop_ = own_loop_.get();
+  }
   multi_ = curl_multi_init();
   if (multi_ == nullptr) return Internal("curl_multi_init failed");
   curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &Impl::OnCurlSocket);
@@ -532,10 +527,10 @@ LlmClient::Impl::~Impl() {
   for (CURL* e : idle_easy_) curl_easy_cleanup(e);
   idle_easy_.clear();
   if (multi_ != nullptr) curl_multi_cleanup(multi_);  // may still call OnCurlSocket
+  // What libcurl closed without a word leaves the loop too.
+  for (curl_socket_t s : watched_) loop_->Unwatch(s);
   for (auto& pool : pools_) curl_slist_free_all(pool->headers);
   if (event_fd_ >= 0) ::close(event_fd_);
-  if (wake_fd_ >= 0) ::close(wake_fd_);
-  if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
 void LlmClient::Impl::Shutdown() {
@@ -671,34 +666,29 @@ int64_t SteadyNanos() {
 }  // namespace
 
 void LlmClient::Impl::WakeUp() {
-  // On the caller's loop, a submission made on the loop's thread goes out at
-  // its next Pump(); one from elsewhere wakes the loop through the epoll set.
-  if (!own_thread_ && std::this_thread::get_id() == loop_thread_.load(std::memory_order_relaxed)) return;
-  const uint64_t one = 1;
-  (void)!::write(wake_fd_, &one, sizeof one);
+  // A submission made on the loop's thread goes out in the loop's next turn;
+  // one from elsewhere wakes the loop.
+  if (!loop_->InLoopThread()) loop_->Wake();
 }
 
 int LlmClient::Impl::OnCurlSocket(CURL*, curl_socket_t s, int what, void* userp, void* socketp) {
   auto* self = static_cast<Impl*>(userp);
   if (what == CURL_POLL_REMOVE) {
-    ::epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, s, nullptr);
+    self->loop_->Unwatch(s);
+    self->watched_.erase(s);
     curl_multi_assign(self->multi_, s, nullptr);
     return 0;
   }
-  epoll_event ev{};
-  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-  ev.data.fd = s;
-  // socketp is non-null once the socket is in the set. A number libcurl
-  // closed and reused may still be there or already gone: fall back.
-  const int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-  if (::epoll_ctl(self->epoll_fd_, op, s, &ev) != 0) {
-    const int other = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (::epoll_ctl(self->epoll_fd_, other, s, &ev) != 0) {
-      LOG_ERROR << "llm client: epoll_ctl on socket " << s << ": " << std::strerror(errno);
-      return -1;
-    }
+  const uint32_t events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+  // socketp is non-null once the socket is watched: only its events change.
+  if (socketp != nullptr && self->loop_->Modify(s, events).ok()) return 0;
+  Status st = self->loop_->Watch(s, events, [self, s](uint32_t ready) { self->OnSocketReady(s, ready); });
+  if (!st.ok()) {
+    LOG_ERROR << "llm client: " << st.message();
+    return -1;
   }
-  if (!socketp) curl_multi_assign(self->multi_, s, self);
+  self->watched_.insert(s);
+  if (socketp == nullptr) curl_multi_assign(self->multi_, s, self);
   return 0;
 }
 
@@ -776,51 +766,40 @@ int LlmClient::Impl::WaitMs() const {
   return timeout;
 }
 
-void LlmClient::Impl::HandleSockets(int timeout_ms) {
-  constexpr int kMaxEvents = 256;
-  epoll_event events[kMaxEvents];
-  const int n = ::epoll_wait(epoll_fd_, events, kMaxEvents, timeout_ms);
-  if (n < 0 && errno != EINTR) {
-    LOG_ERROR << "llm client: epoll_wait: " << std::strerror(errno);
-    if (own_thread_) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  for (int i = 0; i < n; ++i) {
-    const int fd = events[i].data.fd;
-    if (fd == wake_fd_) {
-      uint64_t count = 0;
-      (void)!::read(wake_fd_, &count, sizeof count);
-      continue;
-    }
-    const uint32_t e = events[i].events;
-    const int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
-                      ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
-    int running = 0;
-    CURLMcode mc = curl_multi_socket_action(multi_, fd, flags, &running);
-    if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
-  }
+void LlmClient::Impl::OnSocketReady(curl_socket_t s, uint32_t events) {
+  const int flags = ((events & EPOLLIN) ? CURL_CSELECT_IN : 0) | ((events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                    ((events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+  int running = 0;
+  CURLMcode mc = curl_multi_socket_action(multi_, s, flags, &running);
+  if (mc != CURLM_OK) LOG_ERROR << "llm client: curl_multi_socket_action: " << curl_multi_strerror(mc);
   ReapFinished();
 }
 
+bool LlmClient::Impl::Turn() {
+  if (!TakeWork()) return false;
+  DoDueWork();
+  return true;
+}
+
 void LlmClient::Impl::Run() {
-  while (TakeWork()) {
-    DoDueWork();
-    HandleSockets(WaitMs());
-  }
+  loop_->EachTurn([this] {
+    if (Turn()) return int64_t{WaitMs()} * 1'000'000;
+    loop_->Stop();
+    return int64_t{0};
+  });
+  loop_->Run();
   CancelEverything();
 }
 
-int LlmClient::Impl::Pump(bool ready) {
+int LlmClient::Impl::Pump() {
   if (own_thread_) return -1;
   std::lock_guard<std::mutex> lock(pump_mu_);
   if (cancelled_) return -1;
-  loop_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
-  if (!TakeWork()) {
+  if (!Turn()) {
     cancelled_ = true;
     CancelEverything();
     return -1;
   }
-  if (ready) HandleSockets(0);
-  DoDueWork();
   return WaitMs();
 }
 
@@ -1381,7 +1360,7 @@ LlmClient::LlmClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LlmClient::~LlmClient() = default;
 
 StatusOr<std::unique_ptr<LlmClient>> LlmClient::Create(std::vector<PoolConfig> pools,
-                                                       const Clock* clock, ClientLoop loop) {
+                                                       const Clock* clock, EventLoop* loop) {
   auto impl = std::make_unique<Impl>(clock, loop);
   Status st = impl->Init(std::move(pools));
   if (!st.ok()) return st;
@@ -1394,7 +1373,7 @@ Status LlmClient::SetEndpoints(const std::string& pool, std::vector<std::string>
 }
 size_t LlmClient::Drain(std::vector<ChatResult>* out) { return impl_->Drain(out); }
 int LlmClient::notify_fd() const { return impl_->notify_fd(); }
-int LlmClient::Pump(bool ready) { return impl_->Pump(ready); }
+int LlmClient::Pump() { return impl_->Pump(); }
 void LlmClient::Shutdown() { impl_->Shutdown(); }
 std::vector<LlmClient::EndpointStats> LlmClient::Stats() const { return impl_->Stats(); }
 

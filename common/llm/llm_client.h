@@ -5,14 +5,14 @@
 // transfers (thousands at once, keep-alive connections reused across
 // requests) through libcurl's socket interface and one epoll set, so a
 // wake-up costs what the ready sockets cost, not what the open ones do. It
-// runs either on a thread of its own (ClientLoop::kOwnThread: the event loop
-// hands requests over with Submit() and collects results with Drain() when
-// notify_fd() polls readable) or on the caller's event loop
-// (ClientLoop::kCallerLoop, what the worker uses: notify_fd() is the
-// client's epoll set, which the loop polls with its own sockets; the loop
-// calls Pump() every round and waits at most what Pump() returned, then
-// Drain()s). Either way the loop never blocks on the network; on the
-// caller's loop no request or result crosses a thread.
+// runs on an EventLoop: either one of its own on a thread of its own (no
+// loop given to Create(): the caller hands requests over with Submit() and
+// collects results with Drain() when notify_fd() polls readable) or the
+// caller's (what the worker uses: libcurl's sockets are watched on the
+// caller's loop beside its own; each turn of that loop calls Pump() before
+// it waits, waits at most what Pump() returned, and Drain()s). Either way
+// the loop never blocks on the network; on the caller's loop no request or
+// result crosses a thread.
 //
 // Per pool: requests go to the endpoint with the fewest outstanding requests
 // (ties round-robin), or, with `sticky`, to the endpoint a request's
@@ -82,13 +82,14 @@
 // API keys are sent as "Authorization: Bearer <key>" and never appear in
 // results, status messages, logs or Stats().
 //
-// Lifecycle: Create() starts the thread (kOwnThread); Shutdown() (or the
+// Lifecycle: Create() starts the thread (own loop); Shutdown() (or the
 // destructor) stops it and completes every outstanding request with
 // kCancelled.
-// Thread-safety: Submit, SetEndpoints, Drain, notify_fd, Stats and Shutdown
-// may be called from any thread; Shutdown must not race the destructor.
-// kCallerLoop: Pump() from one thread at a time (the loop's); a Submit or
-// SetEndpoints from another thread wakes the loop through notify_fd().
+// Thread-safety: Submit, SetEndpoints, Drain, notify_fd and Stats may be
+// called from any thread; Shutdown too with a loop of its own, and must not
+// race the destructor. On the caller's loop: Pump() and Shutdown() on the
+// loop's thread (or once it no longer runs); a Submit or SetEndpoints from
+// another thread wakes the loop.
 #pragma once
 
 #include <cstdint>
@@ -97,6 +98,7 @@
 #include <vector>
 
 #include "common/base/clock.h"
+#include "common/base/event_loop.h"
 #include "common/base/json.h"
 #include "common/base/status.h"
 #include "common/llm/api_key.h"
@@ -215,9 +217,6 @@ struct EndpointStats {
   double concurrency_limit = 0;
 };
 
-// Where the client's work runs (see the LlmClient comment).
-enum class ClientLoop { kOwnThread, kCallerLoop };
-
 // What the worker needs from a chat-completions client: requests in, results
 // out through an eventfd. LlmClient serves it over HTTP; FakeChatService
 // (fake_chat_service.h) answers from a function, for tests of its callers.
@@ -231,13 +230,13 @@ class ChatService {
   virtual Status SetEndpoints(const std::string& pool, std::vector<std::string> base_urls) = 0;
   // Appends completed results to *out, clears notify_fd, returns how many.
   virtual size_t Drain(std::vector<ChatResult>* out) = 0;
-  // Polls readable while results are waiting (or, for a client on the
-  // caller's loop, while Pump(true) has sockets to serve).
+  // Polls readable while results are waiting; -1 for a client on the
+  // caller's loop, whose results the loop drains every turn.
   virtual int notify_fd() const = 0;
-  // A client without a thread of its own does its work here, on the loop's
-  // thread: `ready` when notify_fd() polled readable. Returns how long the
-  // loop may wait before the next call, ms; -1: no limit (nothing to do).
-  virtual int Pump(bool ready) { return -1; }
+  // A client on the caller's loop does its due work here, once per turn of
+  // the loop before it waits. Returns how long the loop may wait before the
+  // next turn, ms; -1: no limit (nothing to do).
+  virtual int Pump() { return -1; }
   // Every request still open completes with kCancelled. Idempotent.
   virtual void Shutdown() = 0;
   virtual std::vector<EndpointStats> Stats() const = 0;
@@ -247,10 +246,11 @@ class LlmClient final : public ChatService {
  public:
   // InvalidArgument naming the pool and field for a bad configuration;
   // Internal when libcurl or the eventfd cannot be set up.
-  // REQUIRES: clock outlives the client.
+  // `loop`: the caller's EventLoop to run on; null: a loop and a thread of
+  // its own. REQUIRES: clock and loop outlive the client.
   static StatusOr<std::unique_ptr<LlmClient>> Create(std::vector<PoolConfig> pools,
                                                      const Clock* clock,
-                                                     ClientLoop loop = ClientLoop::kOwnThread);
+                                                     EventLoop* loop = nullptr);
   ~LlmClient() override;
   LlmClient(const LlmClient&) = delete;
   LlmClient& operator=(const LlmClient&) = delete;
@@ -271,15 +271,16 @@ class LlmClient final : public ChatService {
   // appended. Non-blocking.
   size_t Drain(std::vector<ChatResult>* out) override;
 
-  // kOwnThread: an eventfd that polls readable while results are waiting.
-  // kCallerLoop: the client's epoll set, readable while sockets are ready.
+  // Own loop: an eventfd that polls readable while results are waiting.
+  // On the caller's loop: -1.
   int notify_fd() const override;
 
-  // kCallerLoop: takes what was submitted, serves the ready sockets (when
-  // `ready`), fires due timers and starts what can start; results are then
-  // waiting for Drain(). Returns the longest wait until the next call, ms
-  // (-1 after Shutdown). kOwnThread: does nothing and returns -1.
-  int Pump(bool ready) override;
+  // On the caller's loop: takes what was submitted, fires due timers and
+  // starts what can start (the loop's handlers serve the sockets); results
+  // are then waiting for Drain(). Returns the longest wait until the next
+  // turn, ms (-1 after Shutdown). With a loop of its own: does nothing and
+  // returns -1.
+  int Pump() override;
 
   // Stops the client thread; every request still queued, waiting for a retry or
   // in flight completes with kCancelled and can be drained. Idempotent.

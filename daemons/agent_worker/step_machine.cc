@@ -172,9 +172,9 @@ void Worker::Impl::CallLlm(uint64_t id, const std::string& model, Json body,
   llm_->Submit(llm::ChatRequest{id, model, std::move(body), it->second.task.task_id});
 }
 
-void Worker::Impl::OnLlmResults() {
+size_t Worker::Impl::OnLlmResults() {
   std::vector<llm::ChatResult> results;
-  llm_->Drain(&results);
+  if (llm_->Drain(&results) == 0) return 0;
   for (auto& res : results) {
     auto it = runs_.find(res.tag);
     if (it == runs_.end() || !it->second.on_llm) continue;
@@ -198,6 +198,7 @@ void Worker::Impl::OnLlmResults() {
     run.on_llm = nullptr;
     done(res);
   }
+  return results.size();
 }
 
 void Worker::Impl::FinishStep(uint64_t id) {

@@ -64,7 +64,7 @@ Status Worker::Impl::CreateLlmClient() {
   if (pools.empty()) return Status::Ok();
   // On this loop: no request or result crosses a thread.
   MATRIX_ASSIGN_OR_RETURN(auto client,
-                          llm::LlmClient::Create(std::move(pools), clock_, llm::ClientLoop::kCallerLoop));
+                          llm::LlmClient::Create(std::move(pools), clock_, loop_.get()));
   llm_ = std::move(client);
   return Status::Ok();
 }
@@ -288,6 +288,9 @@ void Worker::Impl::BeginDrain(int sig) {
 }
 
 int64_t Worker::Impl::Turn() {
+  // Answers the last turn's handlers read come first: their next steps
+  // and LLM calls then go out in this turn.
+  if (llm_) OnLlmResults();
   RetryBlockedRecords();
   StartWaiting();
   Admit();
@@ -301,9 +304,13 @@ int64_t Worker::Impl::Turn() {
   int64_t wait_ms = store_->PollTimeoutMs(draining_ ? 20 : 50);
   if (llm_) {
     // The LLM calls of this turn go out now; its timers bound the wait.
-    const int llm_wait_ms = llm_->Pump(false);
-    if (llm_wait_ms >= 0) wait_ms = std::min<int64_t>(wait_ms, llm_wait_ms);
-    OnLlmResults();
+    // Answers it finds at once (a failed connection) are handled now too.
+    for (int round = 0; round < 4; ++round) {
+      const int llm_wait_ms = llm_->Pump();
+      if (llm_wait_ms >= 0) wait_ms = std::min<int64_t>(wait_ms, llm_wait_ms);
+      if (OnLlmResults() == 0) break;
+      FlushSubmits();
+    }
   }
   const int64_t now = clock_->NowNanos();
   if (stop_requested_ && !draining_) BeginDrain(0);
@@ -343,12 +350,10 @@ Status Worker::Impl::Run() {
     }
   }));
   WatchStoreSockets();
-  if (llm_) {
-    MATRIX_RETURN_IF_ERROR(loop_->Watch(llm_->notify_fd(), EPOLLIN, [this](uint32_t) {
-      llm_->Pump(true);
-      OnLlmResults();
-    }));
-  }
+  // A chat service with a thread of its own signals its answers on an fd;
+  // the LLM client, on this loop, has its sockets here already.
+  if (llm_ && llm_->notify_fd() >= 0)
+    MATRIX_RETURN_IF_ERROR(loop_->Watch(llm_->notify_fd(), EPOLLIN, [this](uint32_t) { OnLlmResults(); }));
   if (envs_) MATRIX_RETURN_IF_ERROR(loop_->Watch(envs_->fd(), EPOLLIN, [this](uint32_t) { envs_->OnReadable(); }));
   if (config_.signal_fd >= 0)
     MATRIX_RETURN_IF_ERROR(loop_->WatchSignals(config_.signal_fd, [this](int sig) { BeginDrain(sig); }));

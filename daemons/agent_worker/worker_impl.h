@@ -158,7 +158,7 @@ class Worker::Impl final : public AgentHost {
 
   // ---- step_machine.cc: one step of a delivered task.
   void OnDelivery(const wire::DeliverItem& item, std::string_view payload);
-  void OnLlmResults();
+  size_t OnLlmResults();  // returns how many answers it handled
   // Counts the run's step (run.step, role, agent set) in flight, fetches
   // what it reads, then StartRole().
   void BeginStep(uint64_t id);
@@ -316,6 +316,10 @@ class Worker::Impl final : public AgentHost {
   const Clock* clock_;
   std::string identity_;
   std::string broker_id_;  // of the broker that acknowledged our registration
+  // The worker's one event loop: the broker's and the stores' sockets, the
+  // LLM client's sockets, environment pipes and the stop signal. Declared
+  // before what watches it, so it outlives them.
+  std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<transport::Socket> broker_;
   std::unique_ptr<store::ObjectStore> store_;
   std::unique_ptr<llm::ChatService> llm_;
@@ -337,9 +341,6 @@ class Worker::Impl final : public AgentHost {
   std::string submit_bundle_;  // payloads of submit_batch_, packed
   size_t bundle_capacity_ = 0;
 
-  // The worker's one event loop: broker and store sockets, the LLM client's
-  // notify fd, environment pipes and the stop signal.
-  std::unique_ptr<EventLoop> loop_;
   std::vector<int> store_fds_;     // the store sockets watched on loop_
   uint64_t store_generation_ = 0;  // store_->sockets_generation() they came from
   std::atomic<bool> stop_requested_{false};

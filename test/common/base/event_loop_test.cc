@@ -88,6 +88,24 @@ TEST(EventLoopTest, AHandlerMayUnwatchItsOwnFdAndAnother) {
   EXPECT_EQ(calls, 1);
 }
 
+TEST(EventLoopTest, AClosedAndReusedFdNumberCanBeWatchedAgain) {
+  FakeClock clock;
+  auto loop = NewLoop(&clock);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_TRUE(loop->Watch(fds[0], EPOLLIN, [](uint32_t) { ADD_FAILURE() << "closed"; }).ok());
+  // Closed without Unwatch: the kernel drops it from the set, the loop does not know.
+  ::close(fds[0]);
+  ::close(fds[1]);
+  Pipe again;  // the lowest free numbers: the same ones
+  ASSERT_EQ(again.r, fds[0]);
+  int calls = 0;
+  ASSERT_TRUE(loop->Watch(again.r, EPOLLIN, [&](uint32_t) { again.Take(), ++calls; }).ok());
+  again.Put("x");
+  loop->RunOnce(kLongWait);
+  EXPECT_EQ(calls, 1);
+}
+
 TEST(EventLoopTest, TimersFollowTheInjectedClockInDueOrder) {
   FakeClock clock;
   auto loop = NewLoop(&clock);

@@ -26,6 +26,7 @@
 #include <set>
 #include <thread>
 
+#include "common/base/event_loop.h"
 #include "common/base/log.h"
 #include "test/common/llm/test_http_server.h"
 #include "test/support/test_util.h"
@@ -69,55 +70,69 @@ bool CallerLoop() {
   return v != nullptr && std::string(v) == "1";
 }
 
-// An event loop of the test's own for a kCallerLoop client, as the worker's:
-// Pump(false), poll notify_fd() as long as Pump allows (at most 20 ms, the
-// worker's other work bounds its waits too), Pump(readable).
+// An EventLoop of the test's own that a client runs on, as the worker's
+// does: each turn calls Pump() and waits at most what it allows (at most
+// 20 ms, the worker's other work bounds its waits too). Its thread stops
+// before the client goes; the loop itself outlives the client.
 class LoopDriver {
  public:
-  explicit LoopDriver(LlmClient* client)
-      : thread_([this, client] {
-          while (!stop_.load()) {
-            int wait = client->Pump(false);
-            if (wait < 0 || wait > 20) wait = 20;
-            pollfd p{client->notify_fd(), POLLIN, 0};
-            const bool ready = ::poll(&p, 1, wait) == 1;
-            client->Pump(ready);
-          }
-        }) {}
-  ~LoopDriver() {
-    stop_ = true;
-    thread_.join();
+  LoopDriver() {
+    auto loop = EventLoop::Create(SystemClock::Get());
+    EXPECT_TRUE(loop.ok()) << loop.status().ToString();
+    loop_ = std::move(loop).value();
   }
+  EventLoop* loop() { return loop_.get(); }
+  void Start(LlmClient* client) {
+    loop_->EachTurn([client] {
+      const int wait = client->Pump();
+      return int64_t{wait < 0 || wait > 20 ? 20 : wait} * 1'000'000;
+    });
+    thread_ = std::thread([this] { loop_->Run(); });
+  }
+  void StopThread() {
+    loop_->Stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  ~LoopDriver() { StopThread(); }
 
  private:
-  std::atomic<bool> stop_{false};
+  std::unique_ptr<EventLoop> loop_;
   std::thread thread_;
 };
 
-// Stops the client's loop (if any) before the client goes.
+// Stops the client's loop (if any) before the client goes, and destroys the
+// loop after it.
 struct ClientDeleter {
   mutable std::shared_ptr<LoopDriver> driver;
   void operator()(LlmClient* client) const {
-    driver.reset();
+    if (driver) driver->StopThread();
     delete client;
+    driver.reset();
   }
 };
 using ClientPtr = std::unique_ptr<LlmClient, ClientDeleter>;
 
 ClientPtr MakeClient(std::vector<PoolConfig> pools, const Clock* clock = SystemClock::Get()) {
-  const ClientLoop mode = CallerLoop() ? ClientLoop::kCallerLoop : ClientLoop::kOwnThread;
-  auto c = LlmClient::Create(std::move(pools), clock, mode);
+  ClientDeleter deleter;
+  if (CallerLoop()) deleter.driver = std::make_shared<LoopDriver>();
+  auto c = LlmClient::Create(std::move(pools), clock, deleter.driver ? deleter.driver->loop() : nullptr);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   if (!c.ok()) return ClientPtr(nullptr, ClientDeleter{});
   LlmClient* client = std::move(c).value().release();
-  ClientDeleter deleter;
-  if (mode == ClientLoop::kCallerLoop) deleter.driver = std::make_shared<LoopDriver>(client);
+  if (deleter.driver) deleter.driver->Start(client);
   return ClientPtr(client, std::move(deleter));
 }
 
-// Waits up to `ms` for results: on notify_fd, the way the worker's loop does,
-// when the client has its own thread; with the client on a LoopDriver, whose
-// thread polls notify_fd, results give this thread no signal: it naps.
+// Shutdown() as the client's owner calls it: on the caller's loop, once that
+// loop no longer runs (the worker shuts its client down after its loop).
+void ShutDown(ClientPtr& client) {
+  if (client.get_deleter().driver) client.get_deleter().driver->StopThread();
+  client->Shutdown();
+}
+
+// Waits up to `ms` for results: on notify_fd, the way a loop does, when the
+// client has its own thread; with the client on a LoopDriver, results give
+// this thread no signal: it naps.
 void WaitReady(LlmClient& client, int ms) {
   if (CallerLoop()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(ms, 1)));
@@ -268,10 +283,13 @@ TEST(LlmClientTest, ReturnsToolCalls) {
 }
 
 TEST(LlmClientTest, NotifyFdSignalsWaitingResultsAndDrainClearsIt) {
-  if (CallerLoop()) GTEST_SKIP() << "on the caller's loop notify_fd() is the client's epoll set";
   TestHttpServer server([](const HttpRequest&) { return Ok(); });
   auto client = MakeClient({MakePool({server.base_url()})});
   ASSERT_TRUE(client);
+  if (CallerLoop()) {
+    EXPECT_EQ(client->notify_fd(), -1);
+    GTEST_SKIP() << "on the caller's loop there is no notify_fd: the loop drains the results every turn";
+  }
   pollfd p{client->notify_fd(), POLLIN, 0};
   EXPECT_EQ(::poll(&p, 1, 0), 0);
   for (uint64_t i = 0; i < 3; ++i) client->Submit(MakeRequest(i));
@@ -965,7 +983,7 @@ TEST(LlmClientTest, ShutdownCancelsOutstandingRequests) {
   for (uint64_t i = 0; i < 5; ++i) client->Submit(MakeRequest(i));
   ASSERT_TRUE(matrix::testing::WaitUntil([&] { return server.request_count() == 2; }, 5000));
   auto start = std::chrono::steady_clock::now();
-  client->Shutdown();
+  ShutDown(client);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
   std::vector<ChatResult> out;
   EXPECT_EQ(client->Drain(&out), 5u);
@@ -1114,7 +1132,7 @@ TEST(LlmClientEndpointsTest, SetEndpointsRejectsBadInput) {
   auto stats = client->Stats();
   ASSERT_EQ(stats.size(), 1u);
   EXPECT_EQ(stats[0].url, "http://127.0.0.1:1/v1");
-  client->Shutdown();
+  ShutDown(client);
   EXPECT_EQ(client->SetEndpoints("m", {"http://127.0.0.1:2/v1"}).code(), StatusCode::kCancelled);
 
   PoolConfig none = MakePool({});
