@@ -41,9 +41,15 @@ int64_t TokenCount(const Json& usage, const char* key) {
 
 StatusOr<ParsedCompletion> ParseChatCompletion(const std::string& body) {
   try {
-    Json doc = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-    if (doc.is_discarded()) return InvalidArgument("response body is not JSON");
-    if (!doc.is_object()) return InvalidArgument("response body is not a JSON object");
+    // Only what a turn keeps is parsed; ids, names and timestamps are only
+    // checked to be well formed.
+    Json doc = ParseJsonMembers(body, {"choices", "usage", "prompt_token_ids"});
+    if (doc.is_discarded()) {
+      const size_t start = body.find_first_not_of(" \t\r\n");
+      return InvalidArgument(start != std::string::npos && body[start] != '{' && Json::accept(body)
+                                 ? "response body is not a JSON object"
+                                 : "response body is not JSON");
+    }
     auto choices = doc.find("choices");
     if (choices == doc.end() || !choices->is_array() || choices->empty())
       return InvalidArgument("response has no choices");

@@ -18,7 +18,7 @@ struct ParsedCompletion {
   std::string finish_reason;  // "" when absent or null
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
-  Json raw;  // the body with `choices` cut to the first choice (usage, ids, logprobs kept)
+  Json raw;  // the body's choices (cut to the first), usage and prompt_token_ids, as sent
 };
 
 // Parses a 2xx response body. InvalidArgument describing the defect when the

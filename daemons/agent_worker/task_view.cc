@@ -41,7 +41,8 @@ Json InputJson(const wire::Task& task, const Resolved& resolved) {
   return input.is_discarded() ? Json(text) : input;
 }
 
-Json TurnJson(const wire::Turn& t, const Resolved& resolved, bool full) {
+// A turn as templates and routes see it (the record writes its own, fuller one).
+Json TurnJson(const wire::Turn& t, const Resolved& resolved) {
   bool missing = false;
   Json j = {{"step", t.step},
             {"role", t.role},
@@ -57,19 +58,6 @@ Json TurnJson(const wire::Turn& t, const Resolved& resolved, bool full) {
     j["tool_calls"] = calls;
   }
   if (!t.tool_call_id.empty()) j["tool_call_id"] = t.tool_call_id;
-  if (full) {
-    j["usage"] = {{"prompt_tokens", t.prompt_tokens}, {"completion_tokens", t.completion_tokens}};
-    j["endpoint"] = t.endpoint;
-    j["model"] = t.model;
-    j["start_us"] = t.start_us;
-    j["end_us"] = t.end_us;
-    j["attempts"] = t.attempts;
-    if (missing) j["content_error"] = "object " + std::to_string(t.content.ref->id) + " unavailable";
-    if (!t.extra.empty()) {
-      Json extra = Json::parse(t.extra, nullptr, false);
-      if (!extra.is_discarded()) j["extra"] = extra;
-    }
-  }
   return j;
 }
 
@@ -143,7 +131,7 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
     Json history = Json::array();
     Json conversation = Json::array();
     for (const auto& t : task.history) {
-      Json j = TurnJson(t, resolved, false);
+      Json j = TurnJson(t, resolved);
       if (t.conversation) conversation.push_back(j);
       history.push_back(std::move(j));
     }
@@ -153,10 +141,10 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
   // The newest turns, found from the end: only they are turned into JSON.
   if (parts & kCtxLast) {
     auto it = std::find_if(task.history.rbegin(), task.history.rend(), [](const wire::Turn& t) { return t.conversation; });
-    ctx["last"] = it == task.history.rend() ? Json(nullptr) : TurnJson(*it, resolved, false);
+    ctx["last"] = it == task.history.rend() ? Json(nullptr) : TurnJson(*it, resolved);
   }
   if (parts & kCtxLastTurn)
-    ctx["last_turn"] = task.history.empty() ? Json(nullptr) : TurnJson(task.history.back(), resolved, false);
+    ctx["last_turn"] = task.history.empty() ? Json(nullptr) : TurnJson(task.history.back(), resolved);
   return ctx;
 }
 
@@ -193,44 +181,154 @@ void AppendSeconds(std::string* out, int64_t us) {
   out->append(frac, sizeof(frac));
 }
 
-// Record fields other than spans and input.
-Json RecordWithoutSpansAndInput(const wire::Task& task, const Resolved& resolved, int64_t finished_us,
-                                bool with_turns = true) {
-  Json turns = Json::array();
+// The text of a turn's or the input's content; null when its object is not
+// resolved.
+const std::string* ContentOf(const wire::Content& content, const Resolved& resolved) {
+  if (!content.ref) return &content.text;
+  auto it = resolved.find(content.ref->id);
+  return it == resolved.end() ? nullptr : &it->second;
+}
+
+// A value kept as JSON text (a var, a turn's extra), appended as one line of
+// JSON: as it is when it already is; false (nothing appended) when it is not
+// JSON.
+bool AppendJsonValue(std::string* out, const std::string& text) {
+  if (text.empty() || !Json::accept(text)) return false;
+  if (text.find_first_of("\n\r") == std::string::npos) {
+    out->append(text);
+  } else {
+    out->append(DumpJson(Json::parse(text)));
+  }
+  return true;
+}
+
+// Writes JSON objects field by field, keys given in sorted order (as a Json
+// object would print them), without building a Json tree.
+class ObjectWriter {
+ public:
+  explicit ObjectWriter(std::string* out) : out_(out) { out_->push_back('{'); }
+  // A key the program names: plain ASCII, no escaping needed.
+  std::string* Key(const char* name) {
+    if (!first_) out_->push_back(',');
+    first_ = false;
+    out_->push_back('"');
+    out_->append(name);
+    out_->append("\":");
+    return out_;
+  }
+  // A key from data (a var's or counter's name).
+  std::string* Key(const std::string& name) {
+    if (!first_) out_->push_back(',');
+    first_ = false;
+    AppendJsonString(out_, name);
+    out_->push_back(':');
+    return out_;
+  }
+  void Str(const char* name, const std::string& v) { AppendJsonString(Key(name), v); }
+  void Int(const char* name, int64_t v) { AppendInt(Key(name), v); }
+  void Bool(const char* name, bool v) { Key(name)->append(v ? "true" : "false"); }
+  void End() { out_->push_back('}'); }
+
+ private:
+  std::string* out_;
+  bool first_ = true;
+};
+
+void AppendTurn(std::string* out, const wire::Turn& t, const Resolved& resolved) {
+  const std::string* content = ContentOf(t.content, resolved);
+  ObjectWriter o(out);
+  o.Int("attempts", t.attempts);
+  if (content) o.Str("content", *content);
+  else o.Key("content")->append("null");
+  if (!content) o.Str("content_error", "object " + std::to_string(t.content.ref->id) + " unavailable");
+  o.Bool("conversation", t.conversation);
+  o.Int("end_us", t.end_us);
+  o.Str("endpoint", t.endpoint);
+  if (!t.extra.empty() && Json::accept(t.extra)) AppendJsonValue(o.Key("extra"), t.extra);
+  o.Str("finish_reason", t.finish_reason);
+  o.Str("kind", t.kind);
+  o.Str("model", t.model);
+  o.Str("role", t.role);
+  o.Int("start_us", t.start_us);
+  o.Str("step", t.step);
+  if (!t.tool_call_id.empty()) o.Str("tool_call_id", t.tool_call_id);
+  if (!t.tool_calls.empty()) {
+    std::string* calls = o.Key("tool_calls");
+    calls->push_back('[');
+    for (size_t i = 0; i < t.tool_calls.size(); ++i) {
+      if (i > 0) calls->push_back(',');
+      ObjectWriter c(calls);
+      c.Str("arguments", t.tool_calls[i].arguments);
+      c.Str("id", t.tool_calls[i].id);
+      c.Str("name", t.tool_calls[i].name);
+      c.End();
+    }
+    calls->push_back(']');
+  }
+  ObjectWriter usage(o.Key("usage"));
+  usage.Int("completion_tokens", t.completion_tokens);
+  usage.Int("prompt_tokens", t.prompt_tokens);
+  usage.End();
+  o.End();
+}
+
+// A record's fields other than input and spans, written straight as JSON
+// text, in the order a Json object prints them; the closing brace is left
+// off for the caller.
+void AppendRecordHead(std::string* line, const wire::Task& task, const Resolved& resolved, int64_t finished_us,
+                      bool with_turns) {
   int64_t prompt = 0, completion = 0;
   for (const auto& t : task.history) {
-    if (with_turns) turns.push_back(TurnJson(t, resolved, true));
     prompt += t.prompt_tokens;
     completion += t.completion_tokens;
   }
-  Json counters = Json::object();
-  for (const auto& [k, v] : task.counters) counters[k] = v;
-  Json rec = {{"task_id", task.task_id},
-              {"run_id", task.run_id},
-              {"pipeline", task.pipeline},
-              {"partition", task.partition},
-              {"row", task.row},
-              {"trial", task.trial},
-              {"attempt", task.attempt},
-              {"status", wire::TaskStatusName(task.status)},
-              {"reason", task.reason},
-              {"vars", VarsJson(task)},
-              {"counters", counters},
-              {"hops", task.hops},
-              {"usage", {{"prompt_tokens", prompt}, {"completion_tokens", completion}}},
-              {"created_us", task.created_us},
-              {"finished_us", finished_us},
-              {"duration_s", (finished_us - task.created_us) / 1e6}};
-  if (with_turns) rec["turns"] = std::move(turns);
-  if (!task.error.empty()) rec["error"] = task.error;
-  return rec;
+  ObjectWriter o(line);
+  o.Int("attempt", task.attempt);
+  ObjectWriter counters(o.Key("counters"));
+  for (const auto& [name, value] : task.counters) AppendInt(counters.Key(name), value);
+  counters.End();
+  o.Int("created_us", task.created_us);
+  o.Key("duration_s")->append(DumpJson(Json((finished_us - task.created_us) / 1e6)));
+  if (!task.error.empty()) o.Str("error", task.error);
+  o.Int("finished_us", finished_us);
+  o.Int("hops", task.hops);
+  o.Int("partition", task.partition);
+  o.Str("pipeline", task.pipeline);
+  o.Str("reason", task.reason);
+  o.Int("row", task.row);
+  o.Str("run_id", task.run_id);
+  o.Str("status", wire::TaskStatusName(task.status));
+  o.Str("task_id", task.task_id);
+  o.Int("trial", task.trial);
+  if (with_turns) {
+    std::string* turns = o.Key("turns");
+    turns->push_back('[');
+    for (size_t i = 0; i < task.history.size(); ++i) {
+      if (i > 0) turns->push_back(',');
+      AppendTurn(turns, task.history[i], resolved);
+    }
+    turns->push_back(']');
+  }
+  ObjectWriter usage(o.Key("usage"));
+  usage.Int("completion_tokens", completion);
+  usage.Int("prompt_tokens", prompt);
+  usage.End();
+  ObjectWriter vars(o.Key("vars"));
+  for (const auto& [name, value] : task.vars) {
+    // Not JSON: kept as the string it is.
+    std::string* out = vars.Key(name);
+    if (!AppendJsonValue(out, value)) AppendJsonString(out, value);
+  }
+  vars.End();
 }
 
 }  // namespace
 
 std::string DroppedRecordLine(const wire::Task& task, int64_t finished_us) {
-  Json rec = RecordWithoutSpansAndInput(task, Resolved(), finished_us, /*with_turns=*/false);
-  return DumpJson(rec);
+  std::string line;
+  AppendRecordHead(&line, task, Resolved(), finished_us, /*with_turns=*/false);
+  line.push_back('}');
+  return line;
 }
 
 Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
@@ -238,9 +336,9 @@ Json BuildRecord(const wire::Task& task, const Resolved& resolved, int64_t finis
 }
 
 std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t finished_us) {
-  std::string line =
-      DumpJson(RecordWithoutSpansAndInput(task, resolved, finished_us));
-  line.pop_back();  // the closing brace
+  std::string line;
+  line.reserve(1024);
+  AppendRecordHead(&line, task, resolved, finished_us, /*with_turns=*/true);
   line.append(",\"input\":");
   bool missing = false;
   const std::string text = ContentText(task.input, resolved, &missing);

@@ -229,5 +229,86 @@ TEST(RecordLineTest, ParsesToTheRecordWithSpansAndInput) {
   EXPECT_TRUE(Json::parse(RecordLine(t, {}, 2'000'000))["spans"].empty());
 }
 
+// The record's fields are written by hand too: exactly what a Json object of
+// the same fields prints (sorted keys, compact, escaped), turns with every
+// field, vars that are JSON as values and others as strings, one line.
+TEST(RecordLineTest, TurnsVarsAndCountersAreWhatTheJsonLibraryWouldPrint) {
+  wire::Task t;
+  t.task_id = "q\"7\".t0";
+  t.run_id = "run";
+  t.pipeline = "coral";
+  t.status = wire::TaskStatus::kFailed;
+  t.reason = "llm_error";
+  t.error = "step 'x': bad \xff byte";  // invalid UTF-8 from outside
+  t.input.text = R"({"q":1})";
+  t.created_us = 1'000'000;
+  t.counters["turns"] = 2;
+  t.counters["we\"ird"] = -3;
+  t.vars["answer"] = "\"B\"";
+  t.vars["list"] = "[1,2.5,{\"a\":null}]";
+  t.vars["multi"] = "{\"a\":\n1}";
+  t.vars["not_json"] = "plain \u00e9";
+  wire::Turn a;
+  a.step = "teacher";
+  a.role = "teacher";
+  a.kind = "llm";
+  a.conversation = true;
+  a.content.text = "Line one\nThe answer is (B) \"quoted\" \u00e9\t";
+  a.finish_reason = "stop";
+  a.prompt_tokens = 10;
+  a.completion_tokens = 20;
+  a.endpoint = "http://h:1/v1";
+  a.model = "m";
+  a.start_us = 5;
+  a.end_us = 9;
+  a.attempts = 2;
+  a.extra = R"({"format_retries":1,"logprobs":[-0.5,null]})";
+  wire::Turn b;
+  b.kind = "tool";
+  b.tool_call_id = "call_1";
+  b.content.ref = wire::ObjectRef{};
+  b.content.ref->id = 42;  // not resolved: null content and the reason
+  wire::ToolCall call;
+  call.id = "call_1";
+  call.name = "lookup";
+  call.arguments = "{\"id\": 3}";
+  b.tool_calls = {call};
+  t.history = {a, b};
+  const std::string line = RecordLine(t, {}, 3'500'000);
+  EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+  Json r = Json::parse(line);
+  const std::string head = line.substr(0, line.find(",\"input\":"));
+  Json without = r;
+  without.erase("input");
+  without.erase("spans");
+  std::string expected = DumpJson(without);
+  expected.pop_back();
+  EXPECT_EQ(head, expected);
+  EXPECT_EQ(r["task_id"], "q\"7\".t0");
+  EXPECT_EQ(r["counters"]["we\"ird"], -3);
+  EXPECT_EQ(r["vars"]["answer"], "B");
+  EXPECT_EQ(r["vars"]["list"][2]["a"], nullptr);
+  EXPECT_EQ(r["vars"]["multi"]["a"], 1);
+  EXPECT_EQ(r["vars"]["not_json"], "plain \u00e9");
+  EXPECT_EQ(r["usage"]["prompt_tokens"], 10);
+  EXPECT_EQ(r["usage"]["completion_tokens"], 20);
+  EXPECT_DOUBLE_EQ(r["duration_s"].get<double>(), 2.5);
+  ASSERT_EQ(r["turns"].size(), 2u);
+  EXPECT_EQ(r["turns"][0]["content"], a.content.text);
+  EXPECT_EQ(r["turns"][0]["extra"]["logprobs"][0], -0.5);
+  EXPECT_EQ(r["turns"][0]["attempts"], 2);
+  EXPECT_EQ(r["turns"][0]["conversation"], true);
+  EXPECT_EQ(r["turns"][1]["content"], nullptr);
+  EXPECT_EQ(r["turns"][1]["content_error"], "object 42 unavailable");
+  EXPECT_EQ(r["turns"][1]["tool_call_id"], "call_1");
+  EXPECT_EQ(r["turns"][1]["tool_calls"][0]["arguments"], "{\"id\": 3}");
+  EXPECT_FALSE(r["turns"][1].contains("extra"));
+  // The record of a dropped task: the same head, no turns.
+  Json dropped = Json::parse(DroppedRecordLine(t, 3'500'000));
+  EXPECT_FALSE(dropped.contains("turns"));
+  EXPECT_EQ(dropped["vars"], r["vars"]);
+  EXPECT_EQ(dropped["error"], r["error"]);
+}
+
 }  // namespace
 }  // namespace matrix::worker
