@@ -18,6 +18,11 @@ using Json = nlohmann::json;
 // in place of the bad bytes instead of throwing. Use this, not Json::dump.
 std::string DumpJson(const Json& j, int indent = -1);
 
+// Appends `s` as a JSON string, the way DumpJson writes one: quotes,
+// backslashes and control characters escaped, bytes that are not valid UTF-8
+// replaced by U+FFFD. For output written field by field, without a Json tree.
+void AppendJsonString(std::string* out, std::string_view s);
+
 // `what` names the input in the error ("data/x.jsonl line 17").
 StatusOr<Json> ParseJson(const std::string& text, const std::string& what);
 

@@ -33,6 +33,11 @@ void FakeChatService::Signal() {
 }
 
 void FakeChatService::Submit(ChatRequest req) {
+  // The body as a server would read it, messages included.
+  if (!req.messages_json.empty()) {
+    req.body["messages"] = Json::parse(req.messages_json, nullptr, /*allow_exceptions=*/false);
+    req.messages_json.clear();
+  }
   ChatResult res;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -839,10 +839,20 @@ void LlmClient::Impl::Accept(Submission sub) {
     CompleteCall(raw, InvalidArgument("streaming llm requests are not supported"), nullptr, 0);
     return;
   }
+  const std::string& messages = sub.req.messages_json;
+  if (!messages.empty() && (messages.front() != '[' || messages.back() != ']' || body.contains("messages"))) {
+    CompleteCall(raw, InvalidArgument("llm request messages must be one JSON array, given once"), nullptr, 0);
+    return;
+  }
   try {
     if (!pool->cfg.model.empty()) body["model"] = pool->cfg.model;
     // Invalid UTF-8 (e.g. a model answer cut mid-character) is replaced, not fatal.
     raw->payload = DumpJson(body);
+    if (!messages.empty()) {
+      raw->payload.pop_back();  // '}'
+      if (raw->payload.size() > 1) raw->payload.push_back(',');
+      raw->payload.append("\"messages\":").append(messages).push_back('}');
+    }
   } catch (const std::exception& e) {
     CompleteCall(raw,
                  InvalidArgument(std::string("llm request body cannot be encoded: ") + e.what()),

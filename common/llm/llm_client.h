@@ -171,6 +171,9 @@ struct ChatRequest {
   std::string pool;        // PoolConfig::name
   Json body;               // chat-completions body (messages, sampling...); "model" filled in
   std::string sticky_key;  // e.g. the task id; used when the pool is sticky
+  // When set: the body's "messages", already serialized (a JSON array), sent
+  // after the members of `body`, which then holds no "messages".
+  std::string messages_json;
 };
 
 struct ChatResult {

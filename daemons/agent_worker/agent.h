@@ -68,6 +68,19 @@ struct StepOutcome {
 
 using TaskEdit = std::function<void(wire::Task&)>;
 
+// A chat-completions request body (without "model"): the messages, the bulk
+// of each call, written straight as JSON text; the other members as Json.
+struct ChatBody {
+  Json params = Json::object();  // sampling, tools, tool_choice, response_format, logprobs, seed
+  std::string messages;          // "messages": a JSON array
+  // The whole body, as a server reads it.
+  Json ToJson() const {
+    Json body = params;
+    body["messages"] = Json::parse(messages, nullptr, /*allow_exceptions=*/false);
+    return body;
+  }
+};
+
 // Environment leases carried by a task: kind "env:<tool role>", id = the
 // session, holder = the worker identity that runs the session.
 inline constexpr char kEnvLeasePrefix[] = "env:";
@@ -88,7 +101,7 @@ class AgentHost {
   // (kContinue) or ends it. Ignored when the run is gone (worker stopping).
   virtual void Complete(uint64_t run_id, StepOutcome outcome, const TaskEdit& edit = nullptr) = 0;
   // A chat completion for `run_id`; `done` gets the result on the loop thread.
-  virtual void CallLlm(uint64_t run_id, const std::string& model, Json body,
+  virtual void CallLlm(uint64_t run_id, const std::string& model, ChatBody body,
                        std::function<void(llm::ChatResult&)> done) = 0;
   // The worker's tool environments; nullptr when the pipeline has none.
   virtual EnvPool* envs() = 0;

@@ -46,55 +46,82 @@ bool PromptsKept(const config::RoleConfig& role, const PromptMemo& prompts) {
   return kept(role.system) && kept(role.prompt);
 }
 
-StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
-                             const config::RoleConfig& role, const wire::Task& task,
-                             const Resolved& resolved, const Json& ctx, PromptMemo* prompts) {
-  Json messages = Json::array();
+namespace {
+
+// One chat message, written straight as JSON: {"role":..,"content":..} and
+// the tool members a conversation needs.
+void AppendMessage(std::string* out, const char* role, const std::string* content,
+                   const std::string* tool_call_id = nullptr, const std::vector<wire::ToolCall>* calls = nullptr) {
+  if (out->size() > 1) out->push_back(',');  // after "[" and an earlier message
+  out->append("{\"role\":\"").append(role).append("\",\"content\":");
+  if (content) AppendJsonString(out, *content);
+  else out->append("null");
+  if (tool_call_id) {
+    out->append(",\"tool_call_id\":");
+    AppendJsonString(out, *tool_call_id);
+  }
+  if (calls) {
+    out->append(",\"tool_calls\":[");
+    for (size_t i = 0; i < calls->size(); ++i) {
+      const wire::ToolCall& c = (*calls)[i];
+      out->append(i == 0 ? "{\"id\":" : ",{\"id\":");
+      AppendJsonString(out, c.id);
+      out->append(",\"type\":\"function\",\"function\":{\"name\":");
+      AppendJsonString(out, c.name);
+      out->append(",\"arguments\":");
+      AppendJsonString(out, c.arguments);
+      out->append("}}");
+    }
+    out->push_back(']');
+  }
+  out->push_back('}');
+}
+
+}  // namespace
+
+StatusOr<ChatBody> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
+                                 const config::RoleConfig& role, const wire::Task& task,
+                                 const Resolved& resolved, const Json& ctx, PromptMemo* prompts) {
+  ChatBody out;
+  std::string& messages = out.messages;
+  messages.reserve(1024);
+  messages.push_back('[');
   if (role.system) {
     MATRIX_ASSIGN_OR_RETURN(std::string system, RenderPrompt(*role.system, ctx, prompts));
-    messages.push_back({{"role", "system"}, {"content", std::move(system)}});
+    AppendMessage(&messages, "system", &system);
   }
   if (role.prompt) {
     MATRIX_ASSIGN_OR_RETURN(std::string prompt, RenderPrompt(*role.prompt, ctx, prompts));
-    messages.push_back({{"role", "user"}, {"content", std::move(prompt)}});
+    AppendMessage(&messages, "user", &prompt);
   }
   if (role.conversation) {
     // Tool calls and their results are seen only by the role that made them.
     std::unordered_set<std::string> own_calls;
     for (const auto& turn : task.history) {
       if (!turn.conversation) continue;
-      bool missing = false;
-      std::string text = ContentText(turn.content, resolved, &missing);
-      if (missing) return Unavailable("content of an earlier turn is unavailable");
+      const std::string* text = ContentOf(turn.content, resolved);
+      if (!text) return Unavailable("content of an earlier turn is unavailable");
       bool own = turn.role == role_name;
       if (!turn.tool_call_id.empty()) {
-        if (own_calls.count(turn.tool_call_id))
-          messages.push_back({{"role", "tool"}, {"tool_call_id", turn.tool_call_id}, {"content", text}});
+        if (own_calls.count(turn.tool_call_id)) AppendMessage(&messages, "tool", text, &turn.tool_call_id);
         continue;
       }
       if (!turn.tool_calls.empty()) {
         if (!own) continue;
-        Json calls = Json::array();
-        for (const auto& c : turn.tool_calls) {
-          own_calls.insert(c.id);
-          calls.push_back({{"id", c.id},
-                           {"type", "function"},
-                           {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
-        }
-        messages.push_back({{"role", "assistant"}, {"content", text.empty() ? Json(nullptr) : Json(text)},
-                            {"tool_calls", calls}});
+        for (const auto& c : turn.tool_calls) own_calls.insert(c.id);
+        AppendMessage(&messages, "assistant", text->empty() ? nullptr : text, nullptr, &turn.tool_calls);
         continue;
       }
-      messages.push_back({{"role", own ? "assistant" : "user"}, {"content", text}});
+      AppendMessage(&messages, own ? "assistant" : "user", text);
     }
   }
-  if (messages.empty()) return InvalidArgument("role " + role_name + " produced no messages");
-  Json body = Json::object();
+  if (messages.size() == 1) return InvalidArgument("role " + role_name + " produced no messages");
+  messages.push_back(']');
+  Json& body = out.params;
   if (const config::ModelConfig* model = pipeline.Model(role.model)) {
     if (model->sampling.is_object()) body.update(model->sampling);
   }
   if (role.sampling.is_object()) body.update(role.sampling);
-  body["messages"] = std::move(messages);
   if (role.tools.is_array() && !role.tools.empty()) body["tools"] = role.tools;
   if (!role.tool_choice.is_null()) {
     const Json& tc = role.tool_choice;
@@ -109,13 +136,14 @@ StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string
     if (model->top_logprobs > 0) body["top_logprobs"] = model->top_logprobs;
     if (model->token_ids) body["return_token_ids"] = true;
   }
+  body.erase("messages");  // they are out.messages, whatever the sampling said
   // The step's number, not the hop's: the same seed wherever the steps ran.
   if (!body.contains("seed")) {
     auto steps = task.counters.find("steps");
     const int64_t step = steps == task.counters.end() ? 0 : steps->second;
     body["seed"] = (task.seed + static_cast<uint64_t>(step)) & 0x7fffffff;
   }
-  return body;
+  return out;
 }
 
 namespace {

@@ -26,7 +26,7 @@ namespace matrix::worker {
 // Chat-completions request body for an llm role (without "model"). With
 // `prompts`, a template that reads only the input is rendered once per task
 // and kept there for the task's later steps.
-StatusOr<Json> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
+StatusOr<ChatBody> BuildChatBody(const config::Pipeline& pipeline, const std::string& role_name,
                              const config::RoleConfig& role, const wire::Task& task,
                              const Resolved& resolved, const Json& ctx, PromptMemo* prompts = nullptr);
 

@@ -2,6 +2,7 @@
 // task's history, with the pipeline's tools and those its environment lists
 // (tools_from). The answer, its tool calls included, becomes a turn.
 #include <cstdlib>
+#include <optional>
 
 #include "common/base/utf8.h"
 #include "common/config/pipeline.h"
@@ -155,8 +156,9 @@ class LlmAgent final : public Agent {
       }
       Json listed = OpenAiTools(*tools);
       if (!listed.empty()) {
-        if (!body.contains("tools") || !body["tools"].is_array()) body["tools"] = Json::array();
-        for (auto& t : listed) body["tools"].push_back(std::move(t));
+        Json& own = body.params["tools"];
+        if (!own.is_array()) own = Json::array();
+        for (auto& t : listed) own.push_back(std::move(t));
       }
       Submit(host, std::move(call), std::move(body));
     });
@@ -173,11 +175,12 @@ class LlmAgent final : public Agent {
     int64_t refused_prompt_tokens = 0, refused_completion_tokens = 0;
   };
 
-  static void Submit(AgentHost& host, Call call, Json body) {
+  static void Submit(AgentHost& host, Call call, ChatBody body) {
     uint64_t run_id = call.run_id;
     std::string model = call.model;
     // Kept for a retry of a structured answer that did not check out.
-    Json retry_body = call.config && !call.config->response_format.is_null() ? body : Json();
+    std::optional<ChatBody> retry_body;
+    if (call.config && !call.config->response_format.is_null()) retry_body = body;
     host.CallLlm(run_id, model, std::move(body), [&host, call = std::move(call),
                                                    retry_body = std::move(retry_body)](llm::ChatResult& res) mutable {
       if (!res.status.ok() && res.outage) {
@@ -193,14 +196,15 @@ class LlmAgent final : public Agent {
                                                                   (res.error_body.empty() ? "" : " (" + res.error_body + ")")));
       }
       Status format = Status::Ok();
-      if (!retry_body.is_null() && res.tool_calls.is_null()) format = CheckStructured(*call.config, res.content);
+      if (retry_body && res.tool_calls.is_null()) format = CheckStructured(*call.config, res.content);
       if (!format.ok() && call.format_attempts < call.config->format_retries) {
         // Asked again with another seed: the same request would give the same answer.
         ++call.format_attempts;
         call.refused_prompt_tokens += res.prompt_tokens;
         call.refused_completion_tokens += res.completion_tokens;
-        retry_body["seed"] = (retry_body.value("seed", int64_t{0}) + 7919) & 0x7fffffff;
-        return Submit(host, std::move(call), std::move(retry_body));
+        Json& params = retry_body->params;
+        params["seed"] = (params.value("seed", int64_t{0}) + 7919) & 0x7fffffff;
+        return Submit(host, std::move(call), std::move(*retry_body));
       }
       res.prompt_tokens += call.refused_prompt_tokens;
       res.completion_tokens += call.refused_completion_tokens;

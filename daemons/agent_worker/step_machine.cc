@@ -163,13 +163,13 @@ void Worker::Impl::Complete(uint64_t id, StepOutcome outcome, const TaskEdit& ed
   }
 }
 
-void Worker::Impl::CallLlm(uint64_t id, const std::string& model, Json body,
+void Worker::Impl::CallLlm(uint64_t id, const std::string& model, ChatBody body,
                            std::function<void(llm::ChatResult&)> done) {
   auto it = runs_.find(id);
   if (it == runs_.end()) return;
   if (!llm_) return Complete(id, StepOutcome::Failed("no_model", "pipeline has no models"), nullptr);
   it->second.on_llm = std::move(done);
-  llm_->Submit(llm::ChatRequest{id, model, std::move(body), it->second.task.task_id});
+  llm_->Submit(llm::ChatRequest{id, model, std::move(body.params), it->second.task.task_id, std::move(body.messages)});
 }
 
 size_t Worker::Impl::OnLlmResults() {

@@ -13,6 +13,12 @@ std::string ContentText(const wire::Content& content, const Resolved& resolved, 
   return std::string();
 }
 
+const std::string* ContentOf(const wire::Content& content, const Resolved& resolved) {
+  if (!content.ref) return &content.text;
+  auto it = resolved.find(content.ref->id);
+  return it == resolved.end() ? nullptr : &it->second;
+}
+
 std::vector<wire::ObjectRef> CollectRefs(const wire::Task& task) {
   std::vector<wire::ObjectRef> refs;
   if (task.input.ref) refs.push_back(*task.input.ref);
@@ -150,19 +156,6 @@ Json BuildContext(const wire::Task& task, const Resolved& resolved, unsigned par
 
 namespace {
 
-// Appends `s` as a JSON string: fast path for text that needs no escaping.
-void AppendJsonString(std::string* out, const std::string& s) {
-  bool plain = true;
-  for (unsigned char c : s) plain &= c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
-  if (plain) {
-    out->push_back('"');
-    out->append(s);
-    out->push_back('"');
-  } else {
-    out->append(DumpJson(Json(s)));
-  }
-}
-
 void AppendInt(std::string* out, int64_t v) {
   char buf[24];
   auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
@@ -181,13 +174,6 @@ void AppendSeconds(std::string* out, int64_t us) {
   out->append(frac, sizeof(frac));
 }
 
-// The text of a turn's or the input's content; null when its object is not
-// resolved.
-const std::string* ContentOf(const wire::Content& content, const Resolved& resolved) {
-  if (!content.ref) return &content.text;
-  auto it = resolved.find(content.ref->id);
-  return it == resolved.end() ? nullptr : &it->second;
-}
 
 // A value kept as JSON text (a var, a turn's extra), appended as one line of
 // JSON: as it is when it already is; false (nothing appended) when it is not

@@ -33,6 +33,8 @@ using Resolved = std::unordered_map<uint64_t, std::string>;
 // The text of a content (inline or resolved); `missing` set when a reference
 // was not resolved.
 std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing = nullptr);
+// The same without a copy: null when the content's object is not resolved.
+const std::string* ContentOf(const wire::Content& content, const Resolved& resolved);
 
 // Every object reference the task holds (input and turns).
 std::vector<wire::ObjectRef> CollectRefs(const wire::Task& task);

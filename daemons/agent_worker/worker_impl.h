@@ -82,7 +82,7 @@ class Worker::Impl final : public AgentHost {
   const std::string& identity() const override { return identity_; }
   const config::Pipeline& pipeline() const override { return *pipeline_; }
   void Complete(uint64_t run_id, StepOutcome outcome, const TaskEdit& edit) override;
-  void CallLlm(uint64_t run_id, const std::string& model, Json body,
+  void CallLlm(uint64_t run_id, const std::string& model, ChatBody body,
                std::function<void(llm::ChatResult&)> done) override;
   EnvPool* envs() override { return envs_.get(); }
 

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "common/base/json.h"
+#include "common/base/utf8.h"
 
 namespace matrix {
 namespace {
@@ -38,6 +39,23 @@ TEST(ParseJsonMembersTest, RefusesWhatIsNotOneWellFormedObject) {
                           R"({a: 1})"}) {
     EXPECT_TRUE(ParseJsonMembers(bad, {"a"}).is_discarded()) << bad;
   }
+}
+
+TEST(AppendJsonStringTest, WritesWhatDumpJsonWrites) {
+  const std::vector<std::string> samples = {"", "plain", "a \"quoted\" \\ back", "line\nnext\r\ttab\b\f",
+                                            std::string("nul\0byte", 8), "\x01\x1f\x7f", "caf\u00e9 \u65e5\u672c",
+                                            "emoji \U0001F600"};
+  for (const std::string& s : samples) {
+    std::string out = "x";
+    AppendJsonString(&out, s);
+    EXPECT_EQ(out, "x" + DumpJson(Json(s))) << s;
+  }
+  // Invalid UTF-8 from outside: valid JSON, the bad bytes replaced.
+  const std::string bad = "cut \xe6\x97 and \xff end";
+  std::string out;
+  AppendJsonString(&out, bad);
+  Json back = Json::parse(out);
+  EXPECT_EQ(back.get<std::string>(), ToValidUtf8(bad));
 }
 
 }  // namespace

@@ -80,9 +80,10 @@ TEST_F(CoralAgentsTest, ChatBodyShowsOwnTurnsAsAssistantAndOthersAsUser) {
   AddTurn("extractor", "The answer is (B).", false);
   AddTurn("student", "Maybe 5? The answer is (C).");
   AddTurn("teacher", "No, 4. The answer is (B).");
-  auto body = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, Ctx());
-  ASSERT_TRUE(body.ok()) << body.status().ToString();
-  const Json& m = (*body)["messages"];
+  auto built = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, Ctx());
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  const Json body = built->ToJson();
+  const Json& m = body["messages"];
   ASSERT_EQ(m.size(), 5u);  // system, question, teacher, own, teacher; the extractor is not shown
   EXPECT_EQ(m[0]["role"], "system");
   EXPECT_EQ(m[1]["role"], "user");
@@ -90,14 +91,14 @@ TEST_F(CoralAgentsTest, ChatBodyShowsOwnTurnsAsAssistantAndOthersAsUser) {
   EXPECT_EQ(m[2]["role"], "user");
   EXPECT_EQ(m[3]["role"], "assistant");
   EXPECT_EQ(m[4]["role"], "user");
-  EXPECT_EQ((*body)["temperature"], 0.7);
-  EXPECT_TRUE(body->contains("seed"));
+  EXPECT_EQ(body["temperature"], 0.7);
+  EXPECT_TRUE(body.contains("seed"));
   // The extractor sees only its prompt, built from the last conversation turn.
   auto ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx());
   ASSERT_TRUE(ext.ok());
-  ASSERT_EQ((*ext)["messages"].size(), 1u);
-  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
-  EXPECT_EQ((*ext)["temperature"], 0);
+  ASSERT_EQ(ext->ToJson()["messages"].size(), 1u);
+  EXPECT_NE(ext->ToJson()["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
+  EXPECT_EQ(ext->params["temperature"], 0);
 }
 
 TEST_F(CoralAgentsTest, PromptsThatReadOnlyTheInputAreRenderedOncePerTask) {
@@ -114,16 +115,16 @@ TEST_F(CoralAgentsTest, PromptsThatReadOnlyTheInputAreRenderedOncePerTask) {
   AddTurn("student", "Maybe 5? The answer is (C).");
   auto again = BuildChatBody(pipeline_, "student", *pipeline_.Role("student"), task_, {}, other, &prompts);
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)["messages"][1], (*first)["messages"][1]);
-  EXPECT_EQ((*again)["messages"].size(), (*first)["messages"].size() + 1);
+  EXPECT_EQ(again->ToJson()["messages"][1], first->ToJson()["messages"][1]);
+  EXPECT_EQ(again->ToJson()["messages"].size(), first->ToJson()["messages"].size() + 1);
   // The extractor's prompt reads the last turn: rendered at every step.
   auto ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx(), &prompts);
   ASSERT_TRUE(ext.ok());
-  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("Maybe 5?"), std::string::npos);
+  EXPECT_NE(ext->ToJson()["messages"][0]["content"].get<std::string>().find("Maybe 5?"), std::string::npos);
   AddTurn("teacher", "No, 4. The answer is (B).");
   ext = BuildChatBody(pipeline_, "extractor", *pipeline_.Role("extractor"), task_, {}, Ctx(), &prompts);
   ASSERT_TRUE(ext.ok());
-  EXPECT_NE((*ext)["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
+  EXPECT_NE(ext->ToJson()["messages"][0]["content"].get<std::string>().find("No, 4."), std::string::npos);
   const config::RoleConfig& extractor = *pipeline_.Role("extractor");
   ASSERT_TRUE(prompts.count(&*extractor.prompt));
   EXPECT_FALSE(prompts.at(&*extractor.prompt).has_value());

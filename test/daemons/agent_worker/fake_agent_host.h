@@ -29,8 +29,8 @@ class FakeAgentHost final : public AgentHost {
     if (edit) edit(*task_);
     outcomes.push_back(std::move(outcome));
   }
-  void CallLlm(uint64_t, const std::string& model, Json body, std::function<void(llm::ChatResult&)> done) override {
-    llm_calls.push_back({model, std::move(body)});
+  void CallLlm(uint64_t, const std::string& model, ChatBody body, std::function<void(llm::ChatResult&)> done) override {
+    llm_calls.push_back({model, body.ToJson()});
     llm_done_ = std::move(done);
   }
   EnvPool* envs() override { return envs_; }
