@@ -1,11 +1,9 @@
 // StoreClient: asynchronous client of this node's matrix-store, driven by the
 // owner's event loop (a worker runs thousands of tasks on one thread).
 //
-// Usage, on the owner's loop:
-//   poller.AddSocket(client->socket());
-//   loop: poller.Poll(client->PollTimeoutMs(max_wait));
-//         if readable: client->OnReadable();
-//         client->Tick();
+// Usage, on the owner's EventLoop:
+//   for each of client->sockets(): socket->WatchOn(loop, [&] { client->OnReadable(); });
+//   each turn: client->Tick(); wait at most client->PollTimeoutMs(max_wait).
 //
 // Batching: Put/Get/Free calls only queue work. Tick() sends what was queued
 // since the previous Tick as one Put, one Get and one Free message (split at
@@ -127,11 +125,11 @@ class StoreClient final : public ObjectStore {
   StoreClient(const StoreClient&) = delete;
   StoreClient& operator=(const StoreClient&) = delete;
 
-  // The owner adds this socket to its Poller and calls OnReadable() when it
-  // is readable.
+  // The owner watches this socket (Socket::WatchOn) and calls OnReadable()
+  // when a message waits.
   transport::Socket* socket() { return socket_.get(); }
   // This node's socket first, then one per other node in use. The list grows
-  // when a new node is first used: rebuild the poller when
+  // when a new node is first used: watch the new ones when
   // sockets_generation() changes. OnReadable() drains all of them.
   std::vector<transport::Socket*> sockets() override;
   uint64_t sockets_generation() const override { return remotes_.size(); }

@@ -305,41 +305,25 @@ int Socket::fd() const {
   return zmq_getsockopt(sock_, ZMQ_FD, &fd, &len) == 0 ? fd : -1;
 }
 
+bool Socket::WaitForInput(int timeout_ms) {
+  if (HasInput()) return true;
+  const Clock* clock = SystemClock::Get();
+  auto loop = EventLoop::Create(clock);
+  if (!loop.ok()) return false;
+  bool ready = false;
+  if (!WatchOn(**loop, [&ready] { ready = true; }).ok()) return false;
+  const int64_t deadline = clock->NowNanos() + int64_t{timeout_ms} * 1'000'000;
+  for (int64_t left = deadline - clock->NowNanos(); !ready && left > 0; left = deadline - clock->NowNanos())
+    (*loop)->RunOnce(left);
+  return ready || HasInput();
+}
+
 Status Socket::WatchOn(EventLoop& loop, std::function<void()> on_input) {
   // ZMQ_FD signals edges of ZeroMQ's internal state, not readable bytes: the
   // loop asks ZMQ_EVENTS before it waits and after each turn.
   const int notify = fd();
   if (notify < 0) return Internal("zmq_getsockopt(ZMQ_FD) on " + endpoint_ + ": " + zmq_strerror(zmq_errno()));
   return loop.WatchEdge(notify, [this] { return HasInput(); }, std::move(on_input));
-}
-
-int Poller::AddSocket(Socket* socket) {
-  items_.push_back({socket->raw(), -1});
-  return static_cast<int>(items_.size() - 1);
-}
-
-int Poller::AddFd(int fd) {
-  items_.push_back({nullptr, fd});
-  return static_cast<int>(items_.size() - 1);
-}
-
-bool Poller::Poll(int timeout_ms) {
-  std::vector<zmq_pollitem_t> items(items_.size());
-  for (size_t i = 0; i < items_.size(); ++i) {
-    items[i].socket = items_[i].first;
-    items[i].fd = items_[i].second;
-    items[i].events = ZMQ_POLLIN;
-    items[i].revents = 0;
-  }
-  int rc = zmq_poll(items.data(), static_cast<int>(items.size()), timeout_ms);
-  revents_.assign(items_.size(), 0);
-  if (rc < 0) return false;
-  for (size_t i = 0; i < items.size(); ++i) revents_[i] = items[i].revents;
-  return true;
-}
-
-bool Poller::Readable(int index) const {
-  return index >= 0 && static_cast<size_t>(index) < revents_.size() && (revents_[index] & ZMQ_POLLIN);
 }
 
 SocketOptions CurveServerOptions(const CurveKeyPair& keys, SocketOptions base) {

@@ -92,6 +92,9 @@ class Socket {
   Status WatchOn(EventLoop& loop, std::function<void()> on_input);
   // ZeroMQ's notification fd (ZMQ_FD): readable only as a hint, see WatchOn.
   int fd() const;
+  // Blocks until a message waits (true) or `timeout_ms` passes (false), on
+  // an EventLoop of its own: for one-shot clients (the CLI) and tests.
+  bool WaitForInput(int timeout_ms);
 
   // Servers: watch this socket's failed handshakes (a peer without CURVE,
   // with the wrong server key, or refused by the ZAP handler).
@@ -105,21 +108,6 @@ class Socket {
   void* sock_;
   void* monitor_ = nullptr;
   std::string endpoint_;
-};
-
-// Polls sockets and file descriptors for readability.
-class Poller {
- public:
-  // Returns the index used by Readable().
-  int AddSocket(Socket* socket);
-  int AddFd(int fd);
-  // Waits up to timeout_ms (-1 forever). Returns false on EINTR/ETERM.
-  bool Poll(int timeout_ms);
-  bool Readable(int index) const;
-
- private:
-  std::vector<std::pair<void*, int>> items_;
-  std::vector<short> revents_;
 };
 
 // Z85-encoded CURVE key pair.

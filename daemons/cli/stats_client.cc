@@ -19,12 +19,10 @@ StatusOr<Json> QueryStats(const std::string& endpoint, int timeout_ms, const std
   MATRIX_ASSIGN_OR_RETURN(auto sock,
                           transport::Socket::Connect(ctx, transport::Socket::Kind::kDealer, endpoint, opts));
   MATRIX_RETURN_IF_ERROR(sock->Send({wire::EncodeControl(wire::Control{opts.identity, wire::StatsRequestMsg{}})}));
-  transport::Poller poller;
-  int idx = poller.AddSocket(sock.get());
   transport::Frames frames;
-  for (int waited = 0; waited < timeout_ms; waited += 50) {
-    poller.Poll(50);
-    if (!poller.Readable(idx)) continue;
+  const int64_t deadline = SystemClock::Get()->NowMillis() + timeout_ms;
+  for (int64_t left = timeout_ms; left > 0; left = deadline - SystemClock::Get()->NowMillis()) {
+    if (!sock->WaitForInput(static_cast<int>(left))) break;
     while (sock->TryRecv(&frames)) {
       if (frames.empty()) continue;
       auto control = wire::DecodeControl(frames[0]);

@@ -7,13 +7,10 @@
 namespace matrix::testing {
 
 bool DriveStoreClient(store::StoreClient* client, const std::function<bool()>& done, int timeout_ms) {
-  transport::Poller poller;
-  const int idx = poller.AddSocket(client->socket());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!done() && std::chrono::steady_clock::now() < deadline) {
     client->Tick();
-    poller.Poll(client->PollTimeoutMs(20));
-    if (poller.Readable(idx)) client->OnReadable();
+    if (client->socket()->WaitForInput(client->PollTimeoutMs(20))) client->OnReadable();
   }
   return done();
 }

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "common/base/files.h"
 #include "common/transport/job_keys.h"
 #include "test/support/test_util.h"
@@ -146,18 +149,55 @@ TEST(TransportTest, JobKeysReadableByOthersAreRefused) {
   EXPECT_EQ(LoadJobKeys(dir.path() + "/missing").status().code(), StatusCode::kNotFound);
 }
 
-TEST(TransportTest, PollerReportsReadableSocket) {
+TEST(TransportTest, WaitForInputSeesAMessage) {
   Context ctx;
-  auto a = Socket::Bind(ctx, Socket::Kind::kPair, "inproc://poll-test");
-  auto b = Socket::Connect(ctx, Socket::Kind::kPair, "inproc://poll-test");
+  auto a = Socket::Bind(ctx, Socket::Kind::kPair, "inproc://wait-test");
+  auto b = Socket::Connect(ctx, Socket::Kind::kPair, "inproc://wait-test");
   ASSERT_TRUE(a.ok() && b.ok());
-  Poller poller;
-  int idx = poller.AddSocket(a->get());
-  ASSERT_TRUE(poller.Poll(0));
-  EXPECT_FALSE(poller.Readable(idx));
+  EXPECT_FALSE((*a)->WaitForInput(0));
+  EXPECT_FALSE((*a)->HasInput());
   ASSERT_TRUE((*b)->Send({"x"}).ok());
-  ASSERT_TRUE(poller.Poll(1000));
-  EXPECT_TRUE(poller.Readable(idx));
+  EXPECT_TRUE((*a)->WaitForInput(5000));
+  EXPECT_TRUE((*a)->HasInput());
+}
+
+// A socket on an EventLoop: each message that arrives runs the handler, one
+// that leaves messages behind runs again without a wait, and sends from the
+// handler (which can take ZeroMQ's edge away) lose no wake-up.
+TEST(TransportTest, ASocketWatchedOnAnEventLoopRunsItsHandlerWhileMessagesWait) {
+  Context ctx;
+  auto a = Socket::Bind(ctx, Socket::Kind::kPair, "inproc://loop-test");
+  auto b = Socket::Connect(ctx, Socket::Kind::kPair, "inproc://loop-test");
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto loop = EventLoop::Create(SystemClock::Get());
+  ASSERT_TRUE(loop.ok());
+  int received = 0;
+  Frames frames;
+  ASSERT_TRUE((*a)->WatchOn(**loop, [&] {
+                    // One message per turn, and an answer to each.
+                    if ((*a)->TryRecv(&frames)) {
+                      ++received;
+                      ASSERT_TRUE((*a)->Send({"ack"}).ok());
+                    }
+                  }).ok());
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE((*b)->Send({std::to_string(i)}).ok());
+  const int64_t deadline = SystemClock::Get()->NowNanos() + 10'000'000'000;
+  while (received < 5 && SystemClock::Get()->NowNanos() < deadline) (*loop)->RunOnce(1'000'000'000);
+  EXPECT_EQ(received, 5);
+  int acks = 0;
+  while ((*b)->WaitForInput(1000) && (*b)->TryRecv(&frames)) {
+    if (++acks == 5) break;
+  }
+  EXPECT_EQ(acks, 5);
+  // Later messages wake a loop that waits.
+  std::thread late([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_TRUE((*b)->Send({"late"}).ok());
+  });
+  while (received < 6 && SystemClock::Get()->NowNanos() < deadline) (*loop)->RunOnce(1'000'000'000);
+  late.join();
+  EXPECT_EQ(received, 6);
+  (*loop)->Unwatch((*a)->fd());
 }
 
 }  // namespace

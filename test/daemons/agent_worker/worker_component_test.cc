@@ -87,12 +87,9 @@ class TestBroker {
 
   // One message from the worker within `timeout_ms`, decoded; false on none.
   bool Receive(int timeout_ms) {
-    transport::Poller poller;
-    int idx = poller.AddSocket(socket_.get());
     const int64_t deadline = SystemClock::Get()->NowNanos() + int64_t{timeout_ms} * 1'000'000;
     while (SystemClock::Get()->NowNanos() < deadline) {
-      poller.Poll(20);
-      if (!poller.Readable(idx)) continue;
+      if (!socket_->WaitForInput(20)) continue;
       transport::Frames frames;
       if (!socket_->TryRecv(&frames)) continue;
       Handle(frames);
