@@ -175,17 +175,14 @@ void AppendSeconds(std::string* out, int64_t us) {
 }
 
 
-// A value kept as JSON text (a var, a turn's extra), appended as one line of
-// JSON: as it is when it already is; false (nothing appended) when it is not
-// JSON.
-bool AppendJsonValue(std::string* out, const std::string& text) {
-  if (text.empty() || !Json::accept(text)) return false;
+// A value kept as JSON text (a var, a turn's extra) that Json::accept()s,
+// appended as one line of JSON: as it is when it already is one line.
+void AppendValidJson(std::string* out, const std::string& text) {
   if (text.find_first_of("\n\r") == std::string::npos) {
     out->append(text);
   } else {
     out->append(DumpJson(Json::parse(text)));
   }
-  return true;
 }
 
 // Writes JSON objects field by field, keys given in sorted order (as a Json
@@ -230,7 +227,7 @@ void AppendTurn(std::string* out, const wire::Turn& t, const Resolved& resolved)
   o.Bool("conversation", t.conversation);
   o.Int("end_us", t.end_us);
   o.Str("endpoint", t.endpoint);
-  if (!t.extra.empty() && Json::accept(t.extra)) AppendJsonValue(o.Key("extra"), t.extra);
+  if (!t.extra.empty() && Json::accept(t.extra)) AppendValidJson(o.Key("extra"), t.extra);
   o.Str("finish_reason", t.finish_reason);
   o.Str("kind", t.kind);
   o.Str("model", t.model);
@@ -302,8 +299,8 @@ void AppendRecordHead(std::string* line, const wire::Task& task, const Resolved&
   ObjectWriter vars(o.Key("vars"));
   for (const auto& [name, value] : task.vars) {
     // Not JSON: kept as the string it is.
-    std::string* out = vars.Key(name);
-    if (!AppendJsonValue(out, value)) AppendJsonString(out, value);
+    if (!value.empty() && Json::accept(value)) AppendValidJson(vars.Key(name), value);
+    else AppendJsonString(vars.Key(name), value);
   }
   vars.End();
 }
