@@ -3,7 +3,7 @@
 //
 // One client serves every model pool of a pipeline. It drives all HTTP
 // transfers (thousands at once, keep-alive connections reused across
-// requests) through libcurl's socket interface and one epoll set, so a
+// requests) through libcurl's socket interface and an EventLoop, so a
 // wake-up costs what the ready sockets cost, not what the open ones do. It
 // runs on an EventLoop: either one of its own on a thread of its own (no
 // loop given to Create(): the caller hands requests over with Submit() and
