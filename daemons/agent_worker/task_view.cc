@@ -5,18 +5,16 @@
 
 namespace matrix::worker {
 
-std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing) {
-  if (!content.ref) return content.text;
-  auto it = resolved.find(content.ref->id);
-  if (it != resolved.end()) return it->second;
-  if (missing) *missing = true;
-  return std::string();
-}
-
 const std::string* ContentOf(const wire::Content& content, const Resolved& resolved) {
   if (!content.ref) return &content.text;
   auto it = resolved.find(content.ref->id);
   return it == resolved.end() ? nullptr : &it->second;
+}
+
+std::string ContentText(const wire::Content& content, const Resolved& resolved, bool* missing) {
+  const std::string* text = ContentOf(content, resolved);
+  if (!text && missing) *missing = true;
+  return text ? *text : std::string();
 }
 
 std::vector<wire::ObjectRef> CollectRefs(const wire::Task& task) {
@@ -174,7 +172,6 @@ void AppendSeconds(std::string* out, int64_t us) {
   out->append(frac, sizeof(frac));
 }
 
-
 // A value kept as JSON text (a var, a turn's extra) that Json::accept()s,
 // appended as one line of JSON: as it is when it already is one line.
 void AppendValidJson(std::string* out, const std::string& text) {
@@ -185,8 +182,16 @@ void AppendValidJson(std::string* out, const std::string& text) {
   }
 }
 
-// Writes JSON objects field by field, keys given in sorted order (as a Json
-// object would print them), without building a Json tree.
+// Text that may be JSON (a var, the input row): the JSON value when it is
+// one, else the string it is (what InputJson and VarsJson give).
+void AppendJsonOrString(std::string* out, const std::string& text) {
+  if (!text.empty() && Json::accept(text)) AppendValidJson(out, text);
+  else AppendJsonString(out, text);
+}
+
+// Writes JSON objects field by field, in the order the keys are given (the
+// record's own fields sorted, as a Json object prints them), without
+// building a Json tree.
 class ObjectWriter {
  public:
   explicit ObjectWriter(std::string* out) : out_(out) { out_->push_back('{'); }
@@ -209,6 +214,7 @@ class ObjectWriter {
   }
   void Str(const char* name, const std::string& v) { AppendJsonString(Key(name), v); }
   void Int(const char* name, int64_t v) { AppendInt(Key(name), v); }
+  void Seconds(const char* name, int64_t us) { AppendSeconds(Key(name), us); }
   void Bool(const char* name, bool v) { Key(name)->append(v ? "true" : "false"); }
   void End() { out_->push_back('}'); }
 
@@ -297,11 +303,7 @@ void AppendRecordHead(std::string* line, const wire::Task& task, const Resolved&
   usage.Int("prompt_tokens", prompt);
   usage.End();
   ObjectWriter vars(o.Key("vars"));
-  for (const auto& [name, value] : task.vars) {
-    // Not JSON: kept as the string it is.
-    if (!value.empty() && Json::accept(value)) AppendValidJson(vars.Key(name), value);
-    else AppendJsonString(vars.Key(name), value);
-  }
+  for (const auto& [name, value] : task.vars) AppendJsonOrString(vars.Key(name), value);
   vars.End();
 }
 
@@ -322,38 +324,29 @@ std::string RecordLine(const wire::Task& task, const Resolved& resolved, int64_t
   std::string line;
   line.reserve(1024);
   AppendRecordHead(&line, task, resolved, finished_us, /*with_turns=*/true);
+  // The input row as it is when it is JSON on one line.
   line.append(",\"input\":");
-  bool missing = false;
-  const std::string text = ContentText(task.input, resolved, &missing);
-  if (missing) {
-    line.append("null");
-  } else if (text.find_first_of("\n\r") == std::string::npos && Json::accept(text)) {
-    line.append(text);  // valid JSON on one line: as it is
-  } else {
-    line.append(DumpJson(InputJson(task, resolved)));
-  }
+  const std::string* input = ContentOf(task.input, resolved);
+  if (input) AppendJsonOrString(&line, *input);
+  else line.append("null");
   line.append(",\"spans\":[");
-  const char* sep = "{";
-  auto key = [&](const char* name) { line.append(sep).append("\"").append(name).append("\":"); sep = ","; };
-  auto str = [&](const char* name, const std::string& v) { key(name); AppendJsonString(&line, v); };
-  auto number = [&](const char* name, int64_t v) { key(name); AppendInt(&line, v); };
-  auto seconds = [&](const char* name, int64_t us) { key(name); AppendSeconds(&line, us); };
   for (size_t i = 0; i < task.spans.size(); ++i) {
     const wire::Span& s = task.spans[i];
-    sep = i == 0 ? "{" : ",{";
-    str("step", s.step);
-    str("role", s.role);
-    str("worker", s.worker);
-    number("enqueue_us", s.enqueue_us);
-    number("start_us", s.start_us);
-    number("end_us", s.end_us);
-    seconds("queue_wait_s", s.start_us - s.enqueue_us);
-    seconds("handling_s", s.end_us - s.start_us);
-    number("prompt_tokens", s.prompt_tokens);
-    number("completion_tokens", s.completion_tokens);
-    str("endpoint", s.endpoint);
-    number("attempt", s.attempt);
-    line.push_back('}');
+    if (i > 0) line.push_back(',');
+    ObjectWriter o(&line);
+    o.Str("step", s.step);
+    o.Str("role", s.role);
+    o.Str("worker", s.worker);
+    o.Int("enqueue_us", s.enqueue_us);
+    o.Int("start_us", s.start_us);
+    o.Int("end_us", s.end_us);
+    o.Seconds("queue_wait_s", s.start_us - s.enqueue_us);
+    o.Seconds("handling_s", s.end_us - s.start_us);
+    o.Int("prompt_tokens", s.prompt_tokens);
+    o.Int("completion_tokens", s.completion_tokens);
+    o.Str("endpoint", s.endpoint);
+    o.Int("attempt", s.attempt);
+    o.End();
   }
   line.append("]}");
   return line;
