@@ -71,9 +71,10 @@ void EventLoop::Unwatch(int fd) {
 }
 
 Status EventLoop::WatchEdge(int fd, std::function<bool()> pending, std::function<void()> handler) {
-  // Readiness of the fd only ends the wait; the edge pass below does the work.
-  MATRIX_RETURN_IF_ERROR(Watch(fd, EPOLLIN, [](uint32_t) {}));
-  edges_.push_back(std::make_shared<EdgeWatch>(EdgeWatch{fd, std::move(pending), std::move(handler)}));
+  auto edge = std::make_shared<EdgeWatch>(EdgeWatch{fd, std::move(pending), std::move(handler)});
+  // Readiness of the fd only ends the wait and hints; the edge pass asks.
+  MATRIX_RETURN_IF_ERROR(Watch(fd, EPOLLIN, [edge = edge.get()](uint32_t) { edge->hinted = true; }));
+  edges_.push_back(std::move(edge));
   return Status::Ok();
 }
 
@@ -165,11 +166,16 @@ int64_t EventLoop::WaitNanos(int64_t max_wait_ns) {
     wait = wait < 0 ? ns : std::min(wait, ns);
   };
   for (auto& hook : hooks_) bound(hook());
-  if (stopping() || has_posted_.load(std::memory_order_acquire)) return 0;
-  if (!due_.empty()) bound(std::max<int64_t>(0, due_.top().first - clock_->NowNanos()));
+  // Asked once per turn: the edge pass trusts a yes, and asks again only
+  // where the wait brought a hint.
+  bool input = false;
   for (auto& edge : edges_) {
-    if (edge->pending()) return 0;
+    edge->ready = edge->pending();
+    edge->hinted = false;
+    input |= edge->ready;
   }
+  if (input || stopping() || has_posted_.load(std::memory_order_acquire)) return 0;
+  if (!due_.empty()) bound(std::max<int64_t>(0, due_.top().first - clock_->NowNanos()));
   return wait;
 }
 
@@ -196,10 +202,11 @@ void EventLoop::RunOnce(int64_t max_wait_ns) {
     std::shared_ptr<FdWatch> watch = it->second;  // the handler may unwatch its own fd
     watch->handler(events[i].events);
   }
-  // By index: a handler may add or remove edge watches.
+  // By index: a handler may add or remove edge watches (a new one is
+  // neither ready nor hinted until the next turn's wait).
   for (size_t i = 0; i < edges_.size(); ++i) {
     std::shared_ptr<EdgeWatch> edge = edges_[i];
-    if (edge->pending()) edge->handler();
+    if (edge->ready || (edge->hinted && edge->pending())) edge->handler();
   }
 }
 

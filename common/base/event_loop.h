@@ -6,12 +6,14 @@
 // A turn: run posted work -> fire due timers -> run the turn hooks -> wait
 // in epoll_wait until a watched fd is ready, the next timer or hook deadline,
 // or a wake-up -> run the handlers of the ready fds -> run the handlers of
-// edge watches whose source still has input. A wake-up costs in proportion
+// edge watches whose source has input. A wake-up costs in proportion
 // to the fds that are ready, not to the number watched.
 //
 // Edge watches are for fds that only say "something may have changed", such
-// as ZeroMQ's ZMQ_FD: the loop asks `pending()` after every turn and, while
-// it says yes, runs the handler again without waiting.
+// as ZeroMQ's ZMQ_FD: the loop asks `pending()` once before it waits (a yes
+// means no wait and a handler run after it) and again after the wait only
+// where the fd became readable; while it says yes, the handler runs every
+// turn without waiting.
 //
 // Thread-safety: Post(), Wake() and Stop() may be called from any thread;
 // everything else only from the thread that runs the loop (or before it
@@ -100,6 +102,8 @@ class EventLoop {
     int fd = -1;
     std::function<bool()> pending;
     std::function<void()> handler;
+    bool ready = false;   // pending() said yes before this turn's wait
+    bool hinted = false;  // the fd became readable in this turn's wait
   };
   struct Timer {
     int64_t period_ns = 0;  // 0: one-shot
